@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Installs and runs the real services wormsign talks to, on loopback, for
+# development and tests: a single-node Apache Kafka in KRaft mode (jars from
+# Maven Central, run with the machine's Java) and a ClickHouse server (the
+# Debian package). Everything they write lives under $WORMSIGN_SERVICES_DIR.
+#
+#   deploy/services.sh up      install what is missing, start, wait until both answer
+#   deploy/services.sh down    stop both
+#   deploy/services.sh status  say what runs
+#
+# Where WORMSIGN_KAFKA_BROKERS or WORMSIGN_CLICKHOUSE_ADDR point at existing
+# services, that service is left alone. Idempotent: `up` twice is harmless.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+state=${WORMSIGN_SERVICES_DIR:-$here/../.services}
+mkdir -p "$state"
+state=$(cd "$state" && pwd)
+
+kafka_port=${WORMSIGN_LOCAL_KAFKA_PORT:-9092}
+kafka_controller_port=$((kafka_port + 1))
+ch_port=${WORMSIGN_LOCAL_CLICKHOUSE_PORT:-9000}
+ch_http_port=${WORMSIGN_LOCAL_CLICKHOUSE_HTTP_PORT:-8123}
+
+log() { printf 'services: %s\n' "$*" >&2; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+wait_for() { # name seconds command...
+	local name=$1 secs=$2
+	shift 2
+	for _ in $(seq "$secs"); do
+		if "$@"; then return 0; fi
+		sleep 1
+	done
+	log "$name did not answer within ${secs}s; its log follows"
+	return 1
+}
+
+apt_install() { # packages...
+	local missing=()
+	for p in "$@"; do
+		dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+	done
+	[ ${#missing[@]} -eq 0 ] && return 0
+	log "installing ${missing[*]}"
+	DEBIAN_FRONTEND=noninteractive apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+kafka_up() {
+	local dir=$state/kafka
+	mkdir -p "$dir"
+	if running "$dir/pid"; then return 0; fi
+	command -v java >/dev/null || { log "java is required for Kafka"; exit 1; }
+	if [ ! -f "$dir/libs/.complete" ]; then
+		command -v mvn >/dev/null || { log "maven is required to fetch Kafka"; exit 1; }
+		log "fetching Apache Kafka from Maven Central"
+		rm -rf "$dir/libs"
+		mvn -q -B -f "$here/kafka/pom.xml" dependency:copy-dependencies \
+			-DoutputDirectory="$dir/libs" >"$dir/mvn.log" 2>&1 ||
+			{ cat "$dir/mvn.log"; exit 1; }
+		touch "$dir/libs/.complete"
+	fi
+	sed -e "s|@DATA@|$dir/data|" -e "s|@PORT@|$kafka_port|g" \
+		-e "s|@CONTROLLER_PORT@|$kafka_controller_port|g" \
+		"$here/kafka/server.properties" >"$dir/server.properties"
+	cp "$here/kafka/log4j.properties" "$dir/log4j.properties"
+	local cp="$dir/libs/*"
+	local jvm=(-Xms256m -Xmx1g -Dlog4j.configuration="file:$dir/log4j.properties")
+	if [ ! -f "$dir/data/meta.properties" ]; then
+		local id
+		id=$(java "${jvm[@]}" -cp "$cp" kafka.tools.StorageTool random-uuid 2>>"$dir/format.log")
+		java "${jvm[@]}" -cp "$cp" kafka.tools.StorageTool format --standalone \
+			-t "$id" -c "$dir/server.properties" >>"$dir/format.log" 2>&1 ||
+			{ cat "$dir/format.log"; exit 1; }
+	fi
+	log "starting Kafka on 127.0.0.1:$kafka_port"
+	nohup java "${jvm[@]}" -cp "$cp" kafka.Kafka "$dir/server.properties" \
+		>"$dir/kafka.log" 2>&1 </dev/null &
+	echo $! >"$dir/pid"
+	# The port opens before the broker has registered with its controller;
+	# "started" in the log is the broker's own word that it serves requests.
+	wait_for kafka 120 kafka_ready "$dir" || { tail -50 "$dir/kafka.log"; exit 1; }
+}
+
+kafka_ready() { port_open "$kafka_port" && grep -q 'Kafka Server started' "$1/kafka.log"; }
+
+clickhouse_up() {
+	local dir=$state/clickhouse
+	mkdir -p "$dir/data" "$dir/tmp" "$dir/log" "$dir/user_files" "$dir/format_schemas"
+	if running "$dir/pid"; then return 0; fi
+	apt_install clickhouse-server clickhouse-client
+	sed -e "s|@DIR@|$dir|g" -e "s|@PORT@|$ch_port|g" -e "s|@HTTP_PORT@|$ch_http_port|g" \
+		"$here/clickhouse/config.xml" >"$dir/config.xml"
+	cp "$here/clickhouse/users.xml" "$dir/users.xml"
+	log "starting ClickHouse on 127.0.0.1:$ch_port"
+	nohup /usr/sbin/clickhouse-server --config-file="$dir/config.xml" \
+		>"$dir/log/stdout.log" 2>&1 </dev/null &
+	echo $! >"$dir/pid"
+	wait_for clickhouse 60 clickhouse_ready ||
+		{ tail -50 "$dir/log/server.err.log" "$dir/log/stdout.log"; exit 1; }
+}
+
+clickhouse_ready() { clickhouse-client --port "$ch_port" -q 'SELECT 1' >/dev/null 2>&1; }
+
+stop() { # name pidfile
+	local pidfile=$2
+	if running "$pidfile"; then
+		log "stopping $1"
+		local pid
+		pid=$(cat "$pidfile")
+		kill "$pid"
+		for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+		kill -9 "$pid" 2>/dev/null || true
+	fi
+	rm -f "$pidfile"
+}
+
+case ${1:-} in
+up)
+	if [ -z "${WORMSIGN_KAFKA_BROKERS:-}" ]; then kafka_up; else log "using Kafka at $WORMSIGN_KAFKA_BROKERS"; fi
+	if [ -z "${WORMSIGN_CLICKHOUSE_ADDR:-}" ]; then clickhouse_up; else log "using ClickHouse at $WORMSIGN_CLICKHOUSE_ADDR"; fi
+	log "ready"
+	;;
+down)
+	stop kafka "$state/kafka/pid"
+	stop clickhouse "$state/clickhouse/pid"
+	;;
+status)
+	running "$state/kafka/pid" && echo "kafka: running (127.0.0.1:$kafka_port)" || echo "kafka: stopped"
+	running "$state/clickhouse/pid" && echo "clickhouse: running (127.0.0.1:$ch_port)" || echo "clickhouse: stopped"
+	;;
+*)
+	echo "usage: $0 up|down|status" >&2
+	exit 2
+	;;
+esac
