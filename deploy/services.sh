@@ -2,7 +2,7 @@
 # Installs and runs the real services wormsign talks to, on loopback, for
 # development and tests: a single-node Apache Kafka in KRaft mode (jars from
 # Maven Central, run with the machine's Java) and a ClickHouse server (the
-# Debian package). Everything they write lives under $WORMSIGN_SERVICES_DIR.
+# Debian package). Everything they write lives under $SERVICES_DIR.
 #
 #   deploy/services.sh up      install what is missing, start, wait until both answer
 #   deploy/services.sh down    stop both
@@ -13,14 +13,14 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-state=${WORMSIGN_SERVICES_DIR:-$here/../.services}
+state=${SERVICES_DIR:-$here/../.services}
 mkdir -p "$state"
 state=$(cd "$state" && pwd)
 
-kafka_port=${WORMSIGN_LOCAL_KAFKA_PORT:-9092}
+kafka_port=${SERVICES_KAFKA_PORT:-9092}
 kafka_controller_port=$((kafka_port + 1))
-ch_port=${WORMSIGN_LOCAL_CLICKHOUSE_PORT:-9000}
-ch_http_port=${WORMSIGN_LOCAL_CLICKHOUSE_HTTP_PORT:-8123}
+ch_port=${SERVICES_CLICKHOUSE_PORT:-9000}
+ch_http_port=${SERVICES_CLICKHOUSE_HTTP_PORT:-8123}
 
 log() { printf 'services: %s\n' "$*" >&2; }
 

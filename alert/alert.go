@@ -1,0 +1,86 @@
+// Package alert defines the alert event that the detector emits and the sink,
+// webhooks and dashboard consume. Its JSON form is the contract documented in
+// the README and in schemas/alert.schema.json.
+package alert
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Kinds of alert.
+const (
+	KindSMTPFanout = "smtp_fanout"
+	KindDstEntropy = "dst_entropy"
+)
+
+// States of an incident's lifecycle.
+const (
+	StateOpen     = "open"
+	StateUpdate   = "update"
+	StateResolved = "resolved"
+)
+
+// Alert is one event in an incident's life.
+type Alert struct {
+	ID           string    `json:"id"`
+	Kind         string    `json:"kind"`
+	State        string    `json:"state"`
+	SubscriberIP string    `json:"subscriber_ip"`
+	SubscriberID string    `json:"subscriber_id"`
+	WindowStart  time.Time `json:"window_start"`
+	WindowEnd    time.Time `json:"window_end"`
+	FirstSeen    time.Time `json:"first_seen"`
+	LastSeen     time.Time `json:"last_seen"`
+	DistinctDsts uint64    `json:"distinct_dsts"`
+	Flows        uint64    `json:"flows"`
+	Score        float64   `json:"score"`
+	Exporter     string    `json:"exporter"`
+	Evidence     Evidence  `json:"evidence"`
+}
+
+// Evidence backs an alert with what an abuse desk needs to call a customer.
+type Evidence struct {
+	// SampleDsts holds a few of the destinations, in first-contact order.
+	SampleDsts []string `json:"sample_dsts"`
+	// FailedAttempts are TCP/25 flows without an ACK from the subscriber
+	// (or of <= 3 packets when flags are missing): a server that never
+	// answered or refused.
+	FailedAttempts    uint64  `json:"failed_attempts"`
+	CompletedAttempts uint64  `json:"completed_attempts"`
+	FailedShare       float64 `json:"failed_share"`
+	Threshold         uint64  `json:"threshold"`
+	Window            string  `json:"window"`
+	// DistinctDsts60m is the slow-sender view: distinct TCP/25
+	// destinations over the long window.
+	DistinctDsts60m uint64 `json:"distinct_dsts_60m"`
+	// Saturated tells that the exact destination set hit its cap and
+	// DistinctDsts is a lower bound.
+	Saturated bool `json:"saturated,omitempty"`
+}
+
+// Marshal encodes a in its JSON wire form, times in RFC 3339 UTC.
+func (a *Alert) Marshal() ([]byte, error) {
+	out := *a
+	for _, t := range []*time.Time{&out.WindowStart, &out.WindowEnd, &out.FirstSeen, &out.LastSeen} {
+		*t = t.UTC()
+	}
+	if out.Evidence.SampleDsts == nil {
+		out.Evidence.SampleDsts = []string{}
+	}
+	b, err := json.Marshal(&out)
+	if err != nil {
+		return nil, fmt.Errorf("cannot encode alert %s: %w", a.ID, err)
+	}
+	return b, nil
+}
+
+// Unmarshal decodes the JSON wire form.
+func Unmarshal(b []byte) (Alert, error) {
+	var a Alert
+	if err := json.Unmarshal(b, &a); err != nil {
+		return a, fmt.Errorf("cannot decode alert: %w", err)
+	}
+	return a, nil
+}

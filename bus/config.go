@@ -1,0 +1,56 @@
+package bus
+
+import (
+	"fmt"
+	"time"
+)
+
+// Configuration of the Kafka transport. Without brokers, `wormsign run` uses
+// the in-process bus and the other subcommands refuse to start.
+type Configuration struct {
+	Brokers           []string      `yaml:"brokers"`
+	FlowsTopic        string        `yaml:"flows_topic"`
+	AlertsTopic       string        `yaml:"alerts_topic"`
+	Partitions        int           `yaml:"partitions"`
+	ReplicationFactor int           `yaml:"replication_factor"`
+	Compression       string        `yaml:"compression"`
+	ConnectTimeout    time.Duration `yaml:"connect_timeout"`
+	// BatchBytes bounds one produce request.
+	BatchBytes int `yaml:"batch_bytes"`
+	// Linger is how long a producer waits to fill a batch.
+	Linger time.Duration `yaml:"linger"`
+}
+
+// DefaultConfiguration returns the defaults documented in the README.
+func DefaultConfiguration() Configuration {
+	return Configuration{
+		FlowsTopic:        "wormsign-flows-v1",
+		AlertsTopic:       "wormsign-alerts-v1",
+		Partitions:        8,
+		ReplicationFactor: 1,
+		Compression:       "lz4",
+		ConnectTimeout:    10 * time.Second,
+		BatchBytes:        1 << 20,
+		Linger:            20 * time.Millisecond,
+	}
+}
+
+// Validate names the first bad key.
+func (c Configuration) Validate() error {
+	switch {
+	case c.FlowsTopic == "":
+		return fmt.Errorf("kafka.flows_topic must not be empty")
+	case c.AlertsTopic == "":
+		return fmt.Errorf("kafka.alerts_topic must not be empty")
+	case c.Partitions < 1:
+		return fmt.Errorf("kafka.partitions: %d, want >= 1", c.Partitions)
+	case c.ReplicationFactor < 1:
+		return fmt.Errorf("kafka.replication_factor: %d, want >= 1", c.ReplicationFactor)
+	case c.BatchBytes < 1024:
+		return fmt.Errorf("kafka.batch_bytes: %d, want >= 1024", c.BatchBytes)
+	}
+	if _, err := compressionCodec(c.Compression); err != nil {
+		return fmt.Errorf("kafka.compression: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,168 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/compress"
+)
+
+// Kafka is the bus on Apache Kafka brokers.
+type Kafka struct {
+	config Configuration
+	client *kafka.Client
+}
+
+// NewKafka checks that the brokers answer and creates the flows and alerts
+// topics when they are missing.
+func NewKafka(ctx context.Context, config Configuration) (*Kafka, error) {
+	if len(config.Brokers) == 0 {
+		return nil, errors.New("kafka.brokers is empty")
+	}
+	k := &Kafka{
+		config: config,
+		client: &kafka.Client{Addr: kafka.TCP(config.Brokers...), Timeout: config.ConnectTimeout},
+	}
+	ctx, cancel := context.WithTimeout(ctx, config.ConnectTimeout)
+	defer cancel()
+	if _, err := k.client.Metadata(ctx, &kafka.MetadataRequest{}); err != nil {
+		return nil, fmt.Errorf("cannot reach Kafka brokers %s (kafka.brokers): %w",
+			strings.Join(config.Brokers, ","), err)
+	}
+	for _, topic := range []string{config.FlowsTopic, config.AlertsTopic} {
+		if err := k.ensureTopic(ctx, topic); err != nil {
+			return nil, err
+		}
+	}
+	return k, nil
+}
+
+func (k *Kafka) ensureTopic(ctx context.Context, topic string) error {
+	resp, err := k.client.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{
+		Topic:             topic,
+		NumPartitions:     k.config.Partitions,
+		ReplicationFactor: k.config.ReplicationFactor,
+	}}})
+	if err != nil {
+		return fmt.Errorf("cannot create topic %s: %w", topic, err)
+	}
+	if err := resp.Errors[topic]; err != nil && !errors.Is(err, kafka.TopicAlreadyExists) {
+		return fmt.Errorf("cannot create topic %s: %w", topic, err)
+	}
+	return nil
+}
+
+func compressionCodec(name string) (compress.Compression, error) {
+	switch name {
+	case "", "none":
+		return 0, nil
+	case "lz4":
+		return kafka.Lz4, nil
+	case "snappy":
+		return kafka.Snappy, nil
+	case "zstd":
+		return kafka.Zstd, nil
+	case "gzip":
+		return kafka.Gzip, nil
+	}
+	return 0, fmt.Errorf("unknown codec %q (none, lz4, snappy, zstd, gzip)", name)
+}
+
+type kafkaProducer struct{ w *kafka.Writer }
+
+// Producer returns a synchronous producer: Publish returns once all brokers
+// in the ISR have the messages. Callers batch many messages per call.
+func (k *Kafka) Producer(topic string) (Producer, error) {
+	codec, err := compressionCodec(k.config.Compression)
+	if err != nil {
+		return nil, err
+	}
+	return &kafkaProducer{w: &kafka.Writer{
+		Addr:         kafka.TCP(k.config.Brokers...),
+		Topic:        topic,
+		Balancer:     &kafka.Murmur2Balancer{}, // same partition for a key as the Java client
+		Compression:  codec,
+		BatchSize:    1 << 20,
+		BatchBytes:   int64(k.config.BatchBytes),
+		BatchTimeout: k.config.Linger,
+		RequiredAcks: kafka.RequireAll,
+		MaxAttempts:  10,
+	}}, nil
+}
+
+func (p *kafkaProducer) Publish(ctx context.Context, msgs ...Message) error {
+	out := make([]kafka.Message, len(msgs))
+	for i, m := range msgs {
+		out[i] = kafka.Message{Key: m.Key, Value: m.Value}
+	}
+	if err := p.w.WriteMessages(ctx, out...); err != nil {
+		return fmt.Errorf("cannot write to %s: %w", p.w.Topic, err)
+	}
+	return nil
+}
+
+func (p *kafkaProducer) Close() error { return p.w.Close() }
+
+type kafkaConsumer struct{ r *kafka.Reader }
+
+// Consumer joins group on topic. A new group starts at the oldest retained
+// message so that a sink started after the collector misses nothing.
+func (k *Kafka) Consumer(topic, group string) (Consumer, error) {
+	return &kafkaConsumer{r: kafka.NewReader(kafka.ReaderConfig{
+		Brokers:        k.config.Brokers,
+		GroupID:        group,
+		Topic:          topic,
+		MinBytes:       1,
+		MaxBytes:       16 << 20,
+		MaxWait:        250 * time.Millisecond,
+		StartOffset:    kafka.FirstOffset,
+		CommitInterval: 0, // commit synchronously, after the work succeeded
+		// Not the default 5 s: a stage restarted by systemd rejoins quickly.
+		SessionTimeout:    10 * time.Second,
+		RebalanceTimeout:  10 * time.Second,
+		HeartbeatInterval: time.Second,
+	})}, nil
+}
+
+func (c *kafkaConsumer) Fetch(ctx context.Context) (Message, error) {
+	m, err := c.r.FetchMessage(ctx)
+	if err != nil {
+		// kafka-go reports a closed reader as io.EOF.
+		if errors.Is(err, io.EOF) {
+			return Message{}, ErrClosed
+		}
+		return Message{}, err
+	}
+	return Message{Key: m.Key, Value: m.Value, Partition: m.Partition, Offset: m.Offset, Time: m.Time.UnixMilli()}, nil
+}
+
+func (c *kafkaConsumer) Commit(ctx context.Context, msgs ...Message) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	// Only the highest offset per partition matters to Kafka.
+	last := map[int]int64{}
+	for _, m := range msgs {
+		if o, ok := last[m.Partition]; !ok || m.Offset > o {
+			last[m.Partition] = m.Offset
+		}
+	}
+	out := make([]kafka.Message, 0, len(last))
+	for p, o := range last {
+		out = append(out, kafka.Message{Topic: c.r.Config().Topic, Partition: p, Offset: o})
+	}
+	if err := c.r.CommitMessages(ctx, out...); err != nil {
+		return fmt.Errorf("cannot commit offsets on %s: %w", c.r.Config().Topic, err)
+	}
+	return nil
+}
+
+func (c *kafkaConsumer) Close() error { return c.r.Close() }
+
+// Close releases the admin client's connections.
+func (k *Kafka) Close() error { return nil }

@@ -1,0 +1,72 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"strings"
+
+	"github.com/wormsign/wormsign/bus"
+	"github.com/wormsign/wormsign/collector"
+	"github.com/wormsign/wormsign/config"
+	"github.com/wormsign/wormsign/detector"
+	"github.com/wormsign/wormsign/httpserver"
+	"github.com/wormsign/wormsign/sink"
+)
+
+// Configuration is the whole YAML file; each component owns its section.
+type Configuration struct {
+	LogLevel string `yaml:"log_level"`
+	// SubscriberNetworks are the ISP's subscriber prefixes; empty means
+	// every source address is a subscriber.
+	SubscriberNetworks []netip.Prefix               `yaml:"subscriber_networks"`
+	HTTP               httpserver.Configuration     `yaml:"http"`
+	Kafka              bus.Configuration            `yaml:"kafka"`
+	ClickHouse         sink.ClickHouseConfiguration `yaml:"clickhouse"`
+	Collector          collector.Configuration      `yaml:"collector"`
+	Detector           detector.Configuration       `yaml:"detector"`
+	Sink               sink.Configuration           `yaml:"sink"`
+}
+
+// DefaultConfiguration is the embedded default `wormsign run` starts with.
+func DefaultConfiguration() Configuration {
+	return Configuration{
+		LogLevel:   "info",
+		HTTP:       httpserver.DefaultConfiguration(),
+		Kafka:      bus.DefaultConfiguration(),
+		ClickHouse: sink.DefaultClickHouseConfiguration(),
+		Collector:  collector.DefaultConfiguration(),
+		Detector:   detector.DefaultConfiguration(),
+		Sink:       sink.DefaultConfiguration(),
+	}
+}
+
+func loadConfiguration(path string) (Configuration, error) {
+	cfg := DefaultConfiguration()
+	if err := config.Load(&cfg, path, os.Environ()); err != nil {
+		return cfg, err
+	}
+	if _, err := parseLevel(cfg.LogLevel); err != nil {
+		return cfg, err
+	}
+	for _, v := range []interface{ Validate() error }{cfg.Kafka, cfg.ClickHouse, cfg.Collector, cfg.Detector, cfg.Sink} {
+		if err := v.Validate(); err != nil {
+			return cfg, err
+		}
+	}
+	return cfg, nil
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return l, fmt.Errorf("log_level: %q, want one of debug, info, warn, error", s)
+	}
+	return l, nil
+}
+
+func newLogger(level string) *slog.Logger {
+	l, _ := parseLevel(strings.TrimSpace(level))
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+}

@@ -1,0 +1,244 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/wormsign/wormsign/bus"
+	"github.com/wormsign/wormsign/collector"
+	"github.com/wormsign/wormsign/detector"
+	"github.com/wormsign/wormsign/httpserver"
+	"github.com/wormsign/wormsign/sink"
+)
+
+type stages struct{ collector, detector, sink bool }
+
+// lockedWriter lets several goroutines print whole lines.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+func newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// runStages wires the chosen stages in order, runs them until ctx ends and
+// stops them in reverse: the collector first, so that what it holds reaches
+// the bus, then the consumers, which write what they hold.
+func runStages(ctx context.Context, cfg Configuration, logger *slog.Logger, stdout io.Writer, want stages) error {
+	reg := newRegistry()
+	http := httpserver.New(logger, cfg.HTTP, reg)
+	if err := http.Start(); err != nil {
+		return err
+	}
+	defer http.Stop()
+
+	var b bus.Bus
+	var memory *bus.Memory
+	if len(cfg.Kafka.Brokers) == 0 {
+		if want != (stages{true, true, true}) {
+			return errors.New("kafka.brokers is empty: only `wormsign run` works without Kafka")
+		}
+		memory = bus.NewMemory(1024)
+		b = memory
+		logger.Info("no kafka.brokers: stages connected in process")
+	} else {
+		k, err := bus.NewKafka(ctx, cfg.Kafka)
+		if err != nil {
+			return err
+		}
+		b = k
+	}
+	defer b.Close()
+	http.AddReadyCheck("bus", func() error { return nil })
+
+	var stops []func() error
+	stopAll := func() error {
+		var errs []error
+		for i := len(stops) - 1; i >= 0; i-- {
+			errs = append(errs, stops[i]())
+		}
+		return errors.Join(errs...)
+	}
+
+	if want.sink {
+		var ch *sink.ClickHouse
+		if cfg.ClickHouse.Addr != "" {
+			var err error
+			if ch, err = sink.OpenClickHouse(ctx, cfg.ClickHouse); err != nil {
+				return err
+			}
+			defer ch.Close()
+			if err := ch.Migrate(ctx, logger); err != nil {
+				return err
+			}
+			http.AddReadyCheck("clickhouse", func() error { return ch.Ping(context.Background()) })
+		}
+		sinkCfg := cfg.Sink
+		if ch == nil {
+			logger.Info("no clickhouse.addr: alerts go to stdout as JSON lines")
+			sinkCfg.Stdout = true
+		}
+		s, err := sink.New(sinkCfg, sink.Dependencies{
+			Logger: logger.With("component", "sink"), Registry: reg, Bus: b,
+			FlowsTopic: cfg.Kafka.FlowsTopic, AlertsTopic: cfg.Kafka.AlertsTopic,
+			ClickHouse: ch, Stdout: &lockedWriter{w: stdout},
+		})
+		if err != nil {
+			return err
+		}
+		if err := s.Start(); err != nil {
+			return err
+		}
+		stops = append(stops, func() error {
+			if memory != nil {
+				memory.CloseTopic(cfg.Kafka.AlertsTopic)
+				s.Wait()
+			}
+			return s.Stop()
+		})
+	}
+	if want.detector {
+		d, err := detector.New(cfg.Detector, detector.Dependencies{
+			Logger: logger.With("component", "detector"), Registry: reg, Bus: b,
+			FlowsTopic: cfg.Kafka.FlowsTopic, AlertsTopic: cfg.Kafka.AlertsTopic,
+			SubscriberNetworks: cfg.SubscriberNetworks,
+		})
+		if err != nil {
+			stopAll()
+			return err
+		}
+		if err := d.Start(); err != nil {
+			stopAll()
+			return err
+		}
+		stops = append(stops, func() error {
+			if memory != nil {
+				// Let the detector finish what the collector handed over.
+				memory.CloseTopic(cfg.Kafka.FlowsTopic)
+				d.Wait()
+			}
+			return d.Stop()
+		})
+	}
+	if want.collector {
+		c, err := collector.New(cfg.Collector, collector.Dependencies{
+			Logger: logger.With("component", "collector"), Registry: reg, Bus: b,
+			Topic: cfg.Kafka.FlowsTopic, SubscriberNetworks: cfg.SubscriberNetworks,
+		})
+		if err != nil {
+			stopAll()
+			return err
+		}
+		if err := c.Start(); err != nil {
+			stopAll()
+			return err
+		}
+		stops = append(stops, c.Stop)
+	}
+	logger.Info("wormsign started", "version", version)
+	<-ctx.Done()
+	logger.Info("stopping")
+	return stopAll()
+}
+
+func migrate(ctx context.Context, cfg Configuration, logger *slog.Logger) error {
+	if cfg.ClickHouse.Addr == "" {
+		return errors.New("clickhouse.addr is empty: nothing to migrate")
+	}
+	ch, err := sink.OpenClickHouse(ctx, cfg.ClickHouse)
+	if err != nil {
+		return err
+	}
+	defer ch.Close()
+	return ch.Migrate(ctx, logger)
+}
+
+// replay feeds captures through the collector's decoder and, unless only
+// flows are wanted, through an in-process detector and a stdout sink.
+func replay(ctx context.Context, cfg Configuration, logger *slog.Logger, stdout io.Writer, files []string, printFlows bool) error {
+	if printFlows {
+		enc := json.NewEncoder(stdout)
+		dec := collector.NewDecoder(cfg.Collector.CorrectClockSkew)
+		for _, file := range files {
+			err := collector.ReadCapture(file, func(d collector.Datagram) error {
+				flows, _, err := dec.Decode(collector.Family(d.Payload), d.From, d.Payload, d.TimeMs, nil)
+				if err != nil {
+					logger.Warn("datagram dropped", "file", file, "from", d.From.String(), "error", err)
+				}
+				for _, f := range flows {
+					if err := enc.Encode(f); err != nil {
+						return fmt.Errorf("cannot print flow: %w", err)
+					}
+				}
+				return ctx.Err()
+			})
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+
+	reg := newRegistry()
+	memory := bus.NewMemory(1024)
+	s, err := sink.New(sink.Configuration{Group: "replay", BatchMessages: 1, FlushInterval: cfg.Sink.FlushInterval, Stdout: true},
+		sink.Dependencies{Logger: logger, Registry: reg, Bus: memory, FlowsTopic: cfg.Kafka.FlowsTopic,
+			AlertsTopic: cfg.Kafka.AlertsTopic, Stdout: stdout})
+	if err != nil {
+		return err
+	}
+	d, err := detector.New(cfg.Detector, detector.Dependencies{
+		Logger: logger, Registry: reg, Bus: memory, FlowsTopic: cfg.Kafka.FlowsTopic,
+		AlertsTopic: cfg.Kafka.AlertsTopic, SubscriberNetworks: cfg.SubscriberNetworks, ResolveAtEnd: true,
+	})
+	if err != nil {
+		return err
+	}
+	colCfg := cfg.Collector
+	colCfg.NetFlowListen, colCfg.SFlowListen = nil, nil
+	c, err := collector.New(colCfg, collector.Dependencies{
+		Logger: logger, Registry: reg, Bus: memory, Topic: cfg.Kafka.FlowsTopic, SubscriberNetworks: cfg.SubscriberNetworks,
+	})
+	if err != nil {
+		return err
+	}
+	s.Start()
+	d.Start()
+	c.Start()
+	var readErr error
+	for _, file := range files {
+		readErr = collector.ReadCapture(file, func(dg collector.Datagram) error {
+			c.Ingest(collector.Family(dg.Payload), dg.From, dg.Payload, dg.TimeMs, true)
+			return ctx.Err()
+		})
+		if readErr != nil {
+			break
+		}
+	}
+	// Drain stage by stage so that every flow read is evaluated and every
+	// alert printed before we return.
+	c.Stop()
+	memory.CloseTopic(cfg.Kafka.FlowsTopic)
+	d.Wait()
+	memory.CloseTopic(cfg.Kafka.AlertsTopic)
+	s.Wait()
+	return errors.Join(readErr, d.Stop(), s.Stop())
+}

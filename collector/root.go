@@ -1,0 +1,303 @@
+// Package collector receives NetFlow v5/v9, IPFIX and sFlow v5 datagrams,
+// decodes them with goflow v3's decoders and publishes the flows on the
+// flows topic, keyed by subscriber address.
+package collector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
+
+	"github.com/wormsign/wormsign/bus"
+	"github.com/wormsign/wormsign/flow"
+)
+
+// Dependencies of the collector.
+type Dependencies struct {
+	Logger   *slog.Logger
+	Registry prometheus.Registerer
+	Bus      bus.Bus
+	Topic    string
+	// SubscriberNetworks picks the Kafka key: the address of a flow that
+	// lies inside them. Empty means every source is a subscriber.
+	SubscriberNetworks []netip.Prefix
+}
+
+// Component is the collector.
+type Component struct {
+	config   Configuration
+	deps     Dependencies
+	metrics  *metrics
+	decoder  *Decoder
+	producer bus.Producer
+
+	conns   []*net.UDPConn
+	queue   chan []flow.Flow
+	readers sync.WaitGroup
+	flushed chan struct{}
+	// stopping tells Ingest callers that the queue is about to close.
+	mu       sync.RWMutex
+	stopping bool
+}
+
+// New prepares a collector; it opens nothing until Start.
+func New(config Configuration, deps Dependencies) (*Component, error) {
+	if err := config.Validate(); err != nil {
+		return nil, err
+	}
+	producer, err := deps.Bus.Producer(deps.Topic)
+	if err != nil {
+		return nil, fmt.Errorf("cannot create flows producer: %w", err)
+	}
+	return &Component{
+		config:   config,
+		deps:     deps,
+		metrics:  newMetrics(deps.Registry),
+		decoder:  NewDecoder(config.CorrectClockSkew),
+		producer: producer,
+		queue:    make(chan []flow.Flow, config.QueueSize),
+		flushed:  make(chan struct{}),
+	}, nil
+}
+
+// Start opens the UDP sockets and starts reading and publishing.
+func (c *Component) Start() error {
+	for _, spec := range []struct {
+		family string
+		addrs  []string
+	}{{FamilyNetFlow, c.config.NetFlowListen}, {FamilySFlow, c.config.SFlowListen}} {
+		for _, addr := range spec.addrs {
+			conn, err := c.listen(addr)
+			if err != nil {
+				c.closeConns()
+				return err
+			}
+			c.conns = append(c.conns, conn)
+			c.readers.Add(1)
+			go c.read(spec.family, conn)
+			c.deps.Logger.Info("collector listening", "protocol", spec.family, "addr", conn.LocalAddr().String())
+		}
+	}
+	go c.publish()
+	return nil
+}
+
+func (c *Component) listen(addr string) (*net.UDPConn, error) {
+	lc := net.ListenConfig{Control: func(_, _ string, raw syscall.RawConn) error {
+		var serr error
+		err := raw.Control(func(fd uintptr) {
+			// Several collectors (or sockets) may share a port; the kernel
+			// spreads exporters across them.
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+		})
+		if err != nil {
+			return err
+		}
+		return serr
+	}}
+	pc, err := lc.ListenPacket(context.Background(), "udp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("cannot listen on UDP %s: %w", addr, err)
+	}
+	conn := pc.(*net.UDPConn)
+	if c.config.ReceiveBuffer > 0 {
+		if err := conn.SetReadBuffer(c.config.ReceiveBuffer); err != nil {
+			c.deps.Logger.Warn("cannot set receive buffer", "addr", addr, "error", err)
+		}
+	}
+	return conn, nil
+}
+
+// Addrs returns the bound UDP addresses, netflow family first.
+func (c *Component) Addrs() []net.Addr {
+	out := make([]net.Addr, len(c.conns))
+	for i, conn := range c.conns {
+		out[i] = conn.LocalAddr()
+	}
+	return out
+}
+
+func (c *Component) read(family string, conn *net.UDPConn) {
+	defer c.readers.Done()
+	buf := make([]byte, 65536)
+	for {
+		n, from, err := conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			c.deps.Logger.Warn("udp read failed", "error", err)
+			continue
+		}
+		c.Ingest(family, from, buf[:n], time.Now().UnixMilli(), false)
+	}
+}
+
+// Ingest decodes one datagram and queues its flows. With block false (live
+// UDP) a full queue drops the datagram's flows and counts them; with block
+// true (replay) it waits, since a file can always be read more slowly.
+// It reports how many flows were queued.
+func (c *Component) Ingest(family string, from netip.AddrPort, payload []byte, receivedMs int64, block bool) int {
+	exporter := from.Addr().Unmap().String()
+	if !c.allowed(from.Addr().Unmap()) {
+		c.metrics.dropped.WithLabelValues("exporter_not_allowed").Inc()
+		return 0
+	}
+	flows, protocol, err := c.decoder.Decode(family, from, payload, receivedMs, nil)
+	c.metrics.datagrams.WithLabelValues(exporter, protocol).Inc()
+	if err != nil {
+		kind := "other"
+		var de *DecodeError
+		if errors.As(err, &de) {
+			kind = de.Kind
+		}
+		c.metrics.decodeErrors.WithLabelValues(exporter, protocol, kind).Inc()
+		return 0
+	}
+	if len(flows) == 0 {
+		return 0
+	}
+	c.metrics.flows.WithLabelValues(exporter, protocol).Add(float64(len(flows)))
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.stopping {
+		c.metrics.dropped.WithLabelValues("stopping").Add(float64(len(flows)))
+		return 0
+	}
+	if block {
+		c.queue <- flows
+	} else {
+		select {
+		case c.queue <- flows:
+		default:
+			c.metrics.dropped.WithLabelValues("queue_full").Add(float64(len(flows)))
+			return 0
+		}
+	}
+	c.metrics.queueFlows.Add(float64(len(flows)))
+	return len(flows)
+}
+
+func (c *Component) allowed(a netip.Addr) bool {
+	if len(c.config.Exporters) == 0 {
+		return true
+	}
+	for _, p := range c.config.Exporters {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// SubscriberKey is the address a flow belongs to: its source when that is
+// a subscriber, else its destination when that is, else its source.
+func SubscriberKey(f *flow.Flow, networks []netip.Prefix) netip.Addr {
+	if len(networks) == 0 || contains(networks, f.SrcAddr) {
+		return f.SrcAddr
+	}
+	if contains(networks, f.DstAddr) {
+		return f.DstAddr
+	}
+	return f.SrcAddr
+}
+
+func contains(networks []netip.Prefix, a netip.Addr) bool {
+	for _, p := range networks {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// publish gathers queued flows by subscriber key and writes one message per
+// key, so that a subscriber's flows stay in one partition and in order.
+func (c *Component) publish() {
+	defer close(c.flushed)
+	pending := map[netip.Addr][]flow.Flow{}
+	count := 0
+	timer := time.NewTimer(c.config.Linger)
+	defer timer.Stop()
+	flush := func() {
+		if count == 0 {
+			return
+		}
+		msgs := make([]bus.Message, 0, len(pending))
+		for key, flows := range pending {
+			msgs = append(msgs, bus.Message{Key: key.AsSlice(), Value: flow.AppendBatch(nil, flows)})
+		}
+		c.publishWithRetry(msgs, count)
+		clear(pending)
+		c.metrics.queueFlows.Sub(float64(count))
+		count = 0
+	}
+	for {
+		select {
+		case flows, ok := <-c.queue:
+			if !ok {
+				flush()
+				return
+			}
+			for i := range flows {
+				key := SubscriberKey(&flows[i], c.deps.SubscriberNetworks)
+				pending[key] = append(pending[key], flows[i])
+			}
+			count += len(flows)
+			if count >= c.config.BatchFlows {
+				flush()
+			}
+		case <-timer.C:
+			flush()
+			timer.Reset(c.config.Linger)
+		}
+	}
+}
+
+// publishWithRetry keeps trying: the queue in front of it is bounded, so a
+// bus outage turns into counted drops at the UDP edge, not lost batches here.
+func (c *Component) publishWithRetry(msgs []bus.Message, flows int) {
+	backoff := 100 * time.Millisecond
+	for {
+		err := c.producer.Publish(context.Background(), msgs...)
+		if err == nil {
+			c.metrics.published.Add(float64(flows))
+			return
+		}
+		if errors.Is(err, bus.ErrClosed) {
+			c.metrics.dropped.WithLabelValues("bus_closed").Add(float64(flows))
+			return
+		}
+		c.metrics.publishErrors.Inc()
+		c.deps.Logger.Warn("cannot publish flows, retrying", "error", err, "backoff", backoff)
+		time.Sleep(backoff)
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+func (c *Component) closeConns() {
+	for _, conn := range c.conns {
+		conn.Close()
+	}
+}
+
+// Stop closes the sockets and waits until every queued flow is published.
+func (c *Component) Stop() error {
+	c.closeConns()
+	c.readers.Wait()
+	c.mu.Lock()
+	c.stopping = true
+	close(c.queue)
+	c.mu.Unlock()
+	<-c.flushed
+	return c.producer.Close()
+}

@@ -1,0 +1,106 @@
+// Package httpserver serves /metrics, /healthz and /readyz for whichever
+// stages run in the process.
+package httpserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Configuration of the HTTP server.
+type Configuration struct {
+	Listen string `yaml:"listen"`
+}
+
+// DefaultConfiguration listens on every address, port 8080.
+func DefaultConfiguration() Configuration { return Configuration{Listen: ":8080"} }
+
+// ReadyFunc reports nil when a component can do its work.
+type ReadyFunc func() error
+
+// Component is the HTTP server.
+type Component struct {
+	config   Configuration
+	logger   *slog.Logger
+	registry *prometheus.Registry
+	server   *http.Server
+	listener net.Listener
+
+	mu     sync.Mutex
+	checks map[string]ReadyFunc
+}
+
+// New prepares the server; Start listens.
+func New(logger *slog.Logger, config Configuration, registry *prometheus.Registry) *Component {
+	c := &Component{config: config, logger: logger, registry: registry, checks: map[string]ReadyFunc{}}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{Registry: registry}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", c.ready)
+	c.server = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	return c
+}
+
+// AddReadyCheck makes /readyz depend on check.
+func (c *Component) AddReadyCheck(name string, check ReadyFunc) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.checks[name] = check
+}
+
+func (c *Component) ready(w http.ResponseWriter, _ *http.Request) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	status := http.StatusOK
+	for name, check := range c.checks {
+		if err := check(); err != nil {
+			status = http.StatusServiceUnavailable
+			fmt.Fprintf(w, "%s: %v\n", name, err)
+		}
+	}
+	w.WriteHeader(status)
+	if status == http.StatusOK {
+		fmt.Fprintln(w, "ready")
+	}
+}
+
+// Addr is the address the server listens on, once started.
+func (c *Component) Addr() string { return c.listener.Addr().String() }
+
+// Start listens; an empty listen address disables the server.
+func (c *Component) Start() error {
+	if c.config.Listen == "" {
+		return nil
+	}
+	l, err := net.Listen("tcp", c.config.Listen)
+	if err != nil {
+		return fmt.Errorf("cannot listen on http.listen %s: %w", c.config.Listen, err)
+	}
+	c.listener = l
+	go func() {
+		if err := c.server.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			c.logger.Error("http server stopped", "error", err)
+		}
+	}()
+	c.logger.Info("http server listening", "addr", l.Addr().String())
+	return nil
+}
+
+// Stop shuts the server down, waiting briefly for requests in flight.
+func (c *Component) Stop() error {
+	if c.listener == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return c.server.Shutdown(ctx)
+}
