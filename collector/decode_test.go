@@ -3,22 +3,11 @@ package collector
 import (
 	"errors"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"testing"
-)
 
-// sharedCaptures is where the vendor captures live (../shared/testdata).
-// Tests using them skip where ../shared is absent and fail where it is
-// present but a file is missing.
-func sharedCaptures(t *testing.T) string {
-	t.Helper()
-	dir := filepath.Join("..", "..", "shared", "testdata", "flow-captures")
-	if _, err := os.Stat(filepath.Join("..", "..", "shared")); errors.Is(err, os.ErrNotExist) {
-		t.Skip("../shared is absent")
-	}
-	return dir
-}
+	"github.com/wormsign/wormsign/testenv"
+)
 
 func decodeCapture(t *testing.T, d *Decoder, path string) int {
 	t.Helper()
@@ -38,7 +27,7 @@ func decodeCapture(t *testing.T, d *Decoder, path string) int {
 }
 
 func TestDecodeCaptures(t *testing.T) {
-	dir := filepath.Join(sharedCaptures(t), "akvorado")
+	dir := testenv.Shared(t, "testdata/flow-captures/akvorado")
 	cases := []struct {
 		files []string // decoded in order with one decoder: templates first
 		want  int

@@ -90,13 +90,26 @@ func (c *ClickHouse) Migrate(ctx context.Context, logger *slog.Logger) error {
 				return fmt.Errorf("migration %s failed: %w", m.Name, err)
 			}
 		}
-		if err := c.conn.Exec(ctx, "INSERT INTO "+db+".schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-			uint32(m.Version), m.Name, time.Now().UTC()); err != nil {
+		if err := c.recordMigration(ctx, m); err != nil {
 			return fmt.Errorf("cannot record migration %s: %w", m.Name, err)
 		}
 		logger.Info("applied clickhouse migration", "name", m.Name, "database", db)
 	}
 	return nil
+}
+
+// recordMigration inserts through a batch: ClickHouse 18.16 does not answer
+// an INSERT with bound VALUES over the native protocol.
+func (c *ClickHouse) recordMigration(ctx context.Context, m schemas.Migration) error {
+	batch, err := c.conn.PrepareBatch(ctx, "INSERT INTO "+c.config.Database+".schema_migrations (version, name, applied_at)")
+	if err != nil {
+		return err
+	}
+	defer batch.Abort()
+	if err := batch.Append(uint32(m.Version), m.Name, time.Now().UTC()); err != nil {
+		return err
+	}
+	return batch.Send()
 }
 
 // Column lists are spelled out: ClickHouse 18.16 needs named INSERT columns

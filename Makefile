@@ -1,0 +1,34 @@
+# wormsign — see README.md.
+GO      ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+
+.PHONY: build run test services services-down bench fuzz clean
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o wormsign ./cmd/wormsign
+
+# The main job on its embedded default: no Kafka, no ClickHouse; alerts as
+# JSON lines on stdout. Point a router or softflowd at UDP 2055.
+run: build
+	./wormsign run
+
+services:
+	deploy/services.sh up
+
+services-down:
+	deploy/services.sh down
+
+# The whole test suite on the real services, which it installs and starts.
+test: build
+	deploy/test-tools.sh
+	deploy/services.sh up
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 40m ./...
+
+bench: build
+	deploy/services.sh up
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./bench/...
+
+clean:
+	rm -f wormsign

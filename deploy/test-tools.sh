@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the test suite runs against: real exporters
+# (softflowd, pmacct), an independent decoder (tshark), nfdump, capture and
+# namespace tools. Idempotent; skips what is already there.
+set -euo pipefail
+packages=(softflowd pmacct tshark nfdump tcpdump iproute2 clickhouse-server clickhouse-client)
+missing=()
+for p in "${packages[@]}"; do
+	dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "test-tools: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+# tshark asks whether non-root users may capture; answer for it.
+echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+apt-get update -qq
+apt-get install -y -qq "${missing[@]}" >/dev/null

@@ -1,0 +1,128 @@
+// Package testenv finds the real services and tools that wormsign's tests
+// run against: Kafka and ClickHouse started by deploy/services.sh (or the
+// ones WORMSIGN_KAFKA_BROKERS / WORMSIGN_CLICKHOUSE_ADDR point at), root
+// for network namespaces, exporters such as softflowd. A missing service
+// skips the test when run by hand and fails it when CI=true: CI must never
+// pass by skipping.
+package testenv
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+// CI reports whether the tests run in CI, where nothing may be skipped.
+func CI() bool { return os.Getenv("CI") == "true" }
+
+// Unavailable skips the test, or fails it in CI.
+func Unavailable(t testing.TB, format string, args ...any) {
+	t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	if CI() {
+		t.Fatalf("required for CI: %s (run `make test`, which starts the services)", msg)
+	}
+	t.Skip(msg)
+}
+
+func reachable(addr string) bool {
+	conn, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return false
+	}
+	conn.Close()
+	return true
+}
+
+// KafkaBrokers returns the brokers of the test Kafka.
+func KafkaBrokers(t testing.TB) []string {
+	t.Helper()
+	brokers := strings.Split(envOr("WORMSIGN_KAFKA_BROKERS", "127.0.0.1:9092"), ",")
+	if !reachable(brokers[0]) {
+		Unavailable(t, "Kafka at %s does not answer", brokers[0])
+	}
+	return brokers
+}
+
+// ClickHouseAddr returns the native-protocol address of the test ClickHouse.
+func ClickHouseAddr(t testing.TB) string {
+	t.Helper()
+	addr := envOr("WORMSIGN_CLICKHOUSE_ADDR", "127.0.0.1:9000")
+	if !reachable(addr) {
+		Unavailable(t, "ClickHouse at %s does not answer", addr)
+	}
+	return addr
+}
+
+// Root requires root (network namespaces, raw capture).
+func Root(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		Unavailable(t, "needs root")
+	}
+}
+
+// Tool returns the path of an executable, e.g. softflowd.
+func Tool(t testing.TB, name string) string {
+	t.Helper()
+	for _, dir := range []string{"", "/usr/sbin/", "/sbin/", "/usr/bin/"} {
+		if p, err := exec.LookPath(dir + name); err == nil {
+			return p
+		}
+	}
+	Unavailable(t, "%s is not installed (deploy/test-tools.sh installs it)", name)
+	return ""
+}
+
+// Shared returns ../shared/<rel> as seen from the repository root. Tests
+// that need it skip where ../shared is absent and fail where it is present
+// but the file is not.
+func Shared(t testing.TB, rel string) string {
+	t.Helper()
+	root := RepoRoot(t)
+	shared := filepath.Join(root, "..", "shared")
+	if _, err := os.Stat(shared); err != nil {
+		t.Skipf("%s is absent", shared)
+	}
+	p := filepath.Join(shared, rel)
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("shared test data missing: %v", err)
+	}
+	return p
+}
+
+// RepoRoot is the directory holding go.mod.
+func RepoRoot(t testing.TB) string {
+	t.Helper()
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Dir(filepath.Dir(file))
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// Name returns a name unique to this test run, usable as a Kafka topic,
+// consumer group or ClickHouse database.
+func Name(t testing.TB, prefix string) string {
+	t.Helper()
+	clean := strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' {
+			return r
+		}
+		return '_'
+	}, t.Name())
+	if len(clean) > 40 {
+		clean = clean[:40]
+	}
+	return fmt.Sprintf("%s_%s_%d", prefix, clean, time.Now().UnixNano()%1e9)
+}
