@@ -1,0 +1,280 @@
+package detector
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/wormsign/wormsign/alert"
+	"github.com/wormsign/wormsign/flow"
+)
+
+var (
+	t0      = time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC).UnixMilli()
+	zombie  = netip.MustParseAddr("203.0.113.10")
+	relay   = netip.MustParseAddr("203.0.113.25")
+	user    = netip.MustParseAddr("203.0.113.77")
+	routerA = netip.MustParseAddr("192.0.2.1")
+)
+
+func smtpFlow(src netip.Addr, d int, endMs int64, flags uint8) flow.Flow {
+	return flow.Flow{
+		StartMs: endMs - 100, EndMs: endMs, Exporter: routerA,
+		SrcAddr: src, DstAddr: dst(d), SrcPort: 40000, DstPort: 25, Proto: flow.ProtoTCP,
+		TCPFlags: flags, Packets: 2, Bytes: 120,
+	}
+}
+
+// event is the part of an alert the lifecycle tests look at.
+type event struct {
+	Kind, State, Subscriber string
+	Distinct                uint64
+	AtMin                   float64 // event time of the flow that caused it, minutes after t0
+}
+
+type run struct {
+	e      *Engine
+	events []event
+	ids    map[string]string // subscriber|kind|incident# → id
+	all    []alert.Alert
+}
+
+func (r *run) feed(f flow.Flow) {
+	for _, a := range r.e.Process(&f) {
+		r.record(a, f.EndMs)
+	}
+}
+
+func (r *run) advance(ms int64) {
+	for _, a := range r.e.Advance(ms) {
+		r.record(a, ms)
+	}
+}
+
+func (r *run) record(a alert.Alert, atMs int64) {
+	r.all = append(r.all, a)
+	r.events = append(r.events, event{a.Kind, a.State, a.SubscriberIP, a.DistinctDsts, float64(atMs-t0) / 60000})
+}
+
+func testConfig() Configuration {
+	c := DefaultConfiguration()
+	c.SMTPFanout.Threshold = 5
+	c.SMTPFanout.SlowThreshold = 20
+	c.SMTPFanout.UpdateInterval = time.Minute
+	c.SMTPFanout.Cooldown = 3 * time.Minute
+	c.SMTPFanout.MaxDestinations = 100
+	c.SMTPFanout.SampleSize = 3
+	c.AllowedLateness = 2 * time.Minute
+	return c
+}
+
+func at(m float64) int64 { return t0 + int64(m*60000) }
+
+func TestEngineLifecycle(t *testing.T) {
+	r := &run{e: NewEngine(testConfig())}
+	// Four destinations: below the threshold of five.
+	for i := 0; i < 4; i++ {
+		r.feed(smtpFlow(zombie, i, at(float64(i)*0.1), flow.TCPSyn))
+	}
+	// The fifth opens.
+	r.feed(smtpFlow(zombie, 4, at(0.5), flow.TCPSyn))
+	// More within the update interval: no event.
+	r.feed(smtpFlow(zombie, 5, at(0.6), flow.TCPSyn))
+	r.feed(smtpFlow(zombie, 6, at(0.9), flow.TCPSyn))
+	// One minute after the open, growth: update.
+	r.feed(smtpFlow(zombie, 7, at(1.6), flow.TCPSyn))
+	// Same destinations again later: no growth, no update.
+	r.feed(smtpFlow(zombie, 7, at(2.8), flow.TCPSyn))
+	// The last flow above the threshold is the one at 2.8 (eight distinct
+	// in the window); at 5.5 the window [1,5] holds only two, so quiet
+	// starts then; resolved at the first sweep 3 minutes after the last
+	// evaluation above the threshold.
+	r.advance(at(5.5))
+	r.advance(at(6.0))
+	r.advance(at(7.0))
+	want := []event{
+		{alert.KindSMTPFanout, alert.StateOpen, zombie.String(), 5, 0.5},
+		{alert.KindSMTPFanout, alert.StateUpdate, zombie.String(), 8, 1.6},
+		{alert.KindSMTPFanout, alert.StateResolved, zombie.String(), 8, 6.0},
+	}
+	if diff := cmp.Diff(want, r.events); diff != "" {
+		t.Fatalf("events (-want +got):\n%s", diff)
+	}
+	id := r.all[0].ID
+	for _, a := range r.all {
+		if a.ID != id {
+			t.Errorf("%s event has id %s, want the incident's %s", a.State, a.ID, id)
+		}
+	}
+	// A new burst after the resolution is a new incident with a new id.
+	for i := 0; i < 5; i++ {
+		r.feed(smtpFlow(zombie, 100+i, at(20), flow.TCPSyn))
+	}
+	last := r.all[len(r.all)-1]
+	if last.State != alert.StateOpen || last.ID == id {
+		t.Errorf("second incident: state %s id %s, want open with a new id (first was %s)", last.State, last.ID, id)
+	}
+	if got := r.all[0]; got.FirstSeen != time.UnixMilli(t0).UTC() || got.Exporter != routerA.String() {
+		t.Errorf("open: first_seen %s exporter %s, want %s %s", got.FirstSeen, got.Exporter, time.UnixMilli(t0).UTC(), routerA)
+	}
+}
+
+func TestEngineNoDuplicateIncident(t *testing.T) {
+	r := &run{e: NewEngine(testConfig())}
+	// A steady sender above the threshold for twenty minutes: one open,
+	// updates at most once a minute while the count grows, never a second open.
+	for i := 0; i < 200; i++ {
+		r.feed(smtpFlow(zombie, i, at(float64(i)*0.1), flow.TCPSyn))
+	}
+	opens, updates := 0, 0
+	lastUpdate := -10.0
+	for _, ev := range r.events {
+		switch ev.State {
+		case alert.StateOpen:
+			opens++
+		case alert.StateUpdate:
+			updates++
+			if ev.AtMin-lastUpdate < 1 {
+				t.Errorf("update at %.1f min only %.1f min after the previous one", ev.AtMin, ev.AtMin-lastUpdate)
+			}
+			lastUpdate = ev.AtMin
+		}
+	}
+	// The 5-minute count grows for five minutes and then stays at 50:
+	// updates only while it grows.
+	if opens != 1 || updates < 4 || updates > 10 {
+		t.Errorf("%d opens and %d updates over 20 minutes, want 1 and 4..10", opens, updates)
+	}
+}
+
+func TestEngineEventTime(t *testing.T) {
+	cases := []struct {
+		name  string
+		flows []flow.Flow
+		want  []event
+		late  uint64
+	}{
+		{
+			name: "out of order within the window still opens",
+			flows: []flow.Flow{
+				smtpFlow(zombie, 0, at(4), flow.TCPSyn),
+				smtpFlow(zombie, 1, at(2.1), flow.TCPSyn),
+				smtpFlow(zombie, 2, at(3), flow.TCPSyn),
+				smtpFlow(zombie, 3, at(2.2), flow.TCPSyn),
+				smtpFlow(zombie, 4, at(2.5), flow.TCPSyn),
+			},
+			want: []event{{alert.KindSMTPFanout, alert.StateOpen, zombie.String(), 5, 2.5}},
+		},
+		{
+			name: "flows later than the allowed lateness are dropped",
+			flows: []flow.Flow{
+				smtpFlow(zombie, 0, at(10), flow.TCPSyn),
+				smtpFlow(zombie, 1, at(7.9), flow.TCPSyn), // 2.1 min late
+				smtpFlow(zombie, 2, at(8.1), flow.TCPSyn),
+				smtpFlow(zombie, 3, at(9), flow.TCPSyn),
+				smtpFlow(zombie, 4, at(9.5), flow.TCPSyn),
+			},
+			want: nil, // four counted: one short of the threshold
+			late: 1,
+		},
+		{
+			name: "the same five spread over more than the window do not open",
+			flows: []flow.Flow{
+				smtpFlow(zombie, 0, at(0), flow.TCPSyn),
+				smtpFlow(zombie, 1, at(2), flow.TCPSyn),
+				smtpFlow(zombie, 2, at(4), flow.TCPSyn),
+				smtpFlow(zombie, 3, at(6), flow.TCPSyn),
+				smtpFlow(zombie, 4, at(8), flow.TCPSyn),
+			},
+			want: nil,
+		},
+		{
+			name: "other ports do not feed smtp_fanout",
+			flows: func() []flow.Flow {
+				var fs []flow.Flow
+				for i := 0; i < 10; i++ {
+					f := smtpFlow(user, i, at(1), flow.TCPSyn|flow.TCPAck)
+					f.DstPort = 587
+					fs = append(fs, f)
+				}
+				return fs
+			}(),
+			want: nil,
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &run{e: NewEngine(testConfig())}
+			for _, f := range tc.flows {
+				r.feed(f)
+			}
+			if diff := cmp.Diff(tc.want, r.events); diff != "" {
+				t.Errorf("events (-want +got):\n%s", diff)
+			}
+			if got := r.e.Stats().LateFlows; got != tc.late {
+				t.Errorf("late flows %d, want %d", got, tc.late)
+			}
+		})
+	}
+}
+
+func TestEngineAllowList(t *testing.T) {
+	cfg := testConfig()
+	cfg.AllowList = []netip.Prefix{netip.PrefixFrom(relay, 32)}
+	r := &run{e: NewEngine(cfg)}
+	for i := 0; i < 50; i++ {
+		r.feed(smtpFlow(relay, i, at(float64(i)*0.01), flow.TCPSyn|flow.TCPAck))
+		r.feed(smtpFlow(zombie, i, at(float64(i)*0.01), flow.TCPSyn))
+	}
+	for _, ev := range r.events {
+		if ev.Subscriber == relay.String() {
+			t.Errorf("allow-listed relay alerted: %+v", ev)
+		}
+	}
+	if len(r.events) == 0 {
+		t.Error("the zombie next to the relay was not alerted")
+	}
+	if got := r.e.Stats().AllowListed; got != 50 {
+		t.Errorf("allow-listed flows %d, want 50", got)
+	}
+}
+
+func TestEngineFailedShareInScore(t *testing.T) {
+	var scores []float64
+	var shares []float64
+	for _, flags := range []uint8{flow.TCPSyn | flow.TCPAck, flow.TCPSyn} {
+		r := &run{e: NewEngine(testConfig())}
+		for i := 0; i < 5; i++ {
+			r.feed(smtpFlow(zombie, i, at(0.1*float64(i)), flags))
+		}
+		if len(r.all) != 1 {
+			t.Fatalf("flags %#x: %d alerts, want 1", flags, len(r.all))
+		}
+		scores = append(scores, r.all[0].Score)
+		shares = append(shares, r.all[0].Evidence.FailedShare)
+	}
+	if diff := cmp.Diff([]float64{0, 1}, shares); diff != "" {
+		t.Errorf("failed share, completed then failed (-want +got):\n%s", diff)
+	}
+	if scores[1] <= scores[0] {
+		t.Errorf("score of failed attempts %.2f not above completed %.2f", scores[1], scores[0])
+	}
+}
+
+func TestEngineEvictsIdleSubscribers(t *testing.T) {
+	r := &run{e: NewEngine(testConfig())}
+	r.feed(smtpFlow(user, 1, at(0), flow.TCPSyn|flow.TCPAck))
+	if got := r.e.Subscribers(); got != 1 {
+		t.Fatalf("subscribers %d, want 1", got)
+	}
+	r.advance(at(30))
+	if got := r.e.Subscribers(); got != 1 {
+		t.Errorf("after 30 min: subscribers %d, want 1 (still in the 60-minute window)", got)
+	}
+	r.advance(at(63))
+	if got := r.e.Subscribers(); got != 0 {
+		t.Errorf("after 63 min: subscribers %d, want 0", got)
+	}
+}
