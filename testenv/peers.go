@@ -1,0 +1,159 @@
+package testenv
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Peers run inside a lab's namespaces as copies of the test binary itself:
+// a package whose tests use them calls RunPeer first thing in TestMain.
+const peerEnv = "TESTENV_PEER"
+
+// RunPeer runs the peer role named in the environment and exits; without
+// one it returns and the tests run.
+func RunPeer() {
+	role := os.Getenv(peerEnv)
+	if role == "" {
+		return
+	}
+	var err error
+	switch role {
+	case "smtp-server":
+		err = smtpServer(strings.Split(os.Getenv("TESTENV_ADDRS"), ","))
+	case "smtp-client":
+		err = smtpClient(os.Getenv("TESTENV_FROM"), strings.Split(os.Getenv("TESTENV_TARGETS"), ","))
+	default:
+		err = fmt.Errorf("unknown peer role %q", role)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "peer:", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// smtpServer answers like a mail server on port 25 of each address, until
+// killed: banner, a reply per command, close on QUIT.
+func smtpServer(addrs []string) error {
+	for _, a := range addrs {
+		l, err := net.Listen("tcp", net.JoinHostPort(a, "25"))
+		if err != nil {
+			return err
+		}
+		go func() {
+			for {
+				conn, err := l.Accept()
+				if err != nil {
+					return
+				}
+				go serveSMTP(conn)
+			}
+		}()
+	}
+	fmt.Println("ready")
+	select {}
+}
+
+func serveSMTP(conn net.Conn) {
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(conn, "220 mx.example ESMTP\r\n")
+	r := bufio.NewReader(conn)
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		if strings.HasPrefix(strings.ToUpper(line), "QUIT") {
+			fmt.Fprintf(conn, "221 bye\r\n")
+			return
+		}
+		fmt.Fprintf(conn, "250 ok\r\n")
+	}
+}
+
+// smtpClient opens one SMTP session from `from` to each target: refused
+// or unanswered targets are failed attempts, which is the point.
+func smtpClient(from string, targets []string) error {
+	local, err := net.ResolveTCPAddr("tcp", net.JoinHostPort(from, "0"))
+	if err != nil {
+		return err
+	}
+	d := net.Dialer{LocalAddr: local, Timeout: 2 * time.Second}
+	ok := 0
+	for _, t := range targets {
+		conn, err := d.Dial("tcp", net.JoinHostPort(t, "25"))
+		if err != nil {
+			continue
+		}
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(conn, "EHLO zombie.example\r\nQUIT\r\n")
+		io.Copy(io.Discard, conn)
+		conn.Close()
+		ok++
+	}
+	fmt.Printf("%d sessions\n", ok)
+	return nil
+}
+
+func (l *Lab) peer(role string, ns string, env ...string) *exec.Cmd {
+	cmd := l.Command(ns, os.Args[0])
+	cmd.Env = append(os.Environ(), append([]string{peerEnv + "=" + role}, env...)...)
+	return cmd
+}
+
+func joinAddrs(as []netip.Addr) string {
+	s := make([]string, len(as))
+	for i, a := range as {
+		s[i] = a.String()
+	}
+	return strings.Join(s, ",")
+}
+
+// StartSMTPServers makes the given internet addresses answer on port 25
+// until cleanup. Other addresses of the internet namespace refuse.
+func (l *Lab) StartSMTPServers(t testing.TB, addrs []netip.Addr) {
+	t.Helper()
+	cmd := l.peer("smtp-server", l.Internet, "TESTENV_ADDRS="+joinAddrs(addrs))
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("cannot start smtp servers: %v", err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || strings.TrimSpace(line) != "ready" {
+		t.Fatalf("smtp servers did not start: %q %v", line, err)
+	}
+}
+
+// SMTPSessions has subscriber `from` open an SMTP session to each target
+// and returns how many were answered.
+func (l *Lab) SMTPSessions(t testing.TB, from netip.Addr, targets []netip.Addr) int {
+	t.Helper()
+	cmd := l.peer("smtp-client", l.Subscriber, "TESTENV_FROM="+from.String(), "TESTENV_TARGETS="+joinAddrs(targets))
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("smtp client: %v", err)
+	}
+	var n int
+	if _, err := fmt.Sscanf(string(out), "%d sessions", &n); err != nil {
+		t.Fatalf("smtp client said %q", out)
+	}
+	return n
+}
