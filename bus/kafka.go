@@ -166,3 +166,13 @@ func (c *kafkaConsumer) Close() error { return c.r.Close() }
 
 // Close releases the admin client's connections.
 func (k *Kafka) Close() error { return nil }
+
+// Ping asks the brokers for metadata; /readyz uses it.
+func (k *Kafka) Ping(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, k.config.ConnectTimeout)
+	defer cancel()
+	if _, err := k.client.Metadata(ctx, &kafka.MetadataRequest{}); err != nil {
+		return fmt.Errorf("kafka brokers do not answer: %w", err)
+	}
+	return nil
+}

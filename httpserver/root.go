@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -60,17 +62,19 @@ func (c *Component) AddReadyCheck(name string, check ReadyFunc) {
 func (c *Component) ready(w http.ResponseWriter, _ *http.Request) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	status := http.StatusOK
+	var failures []string
 	for name, check := range c.checks {
 		if err := check(); err != nil {
-			status = http.StatusServiceUnavailable
-			fmt.Fprintf(w, "%s: %v\n", name, err)
+			failures = append(failures, fmt.Sprintf("%s: %v", name, err))
 		}
 	}
-	w.WriteHeader(status)
-	if status == http.StatusOK {
-		fmt.Fprintln(w, "ready")
+	if len(failures) > 0 {
+		sort.Strings(failures)
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintln(w, strings.Join(failures, "\n"))
+		return
 	}
+	fmt.Fprintln(w, "ready")
 }
 
 // Addr is the address the server listens on, once started.

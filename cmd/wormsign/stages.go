@@ -65,9 +65,9 @@ func runStages(ctx context.Context, cfg Configuration, logger *slog.Logger, stdo
 			return err
 		}
 		b = k
+		http.AddReadyCheck("kafka", func() error { return k.Ping(context.Background()) })
 	}
 	defer b.Close()
-	http.AddReadyCheck("bus", func() error { return nil })
 
 	var stops []func() error
 	stopAll := func() error {
