@@ -58,6 +58,48 @@ type Evidence struct {
 	// Saturated tells that the exact destination set hit its cap and
 	// DistinctDsts is a lower bound.
 	Saturated bool `json:"saturated,omitempty"`
+	// Trigger names what opened or keeps the incident: threshold,
+	// slow_window, sequential (smtp_fanout); worm_pattern,
+	// baseline_departure (dst_entropy).
+	Trigger string `json:"trigger,omitempty"`
+	// SamplingRate is the exporter's 1:N sampling (0 or 1: unsampled).
+	// Flow counts are scaled by it; distinct counts are as observed.
+	SamplingRate uint32 `json:"sampling_rate,omitempty"`
+	// Group is the subscriber group whose thresholds applied.
+	Group string `json:"group,omitempty"`
+	// Sequential is the state of the smtp_fanout sequential test.
+	Sequential *Sequential `json:"sequential,omitempty"`
+	// Entropy backs dst_entropy alerts.
+	Entropy *Entropy `json:"entropy,omitempty"`
+}
+
+// Sequential is the Threshold Random Walk over first-contact TCP/25
+// attempts: Odds of "infected" against "benign" after FirstContacts new
+// destinations, FirstFailed of which failed; Decision is "infected" once
+// Odds reached Bound.
+type Sequential struct {
+	Decision      string  `json:"decision"`
+	Odds          float64 `json:"odds"`
+	Bound         float64 `json:"bound"`
+	FirstContacts uint64  `json:"first_contacts"`
+	FirstFailed   uint64  `json:"first_failed"`
+}
+
+// Entropy holds normalised Shannon entropies (0: all flows to one value,
+// 1: every flow to a different one) over the window.
+type Entropy struct {
+	DstAddr       float64 `json:"dst_addr"`
+	DstPort       float64 `json:"dst_port"`
+	DistinctPorts uint64  `json:"distinct_ports"`
+	TopPort       uint16  `json:"top_port"`
+	TopPortShare  float64 `json:"top_port_share"`
+	// The subscriber's own moving baseline at the time.
+	BaselineDstAddr float64 `json:"baseline_dst_addr"`
+	BaselineDstPort float64 `json:"baseline_dst_port"`
+	BaselineSteps   uint64  `json:"baseline_steps"`
+	// Thinning is 2^L when the records were thinned to 1/2^L of the
+	// destinations; counts are scaled back by it.
+	Thinning uint64 `json:"thinning,omitempty"`
 }
 
 // Marshal encodes a in its JSON wire form, times in RFC 3339 UTC.

@@ -2,8 +2,11 @@ package detector
 
 import (
 	"fmt"
-	"net/netip"
+	"math"
+	"slices"
 	"time"
+
+	"github.com/wormsign/wormsign/alert"
 )
 
 // Bucket is the width of the sub-buckets sliding windows are built from.
@@ -19,17 +22,46 @@ type Configuration struct {
 	// IdleAdvance: when no flow arrives for this long (wall clock), event
 	// time advances with the wall clock so that incidents still resolve.
 	IdleAdvance time.Duration `yaml:"idle_advance"`
-	// AllowList holds prefixes never alerted on: the ISP's own mail relays,
-	// business customers with their own MTAs.
-	AllowList []netip.Prefix `yaml:"allow_list"`
 	// CommitInterval bounds how often consumed offsets are committed.
 	CommitInterval time.Duration `yaml:"commit_interval"`
+	// RebuildLookback: when an instance is given a partition, it first
+	// re-reads the flows the partition received in this much time (by
+	// Kafka message time) without emitting, so that its windows and open
+	// incidents are those of the previous owner. It must cover the longest
+	// window plus the allowed lateness; 0 disables the rebuild.
+	RebuildLookback time.Duration `yaml:"rebuild_lookback"`
+	// AllowList holds prefixes and addresses never alerted on: the ISP's
+	// own mail relays, business customers with their own MTAs.
+	AllowList []Network `yaml:"allow_list"`
+	// SubscriberMap is a CSV file of "network,subscriber_id" lines whose
+	// subscriber_id goes into alerts; re-read when it changes.
+	SubscriberMap string `yaml:"subscriber_map"`
+	// SubscriberMapReload is how often the map file is checked for changes.
+	SubscriberMapReload time.Duration `yaml:"subscriber_map_reload"`
 
 	SMTPFanout SMTPFanoutConfiguration `yaml:"smtp_fanout"`
+	DstEntropy DstEntropyConfiguration `yaml:"dst_entropy"`
+	// Groups override rule settings for subscribers in their networks
+	// (longest prefix wins). A zero or omitted field inherits the global
+	// value. YAML only: groups cannot be set from the environment.
+	Groups []GroupConfiguration `yaml:"groups"`
+}
+
+// GroupConfiguration tunes the rules for one group of subscribers, such as
+// business customers or a sampled access network.
+type GroupConfiguration struct {
+	Name     string    `yaml:"name"`
+	Networks []Network `yaml:"networks"`
+	// Disable lists rule kinds (smtp_fanout, dst_entropy) that never alert
+	// for this group.
+	Disable    []string                `yaml:"disable"`
+	SMTPFanout SMTPFanoutConfiguration `yaml:"smtp_fanout"`
+	DstEntropy DstEntropyConfiguration `yaml:"dst_entropy"`
 }
 
 // SMTPFanoutConfiguration tunes the smtp_fanout rule.
 type SMTPFanoutConfiguration struct {
+	Enabled bool `yaml:"enabled"`
 	// Threshold distinct TCP/25 destinations within Window opens an alert.
 	// 25 in 5 minutes follows Zeek's scan policy.
 	Threshold int           `yaml:"threshold"`
@@ -41,20 +73,81 @@ type SMTPFanoutConfiguration struct {
 	UpdateInterval time.Duration `yaml:"update_interval"`
 	// Cooldown of quiet (below threshold) before `resolved`.
 	Cooldown time.Duration `yaml:"cooldown"`
-	// MaxDestinations caps the exact destination set per subscriber.
+	// MaxDestinations caps the exact destination set per subscriber;
+	// beyond it distinct counts come from HyperLogLog sketches.
 	MaxDestinations int `yaml:"max_destinations"`
 	// SampleSize is how many destinations the evidence lists.
 	SampleSize int `yaml:"sample_size"`
+	// Sequential is the fast path: a sequential hypothesis test on
+	// first-contact attempts that may open before Threshold.
+	Sequential SequentialConfiguration `yaml:"sequential"`
+}
+
+// SequentialConfiguration tunes the Threshold Random Walk (Jung et al.,
+// "Fast portscan detection using sequential hypothesis testing", 2004) on
+// first-contact TCP/25 attempts: each attempt to a destination not seen in
+// the slow window multiplies the odds of "infected" by
+// SuccessInfected/SuccessBenign when it completes and by
+// (1-SuccessInfected)/(1-SuccessBenign) when it fails.
+type SequentialConfiguration struct {
+	Enabled bool `yaml:"enabled"`
+	// SuccessBenign is the chance a clean host's first contact succeeds.
+	SuccessBenign float64 `yaml:"success_benign"`
+	// SuccessInfected is the chance a zombie's first contact succeeds.
+	SuccessInfected float64 `yaml:"success_infected"`
+	// DetectionProbability and FalseAlarmProbability set the decision
+	// thresholds: odds >= DetectionProbability/FalseAlarmProbability
+	// decide "infected", odds <= (1-DetectionProbability)/(1-FalseAlarmProbability)
+	// decide "benign" and restart the walk.
+	DetectionProbability  float64 `yaml:"detection_probability"`
+	FalseAlarmProbability float64 `yaml:"false_alarm_probability"`
+	// MinFirstContacts: no decision before this many first contacts.
+	MinFirstContacts int `yaml:"min_first_contacts"`
+}
+
+// DstEntropyConfiguration tunes the dst_entropy rule: normalised Shannon
+// entropy of destination addresses and ports per subscriber over Window.
+type DstEntropyConfiguration struct {
+	Enabled bool          `yaml:"enabled"`
+	Window  time.Duration `yaml:"window"`
+	// MinFlows in the window before entropy means anything.
+	MinFlows int `yaml:"min_flows"`
+	// The worm pattern: at least WormMinDsts distinct destinations, address
+	// entropy >= WormAddrEntropy and port entropy <= WormPortEntropy (many
+	// addresses, one port).
+	WormMinDsts     int     `yaml:"worm_min_dsts"`
+	WormAddrEntropy float64 `yaml:"worm_addr_entropy"`
+	WormPortEntropy float64 `yaml:"worm_port_entropy"`
+	// Baseline: an exponentially weighted mean and variance of the
+	// subscriber's own entropies, one step per evaluated minute with
+	// BaselineAlpha as the weight of the newest. After BaselineWarmup steps
+	// a departure of more than max(BaselineDeviation standard deviations,
+	// BaselineMinDelta) in either entropy alerts. BaselineDeviation 0
+	// turns the baseline check off.
+	BaselineAlpha     float64 `yaml:"baseline_alpha"`
+	BaselineWarmup    int     `yaml:"baseline_warmup"`
+	BaselineDeviation float64 `yaml:"baseline_deviation"`
+	BaselineMinDelta  float64 `yaml:"baseline_min_delta"`
+	// MaxRecords caps the (destination, port) records kept per subscriber;
+	// beyond it the records are thinned by a hash of the destination and
+	// distinct counts scaled back (adaptive sampling).
+	MaxRecords     int           `yaml:"max_records"`
+	UpdateInterval time.Duration `yaml:"update_interval"`
+	Cooldown       time.Duration `yaml:"cooldown"`
+	SampleSize     int           `yaml:"sample_size"`
 }
 
 // DefaultConfiguration returns the documented defaults (design.md, Detection).
 func DefaultConfiguration() Configuration {
 	return Configuration{
-		Group:           "wormsign-detector",
-		AllowedLateness: 2 * time.Minute,
-		IdleAdvance:     10 * time.Second,
-		CommitInterval:  time.Second,
+		Group:               "wormsign-detector",
+		AllowedLateness:     2 * time.Minute,
+		IdleAdvance:         10 * time.Second,
+		CommitInterval:      time.Second,
+		RebuildLookback:     65 * time.Minute,
+		SubscriberMapReload: 10 * time.Second,
 		SMTPFanout: SMTPFanoutConfiguration{
+			Enabled:         true,
 			Threshold:       25,
 			Window:          5 * time.Minute,
 			SlowThreshold:   100,
@@ -63,13 +156,39 @@ func DefaultConfiguration() Configuration {
 			Cooldown:        10 * time.Minute,
 			MaxDestinations: 4096,
 			SampleSize:      10,
+			Sequential: SequentialConfiguration{
+				Enabled:         true,
+				SuccessBenign:   0.8,
+				SuccessInfected: 0.2,
+				// Jung et al. use 0.99 and 0.01; a NOC wants fewer false
+				// alarms than a campus IDS: 1e-6 needs about ten failed
+				// first contacts in a row.
+				DetectionProbability:  0.99,
+				FalseAlarmProbability: 1e-6,
+				MinFirstContacts:      10,
+			},
+		},
+		DstEntropy: DstEntropyConfiguration{
+			Enabled:           true,
+			Window:            5 * time.Minute,
+			MinFlows:          200,
+			WormMinDsts:       100,
+			WormAddrEntropy:   0.9,
+			WormPortEntropy:   0.1,
+			BaselineAlpha:     0.05,
+			BaselineWarmup:    30,
+			BaselineDeviation: 6,
+			BaselineMinDelta:  0.35,
+			MaxRecords:        4096,
+			UpdateInterval:    time.Minute,
+			Cooldown:          10 * time.Minute,
+			SampleSize:        10,
 		},
 	}
 }
 
 // Validate names the first bad key.
 func (c Configuration) Validate() error {
-	s := c.SMTPFanout
 	switch {
 	case c.Group == "":
 		return fmt.Errorf("detector.group must not be empty")
@@ -79,22 +198,166 @@ func (c Configuration) Validate() error {
 		return fmt.Errorf("detector.idle_advance: %s, want > 0", c.IdleAdvance)
 	case c.CommitInterval <= 0:
 		return fmt.Errorf("detector.commit_interval: %s, want > 0", c.CommitInterval)
-	case s.Threshold < 1:
-		return fmt.Errorf("detector.smtp_fanout.threshold: %d, want >= 1", s.Threshold)
-	case s.Window < Bucket || s.Window%Bucket != 0:
-		return fmt.Errorf("detector.smtp_fanout.window: %s, want a whole number of minutes", s.Window)
-	case s.SlowWindow < s.Window || s.SlowWindow%Bucket != 0 || s.SlowWindow > 24*time.Hour:
-		return fmt.Errorf("detector.smtp_fanout.slow_window: %s, want whole minutes between window and 24h", s.SlowWindow)
-	case s.SlowThreshold < 1:
-		return fmt.Errorf("detector.smtp_fanout.slow_threshold: %d, want >= 1", s.SlowThreshold)
-	case s.UpdateInterval < 0:
-		return fmt.Errorf("detector.smtp_fanout.update_interval: %s, want >= 0", s.UpdateInterval)
-	case s.Cooldown < Bucket:
-		return fmt.Errorf("detector.smtp_fanout.cooldown: %s, want >= 1m", s.Cooldown)
-	case s.MaxDestinations < s.Threshold || s.MaxDestinations < s.SlowThreshold:
-		return fmt.Errorf("detector.smtp_fanout.max_destinations: %d, want >= both thresholds", s.MaxDestinations)
-	case s.SampleSize < 0:
-		return fmt.Errorf("detector.smtp_fanout.sample_size: %d, want >= 0", s.SampleSize)
+	case c.RebuildLookback < 0:
+		return fmt.Errorf("detector.rebuild_lookback: %s, want >= 0", c.RebuildLookback)
+	case c.SubscriberMap != "" && c.SubscriberMapReload <= 0:
+		return fmt.Errorf("detector.subscriber_map_reload: %s, want > 0", c.SubscriberMapReload)
+	}
+	if err := c.SMTPFanout.validate("detector.smtp_fanout"); err != nil {
+		return err
+	}
+	if err := c.DstEntropy.validate("detector.dst_entropy"); err != nil {
+		return err
+	}
+	for i, g := range c.Groups {
+		name := fmt.Sprintf("detector.groups[%d]", i)
+		if g.Name == "" {
+			return fmt.Errorf("%s.name must not be empty", name)
+		}
+		if len(g.Networks) == 0 {
+			return fmt.Errorf("%s (%s).networks must not be empty", name, g.Name)
+		}
+		for _, k := range g.Disable {
+			if k != alert.KindSMTPFanout && k != alert.KindDstEntropy {
+				return fmt.Errorf("%s (%s).disable: unknown rule %q", name, g.Name, k)
+			}
+		}
+		r := c.rules(g)
+		if err := r.smtp.validate(name + ".smtp_fanout"); err != nil {
+			return err
+		}
+		if err := r.entropy.validate(name + ".dst_entropy"); err != nil {
+			return err
+		}
 	}
 	return nil
+}
+
+func wholeMinutes(d time.Duration) bool { return d >= Bucket && d%Bucket == 0 }
+
+func (s SMTPFanoutConfiguration) validate(key string) error {
+	q := s.Sequential
+	switch {
+	case s.Threshold < 1:
+		return fmt.Errorf("%s.threshold: %d, want >= 1", key, s.Threshold)
+	case !wholeMinutes(s.Window):
+		return fmt.Errorf("%s.window: %s, want a whole number of minutes", key, s.Window)
+	case s.SlowWindow < s.Window || !wholeMinutes(s.SlowWindow) || s.SlowWindow > 24*time.Hour:
+		return fmt.Errorf("%s.slow_window: %s, want whole minutes between window and 24h", key, s.SlowWindow)
+	case s.SlowThreshold < 1:
+		return fmt.Errorf("%s.slow_threshold: %d, want >= 1", key, s.SlowThreshold)
+	case s.UpdateInterval < 0:
+		return fmt.Errorf("%s.update_interval: %s, want >= 0", key, s.UpdateInterval)
+	case s.Cooldown < Bucket:
+		return fmt.Errorf("%s.cooldown: %s, want >= 1m", key, s.Cooldown)
+	case s.MaxDestinations < s.Threshold || s.MaxDestinations < s.SlowThreshold:
+		return fmt.Errorf("%s.max_destinations: %d, want >= both thresholds", key, s.MaxDestinations)
+	case s.SampleSize < 0:
+		return fmt.Errorf("%s.sample_size: %d, want >= 0", key, s.SampleSize)
+	case !(q.SuccessBenign > 0 && q.SuccessBenign < 1) || !(q.SuccessInfected > 0 && q.SuccessInfected < q.SuccessBenign):
+		return fmt.Errorf("%s.sequential: success_infected %g and success_benign %g, want 0 < success_infected < success_benign < 1",
+			key, q.SuccessInfected, q.SuccessBenign)
+	case !(q.FalseAlarmProbability > 0 && q.FalseAlarmProbability < q.DetectionProbability && q.DetectionProbability < 1):
+		return fmt.Errorf("%s.sequential: false_alarm_probability %g and detection_probability %g, want 0 < false_alarm < detection < 1",
+			key, q.FalseAlarmProbability, q.DetectionProbability)
+	case q.MinFirstContacts < 1:
+		return fmt.Errorf("%s.sequential.min_first_contacts: %d, want >= 1", key, q.MinFirstContacts)
+	}
+	return nil
+}
+
+func (e DstEntropyConfiguration) validate(key string) error {
+	switch {
+	case !wholeMinutes(e.Window) || e.Window > 24*time.Hour:
+		return fmt.Errorf("%s.window: %s, want whole minutes up to 24h", key, e.Window)
+	case e.MinFlows < 2:
+		return fmt.Errorf("%s.min_flows: %d, want >= 2", key, e.MinFlows)
+	case e.WormMinDsts < 1:
+		return fmt.Errorf("%s.worm_min_dsts: %d, want >= 1", key, e.WormMinDsts)
+	case e.WormAddrEntropy <= 0 || e.WormAddrEntropy > 1 || e.WormPortEntropy < 0 || e.WormPortEntropy >= 1:
+		return fmt.Errorf("%s: worm_addr_entropy %g and worm_port_entropy %g, want normalised entropies in (0,1] and [0,1)",
+			key, e.WormAddrEntropy, e.WormPortEntropy)
+	case e.BaselineAlpha <= 0 || e.BaselineAlpha > 1:
+		return fmt.Errorf("%s.baseline_alpha: %g, want in (0,1]", key, e.BaselineAlpha)
+	case e.BaselineWarmup < 1 || e.BaselineWarmup > math.MaxUint16:
+		return fmt.Errorf("%s.baseline_warmup: %d, want 1..65535", key, e.BaselineWarmup)
+	case e.BaselineDeviation < 0 || e.BaselineMinDelta < 0:
+		return fmt.Errorf("%s: baseline_deviation and baseline_min_delta want >= 0", key)
+	case e.MaxRecords < 64:
+		return fmt.Errorf("%s.max_records: %d, want >= 64", key, e.MaxRecords)
+	case e.UpdateInterval < 0:
+		return fmt.Errorf("%s.update_interval: %s, want >= 0", key, e.UpdateInterval)
+	case e.Cooldown < Bucket:
+		return fmt.Errorf("%s.cooldown: %s, want >= 1m", key, e.Cooldown)
+	case e.SampleSize < 0:
+		return fmt.Errorf("%s.sample_size: %d, want >= 0", key, e.SampleSize)
+	}
+	return nil
+}
+
+// ruleSet is the effective rule configuration of one subscriber group.
+type ruleSet struct {
+	name     string
+	smtp     SMTPFanoutConfiguration
+	entropy  DstEntropyConfiguration
+	smtpOn   bool
+	entOn    bool
+	smtpMins int // short window, minutes
+	slowMins int
+	entMins  int
+}
+
+func inherit[T comparable](v *T, global T) {
+	var zero T
+	if *v == zero {
+		*v = global
+	}
+}
+
+// rules merges a group's overrides onto the global rule settings.
+func (c Configuration) rules(g GroupConfiguration) ruleSet {
+	s, gs := c.SMTPFanout, g.SMTPFanout
+	inherit(&gs.Threshold, s.Threshold)
+	inherit(&gs.Window, s.Window)
+	inherit(&gs.SlowThreshold, s.SlowThreshold)
+	inherit(&gs.SlowWindow, s.SlowWindow)
+	inherit(&gs.UpdateInterval, s.UpdateInterval)
+	inherit(&gs.Cooldown, s.Cooldown)
+	inherit(&gs.MaxDestinations, s.MaxDestinations)
+	inherit(&gs.SampleSize, s.SampleSize)
+	q, gq := s.Sequential, &gs.Sequential
+	inherit(&gq.SuccessBenign, q.SuccessBenign)
+	inherit(&gq.SuccessInfected, q.SuccessInfected)
+	inherit(&gq.DetectionProbability, q.DetectionProbability)
+	inherit(&gq.FalseAlarmProbability, q.FalseAlarmProbability)
+	inherit(&gq.MinFirstContacts, q.MinFirstContacts)
+	gq.Enabled = q.Enabled
+	gs.Enabled = s.Enabled
+
+	e, ge := c.DstEntropy, g.DstEntropy
+	inherit(&ge.Window, e.Window)
+	inherit(&ge.MinFlows, e.MinFlows)
+	inherit(&ge.WormMinDsts, e.WormMinDsts)
+	inherit(&ge.WormAddrEntropy, e.WormAddrEntropy)
+	inherit(&ge.WormPortEntropy, e.WormPortEntropy)
+	inherit(&ge.BaselineAlpha, e.BaselineAlpha)
+	inherit(&ge.BaselineWarmup, e.BaselineWarmup)
+	inherit(&ge.BaselineDeviation, e.BaselineDeviation)
+	inherit(&ge.BaselineMinDelta, e.BaselineMinDelta)
+	inherit(&ge.MaxRecords, e.MaxRecords)
+	inherit(&ge.UpdateInterval, e.UpdateInterval)
+	inherit(&ge.Cooldown, e.Cooldown)
+	inherit(&ge.SampleSize, e.SampleSize)
+	ge.Enabled = e.Enabled
+
+	return ruleSet{
+		name:     g.Name,
+		smtp:     gs,
+		entropy:  ge,
+		smtpOn:   gs.Enabled && !slices.Contains(g.Disable, alert.KindSMTPFanout),
+		entOn:    ge.Enabled && !slices.Contains(g.Disable, alert.KindDstEntropy),
+		smtpMins: int(gs.Window / Bucket),
+		slowMins: int(gs.SlowWindow / Bucket),
+		entMins:  int(ge.Window / Bucket),
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
+	"math"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -15,29 +16,57 @@ import (
 )
 
 // Engine holds the per-subscriber windows and incidents of one detector
-// and turns flows into alerts. It does no I/O and reads no clock: time is
-// the flows' event time only, so a replay yields the alerts of the live run.
+// (one per Kafka partition) and turns flows into alerts. It does no I/O and
+// reads no clock: time is the flows' event time only, so a replay yields
+// the alerts of the live run.
 type Engine struct {
-	config      Configuration
-	windowMins  int
-	slowMins    int
-	subscribers map[netip.Addr]*subscriber
-	watermark   int64 // newest flow end time seen, Unix ms
-	lastSweep   int64 // minute of the last eviction sweep
-	stats       EngineStats
+	config       Configuration
+	rules        []ruleSet // [0] is the global one, then the groups
+	groups       *prefixTable[int]
+	allow        *prefixTable[struct{}]
+	subscriberID func(netip.Addr) string
+	subscribers  map[netip.Addr]*subscriber
+	exporters    []netip.Addr
+	exporterIdx  map[netip.Addr]uint16
+	keepMs       int64 // idle time after which a subscriber without incidents is evicted
+	watermark    int64 // newest flow end time seen, Unix ms
+	lastSweep    int64 // minute of the last sweep
+	scratch      scratch
+	stats        EngineStats
 }
 
 // EngineStats counts what the engine did, for metrics.
 type EngineStats struct {
-	Flows, LateFlows, InvalidFlows, AllowListed, TooOld uint64
+	Flows, LateFlows, InvalidFlows, AllowListed, TooOld, Evicted uint64
 }
 
+const (
+	kindSMTP = iota
+	kindEntropy
+	kinds
+)
+
+var kindNames = [kinds]string{alert.KindSMTPFanout, alert.KindDstEntropy}
+
 type subscriber struct {
-	smtp      *fanout
-	firstMs   int64 // first TCP/25 flow still in the long window
 	lastMs    int64 // last flow of any kind
-	exporter  netip.Addr
-	incidents map[string]*incident // by kind
+	smtp      *smtpState
+	ent       entropyState
+	incidents [kinds]*incident
+	sampling  uint32 // sampling rate of the last flow
+	exporter  uint16 // index in Engine.exporters
+	group     uint16 // index in Engine.rules
+}
+
+// smtpState is allocated only for subscribers that send to TCP/25.
+type smtpState struct {
+	fanout
+	firstMs int64 // first TCP/25 flow still in the slow window
+	// The sequential test: log-odds of "infected" over first contacts.
+	llr           float64
+	firstContacts uint32
+	firstFailed   uint32
+	infected      bool
 }
 
 type incident struct {
@@ -50,15 +79,37 @@ type incident struct {
 	last             alert.Alert
 }
 
-// NewEngine returns an engine with no state.
+// NewEngine returns an engine with no state. The configuration must be
+// valid (Configuration.Validate).
 func NewEngine(config Configuration) *Engine {
-	return &Engine{
+	e := &Engine{
 		config:      config,
-		windowMins:  int(config.SMTPFanout.Window / Bucket),
-		slowMins:    int(config.SMTPFanout.SlowWindow / Bucket),
+		rules:       []ruleSet{config.rules(GroupConfiguration{Name: ""})},
+		groups:      newPrefixTable[int](),
+		allow:       newPrefixTable[struct{}](),
 		subscribers: map[netip.Addr]*subscriber{},
+		exporterIdx: map[netip.Addr]uint16{},
+		scratch:     scratch{dsts: map[uint32]uint64{}, ports: map[uint16]uint64{}},
 	}
+	for _, g := range config.Groups {
+		e.rules = append(e.rules, config.rules(g))
+		for _, n := range g.Networks {
+			e.groups.insert(n.Prefix, len(e.rules)-1)
+		}
+	}
+	for _, n := range config.AllowList {
+		e.allow.insert(n.Prefix, struct{}{})
+	}
+	longest := time.Duration(0)
+	for _, r := range e.rules {
+		longest = max(longest, r.smtp.SlowWindow, r.entropy.Window)
+	}
+	e.keepMs = (longest + config.AllowedLateness).Milliseconds()
+	return e
 }
+
+// SetSubscriberIDs sets how alerts get their subscriber_id.
+func (e *Engine) SetSubscriberIDs(lookup func(netip.Addr) string) { e.subscriberID = lookup }
 
 // Stats returns the counters so far.
 func (e *Engine) Stats() EngineStats { return e.stats }
@@ -69,13 +120,16 @@ func (e *Engine) Watermark() int64 { return e.watermark }
 // Subscribers is the number of subscribers with state.
 func (e *Engine) Subscribers() int { return len(e.subscribers) }
 
-func (e *Engine) allowListed(a netip.Addr) bool {
-	for _, p := range e.config.AllowList {
-		if p.Contains(a) {
-			return true
-		}
+func (e *Engine) exporter(a netip.Addr) uint16 {
+	if i, ok := e.exporterIdx[a]; ok {
+		return i
 	}
-	return false
+	if len(e.exporters) >= math.MaxUint16 {
+		return 0 // absurd number of exporters: attribute to the first
+	}
+	e.exporters = append(e.exporters, a)
+	e.exporterIdx[a] = uint16(len(e.exporters) - 1)
+	return uint16(len(e.exporters) - 1)
 }
 
 // failedAttempt tells a TCP/25 attempt that never became an SMTP session:
@@ -87,6 +141,8 @@ func failedAttempt(f *flow.Flow) bool {
 	}
 	return f.Scale() == 1 && f.Packets <= 3
 }
+
+const minuteMs = int64(Bucket / time.Millisecond)
 
 // Process accounts one flow whose source is a subscriber and returns the
 // alerts it causes, including those of incidents its event time resolves.
@@ -104,58 +160,137 @@ func (e *Engine) Process(f *flow.Flow) []alert.Alert {
 	if f.EndMs > e.watermark {
 		out = e.Advance(f.EndMs)
 	}
-	if e.allowListed(f.SrcAddr) {
+	src := f.SrcAddr.Unmap()
+	if _, ok := e.allow.lookup(src); ok {
 		e.stats.AllowListed++
 		return out
 	}
-	if f.Proto != flow.ProtoTCP || f.DstPort != 25 {
-		// Only TCP/25 feeds smtp_fanout so far; other traffic keeps no state.
+	isSMTP := f.Proto == flow.ProtoTCP && f.DstPort == 25
+	s := e.subscribers[src]
+	if s == nil {
+		g, _ := e.groups.lookup(src)
+		r := &e.rules[g]
+		if !r.entOn && !(r.smtpOn && isSMTP) {
+			return out // nothing would use the state
+		}
+		s = &subscriber{group: uint16(g)}
+		e.subscribers[src] = s
+	}
+	r := &e.rules[s.group]
+	s.lastMs = max(s.lastMs, f.EndMs)
+	s.exporter = e.exporter(f.Exporter)
+	s.sampling = f.SamplingRate
+	minute := f.EndMs / minuteMs
+	if r.entOn {
+		if !f.DstAddr.Is4() {
+			s.ent.hasV6 = true
+		}
+		oldest := e.watermark/minuteMs - int64(r.entMins) + 1
+		s.ent.add(dst32(f.DstAddr), f.DstPort, uint32(minute), uint32(oldest), r.entropy.MaxRecords)
+	}
+	if !isSMTP || !r.smtpOn {
 		return out
 	}
-	s := e.subscribers[f.SrcAddr]
-	if s == nil {
-		s = &subscriber{smtp: newFanout(e.slowMins), firstMs: f.EndMs, incidents: map[string]*incident{}}
-		e.subscribers[f.SrcAddr] = s
+	if s.smtp == nil {
+		s.smtp = &smtpState{fanout: *newFanout(r.slowMins)}
 	}
-	if s.smtp.empty() {
-		s.firstMs = f.EndMs
+	m := s.smtp
+	if m.empty() {
+		m.firstMs = f.EndMs
 	}
-	s.lastMs = max(s.lastMs, f.EndMs)
-	s.exporter = f.Exporter
-	cfg := e.config.SMTPFanout
-	if !s.smtp.add(f.DstAddr, f.EndMs/Bucket.Milliseconds(), failedAttempt(f), f.Scale(), cfg.MaxDestinations, cfg.SampleSize) {
+	failed := failedAttempt(f)
+	first, ok := m.addFirst(f.DstAddr, minute, failed, f.Scale(), r.smtp.MaxDestinations, r.smtp.SampleSize)
+	if !ok {
 		e.stats.TooOld++
 		return out
 	}
-	if a, ok := e.evaluateSMTP(f.SrcAddr, s, f.EndMs); ok {
+	if first && r.smtp.Sequential.Enabled {
+		m.step(failed, r.smtp.Sequential)
+	}
+	if a, ok := e.evaluateSMTP(src, s, r, f.EndMs); ok {
 		out = append(out, a)
 	}
 	return out
 }
 
-func (e *Engine) evaluateSMTP(addr netip.Addr, s *subscriber, nowMs int64) (alert.Alert, bool) {
-	cfg := e.config.SMTPFanout
-	distinct, flows, failed := s.smtp.window(e.windowMins)
-	slowDistinct, _, _ := s.smtp.window(e.slowMins)
-	if distinct < uint64(cfg.Threshold) && slowDistinct < uint64(cfg.SlowThreshold) {
+func (q SequentialConfiguration) bounds() (infected, benign float64) {
+	return math.Log(q.DetectionProbability / q.FalseAlarmProbability),
+		math.Log((1 - q.DetectionProbability) / (1 - q.FalseAlarmProbability))
+}
+
+// step moves the random walk by one first contact.
+func (m *smtpState) step(failed bool, q SequentialConfiguration) {
+	m.firstContacts++
+	if failed {
+		m.firstFailed++
+		m.llr += math.Log((1 - q.SuccessInfected) / (1 - q.SuccessBenign))
+	} else {
+		m.llr += math.Log(q.SuccessInfected / q.SuccessBenign)
+	}
+	up, down := q.bounds()
+	switch {
+	case m.llr >= up && int(m.firstContacts) >= q.MinFirstContacts:
+		m.infected = true
+	case m.llr <= down:
+		// Decided benign: restart the walk, so that a later infection of
+		// the same host is still caught.
+		m.llr, m.firstContacts, m.firstFailed = 0, 0, 0
+	}
+}
+
+func (m *smtpState) resetWalk() { m.llr, m.firstContacts, m.firstFailed, m.infected = 0, 0, 0, false }
+
+// Triggers of smtp_fanout, in the evidence.
+const (
+	TriggerThreshold  = "threshold"
+	TriggerSlowWindow = "slow_window"
+	TriggerSequential = "sequential"
+	TriggerWorm       = "worm_pattern"
+	TriggerBaseline   = "baseline_departure"
+)
+
+func (e *Engine) evaluateSMTP(addr netip.Addr, s *subscriber, r *ruleSet, nowMs int64) (alert.Alert, bool) {
+	cfg := r.smtp
+	m := s.smtp
+	distinct, flows, failed := m.window(r.smtpMins)
+	slowDistinct, _, _ := m.window(r.slowMins)
+	var trigger string
+	switch {
+	case distinct >= uint64(cfg.Threshold):
+		trigger = TriggerThreshold
+	case slowDistinct >= uint64(cfg.SlowThreshold):
+		trigger = TriggerSlowWindow
+	case m.infected:
+		trigger = TriggerSequential
+	default:
 		return alert.Alert{}, false
 	}
-	inc := s.incidents[alert.KindSMTPFanout]
+	inc, state := e.incident(addr, s, kindSMTP, nowMs, m.firstMs)
+	a := e.smtpAlert(addr, s, r, inc, trigger, distinct, flows, failed, slowDistinct)
+	return e.emit(inc, state, a, distinct, nowMs, cfg.UpdateInterval)
+}
+
+// incident returns the open incident of kind, opening one if needed.
+func (e *Engine) incident(addr netip.Addr, s *subscriber, kind int, nowMs, firstSeenMs int64) (*incident, string) {
+	inc := s.incidents[kind]
 	state := alert.StateUpdate
 	if inc == nil {
-		inc = &incident{
-			id:          incidentID(addr, alert.KindSMTPFanout, nowMs),
-			firstSeenMs: s.firstMs,
-		}
-		s.incidents[alert.KindSMTPFanout] = inc
+		inc = &incident{id: incidentID(addr, kindNames[kind], nowMs), firstSeenMs: firstSeenMs}
+		s.incidents[kind] = inc
 		state = alert.StateOpen
 	}
 	inc.lastAboveMs = nowMs
 	inc.lastSeenMs = max(inc.lastSeenMs, s.lastMs)
-	a := e.smtpAlert(addr, s, inc, distinct, flows, failed, slowDistinct)
+	return inc, state
+}
+
+// emit applies the lifecycle: an open always goes out, an update only when
+// the count grew and the update interval has passed.
+func (e *Engine) emit(inc *incident, state string, a alert.Alert, distinct uint64, nowMs int64, interval time.Duration) (alert.Alert, bool) {
+	a.LastSeen = time.UnixMilli(inc.lastSeenMs).UTC()
 	inc.last = a
 	if state == alert.StateUpdate &&
-		(distinct <= inc.lastEmitDistinct || nowMs-inc.lastEmitMs < cfg.UpdateInterval.Milliseconds()) {
+		(distinct <= inc.lastEmitDistinct || nowMs-inc.lastEmitMs < interval.Milliseconds()) {
 		return alert.Alert{}, false
 	}
 	a.State = state
@@ -164,43 +299,76 @@ func (e *Engine) evaluateSMTP(addr netip.Addr, s *subscriber, nowMs int64) (aler
 	return a, true
 }
 
-func (e *Engine) smtpAlert(addr netip.Addr, s *subscriber, inc *incident, distinct, flows, failed, slowDistinct uint64) alert.Alert {
-	cfg := e.config.SMTPFanout
-	windowEnd := (s.smtp.latest + 1) * Bucket.Milliseconds()
+func (e *Engine) base(addr netip.Addr, s *subscriber, inc *incident, kind int, windowEndMs int64, window time.Duration) alert.Alert {
+	a := alert.Alert{
+		ID:           inc.id,
+		Kind:         kindNames[kind],
+		SubscriberIP: addr.String(),
+		WindowStart:  time.UnixMilli(windowEndMs - window.Milliseconds()).UTC(),
+		WindowEnd:    time.UnixMilli(windowEndMs).UTC(),
+		FirstSeen:    time.UnixMilli(inc.firstSeenMs).UTC(),
+		LastSeen:     time.UnixMilli(inc.lastSeenMs).UTC(),
+	}
+	if int(s.exporter) < len(e.exporters) && e.exporters[s.exporter].IsValid() {
+		a.Exporter = e.exporters[s.exporter].String()
+	}
+	if e.subscriberID != nil {
+		a.SubscriberID = e.subscriberID(addr)
+	}
+	a.Evidence.SamplingRate = s.sampling
+	if s.group > 0 {
+		a.Evidence.Group = e.rules[s.group].name
+	}
+	return a
+}
+
+func (e *Engine) smtpAlert(addr netip.Addr, s *subscriber, r *ruleSet, inc *incident, trigger string, distinct, flows, failed, slowDistinct uint64) alert.Alert {
+	cfg := r.smtp
+	m := s.smtp
 	share := 0.0
 	if flows > 0 {
 		share = float64(failed) / float64(flows)
 	}
-	sample := make([]string, len(s.smtp.sample))
-	for i, d := range s.smtp.sample {
+	sample := make([]string, len(m.sample))
+	for i, d := range m.sample {
 		sample[i] = d.String()
 	}
-	return alert.Alert{
-		ID:           inc.id,
-		Kind:         alert.KindSMTPFanout,
-		SubscriberIP: addr.String(),
-		WindowStart:  time.UnixMilli(windowEnd - cfg.Window.Milliseconds()).UTC(),
-		WindowEnd:    time.UnixMilli(windowEnd).UTC(),
-		FirstSeen:    time.UnixMilli(inc.firstSeenMs).UTC(),
-		LastSeen:     time.UnixMilli(inc.lastSeenMs).UTC(),
-		DistinctDsts: distinct,
-		Flows:        flows,
-		// Past the threshold, every failed attempt adds weight: a zombie
-		// hammering dead or refusing MX hosts scores up to twice as high as
-		// a busy but successful sender of the same fan-out.
-		Score:    float64(distinct) / float64(cfg.Threshold) * (1 + share),
-		Exporter: s.exporter.String(),
-		Evidence: alert.Evidence{
-			SampleDsts:        sample,
-			FailedAttempts:    failed,
-			CompletedAttempts: flows - failed,
-			FailedShare:       share,
-			Threshold:         uint64(cfg.Threshold),
-			Window:            cfg.Window.String(),
-			DistinctDsts60m:   slowDistinct,
-			Saturated:         s.smtp.saturated,
-		},
+	a := e.base(addr, s, inc, kindSMTP, (m.latest+1)*minuteMs, cfg.Window)
+	a.DistinctDsts = distinct
+	a.Flows = flows
+	// Past the threshold, every failed attempt adds weight: a zombie
+	// hammering dead or refusing MX hosts scores up to twice as high as
+	// a busy but successful sender of the same fan-out. The sequential
+	// test scores by how far its odds are past the decision bound.
+	strength := float64(distinct) / float64(cfg.Threshold)
+	decision := "pending"
+	if m.infected {
+		decision = "infected"
 	}
+	up, _ := cfg.Sequential.bounds()
+	if cfg.Sequential.Enabled && m.llr > 0 {
+		strength = max(strength, m.llr/up)
+	}
+	a.Score = strength * (1 + share)
+	a.Evidence.SampleDsts = sample
+	a.Evidence.FailedAttempts = failed
+	a.Evidence.CompletedAttempts = flows - failed
+	a.Evidence.FailedShare = share
+	a.Evidence.Threshold = uint64(cfg.Threshold)
+	a.Evidence.Window = cfg.Window.String()
+	a.Evidence.DistinctDsts60m = slowDistinct
+	a.Evidence.Saturated = m.saturated
+	a.Evidence.Trigger = trigger
+	if cfg.Sequential.Enabled {
+		a.Evidence.Sequential = &alert.Sequential{
+			Decision:      decision,
+			Odds:          math.Exp(min(m.llr, 700)),
+			Bound:         math.Exp(up),
+			FirstContacts: uint64(m.firstContacts),
+			FirstFailed:   uint64(m.firstFailed),
+		}
+	}
+	return a
 }
 
 // incidentID is stable for an incident and the same in a replay: it hashes
@@ -210,14 +378,15 @@ func incidentID(addr netip.Addr, kind string, openedMs int64) string {
 	return hex.EncodeToString(h[:12])
 }
 
-// Advance moves event time to nowMs: incidents quiet for the cool-down are
-// resolved and subscribers with nothing left in their windows are evicted.
+// Advance moves event time to nowMs. At each new minute it resolves
+// incidents quiet for their cool-down, evaluates dst_entropy and evicts
+// subscribers with nothing left in their windows.
 func (e *Engine) Advance(nowMs int64) []alert.Alert {
 	if nowMs <= e.watermark {
 		return nil
 	}
 	e.watermark = nowMs
-	minute := nowMs / Bucket.Milliseconds()
+	minute := nowMs / minuteMs
 	if minute == e.lastSweep {
 		return nil
 	}
@@ -229,9 +398,11 @@ func (e *Engine) Advance(nowMs int64) []alert.Alert {
 func (e *Engine) Flush() []alert.Alert {
 	var out []alert.Alert
 	for addr, s := range e.subscribers {
-		for kind, inc := range s.incidents {
-			out = append(out, resolved(inc))
-			delete(s.incidents, kind)
+		for k, inc := range s.incidents {
+			if inc != nil {
+				out = append(out, resolved(inc))
+				s.incidents[k] = nil
+			}
 		}
 		delete(e.subscribers, addr)
 	}
@@ -241,22 +412,99 @@ func (e *Engine) Flush() []alert.Alert {
 
 func (e *Engine) sweep(nowMs int64) []alert.Alert {
 	var out []alert.Alert
-	cooldown := e.config.SMTPFanout.Cooldown.Milliseconds()
-	keep := e.config.SMTPFanout.SlowWindow.Milliseconds() + e.config.AllowedLateness.Milliseconds()
+	minute := nowMs / minuteMs
 	for addr, s := range e.subscribers {
-		for kind, inc := range s.incidents {
-			if nowMs-inc.lastAboveMs >= cooldown {
-				out = append(out, resolved(inc))
-				delete(s.incidents, kind)
+		r := &e.rules[s.group]
+		if r.entOn {
+			s.ent.expire(uint32(minute - int64(r.entMins) + 1))
+			if a, ok := e.evaluateEntropy(addr, s, r, nowMs); ok {
+				out = append(out, a)
 			}
 		}
-		if len(s.incidents) == 0 && nowMs-s.lastMs > keep {
+		for k, inc := range s.incidents {
+			if inc == nil {
+				continue
+			}
+			cooldown := r.smtp.Cooldown
+			if k == kindEntropy {
+				cooldown = r.entropy.Cooldown
+			}
+			if nowMs-inc.lastAboveMs >= cooldown.Milliseconds() {
+				out = append(out, resolved(inc))
+				s.incidents[k] = nil
+				if k == kindSMTP && s.smtp != nil {
+					s.smtp.resetWalk()
+				}
+			}
+		}
+		if s.incidents == [kinds]*incident{} && nowMs-s.lastMs > e.keepMs {
 			delete(e.subscribers, addr)
+			e.stats.Evicted++
 		}
 	}
 	sortAlerts(out)
 	return out
 }
+
+func (e *Engine) evaluateEntropy(addr netip.Addr, s *subscriber, r *ruleSet, nowMs int64) (alert.Alert, bool) {
+	cfg := r.entropy
+	if len(s.ent.recs) == 0 {
+		return alert.Alert{}, false
+	}
+	scale := uint64(max(s.sampling, 1))
+	// Cheap check before building histograms: most subscribers are far
+	// below the minimum flow count.
+	var raw uint64
+	for i := range s.ent.recs {
+		raw += uint64(s.ent.recs[i].n)
+	}
+	if raw<<s.ent.level*scale < uint64(cfg.MinFlows) {
+		return alert.Alert{}, false
+	}
+	st := s.ent.evaluate(&e.scratch, scale, cfg.SampleSize)
+	if st.flows < uint64(cfg.MinFlows) {
+		return alert.Alert{}, false
+	}
+	worm := st.distinct >= uint64(cfg.WormMinDsts) && st.addrH >= cfg.WormAddrEntropy && st.portH <= cfg.WormPortEntropy
+	open := s.incidents[kindEntropy] != nil
+	baseMean := s.ent.mean
+	delta, departed := s.ent.departure(st, cfg, open)
+	var trigger string
+	switch {
+	case worm:
+		trigger = TriggerWorm
+	case departed:
+		trigger = TriggerBaseline
+	default:
+		return alert.Alert{}, false
+	}
+	inc, state := e.incident(addr, s, kindEntropy, nowMs, int64(st.firstMinute)*minuteMs)
+	a := e.base(addr, s, inc, kindEntropy, (nowMs/minuteMs+1)*minuteMs, cfg.Window)
+	a.DistinctDsts = st.distinct
+	a.Flows = st.flows
+	if worm {
+		a.Score = float64(st.distinct) / float64(cfg.WormMinDsts) * (st.addrH - st.portH)
+	} else {
+		a.Score = delta / max(cfg.BaselineMinDelta, 1e-9)
+	}
+	a.Evidence.SampleDsts = st.sample
+	a.Evidence.Window = cfg.Window.String()
+	a.Evidence.Trigger = trigger
+	a.Evidence.Entropy = &alert.Entropy{
+		DstAddr:         round3(st.addrH),
+		DstPort:         round3(st.portH),
+		DistinctPorts:   st.ports,
+		TopPort:         st.topPort,
+		TopPortShare:    round3(st.topPortShare),
+		BaselineDstAddr: round3(float64(baseMean[0])),
+		BaselineDstPort: round3(float64(baseMean[1])),
+		BaselineSteps:   uint64(s.ent.evals),
+		Thinning:        st.thinning,
+	}
+	return e.emit(inc, state, a, st.distinct, nowMs, cfg.UpdateInterval)
+}
+
+func round3(x float64) float64 { return math.Round(x*1000) / 1000 }
 
 func resolved(inc *incident) alert.Alert {
 	a := inc.last
@@ -267,6 +515,7 @@ func resolved(inc *incident) alert.Alert {
 // sortAlerts orders alerts from one sweep so that output is deterministic.
 func sortAlerts(as []alert.Alert) {
 	slices.SortFunc(as, func(a, b alert.Alert) int {
-		return cmp.Or(strings.Compare(a.SubscriberIP, b.SubscriberIP), strings.Compare(a.Kind, b.Kind))
+		return cmp.Or(strings.Compare(a.SubscriberIP, b.SubscriberIP), strings.Compare(a.Kind, b.Kind),
+			strings.Compare(a.State, b.State))
 	})
 }

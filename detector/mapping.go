@@ -1,0 +1,101 @@
+package detector
+
+import (
+	"bufio"
+	"encoding/csv"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+)
+
+// Mapping tells the subscriber_id of an address, from a CSV file of
+// "network,subscriber_id" lines where network is a prefix or an address.
+// The longest prefix wins. Blank lines and lines starting with # are
+// skipped, and so is a first line whose network does not parse (a header).
+type Mapping struct {
+	table   *prefixTable[string]
+	modTime time.Time
+	size    int64
+}
+
+// LoadMapping reads a mapping file.
+func LoadMapping(path string) (*Mapping, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("cannot open subscriber map: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("cannot stat subscriber map: %w", err)
+	}
+	m, err := ParseMapping(f)
+	if err != nil {
+		return nil, fmt.Errorf("subscriber map %s: %w", path, err)
+	}
+	m.modTime, m.size = st.ModTime(), st.Size()
+	return m, nil
+}
+
+// ParseMapping reads mapping lines from r.
+func ParseMapping(r io.Reader) (*Mapping, error) {
+	cr := csv.NewReader(bufio.NewReader(r))
+	cr.FieldsPerRecord = -1
+	cr.Comment = '#'
+	cr.TrimLeadingSpace = true
+	m := &Mapping{table: newPrefixTable[string]()}
+	for line := 1; ; line++ {
+		rec, err := cr.Read()
+		if errors.Is(err, io.EOF) {
+			return m, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("line %d: %w", line, err)
+		}
+		if len(rec) == 0 || (len(rec) == 1 && strings.TrimSpace(rec[0]) == "") {
+			continue
+		}
+		if len(rec) < 2 {
+			return nil, fmt.Errorf("line %d: want network,subscriber_id", line)
+		}
+		n, err := ParseNetwork(rec[0])
+		if err != nil {
+			if line == 1 {
+				continue // header
+			}
+			return nil, fmt.Errorf("line %d: %w", line, err)
+		}
+		m.table.insert(n.Prefix, strings.TrimSpace(rec[1]))
+	}
+}
+
+// Lookup returns the subscriber_id of a, or "" when no entry holds it.
+func (m *Mapping) Lookup(a netip.Addr) string {
+	if m == nil {
+		return ""
+	}
+	id, _ := m.table.lookup(a)
+	return id
+}
+
+// Len is the number of entries.
+func (m *Mapping) Len() int {
+	if m == nil {
+		return 0
+	}
+	return m.table.len()
+}
+
+// changed tells whether the file at path differs from what m was loaded
+// from, by modification time and size (cheap enough to poll).
+func (m *Mapping) changed(path string) (bool, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return false, fmt.Errorf("cannot stat subscriber map: %w", err)
+	}
+	return m == nil || !st.ModTime().Equal(m.modTime) || st.Size() != m.size, nil
+}
