@@ -15,16 +15,62 @@ import (
 var clickhouseFS embed.FS
 
 // Migration is one versioned ClickHouse DDL step. Its SQL names the
-// database as {db}; statements are separated by lines holding only ";".
+// database as {db} and the version-dependent types as {ip} and {lc} (see
+// Features); statements are separated by lines holding only ";".
 type Migration struct {
 	Version    int
 	Name       string
 	Statements []string
 }
 
+// Features are what the ClickHouse server can do beyond 18.16, the oldest
+// release wormsign supports (Debian's package, used in CI).
+type Features struct {
+	// IPv6 is the IPv6 column type (a domain over FixedString(16)), from
+	// 19.3. Without it addresses are stored as their text.
+	IPv6 bool
+	// LowCardinality(String), from 19.3 (experimental before).
+	LowCardinality bool
+	// TTL on MergeTree tables, from 19.6. The sink drops old partitions
+	// itself on every version; TTL lets the server do it between runs.
+	TTL bool
+}
+
+// FeaturesOf returns the features of a server from its version() text,
+// e.g. "18.16.1" or "24.8.4.13".
+func FeaturesOf(version string) (Features, error) {
+	parts := strings.SplitN(version, ".", 3)
+	if len(parts) < 2 {
+		return Features{}, fmt.Errorf("cannot parse ClickHouse version %q", version)
+	}
+	major, err1 := strconv.Atoi(parts[0])
+	minor, err2 := strconv.Atoi(parts[1])
+	if err1 != nil || err2 != nil {
+		return Features{}, fmt.Errorf("cannot parse ClickHouse version %q", version)
+	}
+	atLeast := func(ma, mi int) bool { return major > ma || major == ma && minor >= mi }
+	return Features{IPv6: atLeast(19, 3), LowCardinality: atLeast(19, 3), TTL: atLeast(19, 6)}, nil
+}
+
+// IPType is the column type of addresses.
+func (f Features) IPType() string {
+	if f.IPv6 {
+		return "IPv6"
+	}
+	return "String"
+}
+
+func (f Features) lowCardinality() string {
+	if f.LowCardinality {
+		return "LowCardinality(String)"
+	}
+	return "String"
+}
+
 // ClickHouseMigrations returns the migrations in version order, with {db}
-// replaced by database.
-func ClickHouseMigrations(database string) ([]Migration, error) {
+// replaced by database and the types chosen for a server with features.
+func ClickHouseMigrations(database string, features Features) ([]Migration, error) {
+	replacer := strings.NewReplacer("{db}", database, "{ip}", features.IPType(), "{lc}", features.lowCardinality())
 	entries, err := fs.ReadDir(clickhouseFS, "clickhouse")
 	if err != nil {
 		return nil, err
@@ -43,7 +89,7 @@ func ClickHouseMigrations(database string) ([]Migration, error) {
 		}
 		m := Migration{Version: version, Name: name}
 		for _, stmt := range strings.Split(string(raw), "\n;\n") {
-			stmt = strings.TrimSpace(strings.ReplaceAll(stmt, "{db}", database))
+			stmt = strings.TrimSpace(replacer.Replace(stmt))
 			if stmt != "" && !isComment(stmt) {
 				m.Statements = append(m.Statements, stmt)
 			}

@@ -6,6 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
@@ -18,8 +22,17 @@ import (
 
 // ClickHouse writes flows and alerts over the native protocol.
 type ClickHouse struct {
-	config ClickHouseConfiguration
-	conn   driver.Conn
+	config   ClickHouseConfiguration
+	conn     driver.Conn
+	version  string
+	features schemas.Features
+
+	// ipv6 tells whether the address columns of flows are IPv6 (else
+	// String). It is read from the table, not guessed from the version,
+	// so that a database migrated by another release is written right.
+	typesOnce sync.Mutex
+	typesRead bool
+	ipv6      bool
 }
 
 // OpenClickHouse connects and checks that the server answers.
@@ -28,10 +41,12 @@ func OpenClickHouse(ctx context.Context, config ClickHouseConfiguration) (*Click
 		return nil, err
 	}
 	conn, err := clickhouse.Open(&clickhouse.Options{
-		Addr:        []string{config.Addr},
-		Auth:        clickhouse.Auth{Database: "default", Username: config.Username, Password: config.Password},
-		DialTimeout: config.DialTimeout,
-		Compression: &clickhouse.Compression{Method: clickhouse.CompressionLZ4},
+		Addr:         []string{config.Addr},
+		Auth:         clickhouse.Auth{Database: "default", Username: config.Username, Password: config.Password},
+		DialTimeout:  config.DialTimeout,
+		ReadTimeout:  config.ReadTimeout,
+		MaxOpenConns: 16,
+		Compression:  &clickhouse.Compression{Method: clickhouse.CompressionLZ4},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("cannot open ClickHouse at %s (clickhouse.addr): %w", config.Addr, err)
@@ -42,7 +57,16 @@ func OpenClickHouse(ctx context.Context, config ClickHouseConfiguration) (*Click
 		conn.Close()
 		return nil, fmt.Errorf("cannot reach ClickHouse at %s (clickhouse.addr): %w", config.Addr, err)
 	}
-	return &ClickHouse{config: config, conn: conn}, nil
+	c := &ClickHouse{config: config, conn: conn}
+	if err := conn.QueryRow(pingCtx, "SELECT version()").Scan(&c.version); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("cannot read ClickHouse version: %w", err)
+	}
+	if c.features, err = schemas.FeaturesOf(c.version); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return c, nil
 }
 
 // Close releases the connections.
@@ -51,8 +75,12 @@ func (c *ClickHouse) Close() error { return c.conn.Close() }
 // Ping checks that the server answers.
 func (c *ClickHouse) Ping(ctx context.Context) error { return c.conn.Ping(ctx) }
 
+// Version is the server's version() text.
+func (c *ClickHouse) Version() string { return c.version }
+
 // Migrate creates the database and applies the migrations not yet recorded
-// in its schema_migrations table. Running it again changes nothing.
+// in its schema_migrations table. Running it again changes nothing. The
+// column types follow the server's version (schemas.Features).
 func (c *ClickHouse) Migrate(ctx context.Context, logger *slog.Logger) error {
 	db := c.config.Database
 	if err := c.conn.Exec(ctx, "CREATE DATABASE IF NOT EXISTS "+db); err != nil {
@@ -77,7 +105,7 @@ func (c *ClickHouse) Migrate(ctx context.Context, logger *slog.Logger) error {
 		applied[v] = true
 	}
 	rows.Close()
-	migrations, err := schemas.ClickHouseMigrations(db)
+	migrations, err := schemas.ClickHouseMigrations(db, c.features)
 	if err != nil {
 		return fmt.Errorf("cannot load migrations: %w", err)
 	}
@@ -85,6 +113,8 @@ func (c *ClickHouse) Migrate(ctx context.Context, logger *slog.Logger) error {
 		if applied[uint32(m.Version)] {
 			continue
 		}
+		// Every statement is IF NOT EXISTS: a migration interrupted half
+		// way is simply applied again.
 		for _, stmt := range m.Statements {
 			if err := c.conn.Exec(ctx, stmt); err != nil {
 				return fmt.Errorf("migration %s failed: %w", m.Name, err)
@@ -93,7 +123,7 @@ func (c *ClickHouse) Migrate(ctx context.Context, logger *slog.Logger) error {
 		if err := c.recordMigration(ctx, m); err != nil {
 			return fmt.Errorf("cannot record migration %s: %w", m.Name, err)
 		}
-		logger.Info("applied clickhouse migration", "name", m.Name, "database", db)
+		logger.Info("applied clickhouse migration", "name", m.Name, "database", db, "server", c.version)
 	}
 	return nil
 }
@@ -112,13 +142,32 @@ func (c *ClickHouse) recordMigration(ctx context.Context, m schemas.Migration) e
 	return batch.Send()
 }
 
+// readTypes learns whether flows stores addresses as IPv6 or String.
+func (c *ClickHouse) readTypes(ctx context.Context) error {
+	c.typesOnce.Lock()
+	defer c.typesOnce.Unlock()
+	if c.typesRead {
+		return nil
+	}
+	var typ string
+	err := c.conn.QueryRow(ctx, "SELECT type FROM system.columns WHERE database = ? AND table = 'flows' AND name = 'dst_addr'",
+		c.config.Database).Scan(&typ)
+	if err != nil {
+		return fmt.Errorf("cannot read the type of flows.dst_addr (was the database migrated?): %w", err)
+	}
+	c.ipv6 = typ == "IPv6"
+	c.typesRead = true
+	return nil
+}
+
 // Column lists are spelled out: ClickHouse 18.16 needs named INSERT columns
 // over the native protocol.
 const flowColumns = "date, time_received, time_start, time_end, subscriber_ip, exporter, observation_domain, " +
-	"sampling_rate, src_addr, dst_addr, src_port, dst_port, proto, tcp_flags, bytes, packets, in_if, out_if, flow_type"
+	"sampling_rate, src_addr, dst_addr, src_port, dst_port, proto, tcp_flags, bytes, packets, in_if, out_if, flow_type, " +
+	"sink_partition, sink_offset"
 
 const alertColumns = "date, id, kind, state, subscriber_ip, subscriber_id, window_start, window_end, " +
-	"first_seen, last_seen, distinct_dsts, flows, score, exporter, evidence"
+	"first_seen, last_seen, distinct_dsts, flows, score, exporter, evidence, sink_partition, sink_offset"
 
 func addrText(a netip.Addr) string {
 	if !a.IsValid() {
@@ -129,29 +178,102 @@ func addrText(a netip.Addr) string {
 
 func day(t time.Time) time.Time { return time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC) }
 
-// FlowRow is a flow with the subscriber it is keyed by.
+// FlowRow is a flow with the subscriber it is keyed by and the bus
+// coordinates of the message it came in (recorded in the ledger).
 type FlowRow struct {
 	Subscriber string
 	Flow       flow.Flow
+	Partition  uint32
+	Offset     uint64
 }
 
-// InsertFlows writes rows in one INSERT.
+// flowBlock holds one INSERT column by column: appending whole columns
+// spares clickhouse-go a reflection step per value.
+type flowBlock struct {
+	date, received, start, end []time.Time
+	subscriber                 []string
+	exporter, src, dst         []netip.Addr
+	exporterS, srcS, dstS      []string
+	obsDomain, sampling        []uint32
+	srcPort, dstPort           []uint16
+	proto, flags, typ          []uint8
+	bytes, packets             []uint64
+	inIf, outIf, partition     []uint32
+	offset                     []uint64
+}
+
+func (b *flowBlock) fill(rows []FlowRow, ipv6 bool) {
+	n := len(rows)
+	b.date, b.received, b.start, b.end = make([]time.Time, n), make([]time.Time, n), make([]time.Time, n), make([]time.Time, n)
+	b.subscriber = make([]string, n)
+	if ipv6 {
+		b.exporter, b.src, b.dst = make([]netip.Addr, n), make([]netip.Addr, n), make([]netip.Addr, n)
+	} else {
+		b.exporterS, b.srcS, b.dstS = make([]string, n), make([]string, n), make([]string, n)
+	}
+	b.obsDomain, b.sampling = make([]uint32, n), make([]uint32, n)
+	b.srcPort, b.dstPort = make([]uint16, n), make([]uint16, n)
+	b.proto, b.flags, b.typ = make([]uint8, n), make([]uint8, n), make([]uint8, n)
+	b.bytes, b.packets = make([]uint64, n), make([]uint64, n)
+	b.inIf, b.outIf, b.partition = make([]uint32, n), make([]uint32, n), make([]uint32, n)
+	b.offset = make([]uint64, n)
+	for i := range rows {
+		f := &rows[i].Flow
+		end := time.UnixMilli(f.EndMs).UTC()
+		b.date[i], b.end[i] = day(end), end
+		b.received[i], b.start[i] = time.UnixMilli(f.TimeReceivedMs).UTC(), time.UnixMilli(f.StartMs).UTC()
+		b.subscriber[i] = rows[i].Subscriber
+		if ipv6 {
+			// An absent address is stored as :: (the column's default).
+			b.exporter[i], b.src[i], b.dst[i] = orUnspecified(f.Exporter), orUnspecified(f.SrcAddr), orUnspecified(f.DstAddr)
+		} else {
+			b.exporterS[i], b.srcS[i], b.dstS[i] = addrText(f.Exporter), addrText(f.SrcAddr), addrText(f.DstAddr)
+		}
+		b.obsDomain[i], b.sampling[i] = f.ObservationDomain, f.SamplingRate
+		b.srcPort[i], b.dstPort[i] = f.SrcPort, f.DstPort
+		b.proto[i], b.flags[i], b.typ[i] = f.Proto, f.TCPFlags, uint8(f.Type)
+		b.bytes[i], b.packets[i] = f.Bytes, f.Packets
+		b.inIf[i], b.outIf[i] = f.InIf, f.OutIf
+		b.partition[i], b.offset[i] = rows[i].Partition, rows[i].Offset
+	}
+}
+
+func orUnspecified(a netip.Addr) netip.Addr {
+	if !a.IsValid() {
+		return netip.IPv6Unspecified()
+	}
+	return a
+}
+
+func (b *flowBlock) columns(ipv6 bool) []any {
+	var exporter, src, dst any = b.exporterS, b.srcS, b.dstS
+	if ipv6 {
+		exporter, src, dst = b.exporter, b.src, b.dst
+	}
+	return []any{b.date, b.received, b.start, b.end, b.subscriber, exporter, b.obsDomain,
+		b.sampling, src, dst, b.srcPort, b.dstPort, b.proto, b.flags, b.bytes, b.packets, b.inIf, b.outIf, b.typ,
+		b.partition, b.offset}
+}
+
+// InsertFlows writes rows in one INSERT, hence one block: the ledger view
+// sees the whole batch at once.
 func (c *ClickHouse) InsertFlows(ctx context.Context, rows []FlowRow) error {
+	if len(rows) == 0 {
+		return nil
+	}
+	if err := c.readTypes(ctx); err != nil {
+		return err
+	}
+	var block flowBlock
+	block.fill(rows, c.ipv6)
 	batch, err := c.conn.PrepareBatch(ctx, "INSERT INTO "+c.config.Database+".flows ("+flowColumns+")")
 	if err != nil {
 		return fmt.Errorf("cannot prepare flows insert: %w", err)
 	}
 	defer batch.Abort()
-	for i := range rows {
-		f := &rows[i].Flow
-		end := time.UnixMilli(f.EndMs).UTC()
-		if err := batch.Append(
-			day(end), time.UnixMilli(f.TimeReceivedMs).UTC(), time.UnixMilli(f.StartMs).UTC(), end,
-			rows[i].Subscriber, addrText(f.Exporter), f.ObservationDomain,
-			f.SamplingRate, addrText(f.SrcAddr), addrText(f.DstAddr),
-			f.SrcPort, f.DstPort, f.Proto, f.TCPFlags, f.Bytes, f.Packets, f.InIf, f.OutIf, uint8(f.Type),
-		); err != nil {
-			return fmt.Errorf("cannot append flow row: %w", err)
+	for i, col := range block.columns(c.ipv6) {
+		if err := batch.Column(i).Append(col); err != nil {
+			return fmt.Errorf("cannot append flows column %d: %w", i, err)
 		}
 	}
 	if err := batch.Send(); err != nil {
@@ -160,15 +282,25 @@ func (c *ClickHouse) InsertFlows(ctx context.Context, rows []FlowRow) error {
 	return nil
 }
 
+// AlertRow is an alert with the bus coordinates of its message.
+type AlertRow struct {
+	Alert     alert.Alert
+	Partition uint32
+	Offset    uint64
+}
+
 // InsertAlerts writes alerts in one INSERT.
-func (c *ClickHouse) InsertAlerts(ctx context.Context, alerts []alert.Alert) error {
+func (c *ClickHouse) InsertAlerts(ctx context.Context, alerts []AlertRow) error {
+	if len(alerts) == 0 {
+		return nil
+	}
 	batch, err := c.conn.PrepareBatch(ctx, "INSERT INTO "+c.config.Database+".alerts ("+alertColumns+")")
 	if err != nil {
 		return fmt.Errorf("cannot prepare alerts insert: %w", err)
 	}
 	defer batch.Abort()
 	for i := range alerts {
-		a := &alerts[i]
+		a := &alerts[i].Alert
 		evidence, err := json.Marshal(a.Evidence)
 		if err != nil {
 			return fmt.Errorf("cannot encode evidence of alert %s: %w", a.ID, err)
@@ -177,12 +309,129 @@ func (c *ClickHouse) InsertAlerts(ctx context.Context, alerts []alert.Alert) err
 			day(a.WindowEnd.UTC()), a.ID, a.Kind, a.State, a.SubscriberIP, a.SubscriberID,
 			a.WindowStart.UTC(), a.WindowEnd.UTC(), a.FirstSeen.UTC(), a.LastSeen.UTC(),
 			a.DistinctDsts, a.Flows, a.Score, a.Exporter, string(evidence),
+			alerts[i].Partition, alerts[i].Offset,
 		); err != nil {
 			return fmt.Errorf("cannot append alert row: %w", err)
 		}
 	}
 	if err := batch.Send(); err != nil {
 		return fmt.Errorf("cannot insert %d alerts: %w", len(alerts), err)
+	}
+	return nil
+}
+
+// offsetRange is a closed range of message offsets in one bus partition.
+type offsetRange struct {
+	Partition   uint32
+	First, Last uint64
+}
+
+// written returns the ledger's ranges of source that overlap want: those
+// messages are in the table already.
+func (c *ClickHouse) written(ctx context.Context, source string, want []offsetRange) ([]offsetRange, error) {
+	if len(want) == 0 {
+		return nil, nil
+	}
+	var cond []string
+	for _, r := range want {
+		cond = append(cond, fmt.Sprintf("(sink_partition = %d AND last_offset >= %d AND first_offset <= %d)", r.Partition, r.First, r.Last))
+	}
+	rows, err := c.conn.Query(ctx, "SELECT sink_partition, first_offset, last_offset FROM "+c.config.Database+
+		".sink_ledger WHERE source = '"+source+"' AND ("+strings.Join(cond, " OR ")+")")
+	if err != nil {
+		return nil, fmt.Errorf("cannot read the sink ledger: %w", err)
+	}
+	defer rows.Close()
+	var out []offsetRange
+	for rows.Next() {
+		var r offsetRange
+		if err := rows.Scan(&r.Partition, &r.First, &r.Last); err != nil {
+			return nil, fmt.Errorf("cannot read the sink ledger: %w", err)
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// retentionTables names each table's partition date and how long it keeps.
+func retentionTables(r RetentionConfiguration) []struct {
+	table, date string
+	days        int
+} {
+	return []struct {
+		table, date string
+		days        int
+	}{
+		{"flows", "date", r.FlowsDays},
+		{"flows_1m", "toDate(minute)", r.RollupDays},
+		{"alerts", "date", r.AlertsDays},
+		{"sink_ledger", "toDate(written_at)", r.LedgerDays},
+	}
+}
+
+// DropExpired drops the daily partitions whose whole day is older than the
+// retention of their table, and returns how many it dropped. It works on
+// every version: DROP PARTITION ID needs nothing newer than 18.16.
+func (c *ClickHouse) DropExpired(ctx context.Context, now time.Time, r RetentionConfiguration) (int, error) {
+	dropped := 0
+	for _, t := range retentionTables(r) {
+		if t.days <= 0 {
+			continue
+		}
+		cutoff, _ := strconv.Atoi(day(now).AddDate(0, 0, -t.days).Format("20060102"))
+		rows, err := c.conn.Query(ctx, "SELECT DISTINCT partition_id FROM system.parts WHERE database = ? AND table = ? AND active",
+			c.config.Database, t.table)
+		if err != nil {
+			return dropped, fmt.Errorf("cannot list partitions of %s: %w", t.table, err)
+		}
+		var expired []string
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				rows.Close()
+				return dropped, fmt.Errorf("cannot list partitions of %s: %w", t.table, err)
+			}
+			// Daily partitions are named YYYYMMDD; anything else is
+			// not ours to drop.
+			if n, err := strconv.Atoi(id); err == nil && len(id) == 8 && n < cutoff {
+				expired = append(expired, id)
+			}
+		}
+		rows.Close()
+		sort.Strings(expired)
+		for _, id := range expired {
+			if err := c.conn.Exec(ctx, "ALTER TABLE "+c.config.Database+"."+t.table+" DROP PARTITION ID '"+id+"'"); err != nil {
+				return dropped, fmt.Errorf("cannot drop partition %s of %s: %w", id, t.table, err)
+			}
+			dropped++
+		}
+	}
+	return dropped, nil
+}
+
+// ApplyTTL sets each table's TTL to its retention where the server has TTL
+// (19.6 and later), so that the server drops old rows between sink runs.
+// It changes nothing where the TTL is already the configured one.
+func (c *ClickHouse) ApplyTTL(ctx context.Context, r RetentionConfiguration) error {
+	if !c.features.TTL {
+		return nil
+	}
+	for _, t := range retentionTables(r) {
+		if t.days <= 0 {
+			continue
+		}
+		expr := fmt.Sprintf("%s + toIntervalDay(%d)", t.date, t.days)
+		var engine string
+		if err := c.conn.QueryRow(ctx, "SELECT engine_full FROM system.tables WHERE database = ? AND name = ?",
+			c.config.Database, t.table).Scan(&engine); err != nil {
+			return fmt.Errorf("cannot read the engine of %s: %w", t.table, err)
+		}
+		if strings.Contains(engine, "TTL "+expr) {
+			continue
+		}
+		if err := c.conn.Exec(ctx, "ALTER TABLE "+c.config.Database+"."+t.table+" MODIFY TTL "+expr); err != nil {
+			return fmt.Errorf("cannot set the TTL of %s: %w", t.table, err)
+		}
 	}
 	return nil
 }

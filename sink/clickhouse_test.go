@@ -2,23 +2,32 @@ package sink
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/netip"
+	"sort"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/wormsign/wormsign/alert"
+	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/flow"
+	"github.com/wormsign/wormsign/schemas"
 	"github.com/wormsign/wormsign/testenv"
 )
 
-// openTestClickHouse connects to the test server with a database of the
-// test's own, dropped at cleanup.
-func openTestClickHouse(t *testing.T) *ClickHouse {
+// openTestClickHouse connects to addr with a database of the test's own,
+// migrated, and dropped at cleanup.
+func openTestClickHouse(t *testing.T, addr string) *ClickHouse {
 	t.Helper()
 	cfg := DefaultClickHouseConfiguration()
-	cfg.Addr = testenv.ClickHouseAddr(t)
+	cfg.Addr = addr
 	cfg.Database = testenv.Name(t, "wst")
+	cfg.ReadTimeout = 20 * time.Second
 	ctx := context.Background()
 	ch, err := OpenClickHouse(ctx, cfg)
 	if err != nil {
@@ -28,61 +37,250 @@ func openTestClickHouse(t *testing.T) *ClickHouse {
 		ch.conn.Exec(context.Background(), "DROP DATABASE IF EXISTS "+cfg.Database)
 		ch.Close()
 	})
+	if err := ch.Migrate(ctx, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatal(err)
+	}
 	return ch
 }
 
-func TestMigrateTwiceAndInsert(t *testing.T) {
-	ch := openTestClickHouse(t)
-	ctx := context.Background()
-	logger := slog.New(slog.DiscardHandler)
-	for i := 0; i < 2; i++ {
-		if err := ch.Migrate(ctx, logger); err != nil {
-			t.Fatalf("migrate run %d: %v", i+1, err)
+func queryStrings(t *testing.T, ch *ClickHouse, query string) []string {
+	t.Helper()
+	rows, err := ch.conn.Query(context.Background(), query)
+	if err != nil {
+		t.Fatalf("%s: %v", query, err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			t.Fatal(err)
 		}
+		out = append(out, s)
 	}
-	var applied uint64
-	if err := ch.conn.QueryRow(ctx, "SELECT count() FROM "+ch.config.Database+".schema_migrations").Scan(&applied); err != nil {
-		t.Fatal(err)
-	}
-	if applied != 1 {
-		t.Errorf("schema_migrations has %d rows after two runs, want 1", applied)
-	}
+	return out
+}
 
-	end := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
-	rows := []FlowRow{{Subscriber: "203.0.113.10", Flow: flow.Flow{
+func count(t *testing.T, ch *ClickHouse, query string) uint64 {
+	t.Helper()
+	var n uint64
+	if err := ch.conn.QueryRow(context.Background(), query).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", query, err)
+	}
+	return n
+}
+
+func TestMigrateTwice(t *testing.T) {
+	ch := openTestClickHouse(t, testenv.ClickHouseAddr(t))
+	if err := ch.Migrate(context.Background(), slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatalf("second migrate: %v", err)
+	}
+	db := ch.config.Database
+	if n := count(t, ch, "SELECT count() FROM "+db+".schema_migrations"); n != 3 {
+		t.Errorf("schema_migrations has %d rows after two runs, want 3", n)
+	}
+	got := queryStrings(t, ch, "SELECT name FROM system.tables WHERE database = '"+db+"' ORDER BY name")
+	want := []string{"alerts", "alerts_ledger_mv", "flows", "flows_1m", "flows_1m_mv", "flows_ledger_mv", "schema_migrations", "sink_ledger"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("tables (-want +got):\n%s", diff)
+	}
+	// The address type follows the server's version.
+	f, _ := schemas.FeaturesOf(ch.Version())
+	typ := queryStrings(t, ch, "SELECT type FROM system.columns WHERE database = '"+db+"' AND table = 'flows' AND name = 'dst_addr'")
+	if diff := cmp.Diff([]string{f.IPType()}, typ); diff != "" {
+		t.Errorf("dst_addr type on %s (-want +got):\n%s", ch.Version(), diff)
+	}
+}
+
+func smtpFlow(src, dst string, end time.Time, bytes uint64) flow.Flow {
+	return flow.Flow{
 		TimeReceivedMs: end.UnixMilli() + 500, StartMs: end.UnixMilli() - 1000, EndMs: end.UnixMilli(),
-		Exporter: netip.MustParseAddr("127.0.0.1"), SrcAddr: netip.MustParseAddr("203.0.113.10"),
-		DstAddr: netip.MustParseAddr("2001:db8::25"), SrcPort: 40000, DstPort: 25, Proto: 6,
-		TCPFlags: flow.TCPSyn, Bytes: 60, Packets: 1, Type: flow.TypeNetFlowV9,
-	}}}
+		Exporter: netip.MustParseAddr("127.0.0.1"), SrcAddr: netip.MustParseAddr(src),
+		DstAddr: netip.MustParseAddr(dst), SrcPort: 40000, DstPort: 25, Proto: 6,
+		TCPFlags: flow.TCPSyn, Bytes: bytes, Packets: 1, Type: flow.TypeNetFlowV9,
+	}
+}
+
+func TestInsertRollupsAndAnalystQueries(t *testing.T) {
+	ch := openTestClickHouse(t, testenv.ClickHouseAddr(t))
+	ctx := context.Background()
+	db := ch.config.Database
+	// Whole minutes ten minutes ago, so that every flow is inside "the
+	// last hour" and the timeline has two known minutes.
+	end := time.Now().UTC().Truncate(time.Minute).Add(-10 * time.Minute)
+	var rows []FlowRow
+	for i := range 30 {
+		f := smtpFlow("203.0.113.10", fmt.Sprintf("198.18.0.%d", i+1), end.Add(time.Duration(i%2)*time.Minute), 60)
+		rows = append(rows, FlowRow{Subscriber: "203.0.113.10", Flow: f, Partition: 0, Offset: uint64(i)})
+	}
+	web := smtpFlow("203.0.113.10", "2001:db8::80", end, 1500)
+	web.DstPort, web.SamplingRate = 443, 10
+	rows = append(rows, FlowRow{Subscriber: "203.0.113.10", Flow: web, Offset: 30})
+	for i := range 3 {
+		rows = append(rows, FlowRow{Subscriber: "203.0.113.20", Flow: smtpFlow("203.0.113.20", fmt.Sprintf("198.19.0.%d", i+1), end, 60), Offset: 31})
+	}
 	if err := ch.InsertFlows(ctx, rows); err != nil {
 		t.Fatal(err)
 	}
 	var dst string
 	var dport uint16
 	var day time.Time
-	if err := ch.conn.QueryRow(ctx, "SELECT dst_addr, dst_port, date FROM "+ch.config.Database+
-		".flows WHERE subscriber_ip = '203.0.113.10'").Scan(&dst, &dport, &day); err != nil {
+	if err := ch.conn.QueryRow(ctx, "SELECT toString(dst_addr), dst_port, date FROM "+db+
+		".flows WHERE subscriber_ip = '203.0.113.10' AND dst_port = 443").Scan(&dst, &dport, &day); err != nil {
 		t.Fatal(err)
 	}
-	if dst != "2001:db8::25" || dport != 25 || !day.Equal(time.Date(2026, 11, 27, 0, 0, 0, 0, time.UTC)) {
-		t.Errorf("flow row = %s %d %s, want 2001:db8::25 25 2026-11-27", dst, dport, day)
+	if dst != "2001:db8::80" || dport != 443 || !day.Equal(time.Date(end.Year(), end.Month(), end.Day(), 0, 0, 0, 0, time.UTC)) {
+		t.Errorf("flow row = %s %d %s, want 2001:db8::80 443 %s", dst, dport, day, end.Format(time.DateOnly))
 	}
 
 	a := alert.Alert{ID: "abc", Kind: alert.KindSMTPFanout, State: alert.StateOpen, SubscriberIP: "203.0.113.10",
 		WindowStart: end.Add(-5 * time.Minute), WindowEnd: end, FirstSeen: end.Add(-4 * time.Minute), LastSeen: end,
 		DistinctDsts: 30, Flows: 40, Score: 1.5, Exporter: "127.0.0.1",
 		Evidence: alert.Evidence{SampleDsts: []string{"198.18.0.1"}, FailedShare: 0.25}}
-	if err := ch.InsertAlerts(ctx, []alert.Alert{a}); err != nil {
+	update, resolved := a, a
+	update.State, update.DistinctDsts = alert.StateUpdate, 45
+	resolved.State = alert.StateResolved
+	// The open event twice, as a re-delivery that bypassed the ledger
+	// would write it: FINAL must still count it once.
+	alerts := []AlertRow{{Alert: a, Offset: 1}, {Alert: update, Offset: 2}, {Alert: resolved, Offset: 3}}
+	if err := ch.InsertAlerts(ctx, alerts); err != nil {
 		t.Fatal(err)
 	}
-	var kind, evidence string
-	var distinct uint64
-	if err := ch.conn.QueryRow(ctx, "SELECT kind, distinct_dsts, evidence FROM "+ch.config.Database+
-		".alerts WHERE id = 'abc'").Scan(&kind, &distinct, &evidence); err != nil {
+	if err := ch.InsertAlerts(ctx, alerts[:1]); err != nil {
 		t.Fatal(err)
 	}
-	if kind != "smtp_fanout" || distinct != 30 || evidence == "" {
-		t.Errorf("alert row = %s %d %q", kind, distinct, evidence)
+
+	queries, err := schemas.AnalystQueries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func(name string) []string {
+		q, ok := queries[name]
+		if !ok {
+			t.Fatalf("no analyst query %s", name)
+		}
+		q = strings.ReplaceAll(q, "wormsign.", db+".")
+		rows, err := ch.conn.Query(ctx, q)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		defer rows.Close()
+		var out []string
+		cols := rows.ColumnTypes()
+		for rows.Next() {
+			vals := make([]any, len(cols))
+			for i, c := range cols {
+				vals[i] = newScanTarget(c.ScanType())
+			}
+			if err := rows.Scan(vals...); err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			var parts []string
+			for _, v := range vals {
+				parts = append(parts, deref(v))
+			}
+			out = append(out, strings.Join(parts, " "))
+		}
+		return out
+	}
+	nextEnd := end.Add(time.Minute)
+	minute, next := deref(&end), deref(&nextEnd)
+	cases := []struct {
+		name string
+		want []string
+	}{
+		// subscriber, smtp destinations, smtp flows, flows (the 443 flow
+		// was sampled 1:10 and counts as 10)
+		{"top_smtp_talkers_last_hour", []string{"203.0.113.10 30 30 40", "203.0.113.20 3 3 3"}},
+		// minute, flows, bytes, packets, smtp flows, destinations, smtp destinations
+		{"subscriber_timeline", []string{minute + " 25 15900 25 15 16 15", next + " 15 900 15 15 15 15"}},
+		// date, kind, incidents, events, subscribers
+		{"alerts_per_day", []string{end.Format(time.DateOnly) + " smtp_fanout 1 3 1"}},
+	}
+	for _, tc := range cases {
+		if diff := cmp.Diff(tc.want, run(tc.name)); diff != "" {
+			t.Errorf("%s (-want +got):\n%s", tc.name, diff)
+		}
+	}
+}
+
+func TestRetentionDropsOldPartitions(t *testing.T) {
+	ch := openTestClickHouse(t, testenv.ClickHouseAddr(t))
+	ctx := context.Background()
+	db := ch.config.Database
+	now := time.Now().UTC()
+	var rows []FlowRow
+	for i, age := range []int{40, 31, 30, 1} {
+		end := now.AddDate(0, 0, -age)
+		rows = append(rows, FlowRow{Subscriber: "203.0.113.10", Flow: smtpFlow("203.0.113.10", "198.18.0.1", end, 60), Offset: uint64(i)})
+	}
+	if err := ch.InsertFlows(ctx, rows); err != nil {
+		t.Fatal(err)
+	}
+	r := RetentionConfiguration{FlowsDays: 30, RollupDays: 400}
+	n, err := ch.DropExpired(ctx, now, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 2 {
+		t.Errorf("dropped %d partitions, want 2 (40 and 31 days old)", n)
+	}
+	if got := count(t, ch, "SELECT count() FROM "+db+".flows"); got != 2 {
+		t.Errorf("flows keeps %d rows, want 2", got)
+	}
+	if got := count(t, ch, "SELECT sum(flows) FROM "+db+".flows_1m"); got != 4 {
+		t.Errorf("flows_1m keeps %d flows, want 4 (longer retention)", got)
+	}
+	if n, err := ch.DropExpired(ctx, now, r); err != nil || n != 0 {
+		t.Errorf("second run dropped %d, %v; want 0, nil", n, err)
+	}
+	if err := ch.ApplyTTL(ctx, r); err != nil {
+		t.Errorf("ApplyTTL on %s: %v", ch.Version(), err)
+	}
+}
+
+// flowMessage is one bus message of flows keyed by their subscriber.
+func flowMessage(subscriber string, flows []flow.Flow, partition int, offset int64) bus.Message {
+	return bus.Message{Key: netip.MustParseAddr(subscriber).AsSlice(), Value: flow.AppendBatch(nil, flows),
+		Partition: partition, Offset: offset}
+}
+
+func TestLedgerKeepsRetriedBatchesOut(t *testing.T) {
+	ch := openTestClickHouse(t, testenv.ClickHouseAddr(t))
+	ctx := context.Background()
+	db := ch.config.Database
+	c, err := New(Configuration{Group: "g", BatchMessages: 10, FlushInterval: time.Second}, Dependencies{
+		Logger: slog.New(slog.DiscardHandler), Registry: prometheus.NewRegistry(), Bus: bus.NewMemory(16),
+		FlowsTopic: "f", AlertsTopic: "a", ClickHouse: ch,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	end := time.Now().UTC().Add(-time.Minute)
+	var msgs []bus.Message
+	for i := range 6 {
+		flows := []flow.Flow{smtpFlow("203.0.113.10", "198.18.0.1", end, uint64(2*i)), smtpFlow("203.0.113.10", "198.18.0.2", end, uint64(2*i+1))}
+		msgs = append(msgs, flowMessage("203.0.113.10", flows, i%2, int64(i/2)))
+	}
+	// First the first four messages, then all six as after a re-delivery
+	// with other batch boundaries, then all six again as a blind retry.
+	for _, batch := range [][]bus.Message{msgs[:4], msgs, msgs} {
+		if err := c.writeFlows(ctx, batch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := queryStrings(t, ch, "SELECT toString(bytes) FROM "+db+".flows ORDER BY bytes")
+	var want []string
+	for i := range 12 {
+		want = append(want, fmt.Sprint(i))
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("flows (-want +got):\n%s", diff)
+	}
+	ledger := queryStrings(t, ch, "SELECT concat(toString(sink_partition), ':', toString(last_offset - first_offset + 1), ':', toString(rows)) FROM "+
+		db+".sink_ledger WHERE source = 'flows'")
+	sort.Strings(ledger)
+	if diff := cmp.Diff([]string{"0:1:2", "0:2:4", "1:1:2", "1:2:4"}, ledger); diff != "" {
+		t.Errorf("ledger partition:messages:rows (-want +got):\n%s", diff)
 	}
 }

@@ -2,7 +2,9 @@ package sink
 
 import (
 	"fmt"
+	"net/url"
 	"regexp"
+	"strings"
 	"time"
 )
 
@@ -14,11 +16,14 @@ type ClickHouseConfiguration struct {
 	Username    string        `yaml:"username"`
 	Password    string        `yaml:"password"`
 	DialTimeout time.Duration `yaml:"dial_timeout"`
+	// ReadTimeout bounds the wait for the server's answer to one INSERT
+	// or query; a server that hangs is then retried like one that is down.
+	ReadTimeout time.Duration `yaml:"read_timeout"`
 }
 
 // DefaultClickHouseConfiguration returns the documented defaults.
 func DefaultClickHouseConfiguration() ClickHouseConfiguration {
-	return ClickHouseConfiguration{Database: "wormsign", Username: "default", DialTimeout: 10 * time.Second}
+	return ClickHouseConfiguration{Database: "wormsign", Username: "default", DialTimeout: 10 * time.Second, ReadTimeout: time.Minute}
 }
 
 var identifier = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
@@ -31,24 +36,140 @@ func (c ClickHouseConfiguration) Validate() error {
 	if c.DialTimeout <= 0 {
 		return fmt.Errorf("clickhouse.dial_timeout: %s, want > 0", c.DialTimeout)
 	}
+	if c.ReadTimeout < 0 {
+		return fmt.Errorf("clickhouse.read_timeout: %s, want >= 0 (0: the driver's default)", c.ReadTimeout)
+	}
 	return nil
 }
 
-// Configuration of the sink.
+// Configuration of the sink. Zero values of the keys added after the first
+// release (batch_bytes, workers, retry_max_backoff, webhook_*) mean their
+// default, so that a Configuration literal in code keeps working.
 type Configuration struct {
-	// Group is the Kafka consumer group of the sink instances.
+	// Group is the Kafka consumer group of the sink instances. Each
+	// webhook target consumes the alerts topic in a group of its own,
+	// Group + "-webhook-" + its name.
 	Group string `yaml:"group"`
-	// BatchMessages (bus messages, each many flows) and FlushInterval bound one INSERT.
+	// BatchMessages (bus messages, each many flows), BatchBytes (their
+	// encoded size) and FlushInterval bound one INSERT, whichever comes
+	// first.
 	BatchMessages int           `yaml:"batch_messages"`
+	BatchBytes    int           `yaml:"batch_bytes"`
 	FlushInterval time.Duration `yaml:"flush_interval"`
+	// Workers write flow batches concurrently; offsets are still
+	// committed in order. Alerts are written by one worker to keep their
+	// order.
+	Workers int `yaml:"workers"`
+	// RetryMaxBackoff caps the wait between attempts at a failed INSERT.
+	RetryMaxBackoff time.Duration `yaml:"retry_max_backoff"`
+	// DrainTimeout bounds how long Stop keeps retrying the batches in
+	// hand; with Kafka what is left is re-delivered on the next start.
+	DrainTimeout time.Duration `yaml:"drain_timeout"`
 	// Stdout prints every alert as one JSON line on standard output.
 	Stdout bool `yaml:"stdout"`
+	// Retention of the ClickHouse tables.
+	Retention RetentionConfiguration `yaml:"retention"`
+	// Webhooks receive every alert, each on its own.
+	Webhooks []WebhookConfiguration `yaml:"webhooks"`
+	// WebhookMinBackoff and WebhookMaxBackoff bound the exponential wait
+	// between delivery attempts; a target is retried until it accepts.
+	WebhookMinBackoff time.Duration `yaml:"webhook_min_backoff"`
+	WebhookMaxBackoff time.Duration `yaml:"webhook_max_backoff"`
+}
+
+// RetentionConfiguration says how many days each table keeps; 0 keeps
+// forever. The sink drops older daily partitions every Interval.
+type RetentionConfiguration struct {
+	FlowsDays  int           `yaml:"flows_days"`
+	RollupDays int           `yaml:"rollup_days"`
+	AlertsDays int           `yaml:"alerts_days"`
+	LedgerDays int           `yaml:"ledger_days"`
+	Interval   time.Duration `yaml:"interval"`
+}
+
+// WebhookConfiguration is one webhook target. In the environment a list of
+// targets is written as WORMSIGN_SINK_WEBHOOKS="name=URL;secret=S;timeout=5s,..."
+type WebhookConfiguration struct {
+	// Name identifies the target in metrics and in its consumer group;
+	// keep it stable, or the target starts over from the oldest alert.
+	Name string `yaml:"name"`
+	URL  string `yaml:"url"`
+	// Secret keys the HMAC-SHA256 signature of every body.
+	Secret string `yaml:"secret"`
+	// Timeout bounds one delivery attempt.
+	Timeout time.Duration `yaml:"timeout"`
+}
+
+// UnmarshalText reads the environment form "name=URL;secret=S;timeout=5s".
+// In YAML a target is a mapping with the same keys.
+func (w *WebhookConfiguration) UnmarshalText(text []byte) error {
+	parts := strings.Split(string(text), ";")
+	name, u, ok := strings.Cut(parts[0], "=")
+	if !ok {
+		return fmt.Errorf("webhook %q: want name=URL;secret=S[;timeout=D]", text)
+	}
+	*w = WebhookConfiguration{Name: strings.TrimSpace(name), URL: strings.TrimSpace(u)}
+	for _, p := range parts[1:] {
+		k, v, _ := strings.Cut(p, "=")
+		switch strings.TrimSpace(k) {
+		case "secret":
+			w.Secret = v
+		case "timeout":
+			d, err := time.ParseDuration(strings.TrimSpace(v))
+			if err != nil {
+				return fmt.Errorf("webhook %s timeout: %w", w.Name, err)
+			}
+			w.Timeout = d
+		default:
+			return fmt.Errorf("webhook %s: unknown key %q (secret, timeout)", w.Name, k)
+		}
+	}
+	return nil
 }
 
 // DefaultConfiguration returns the documented defaults.
 func DefaultConfiguration() Configuration {
-	return Configuration{Group: "wormsign-sink", BatchMessages: 1000, FlushInterval: time.Second}
+	return Configuration{
+		Group: "wormsign-sink", BatchMessages: 1000, FlushInterval: time.Second,
+		BatchBytes: 16 << 20, Workers: 2, RetryMaxBackoff: 10 * time.Second, DrainTimeout: 30 * time.Second,
+		Retention: RetentionConfiguration{FlowsDays: 30, RollupDays: 400, AlertsDays: 400, LedgerDays: 7, Interval: time.Hour},
+		WebhookMinBackoff: time.Second, WebhookMaxBackoff: 5 * time.Minute,
+	}
 }
+
+// withDefaults fills the zero values of the keys that have a default.
+func (c Configuration) withDefaults() Configuration {
+	d := DefaultConfiguration()
+	if c.BatchBytes == 0 {
+		c.BatchBytes = d.BatchBytes
+	}
+	if c.Workers == 0 {
+		c.Workers = d.Workers
+	}
+	if c.RetryMaxBackoff == 0 {
+		c.RetryMaxBackoff = d.RetryMaxBackoff
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = d.DrainTimeout
+	}
+	if c.Retention.Interval == 0 {
+		c.Retention.Interval = d.Retention.Interval
+	}
+	if c.WebhookMinBackoff == 0 {
+		c.WebhookMinBackoff = d.WebhookMinBackoff
+	}
+	if c.WebhookMaxBackoff == 0 {
+		c.WebhookMaxBackoff = d.WebhookMaxBackoff
+	}
+	for i := range c.Webhooks {
+		if c.Webhooks[i].Timeout == 0 {
+			c.Webhooks[i].Timeout = 10 * time.Second
+		}
+	}
+	return c
+}
+
+var webhookName = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
 
 // Validate names the first bad key.
 func (c Configuration) Validate() error {
@@ -57,8 +178,41 @@ func (c Configuration) Validate() error {
 		return fmt.Errorf("sink.group must not be empty")
 	case c.BatchMessages < 1:
 		return fmt.Errorf("sink.batch_messages: %d, want >= 1", c.BatchMessages)
+	case c.BatchBytes < 0:
+		return fmt.Errorf("sink.batch_bytes: %d, want >= 0", c.BatchBytes)
 	case c.FlushInterval <= 0:
 		return fmt.Errorf("sink.flush_interval: %s, want > 0", c.FlushInterval)
+	case c.Workers < 0:
+		return fmt.Errorf("sink.workers: %d, want >= 1", c.Workers)
+	case c.RetryMaxBackoff < 0 || c.DrainTimeout < 0 || c.WebhookMinBackoff < 0 || c.WebhookMaxBackoff < 0:
+		return fmt.Errorf("sink: negative retry_max_backoff, drain_timeout or webhook backoff")
+	case c.WebhookMaxBackoff != 0 && c.WebhookMinBackoff > c.WebhookMaxBackoff:
+		return fmt.Errorf("sink.webhook_min_backoff %s exceeds sink.webhook_max_backoff %s", c.WebhookMinBackoff, c.WebhookMaxBackoff)
+	case c.Retention.FlowsDays < 0 || c.Retention.RollupDays < 0 || c.Retention.AlertsDays < 0 || c.Retention.LedgerDays < 0:
+		return fmt.Errorf("sink.retention: days must be >= 0 (0 keeps forever)")
+	case c.Retention.Interval < 0:
+		return fmt.Errorf("sink.retention.interval: %s, want > 0", c.Retention.Interval)
+	}
+	seen := map[string]bool{}
+	for i, w := range c.Webhooks {
+		key := fmt.Sprintf("sink.webhooks[%d]", i)
+		if !webhookName.MatchString(w.Name) {
+			return fmt.Errorf("%s.name: %q, want letters, digits, '-' or '_'", key, w.Name)
+		}
+		if seen[w.Name] {
+			return fmt.Errorf("%s.name: %q is used twice", key, w.Name)
+		}
+		seen[w.Name] = true
+		u, err := url.Parse(w.URL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("%s.url: %q, want an http or https URL", key, w.URL)
+		}
+		if w.Secret == "" {
+			return fmt.Errorf("%s.secret: empty; receivers need it to check the signature", key)
+		}
+		if w.Timeout < 0 {
+			return fmt.Errorf("%s.timeout: %s, want > 0", key, w.Timeout)
+		}
 	}
 	return nil
 }

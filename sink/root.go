@@ -1,6 +1,8 @@
-// Package sink writes flows and alerts from the bus into ClickHouse, and
-// alerts as JSON lines on stdout. Offsets are committed only after the write
-// that covers them succeeded, so a crash re-delivers rather than loses.
+// Package sink writes flows and alerts from the bus into ClickHouse, alerts
+// as JSON lines on stdout, and alerts to signed webhooks. Offsets are
+// committed only after the write that covers them succeeded, so a crash
+// re-delivers rather than loses; a ledger in ClickHouse keeps a re-delivered
+// or retried batch from being written twice.
 package sink
 
 import (
@@ -35,13 +37,23 @@ type Dependencies struct {
 
 // Component is the sink.
 type Component struct {
-	config  Configuration
-	deps    Dependencies
-	metrics *metrics
-	loops   []*batchLoop
+	config    Configuration
+	deps      Dependencies
+	metrics   *metrics
+	pipelines []*pipeline
+	webhooks  []*webhookTarget
+	// offsetBase is added to bus offsets in the ledger. Kafka offsets are
+	// durable and it is 0; the in-process bus numbers from 0 on every
+	// start, so its offsets are moved past every earlier run's by the
+	// start time in microseconds (a run cannot pass a million messages a
+	// second).
+	offsetBase uint64
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// background holds the webhook and retention loops, which Wait does
+	// not wait for: they end on Stop.
+	background sync.WaitGroup
 }
 
 // New prepares the sink; it consumes nothing until Start.
@@ -49,22 +61,49 @@ func New(config Configuration, deps Dependencies) (*Component, error) {
 	if err := config.Validate(); err != nil {
 		return nil, err
 	}
-	if deps.ClickHouse == nil && !config.Stdout {
-		return nil, errors.New("sink has nowhere to write: set clickhouse.addr or sink.stdout")
+	config = config.withDefaults()
+	if deps.ClickHouse == nil && !config.Stdout && len(config.Webhooks) == 0 {
+		return nil, errors.New("sink has nowhere to write: set clickhouse.addr, sink.stdout or sink.webhooks")
 	}
 	c := &Component{config: config, deps: deps, metrics: newMetrics(deps.Registry)}
-	if deps.ClickHouse != nil {
-		consumer, err := deps.Bus.Consumer(deps.FlowsTopic, config.Group)
+	durable := false
+	if _, ok := deps.Bus.(*bus.Kafka); ok {
+		durable = true
+	} else {
+		c.offsetBase = uint64(time.Now().UnixMicro())
+	}
+	newPipeline := func(name, topic string, workers int, write func(context.Context, []bus.Message) error) error {
+		consumer, err := deps.Bus.Consumer(topic, config.Group)
 		if err != nil {
-			return nil, fmt.Errorf("cannot consume %s: %w", deps.FlowsTopic, err)
+			return fmt.Errorf("cannot consume %s: %w", topic, err)
 		}
-		c.loops = append(c.loops, &batchLoop{name: "flows", consumer: consumer, write: c.writeFlows})
+		c.pipelines = append(c.pipelines, &pipeline{
+			name: name, consumer: consumer, write: write,
+			maxMessages: config.BatchMessages, maxBytes: config.BatchBytes, interval: config.FlushInterval,
+			workers: workers, maxBackoff: config.RetryMaxBackoff, drain: config.DrainTimeout,
+			logger: deps.Logger, metrics: c.metrics,
+		})
+		return nil
 	}
-	consumer, err := deps.Bus.Consumer(deps.AlertsTopic, config.Group)
-	if err != nil {
-		return nil, fmt.Errorf("cannot consume %s: %w", deps.AlertsTopic, err)
+	if deps.ClickHouse != nil {
+		if err := newPipeline("flows", deps.FlowsTopic, config.Workers, c.writeFlows); err != nil {
+			return nil, err
+		}
 	}
-	c.loops = append(c.loops, &batchLoop{name: "alerts", consumer: consumer, write: c.writeAlerts})
+	if deps.ClickHouse != nil || config.Stdout {
+		// One worker: alerts are few and stdout readers want their order.
+		if err := newPipeline("alerts", deps.AlertsTopic, 1, c.writeAlerts); err != nil {
+			return nil, err
+		}
+	}
+	for _, w := range config.Webhooks {
+		group := config.Group + "-webhook-" + w.Name
+		consumer, err := deps.Bus.Consumer(deps.AlertsTopic, group)
+		if err != nil {
+			return nil, fmt.Errorf("cannot consume %s for webhook %s: %w", deps.AlertsTopic, w.Name, err)
+		}
+		c.webhooks = append(c.webhooks, newWebhookTarget(w, consumer, durable, config, deps.Logger, c.metrics))
+	}
 	return c, nil
 }
 
@@ -72,36 +111,125 @@ func New(config Configuration, deps Dependencies) (*Component, error) {
 func (c *Component) Start() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
-	for _, l := range c.loops {
-		l.maxMessages, l.interval, l.logger = c.config.BatchMessages, c.config.FlushInterval, c.deps.Logger
+	for _, p := range c.pipelines {
 		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()
-			l.run(ctx)
+			p.run(ctx)
+		}()
+	}
+	for _, w := range c.webhooks {
+		c.background.Add(1)
+		go func() {
+			defer c.background.Done()
+			w.run(ctx)
+		}()
+	}
+	if c.deps.ClickHouse != nil {
+		c.background.Add(1)
+		go func() {
+			defer c.background.Done()
+			c.runRetention(ctx)
 		}()
 	}
 	return nil
 }
 
-// Wait blocks until every loop has ended (Stop, or closed input topics).
+// Wait blocks until the ClickHouse and stdout loops have ended (Stop, or
+// closed input topics).
 func (c *Component) Wait() { c.wg.Wait() }
 
-// Stop writes the batches in hand and stops.
+// Stop writes the batches in hand (within sink.drain_timeout) and stops.
 func (c *Component) Stop() error {
 	c.cancel()
 	c.wg.Wait()
+	c.background.Wait()
 	var errs []error
-	for _, l := range c.loops {
-		errs = append(errs, l.consumer.Close())
+	for _, p := range c.pipelines {
+		errs = append(errs, p.consumer.Close())
+	}
+	for _, w := range c.webhooks {
+		errs = append(errs, w.consumer.Close())
 	}
 	return errors.Join(errs...)
 }
 
+// runRetention drops expired partitions now and every interval.
+func (c *Component) runRetention(ctx context.Context) {
+	r := c.config.Retention
+	if r.FlowsDays == 0 && r.RollupDays == 0 && r.AlertsDays == 0 && r.LedgerDays == 0 {
+		return
+	}
+	if err := c.deps.ClickHouse.ApplyTTL(ctx, r); err != nil && ctx.Err() == nil {
+		c.deps.Logger.Warn("cannot set table TTLs; retention still drops partitions", "error", err)
+	}
+	ticker := time.NewTicker(r.Interval)
+	defer ticker.Stop()
+	for {
+		n, err := c.deps.ClickHouse.DropExpired(ctx, time.Now(), r)
+		c.metrics.dropped.Add(float64(n))
+		if err != nil && ctx.Err() == nil {
+			c.metrics.retentionErr.Inc()
+			c.deps.Logger.Warn("cannot apply retention", "error", err)
+		} else if n > 0 {
+			c.deps.Logger.Info("dropped expired partitions", "partitions", n)
+		}
+		select {
+		case <-ticker.C:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// unwritten returns msgs without those the ledger shows in table already.
+func (c *Component) unwritten(ctx context.Context, table string, msgs []bus.Message) ([]bus.Message, error) {
+	ranges := map[uint32]*offsetRange{}
+	var order []uint32
+	for _, m := range msgs {
+		p, o := uint32(m.Partition), c.offsetBase+uint64(m.Offset)
+		r := ranges[p]
+		if r == nil {
+			ranges[p] = &offsetRange{Partition: p, First: o, Last: o}
+			order = append(order, p)
+			continue
+		}
+		r.First, r.Last = min(r.First, o), max(r.Last, o)
+	}
+	want := make([]offsetRange, 0, len(order))
+	for _, p := range order {
+		want = append(want, *ranges[p])
+	}
+	done, err := c.deps.ClickHouse.written(ctx, table, want)
+	if err != nil || len(done) == 0 {
+		return msgs, err
+	}
+	out := make([]bus.Message, 0, len(msgs))
+	for _, m := range msgs {
+		p, o := uint32(m.Partition), c.offsetBase+uint64(m.Offset)
+		covered := false
+		for _, r := range done {
+			if r.Partition == p && r.First <= o && o <= r.Last {
+				covered = true
+				break
+			}
+		}
+		if !covered {
+			out = append(out, m)
+		}
+	}
+	c.metrics.duplicates.WithLabelValues(table).Add(float64(len(msgs) - len(out)))
+	return out, nil
+}
+
 func (c *Component) writeFlows(ctx context.Context, msgs []bus.Message) error {
+	msgs, err := c.unwritten(ctx, "flows", msgs)
+	if err != nil {
+		return err
+	}
 	var rows []FlowRow
 	var flows []flow.Flow
 	for _, m := range msgs {
-		var err error
 		flows, err = flow.DecodeBatch(flows[:0], m.Value)
 		if err != nil {
 			c.metrics.badMessages.WithLabelValues("flows").Inc()
@@ -112,15 +240,15 @@ func (c *Component) writeFlows(ctx context.Context, msgs []bus.Message) error {
 		if a, ok := netip.AddrFromSlice(m.Key); ok {
 			subscriber = a.Unmap().String()
 		}
+		p, o := uint32(m.Partition), c.offsetBase+uint64(m.Offset)
 		for _, f := range flows {
-			rows = append(rows, FlowRow{Subscriber: subscriber, Flow: f})
+			rows = append(rows, FlowRow{Subscriber: subscriber, Flow: f, Partition: p, Offset: o})
 		}
 	}
 	if len(rows) == 0 {
 		return nil
 	}
 	if err := c.deps.ClickHouse.InsertFlows(ctx, rows); err != nil {
-		c.metrics.writeErrors.WithLabelValues("flows").Inc()
 		return err
 	}
 	c.metrics.rows.WithLabelValues("flows").Add(float64(len(rows)))
@@ -129,7 +257,13 @@ func (c *Component) writeFlows(ctx context.Context, msgs []bus.Message) error {
 }
 
 func (c *Component) writeAlerts(ctx context.Context, msgs []bus.Message) error {
-	alerts := make([]alert.Alert, 0, len(msgs))
+	if c.deps.ClickHouse != nil {
+		var err error
+		if msgs, err = c.unwritten(ctx, "alerts", msgs); err != nil {
+			return err
+		}
+	}
+	alerts := make([]AlertRow, 0, len(msgs))
 	for _, m := range msgs {
 		a, err := alert.Unmarshal(m.Value)
 		if err != nil {
@@ -137,110 +271,33 @@ func (c *Component) writeAlerts(ctx context.Context, msgs []bus.Message) error {
 			c.deps.Logger.Warn("skipping undecodable alert", "partition", m.Partition, "offset", m.Offset, "error", err)
 			continue
 		}
-		alerts = append(alerts, a)
+		alerts = append(alerts, AlertRow{Alert: a, Partition: uint32(m.Partition), Offset: c.offsetBase + uint64(m.Offset)})
 	}
 	if len(alerts) == 0 {
 		return nil
 	}
 	if c.deps.ClickHouse != nil {
 		if err := c.deps.ClickHouse.InsertAlerts(ctx, alerts); err != nil {
-			c.metrics.writeErrors.WithLabelValues("alerts").Inc()
 			return err
 		}
 		c.metrics.rows.WithLabelValues("alerts").Add(float64(len(alerts)))
 		c.metrics.batches.WithLabelValues("alerts").Inc()
 	}
 	if c.config.Stdout {
+		// Printed once the INSERT succeeded and never retried: a retry
+		// would print the batch twice, and a broken stdout is not a reason
+		// to hold the alerts back from ClickHouse and the webhooks.
 		for i := range alerts {
-			line, err := alerts[i].Marshal()
-			if err != nil {
-				return err
+			line, err := alerts[i].Alert.Marshal()
+			if err == nil {
+				_, err = c.deps.Stdout.Write(append(line, '\n'))
 			}
-			if _, err := c.deps.Stdout.Write(append(line, '\n')); err != nil {
-				return fmt.Errorf("cannot print alert: %w", err)
+			if err != nil {
+				c.deps.Logger.Error("cannot print alert", "id", alerts[i].Alert.ID, "error", err)
+				continue
 			}
 			c.metrics.stdoutLines.Inc()
 		}
 	}
 	return nil
-}
-
-// batchLoop reads one topic into batches bounded by rows and time, writes
-// each batch until it succeeds and only then commits its offsets.
-type batchLoop struct {
-	name        string
-	consumer    bus.Consumer
-	write       func(context.Context, []bus.Message) error
-	maxMessages int
-	interval    time.Duration
-	logger      *slog.Logger
-}
-
-func (l *batchLoop) run(ctx context.Context) {
-	messages := make(chan bus.Message, 1024)
-	go func() {
-		defer close(messages)
-		for {
-			msg, err := l.consumer.Fetch(ctx)
-			if err != nil {
-				if ctx.Err() == nil && !errors.Is(err, bus.ErrClosed) {
-					l.logger.Error("cannot fetch", "topic", l.name, "error", err)
-				}
-				return
-			}
-			messages <- msg
-		}
-	}()
-	var batch []bus.Message
-	timer := time.NewTicker(l.interval)
-	defer timer.Stop()
-	for {
-		select {
-		case msg, ok := <-messages:
-			if !ok {
-				// Input ended (Stop or a closed topic): write what is in hand
-				// with a fresh deadline, since ctx may be cancelled already.
-				flushCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-				l.flush(flushCtx, batch)
-				cancel()
-				return
-			}
-			batch = append(batch, msg)
-			if len(batch) >= l.maxMessages {
-				if !l.flush(ctx, batch) {
-					continue
-				}
-				batch = batch[:0]
-			}
-		case <-timer.C:
-			if l.flush(ctx, batch) {
-				batch = batch[:0]
-			}
-		}
-	}
-}
-
-// flush writes and commits batch, retrying with backoff until it succeeds
-// or ctx ends. It reports whether the batch is done.
-func (l *batchLoop) flush(ctx context.Context, batch []bus.Message) bool {
-	if len(batch) == 0 {
-		return true
-	}
-	backoff := 200 * time.Millisecond
-	for {
-		err := l.write(ctx, batch)
-		if err == nil {
-			err = l.consumer.Commit(ctx, batch...)
-		}
-		if err == nil {
-			return true
-		}
-		l.logger.Warn("cannot write batch, retrying", "topic", l.name, "messages", len(batch), "error", err, "backoff", backoff)
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
-			return false
-		}
-		backoff = min(2*backoff, 10*time.Second)
-	}
 }

@@ -1,21 +1,28 @@
 -- Flows and alerts. Written for ClickHouse 18.16 (Debian's package) and
--- current releases alike: no LowCardinality, DateTime64, IPv6 or TTL, which
--- 18.16 lacks. Addresses are stored as text so that analysts can compare
--- them with literals; times are UTC.
+-- current releases alike; what depends on the server's version is a
+-- placeholder that the sink fills in at migrate time (see README.md here):
+-- {ip} is IPv6 where the server has it and String on 18.16, {lc} is
+-- LowCardinality(String) where the server has it and String on 18.16.
+-- subscriber_ip stays String everywhere: it is the sort key the analysts
+-- filter on with a literal, and the alert JSON carries it as text. Times
+-- are UTC.
 
 -- One row per flow, ordered for the analysts' first question: "what did
--- this subscriber do, and when".
+-- this subscriber do, and when". sink_partition and sink_offset are the bus
+-- coordinates of the message the flow came in; the sink's ledger (migration
+-- 003) is built from them so that a retried or re-delivered batch is not
+-- written twice.
 CREATE TABLE IF NOT EXISTS {db}.flows (
     date Date,
     time_received DateTime,
     time_start DateTime,
     time_end DateTime,
     subscriber_ip String,
-    exporter String,
+    exporter {ip},
     observation_domain UInt32,
     sampling_rate UInt32,
-    src_addr String,
-    dst_addr String,
+    src_addr {ip},
+    dst_addr {ip},
     src_port UInt16,
     dst_port UInt16,
     proto UInt8,
@@ -24,19 +31,23 @@ CREATE TABLE IF NOT EXISTS {db}.flows (
     packets UInt64,
     in_if UInt32,
     out_if UInt32,
-    flow_type UInt8
+    flow_type UInt8,
+    sink_partition UInt32,
+    sink_offset UInt64
 ) ENGINE = MergeTree()
 PARTITION BY date
 ORDER BY (subscriber_ip, time_end)
 ;
 -- One row per alert event (open, update, resolved), columns as the alert
--- JSON; evidence is kept as its JSON text. A re-delivered event has the same
--- sorting key and collapses on merge (query with FINAL for exact counts).
+-- JSON; evidence is kept as its JSON text. The ledger already keeps a
+-- re-delivered event out; should one slip through (a server crash between
+-- the table and its ledger view), it has the same sorting key and
+-- collapses on merge, and SELECT ... FINAL never shows it.
 CREATE TABLE IF NOT EXISTS {db}.alerts (
     date Date,
     id String,
-    kind String,
-    state String,
+    kind {lc},
+    state {lc},
     subscriber_ip String,
     subscriber_id String,
     window_start DateTime,
@@ -47,7 +58,9 @@ CREATE TABLE IF NOT EXISTS {db}.alerts (
     flows UInt64,
     score Float64,
     exporter String,
-    evidence String
+    evidence String,
+    sink_partition UInt32,
+    sink_offset UInt64
 ) ENGINE = ReplacingMergeTree()
 PARTITION BY date
 ORDER BY (subscriber_ip, id, state, window_end, distinct_dsts)

@@ -1,0 +1,203 @@
+package sink
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/wormsign/wormsign/bus"
+)
+
+// pipeline reads one topic into batches bounded by messages, bytes and
+// time, writes them with several workers and commits their offsets in
+// order, each only after its batch and every batch before it are written.
+// A worker retries its batch with backoff until it is written; meanwhile
+// the batcher stops taking batches when all workers are busy, so the
+// fetcher stops reading: a down ClickHouse holds flows back in Kafka (or,
+// with the in-process bus, blocks the collector, which counts drops at the
+// UDP edge), never in an unbounded buffer here.
+type pipeline struct {
+	name        string
+	consumer    bus.Consumer
+	write       func(ctx context.Context, msgs []bus.Message) error
+	maxMessages int
+	maxBytes    int
+	interval    time.Duration
+	workers     int
+	maxBackoff  time.Duration
+	drain       time.Duration
+	logger      *slog.Logger
+	metrics     *metrics
+}
+
+type job struct {
+	msgs    []bus.Message
+	written chan struct{} // closed when the worker is done with the batch
+	err     error         // set before written is closed when it gave up
+}
+
+func (p *pipeline) run(ctx context.Context) {
+	// Writes and commits outlive ctx by the drain timeout so that Stop
+	// writes what is in hand; after that they give up and, with Kafka,
+	// the messages are re-delivered on the next start.
+	writeCtx, cancelWrite := context.WithCancel(context.Background())
+	defer cancelWrite()
+	var drainOnce sync.Once
+	startDrain := func() { drainOnce.Do(func() { time.AfterFunc(p.drain, cancelWrite) }) }
+	stopWatch := context.AfterFunc(ctx, startDrain)
+	defer stopWatch()
+
+	messages := make(chan bus.Message, 1024)
+	go func() {
+		defer close(messages)
+		for {
+			msg, err := p.consumer.Fetch(ctx)
+			if err != nil {
+				if ctx.Err() == nil && !errors.Is(err, bus.ErrClosed) {
+					p.logger.Error("cannot fetch", "topic", p.name, "error", err)
+				}
+				return
+			}
+			select {
+			case messages <- msg:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+
+	jobs := make(chan *job)                    // unbuffered: a batch waits for a free worker
+	order := make(chan *job, p.workers+1)      // batches in offset order, for the committer
+	var workers sync.WaitGroup
+	for range p.workers {
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			for j := range jobs {
+				p.writeBatch(writeCtx, j)
+			}
+		}()
+	}
+	committed := make(chan struct{})
+	go func() {
+		defer close(committed)
+		p.commitInOrder(writeCtx, order)
+	}()
+
+	dispatch := func(msgs []bus.Message) {
+		j := &job{msgs: msgs, written: make(chan struct{})}
+		select {
+		case order <- j:
+		case <-writeCtx.Done():
+			return
+		}
+		select {
+		case jobs <- j:
+			p.metrics.inflight.WithLabelValues(p.name).Inc()
+		case <-writeCtx.Done():
+			j.err = writeCtx.Err()
+			close(j.written)
+		}
+	}
+
+	var batch []bus.Message
+	size := 0
+	ticker := time.NewTicker(p.interval)
+	defer ticker.Stop()
+	for {
+		select {
+		case msg, ok := <-messages:
+			if !ok {
+				// Input ended (Stop or a closed topic): write what is in
+				// hand, within the drain timeout.
+				startDrain()
+				if len(batch) > 0 {
+					dispatch(batch)
+				}
+				close(jobs)
+				close(order)
+				workers.Wait()
+				<-committed
+				return
+			}
+			batch = append(batch, msg)
+			size += len(msg.Value)
+			if len(batch) >= p.maxMessages || size >= p.maxBytes {
+				dispatch(batch)
+				batch, size = nil, 0
+			}
+		case <-ticker.C:
+			if len(batch) > 0 {
+				dispatch(batch)
+				batch, size = nil, 0
+			}
+		}
+	}
+}
+
+// writeBatch writes j until it succeeds or ctx ends.
+func (p *pipeline) writeBatch(ctx context.Context, j *job) {
+	defer close(j.written)
+	defer p.metrics.inflight.WithLabelValues(p.name).Dec()
+	backoff := 100 * time.Millisecond
+	for {
+		start := time.Now()
+		err := p.write(ctx, j.msgs)
+		if err == nil {
+			p.metrics.batchSeconds.WithLabelValues(p.name).Observe(time.Since(start).Seconds())
+			return
+		}
+		p.metrics.writeErrors.WithLabelValues(p.name).Inc()
+		if ctx.Err() != nil {
+			j.err = err
+			p.logger.Error("gave up writing a batch at shutdown; Kafka re-delivers it on the next start",
+				"topic", p.name, "messages", len(j.msgs), "error", err)
+			return
+		}
+		p.logger.Warn("cannot write batch, retrying", "topic", p.name, "messages", len(j.msgs), "error", err, "backoff", backoff)
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+		}
+		backoff = min(2*backoff, p.maxBackoff)
+	}
+}
+
+// commitInOrder commits each batch's offsets once it and all batches
+// before it are written. It stops at the first batch given up: committing
+// a later one would skip it.
+func (p *pipeline) commitInOrder(ctx context.Context, order <-chan *job) {
+	for j := range order {
+		select {
+		case <-j.written:
+		case <-ctx.Done():
+			return
+		}
+		if j.err != nil {
+			return
+		}
+		backoff := 100 * time.Millisecond
+		for {
+			err := p.consumer.Commit(ctx, j.msgs...)
+			if err == nil {
+				break
+			}
+			p.metrics.commitErrors.WithLabelValues(p.name).Inc()
+			if ctx.Err() != nil {
+				return
+			}
+			// Only the commit is retried: the batch is in ClickHouse, and
+			// the ledger would keep a re-delivery out anyway.
+			p.logger.Warn("cannot commit offsets, retrying", "topic", p.name, "error", err, "backoff", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+				return
+			}
+			backoff = min(2*backoff, p.maxBackoff)
+		}
+		p.metrics.committed.WithLabelValues(p.name).Add(float64(len(j.msgs)))
+	}
+}
