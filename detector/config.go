@@ -171,8 +171,8 @@ func DefaultConfiguration() Configuration {
 		DstEntropy: DstEntropyConfiguration{
 			Enabled:           true,
 			Window:            5 * time.Minute,
-			MinFlows:          200,
-			WormMinDsts:       100,
+			MinFlows:          100,
+			WormMinDsts:       50,
 			WormAddrEntropy:   0.9,
 			WormPortEntropy:   0.1,
 			BaselineAlpha:     0.05,
