@@ -2,6 +2,9 @@ package sink
 
 import (
 	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"reflect"
 	"time"
 )
@@ -22,4 +25,16 @@ func deref(v any) string {
 		return t.Format(time.DateTime)
 	}
 	return fmt.Sprint(x)
+}
+
+// value reads a counter or gauge.
+func value(m prometheus.Metric) float64 {
+	var out dto.Metric
+	if err := m.Write(&out); err != nil {
+		panic(err)
+	}
+	if out.Counter != nil {
+		return out.Counter.GetValue()
+	}
+	return out.Gauge.GetValue()
 }
