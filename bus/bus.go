@@ -40,6 +40,9 @@ type Consumer interface {
 type Bus interface {
 	Producer(topic string) (Producer, error)
 	Consumer(topic, group string) (Consumer, error)
+	// Partitioned joins group for partition-aware consumption, for
+	// stages that keep state per partition (the detector).
+	Partitioned(topic, group string) (GroupConsumer, error)
 	Close() error
 }
 

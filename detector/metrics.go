@@ -3,22 +3,29 @@ package detector
 import "github.com/prometheus/client_golang/prometheus"
 
 type metrics struct {
-	messages     prometheus.Counter
-	badMessages  prometheus.Counter
-	flows        prometheus.Counter
-	lateFlows    prometheus.Counter
-	invalidFlows prometheus.Counter
-	allowListed  prometheus.Counter
-	alerts       *prometheus.CounterVec // kind, state
-	publishErrs  prometheus.Counter
-	subscribers  prometheus.Gauge
-	watermark    prometheus.Gauge
+	messages        prometheus.Counter
+	badMessages     prometheus.Counter
+	flows           prometheus.Counter
+	lateFlows       prometheus.Counter
+	invalidFlows    prometheus.Counter
+	allowListed     prometheus.Counter
+	evicted         prometheus.Counter
+	alerts          *prometheus.CounterVec // kind, state
+	publishErrs     prometheus.Counter
+	subscribers     prometheus.Gauge
+	partitions      prometheus.Gauge
+	watermark       *prometheus.GaugeVec // partition
+	rebuildMessages prometheus.Counter
+	rebuildErrors   prometheus.Counter
+	mapEntries      prometheus.Gauge
+	mapReloads      prometheus.Counter
+	mapErrors       prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		messages: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "wormsign_detector_messages_total", Help: "Flow batches consumed."}),
+			Name: "wormsign_detector_messages_total", Help: "Flow batches consumed, rebuilds included."}),
 		badMessages: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wormsign_detector_bad_messages_total", Help: "Flow batches that failed to decode (skipped)."}),
 		flows: prometheus.NewCounter(prometheus.CounterOpts{
@@ -29,16 +36,31 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "wormsign_detector_invalid_flows_total", Help: "Flows without an end time or source (dropped)."}),
 		allowListed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wormsign_detector_allow_listed_flows_total", Help: "Flows from allow-listed sources (never alerted)."}),
+		evicted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wormsign_detector_evicted_subscribers_total", Help: "Subscribers whose state was dropped after idling past the longest window."}),
 		alerts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wormsign_detector_alerts_total", Help: "Alert events emitted."}, []string{"kind", "state"}),
 		publishErrs: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wormsign_detector_publish_errors_total", Help: "Failed writes to the alerts topic (retried)."}),
 		subscribers: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "wormsign_detector_subscribers", Help: "Subscribers with window state."}),
-		watermark: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "wormsign_detector_watermark_seconds", Help: "Event time the detector has reached."}),
+		partitions: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "wormsign_detector_partitions", Help: "Flow partitions this instance holds."}),
+		watermark: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "wormsign_detector_watermark_seconds", Help: "Event time the detector has reached, per partition."}, []string{"partition"}),
+		rebuildMessages: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wormsign_detector_rebuild_messages_total", Help: "Flow batches re-read to rebuild the state of newly assigned partitions."}),
+		rebuildErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wormsign_detector_rebuild_errors_total", Help: "Partition rebuilds that failed (detection went on from an empty state)."}),
+		mapEntries: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "wormsign_detector_subscriber_map_entries", Help: "Entries in the subscriber map in use."}),
+		mapReloads: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wormsign_detector_subscriber_map_reloads_total", Help: "Times the subscriber map was re-read after a change."}),
+		mapErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wormsign_detector_subscriber_map_errors_total", Help: "Failed subscriber map reloads (previous map kept)."}),
 	}
-	reg.MustRegister(m.messages, m.badMessages, m.flows, m.lateFlows, m.invalidFlows, m.allowListed,
-		m.alerts, m.publishErrs, m.subscribers, m.watermark)
+	reg.MustRegister(m.messages, m.badMessages, m.flows, m.lateFlows, m.invalidFlows, m.allowListed, m.evicted,
+		m.alerts, m.publishErrs, m.subscribers, m.partitions, m.watermark, m.rebuildMessages, m.rebuildErrors,
+		m.mapEntries, m.mapReloads, m.mapErrors)
 	return m
 }

@@ -1,5 +1,13 @@
 // Package detector consumes flows, keeps sliding event-time windows per
 // subscriber and publishes alerts on the alerts topic.
+//
+// Each Kafka partition of the flows topic gets its own Engine, with its own
+// watermark: flows are keyed by subscriber, so a partition holds whole
+// subscribers. When the consumer group gives an instance a partition, the
+// instance first re-reads the partition's recent flows (rebuild_lookback)
+// into a fresh engine without publishing, so that its windows and open
+// incidents are the previous owner's, and only then goes on from the
+// committed offset. A rebalance thus neither loses nor repeats an incident.
 package detector
 
 import (
@@ -8,6 +16,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -37,44 +48,69 @@ type Component struct {
 	config   Configuration
 	deps     Dependencies
 	metrics  *metrics
-	engine   *Engine
-	consumer bus.Consumer
+	group    bus.GroupConsumer
 	producer bus.Producer
+	mapping  atomic.Pointer[Mapping]
+	subnets  *prefixTable[struct{}]
 
 	cancel context.CancelFunc
 	done   chan struct{}
-	prev   EngineStats
+
+	mu         sync.Mutex
+	partitions map[int]*Engine // for tests and introspection
 }
 
-// New prepares a detector; it consumes nothing until Start.
+// New prepares a detector; it consumes nothing until Start. A configured
+// subscriber map must load.
 func New(config Configuration, deps Dependencies) (*Component, error) {
 	if err := config.Validate(); err != nil {
 		return nil, err
 	}
-	consumer, err := deps.Bus.Consumer(deps.FlowsTopic, config.Group)
+	c := &Component{
+		config:     config,
+		deps:       deps,
+		metrics:    newMetrics(deps.Registry),
+		done:       make(chan struct{}),
+		partitions: map[int]*Engine{},
+		subnets:    newPrefixTable[struct{}](),
+	}
+	for _, p := range deps.SubscriberNetworks {
+		c.subnets.insert(p, struct{}{})
+	}
+	if config.SubscriberMap != "" {
+		m, err := LoadMapping(config.SubscriberMap)
+		if err != nil {
+			return nil, err
+		}
+		c.mapping.Store(m)
+		c.metrics.mapEntries.Set(float64(m.Len()))
+	}
+	group, err := deps.Bus.Partitioned(deps.FlowsTopic, config.Group)
 	if err != nil {
 		return nil, fmt.Errorf("cannot join consumer group %s: %w", config.Group, err)
 	}
 	producer, err := deps.Bus.Producer(deps.AlertsTopic)
 	if err != nil {
+		group.Close()
 		return nil, fmt.Errorf("cannot create alerts producer: %w", err)
 	}
-	return &Component{
-		config:   config,
-		deps:     deps,
-		metrics:  newMetrics(deps.Registry),
-		engine:   NewEngine(config),
-		consumer: consumer,
-		producer: producer,
-		done:     make(chan struct{}),
-	}, nil
+	c.group, c.producer = group, producer
+	return c, nil
 }
 
 // Start consumes flows until Stop.
 func (c *Component) Start() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
-	go c.run(ctx)
+	if c.config.SubscriberMap != "" {
+		go c.reloadMapping(ctx)
+	}
+	go func() {
+		defer close(c.done)
+		if err := c.group.Consume(ctx, c.consume); err != nil {
+			c.deps.Logger.Error("flow consumption stopped", "error", err)
+		}
+	}()
 	return nil
 }
 
@@ -83,19 +119,120 @@ func (c *Component) Start() error {
 func (c *Component) Stop() error {
 	c.cancel()
 	c.Wait()
-	return errors.Join(c.consumer.Close(), c.producer.Close())
+	return errors.Join(c.group.Close(), c.producer.Close())
 }
 
-func (c *Component) run(ctx context.Context) {
-	defer close(c.done)
+// Wait blocks until the detector has stopped, by Stop or because its input
+// ended (a closed in-process topic).
+func (c *Component) Wait() { <-c.done }
+
+// Partitions lists the partitions this instance holds.
+func (c *Component) Partitions() []int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]int, 0, len(c.partitions))
+	for p := range c.partitions {
+		out = append(out, p)
+	}
+	return out
+}
+
+func (c *Component) subscriberID(a netip.Addr) string { return c.mapping.Load().Lookup(a) }
+
+// reloadMapping re-reads the subscriber map when the file changes. A
+// broken file is logged and counted; the previous map stays in use.
+func (c *Component) reloadMapping(ctx context.Context) {
+	tick := time.NewTicker(c.config.SubscriberMapReload)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		changed, err := c.mapping.Load().changed(c.config.SubscriberMap)
+		if err == nil && !changed {
+			continue
+		}
+		var m *Mapping
+		if err == nil {
+			m, err = LoadMapping(c.config.SubscriberMap)
+		}
+		if err != nil {
+			c.metrics.mapErrors.Inc()
+			c.deps.Logger.Warn("cannot reload subscriber map, keeping the previous one", "error", err)
+			continue
+		}
+		c.mapping.Store(m)
+		c.metrics.mapEntries.Set(float64(m.Len()))
+		c.metrics.mapReloads.Inc()
+		c.deps.Logger.Info("subscriber map reloaded", "entries", m.Len())
+	}
+}
+
+// partition is the state of one claimed partition.
+type partition struct {
+	c      *Component
+	claim  bus.Claim
+	engine *Engine
+	flows  []flow.Flow
+	prev   EngineStats
+	subs   int
+	label  string
+}
+
+// consume runs one claimed partition: rebuild, then detect.
+func (c *Component) consume(ctx context.Context, claim bus.Claim) {
+	p := &partition{c: c, claim: claim, engine: NewEngine(c.config), label: strconv.Itoa(claim.Partition())}
+	p.engine.SetSubscriberIDs(c.subscriberID)
+	c.mu.Lock()
+	c.partitions[claim.Partition()] = p.engine
+	c.mu.Unlock()
+	c.metrics.partitions.Inc()
+	defer func() {
+		c.mu.Lock()
+		delete(c.partitions, claim.Partition())
+		c.mu.Unlock()
+		c.metrics.partitions.Dec()
+		c.metrics.subscribers.Sub(float64(p.subs))
+		c.metrics.watermark.DeleteLabelValues(p.label)
+	}()
+	if c.config.RebuildLookback > 0 {
+		began := time.Now()
+		n := 0
+		err := claim.ReadBack(ctx, time.Now().Add(-c.config.RebuildLookback), func(msg bus.Message) error {
+			// What the previous owner already published is not published
+			// again: only the state is wanted.
+			p.process(ctx, msg, false)
+			n++
+			return nil
+		})
+		if err != nil {
+			if ctx.Err() == nil {
+				c.deps.Logger.Error("cannot rebuild partition state, detecting from an empty state",
+					"partition", claim.Partition(), "error", err)
+				c.metrics.rebuildErrors.Inc()
+			}
+		} else if n > 0 {
+			c.deps.Logger.Info("partition state rebuilt", "partition", claim.Partition(),
+				"messages", n, "subscribers", p.engine.Subscribers(), "duration", time.Since(began).Round(time.Millisecond))
+		}
+		c.metrics.rebuildMessages.Add(float64(n))
+		p.observe()
+	}
+	p.run(ctx)
+}
+
+func (p *partition) run(ctx context.Context) {
+	c := p.c
 	messages := make(chan bus.Message, 64)
 	go func() {
 		defer close(messages)
 		for {
-			msg, err := c.consumer.Fetch(ctx)
+			msg, err := p.claim.Fetch(ctx)
 			if err != nil {
 				if ctx.Err() == nil && !errors.Is(err, bus.ErrClosed) {
-					c.deps.Logger.Error("cannot fetch flows", "error", err)
+					c.deps.Logger.Error("cannot fetch flows", "partition", p.claim.Partition(), "error", err)
 				}
 				return
 			}
@@ -110,42 +247,37 @@ func (c *Component) run(ctx context.Context) {
 	defer tick.Stop()
 	var uncommitted []bus.Message
 	lastFlowWall, lastCommit := time.Now(), time.Now()
-	var flows []flow.Flow
+	// Whatever ends this loop, commit what was finished: on a rebalance
+	// the next owner starts exactly after it.
+	defer func() { p.commit(uncommitted) }()
 	for {
 		select {
 		case msg, ok := <-messages:
 			if !ok {
-				if c.deps.ResolveAtEnd {
-					c.emit(ctx, c.engine.Flush())
+				if ctx.Err() == nil && c.deps.ResolveAtEnd {
+					c.emit(ctx, p.engine.Flush())
 				}
-				c.commit(ctx, uncommitted)
 				return
 			}
-			flows = c.decode(msg, flows[:0])
-			for i := range flows {
-				if !c.subscriber(flows[i].SrcAddr) {
-					continue
-				}
-				if !c.emit(ctx, c.engine.Process(&flows[i])) {
-					return
-				}
+			if !p.process(ctx, msg, true) {
+				return
 			}
 			lastFlowWall = time.Now()
 			uncommitted = append(uncommitted, msg)
 		case now := <-tick.C:
 			// Without traffic event time stands still and incidents would
 			// never resolve: let it follow the wall clock while idle.
-			if idle := now.Sub(lastFlowWall); idle >= c.config.IdleAdvance && c.engine.Watermark() > 0 {
-				if !c.emit(ctx, c.engine.Advance(c.engine.Watermark()+time.Second.Milliseconds())) {
+			if idle := now.Sub(lastFlowWall); idle >= c.config.IdleAdvance && p.engine.Watermark() > 0 {
+				if !c.emit(ctx, p.engine.Advance(p.engine.Watermark()+time.Second.Milliseconds())) {
 					return
 				}
 			}
 		case <-ctx.Done():
 			return
 		}
-		c.observe()
+		p.observe()
 		if len(uncommitted) > 0 && time.Since(lastCommit) >= c.config.CommitInterval {
-			if c.commit(ctx, uncommitted) {
+			if p.commit(uncommitted) {
 				uncommitted = uncommitted[:0]
 				lastCommit = time.Now()
 			}
@@ -153,38 +285,44 @@ func (c *Component) run(ctx context.Context) {
 	}
 }
 
-func (c *Component) commit(ctx context.Context, msgs []bus.Message) bool {
-	if err := c.consumer.Commit(ctx, msgs...); err != nil {
-		c.deps.Logger.Warn("cannot commit flow offsets", "error", err)
+func (p *partition) commit(msgs []bus.Message) bool {
+	if len(msgs) == 0 {
+		return true
+	}
+	// Not the consumption context: the final commit of a revoked
+	// partition runs after it ended.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.claim.Commit(ctx, msgs...); err != nil {
+		p.c.deps.Logger.Warn("cannot commit flow offsets", "partition", p.claim.Partition(), "error", err)
 		return false
 	}
 	return true
 }
 
-// Wait blocks until the detector has stopped, by Stop or because its input
-// ended (a closed in-process topic).
-func (c *Component) Wait() { <-c.done }
-
-func (c *Component) decode(msg bus.Message, dst []flow.Flow) []flow.Flow {
+// process evaluates one message's flows; with publish false (rebuilding)
+// the alerts are dropped. It reports false when the detector stops.
+func (p *partition) process(ctx context.Context, msg bus.Message, publish bool) bool {
+	c := p.c
 	c.metrics.messages.Inc()
-	flows, err := flow.DecodeBatch(dst, msg.Value)
+	var err error
+	p.flows, err = flow.DecodeBatch(p.flows[:0], msg.Value)
 	if err != nil {
 		c.metrics.badMessages.Inc()
 		c.deps.Logger.Warn("skipping undecodable flow batch", "partition", msg.Partition, "offset", msg.Offset, "error", err)
 	}
-	return flows
-}
-
-func (c *Component) subscriber(a netip.Addr) bool {
-	if len(c.deps.SubscriberNetworks) == 0 {
-		return true
-	}
-	for _, p := range c.deps.SubscriberNetworks {
-		if p.Contains(a) {
-			return true
+	for i := range p.flows {
+		if c.subnets.len() > 0 {
+			if _, ok := c.subnets.lookup(p.flows[i].SrcAddr); !ok {
+				continue
+			}
+		}
+		alerts := p.engine.Process(&p.flows[i])
+		if publish && !c.emit(ctx, alerts) {
+			return false
 		}
 	}
-	return false
+	return true
 }
 
 // emit publishes alerts, retrying until it succeeds or the detector stops:
@@ -223,15 +361,19 @@ func (c *Component) emit(ctx context.Context, alerts []alert.Alert) bool {
 	}
 }
 
-func (c *Component) observe() {
+func (p *partition) observe() {
 	// The engine counts for itself (it knows nothing of Prometheus);
 	// mirror what changed since the last look.
-	s := c.engine.Stats()
-	c.metrics.flows.Add(float64(s.Flows - c.prev.Flows))
-	c.metrics.lateFlows.Add(float64(s.LateFlows - c.prev.LateFlows))
-	c.metrics.invalidFlows.Add(float64(s.InvalidFlows - c.prev.InvalidFlows))
-	c.metrics.allowListed.Add(float64(s.AllowListed - c.prev.AllowListed))
-	c.prev = s
-	c.metrics.subscribers.Set(float64(c.engine.Subscribers()))
-	c.metrics.watermark.Set(float64(c.engine.Watermark()) / 1000)
+	m := p.c.metrics
+	s := p.engine.Stats()
+	m.flows.Add(float64(s.Flows - p.prev.Flows))
+	m.lateFlows.Add(float64(s.LateFlows - p.prev.LateFlows))
+	m.invalidFlows.Add(float64(s.InvalidFlows - p.prev.InvalidFlows))
+	m.allowListed.Add(float64(s.AllowListed - p.prev.AllowListed))
+	m.evicted.Add(float64(s.Evicted - p.prev.Evicted))
+	p.prev = s
+	n := p.engine.Subscribers()
+	m.subscribers.Add(float64(n - p.subs))
+	p.subs = n
+	m.watermark.WithLabelValues(p.label).Set(float64(p.engine.Watermark()) / 1000)
 }

@@ -1,0 +1,257 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// Claim is one partition of a topic that the consumer group gave to this
+// member, from the group's committed offset on.
+type Claim interface {
+	Partition() int
+	// ReadBack calls fn, in order, for the messages of the partition
+	// produced at or after since and before the first message Fetch will
+	// return: what the previous owner already processed. A stage that
+	// keeps windows rebuilds them from it before acting on new messages.
+	ReadBack(ctx context.Context, since time.Time, fn func(Message) error) error
+	// Fetch blocks for the next message.
+	Fetch(ctx context.Context) (Message, error)
+	// Commit records that msgs and everything before them in the
+	// partition have been processed.
+	Commit(ctx context.Context, msgs ...Message) error
+}
+
+// GroupConsumer hands partitions of a topic to a handler, one goroutine per
+// partition, as the consumer group assigns them.
+type GroupConsumer interface {
+	// Consume runs handle for each partition this member is given until
+	// ctx ends. The handler's context ends when the partition is taken
+	// away (a rebalance) or ctx ends; it must return then, after
+	// committing what it has finished, so that the next owner starts
+	// exactly there. Consume returns nil when ctx ends or, on the
+	// in-process bus, when the topic is closed and drained.
+	Consume(ctx context.Context, handle func(ctx context.Context, c Claim)) error
+	Close() error
+}
+
+// Partitioned joins group on topic for partition-aware consumption.
+func (m *Memory) Partitioned(topic, group string) (GroupConsumer, error) {
+	// The queue must exist before anything is published: create it now.
+	c, err := m.Consumer(topic, group)
+	if err != nil {
+		return nil, err
+	}
+	return &memoryGroup{c: c.(*memoryConsumer)}, nil
+}
+
+// memoryGroup is the single-partition view of the in-process bus: one
+// claim, partition 0, nothing to read back (the bus keeps no history).
+type memoryGroup struct{ c *memoryConsumer }
+
+func (g *memoryGroup) Consume(ctx context.Context, handle func(context.Context, Claim)) error {
+	handle(ctx, memoryClaim{g.c})
+	return nil
+}
+
+func (g *memoryGroup) Close() error { return g.c.Close() }
+
+type memoryClaim struct{ *memoryConsumer }
+
+func (memoryClaim) Partition() int { return 0 }
+func (memoryClaim) ReadBack(context.Context, time.Time, func(Message) error) error {
+	return nil
+}
+
+// Partitioned joins group on topic with kafka-go's ConsumerGroup, which
+// exposes each generation's assignments and committed offsets: what a
+// stage needs to rebuild state on assignment.
+func (k *Kafka) Partitioned(topic, group string) (GroupConsumer, error) {
+	cg, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
+		ID:                group,
+		Brokers:           k.config.Brokers,
+		Topics:            []string{topic},
+		StartOffset:       kafka.FirstOffset,
+		SessionTimeout:    10 * time.Second,
+		RebalanceTimeout:  10 * time.Second,
+		HeartbeatInterval: time.Second,
+		JoinGroupBackoff:  time.Second,
+		Timeout:           k.config.ConnectTimeout,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cannot join consumer group %s on %s: %w", group, topic, err)
+	}
+	return &kafkaGroup{k: k, topic: topic, cg: cg}, nil
+}
+
+type kafkaGroup struct {
+	k     *Kafka
+	topic string
+	cg    *kafka.ConsumerGroup
+	once  sync.Once
+}
+
+func (g *kafkaGroup) Close() error {
+	var err error
+	g.once.Do(func() { err = g.cg.Close() })
+	return err
+}
+
+func (g *kafkaGroup) Consume(ctx context.Context, handle func(context.Context, Claim)) error {
+	stop := context.AfterFunc(ctx, func() { g.Close() })
+	defer stop()
+	backoff := time.Second
+	for {
+		gen, err := g.cg.Next(ctx)
+		switch {
+		case ctx.Err() != nil || errors.Is(err, kafka.ErrGroupClosed):
+			return nil
+		case err != nil:
+			// The coordinator moved or the broker restarts: keep trying.
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+				return nil
+			}
+			backoff = min(2*backoff, 10*time.Second)
+			continue
+		}
+		backoff = time.Second
+		for _, a := range gen.Assignments[g.topic] {
+			gen.Start(func(genCtx context.Context) {
+				hctx, cancel := context.WithCancel(ctx)
+				defer cancel()
+				// The generation's context is not derived from ctx: end
+				// the handler on whichever finishes first.
+				go func() {
+					select {
+					case <-genCtx.Done():
+						cancel()
+					case <-hctx.Done():
+					}
+				}()
+				c := g.claim(gen, a)
+				defer c.r.Close()
+				handle(hctx, c)
+				// Returning ends the generation for every partition; wait
+				// for it to end on its own instead.
+				<-hctx.Done()
+			})
+		}
+	}
+}
+
+func (g *kafkaGroup) claim(gen *kafka.Generation, a kafka.PartitionAssignment) *kafkaClaim {
+	r := kafka.NewReader(kafka.ReaderConfig{
+		Brokers:   g.k.config.Brokers,
+		Topic:     g.topic,
+		Partition: a.ID,
+		MinBytes:  1,
+		MaxBytes:  16 << 20,
+		MaxWait:   250 * time.Millisecond,
+	})
+	start := a.Offset
+	if start < 0 {
+		start = kafka.FirstOffset // never committed: from the oldest retained
+	}
+	r.SetOffset(start)
+	return &kafkaClaim{g: g, gen: gen, partition: a.ID, start: a.Offset, r: r}
+}
+
+type kafkaClaim struct {
+	g         *kafkaGroup
+	gen       *kafka.Generation
+	partition int
+	start     int64 // committed offset at assignment; < 0 when none
+	r         *kafka.Reader
+}
+
+func (c *kafkaClaim) Partition() int { return c.partition }
+
+func (c *kafkaClaim) ReadBack(ctx context.Context, since time.Time, fn func(Message) error) error {
+	if c.start <= 0 {
+		return nil // nobody processed anything before us
+	}
+	var conn *kafka.Conn
+	var err error
+	for _, b := range c.g.k.config.Brokers {
+		if conn, err = kafka.DialLeader(ctx, "tcp", b, c.g.topic, c.partition); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("cannot reach the leader of %s/%d: %w", c.g.topic, c.partition, err)
+	}
+	from, err := conn.ReadOffset(since)
+	if err == nil {
+		var first int64
+		if first, err = conn.ReadFirstOffset(); err == nil {
+			from = max(from, first)
+		}
+	}
+	conn.Close()
+	if err != nil {
+		return fmt.Errorf("cannot find the offset of %s in %s/%d: %w", since.Format(time.RFC3339), c.g.topic, c.partition, err)
+	}
+	if from < 0 || from >= c.start {
+		return nil
+	}
+	r := kafka.NewReader(kafka.ReaderConfig{
+		Brokers: c.g.k.config.Brokers, Topic: c.g.topic, Partition: c.partition,
+		MinBytes: 1, MaxBytes: 16 << 20, MaxWait: 250 * time.Millisecond,
+	})
+	defer r.Close()
+	if err := r.SetOffset(from); err != nil {
+		return fmt.Errorf("cannot seek %s/%d: %w", c.g.topic, c.partition, err)
+	}
+	for {
+		m, err := r.FetchMessage(ctx)
+		if err != nil {
+			return fmt.Errorf("cannot read back %s/%d: %w", c.g.topic, c.partition, err)
+		}
+		if m.Offset >= c.start {
+			return nil
+		}
+		if err := fn(fromKafka(m)); err != nil {
+			return err
+		}
+		if m.Offset == c.start-1 {
+			return nil
+		}
+	}
+}
+
+func fromKafka(m kafka.Message) Message {
+	return Message{Key: m.Key, Value: m.Value, Partition: m.Partition, Offset: m.Offset, Time: m.Time.UnixMilli()}
+}
+
+func (c *kafkaClaim) Fetch(ctx context.Context) (Message, error) {
+	m, err := c.r.FetchMessage(ctx)
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			return Message{}, ErrClosed
+		}
+		return Message{}, err
+	}
+	return fromKafka(m), nil
+}
+
+func (c *kafkaClaim) Commit(_ context.Context, msgs ...Message) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	last := msgs[0].Offset
+	for _, m := range msgs[1:] {
+		last = max(last, m.Offset)
+	}
+	// Kafka's committed offset is the next one to read.
+	if err := c.gen.CommitOffsets(map[string]map[int]int64{c.g.topic: {c.partition: last + 1}}); err != nil {
+		return fmt.Errorf("cannot commit %s/%d at %d: %w", c.g.topic, c.partition, last+1, err)
+	}
+	return nil
+}
