@@ -154,6 +154,9 @@ func (g *kafkaGroup) claim(gen *kafka.Generation, a kafka.PartitionAssignment) *
 		MinBytes:  1,
 		MaxBytes:  16 << 20,
 		MaxWait:   250 * time.Millisecond,
+		// Room for a whole fetch of small messages: the default 100 makes
+		// the fetcher wait on the consumer.
+		QueueCapacity: 8192,
 	})
 	start := a.Offset
 	if start < 0 {

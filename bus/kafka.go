@@ -82,12 +82,20 @@ func (k *Kafka) Producer(topic string) (Producer, error) {
 	if err != nil {
 		return nil, err
 	}
+	// kafka-go allocates room for BatchSize messages (about 150 bytes
+	// each) for every batch it starts, whatever the batch will hold: 1<<20
+	// cost 160 MB of zeroing per batch. Flow batches are bounded by
+	// BatchBytes anyway; alerts come a few at a time.
+	batchSize := 8192
+	if topic == k.config.AlertsTopic {
+		batchSize = 64
+	}
 	return &kafkaProducer{w: &kafka.Writer{
 		Addr:         kafka.TCP(k.config.Brokers...),
 		Topic:        topic,
 		Balancer:     &kafka.Murmur2Balancer{}, // same partition for a key as the Java client
 		Compression:  codec,
-		BatchSize:    1 << 20,
+		BatchSize:    batchSize,
 		BatchBytes:   int64(k.config.BatchBytes),
 		BatchTimeout: k.config.Linger,
 		RequiredAcks: kafka.RequireAll,

@@ -1,0 +1,272 @@
+// Package detectorbench measures the detector: flows per second per core
+// from Kafka through decode and detection, and the memory it keeps per
+// subscriber. `make bench` runs it with -benchtime 1x: each benchmark does a
+// fixed amount of work per iteration and reports its figures as metrics.
+package detectorbench
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/netip"
+	"runtime"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/wormsign/wormsign/bus"
+	"github.com/wormsign/wormsign/detector"
+	"github.com/wormsign/wormsign/flow"
+	"github.com/wormsign/wormsign/testenv"
+)
+
+const (
+	benchFlows       = 1_000_000
+	flowsPerMessage  = 16 // a subscriber's flows over the collector's linger
+	benchSubscribers = 50_000
+)
+
+var t0 = time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC).UnixMilli()
+
+// workload is a minute-by-minute mix: most subscribers browse (HTTPS and
+// DNS to a few servers), one in a thousand is a spam zombie.
+func workload() [][]flow.Flow {
+	exporter := netip.MustParseAddr("192.0.2.1")
+	var batches [][]flow.Flow
+	x := uint32(7)
+	rnd := func() uint32 { x ^= x << 13; x ^= x >> 17; x ^= x << 5; return x }
+	n := 0
+	for n < benchFlows {
+		s := n / flowsPerMessage % benchSubscribers
+		src := netip.AddrFrom4([4]byte{100, 64 + byte(s>>16), byte(s >> 8), byte(s)})
+		batch := make([]flow.Flow, flowsPerMessage)
+		for i := range batch {
+			end := t0 + int64(n)*60_000*20/benchFlows // 20 minutes of event time
+			f := flow.Flow{
+				TimeReceivedMs: end, StartMs: end - 1000, EndMs: end, Exporter: exporter, Type: flow.TypeIPFIX,
+				SrcAddr: src, SrcPort: uint16(40000 + i), Proto: flow.ProtoTCP, DstPort: 443,
+				TCPFlags: flow.TCPSyn | flow.TCPAck | flow.TCPFin, Packets: 12, Bytes: 4000,
+				DstAddr: netip.AddrFrom4([4]byte{198, 18, 0, byte(rnd() % 8)}),
+			}
+			switch {
+			case s%1000 == 0: // zombie
+				f.DstPort, f.TCPFlags, f.Packets = 25, flow.TCPSyn, 2
+				f.DstAddr = netip.AddrFrom4([4]byte{198, 19, byte(rnd()), byte(rnd())})
+			case i%4 == 0:
+				f.Proto, f.DstPort, f.TCPFlags = 17, 53, 0
+				f.DstAddr = netip.AddrFrom4([4]byte{198, 18, 255, 53})
+			}
+			batch[i] = f
+			n++
+		}
+		batches = append(batches, batch)
+	}
+	return batches
+}
+
+func encode(batches [][]flow.Flow) []bus.Message {
+	msgs := make([]bus.Message, len(batches))
+	for i, b := range batches {
+		msgs[i] = bus.Message{Key: b[0].SrcAddr.AsSlice(), Value: flow.AppendBatch(nil, b)}
+	}
+	return msgs
+}
+
+// cpuTime is the process's user+system CPU time: with the broker in its
+// own process, that is what decoding and detecting cost this one.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+var (
+	produceOnce sync.Once
+	produced    struct {
+		topic string
+		msgs  []bus.Message
+		err   error
+	}
+)
+
+// BenchmarkDetector consumes a million flows from a one-partition topic
+// on the real Kafka through the detector component, and reports flows per
+// CPU-second of this process (flows/s/core) next to two peer figures on
+// the same input: decode only, and decode plus the engine without Kafka.
+func BenchmarkDetector(b *testing.B) {
+	brokers := testenv.KafkaBrokers(b)
+	bcfg := bus.DefaultConfiguration()
+	bcfg.Brokers = brokers
+	bcfg.Partitions = 1
+	produceOnce.Do(func() {
+		produced.msgs = encode(workload())
+		bcfg.FlowsTopic = testenv.Name(b, "flows")
+		bcfg.AlertsTopic = bcfg.FlowsTopic + "_alerts"
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		k, err := bus.NewKafka(ctx, bcfg)
+		if err != nil {
+			produced.err = err
+			return
+		}
+		p, _ := k.Producer(bcfg.FlowsTopic)
+		defer p.Close()
+		for i := 0; i < len(produced.msgs) && err == nil; i += 4096 {
+			err = p.Publish(ctx, produced.msgs[i:min(i+4096, len(produced.msgs))]...)
+		}
+		produced.topic, produced.err = bcfg.FlowsTopic, err
+	})
+	if produced.err != nil {
+		b.Fatal(produced.err)
+	}
+	bcfg.FlowsTopic = produced.topic
+	bcfg.AlertsTopic = produced.topic + "_alerts"
+	ctx := context.Background()
+	k, err := bus.NewKafka(ctx, bcfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+
+	// Peer 1: decode only.
+	decodeCPU := measure(func() {
+		var fs []flow.Flow
+		for _, m := range produced.msgs {
+			fs, _ = flow.DecodeBatch(fs[:0], m.Value)
+		}
+	})
+	// Peer 2: decode and engine, no Kafka.
+	engineCPU := measure(func() {
+		e := detector.NewEngine(detector.DefaultConfiguration())
+		var fs []flow.Flow
+		for _, m := range produced.msgs {
+			fs, _ = flow.DecodeBatch(fs[:0], m.Value)
+			for i := range fs {
+				e.Process(&fs[i])
+			}
+		}
+	})
+
+	var wall, cpu time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		reg := prometheus.NewRegistry()
+		cfg := detector.DefaultConfiguration()
+		cfg.Group = testenv.Name(b, "g")
+		d, err := detector.New(cfg, detector.Dependencies{
+			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Registry: reg, Bus: k,
+			FlowsTopic: bcfg.FlowsTopic, AlertsTopic: bcfg.AlertsTopic,
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		d.Start()
+		// Joining the group (Kafka delays the first assignment by
+		// group.initial.rebalance.delay.ms) is not detection work.
+		for len(d.Partitions()) == 0 {
+			time.Sleep(time.Millisecond)
+		}
+		began, beganCPU := time.Now(), cpuTime()
+		deadline := time.Now().Add(5 * time.Minute)
+		for counter(reg, "wormsign_detector_flows_total") < benchFlows {
+			if time.Now().After(deadline) {
+				b.Fatalf("consumed %.0f of %d flows in 5 minutes", counter(reg, "wormsign_detector_flows_total"), benchFlows)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		wall += time.Since(began)
+		cpu += cpuTime() - beganCPU
+		d.Stop()
+	}
+	b.StopTimer()
+	n := float64(b.N) * benchFlows
+	perCore := n / cpu.Seconds()
+	b.ReportMetric(n/wall.Seconds(), "flows/s")
+	b.ReportMetric(perCore, "flows/s/core")
+	b.ReportMetric(benchFlows/decodeCPU.Seconds(), "decode_only_flows/s/core")
+	b.ReportMetric(benchFlows/engineCPU.Seconds(), "decode+engine_flows/s/core")
+	b.ReportMetric(perCore/(benchFlows/decodeCPU.Seconds()), "ratio_to_decode_only")
+	b.ReportMetric(perCore/1e6, "x_target_1M")
+}
+
+// measure runs fn and returns the CPU time it took (single goroutine).
+func measure(fn func()) time.Duration {
+	runtime.GC()
+	c := cpuTime()
+	fn()
+	return cpuTime() - c
+}
+
+func counter(reg *prometheus.Registry, name string) float64 {
+	mfs, _ := reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			var sum float64
+			for _, m := range mf.GetMetric() {
+				sum += metricValue(m)
+			}
+			return sum
+		}
+	}
+	return 0
+}
+
+func metricValue(m *dto.Metric) float64 {
+	if c := m.GetCounter(); c != nil {
+		return c.GetValue()
+	}
+	return m.GetGauge().GetValue()
+}
+
+// BenchmarkSubscriberMemory holds a million quiet subscribers (two flows
+// each: a DNS query and an HTTPS connection) and reports the heap they
+// take, next to a bare map of a million addresses as the floor.
+func BenchmarkSubscriberMemory(b *testing.B) {
+	const subscribers = 1_000_000
+	exporter := netip.MustParseAddr("192.0.2.1")
+	for i := 0; i < b.N; i++ {
+		var e *detector.Engine
+		perSub := heapOf(func() any {
+			e = detector.NewEngine(detector.DefaultConfiguration())
+			f := flow.Flow{Exporter: exporter, Proto: 17, DstPort: 53, DstAddr: netip.MustParseAddr("198.18.255.53"), Packets: 1}
+			for s := 0; s < subscribers; s++ {
+				f.SrcAddr = netip.AddrFrom4([4]byte{100, 64 + byte(s>>16), byte(s >> 8), byte(s)})
+				f.EndMs = t0 + int64(s)*50_000/subscribers // within one minute
+				f.Proto, f.DstPort, f.DstAddr = 17, 53, netip.MustParseAddr("198.18.255.53")
+				e.Process(&f)
+				f.Proto, f.DstPort, f.DstAddr = 6, 443, netip.AddrFrom4([4]byte{198, 18, 1, byte(s)})
+				e.Process(&f)
+			}
+			return e
+		}) / subscribers
+		if e.Subscribers() != subscribers {
+			b.Fatalf("%d subscribers tracked, want %d", e.Subscribers(), subscribers)
+		}
+		floor := heapOf(func() any {
+			m := make(map[netip.Addr]struct{})
+			for s := 0; s < subscribers; s++ {
+				m[netip.AddrFrom4([4]byte{100, 64 + byte(s>>16), byte(s >> 8), byte(s)})] = struct{}{}
+			}
+			return m
+		}) / subscribers
+		b.ReportMetric(perSub, "B/quiet_subscriber")
+		b.ReportMetric(perSub*subscribers/(1<<20), "MiB/1M_subscribers")
+		b.ReportMetric(floor, "B/bare_map_entry")
+		b.ReportMetric(perSub/floor, "ratio_to_bare_map")
+	}
+}
+
+// heapOf returns the live heap that what build returns keeps.
+func heapOf(build func() any) float64 {
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	keep := build()
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	runtime.KeepAlive(keep)
+	return float64(after.HeapAlloc) - float64(before.HeapAlloc)
+}
