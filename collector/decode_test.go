@@ -1,11 +1,16 @@
 package collector
 
 import (
+	"encoding/binary"
 	"errors"
 	"net/netip"
 	"path/filepath"
 	"testing"
+	"time"
 
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/wormsign/wormsign/flow"
 	"github.com/wormsign/wormsign/testenv"
 )
 
@@ -35,6 +40,9 @@ func TestDecodeCaptures(t *testing.T) {
 		{[]string{"outlet__flow__decoder__netflow__testdata__nfv5.pcap"}, 29},
 		{[]string{"outlet__flow__decoder__netflow__testdata__template.pcap", "outlet__flow__decoder__netflow__testdata__data.pcap"}, 4},
 		{[]string{"outlet__flow__decoder__sflow__testdata__data-1140.pcap"}, 5},
+		// A data set of 11 records comes before its template in this
+		// datagram, a set of 10 after it: all 21 decode.
+		{[]string{"outlet__flow__decoder__netflow__testdata__data+templates.pcap"}, 21},
 	}
 	for _, tc := range cases {
 		t.Run(tc.files[len(tc.files)-1], func(t *testing.T) {
@@ -57,16 +65,344 @@ func TestDecodeHostileInput(t *testing.T) {
 		"empty":           {},
 		"one byte":        {0},
 		"unknown version": {0, 7, 0, 0},
-		"v9 unknown template": {0, 9, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-			1, 0, 0, 8, 1, 2, 3, 4},
-		"v5 truncated": {0, 5, 0, 30, 0, 0, 0, 0},
+		"v5 truncated":    {0, 5, 0, 30, 0, 0, 0, 0},
+		"v9 header only":  {0, 9, 0, 1, 0, 0},
+		"ipfix too long":  {0, 10, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+		"sflow huge sample count": append([]byte{0, 0, 0, 5, 0, 0, 0, 1, 10, 0, 0, 1,
+			0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1}, 0xff, 0xff, 0xff, 0xff),
+		"sflow huge record count": {0, 0, 0, 5, 0, 0, 0, 1, 10, 0, 0, 1,
+			0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, // one sample
+			0, 0, 0, 3, 0, 0, 0, 44, // expanded flow sample of 44 bytes
+			0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+			0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+			0xff, 0xff, 0xff, 0xff},
 	} {
 		t.Run(name, func(t *testing.T) {
-			flows, _, err := d.Decode(FamilyNetFlow, from, payload, 1, nil)
+			family := Family(payload)
+			flows, _, err := d.Decode(family, from, payload, 1, nil)
 			var de *DecodeError
 			if !errors.As(err, &de) {
 				t.Fatalf("Decode() = %d flows, err %v; want a *DecodeError", len(flows), err)
 			}
 		})
+	}
+}
+
+// nf builds NetFlow v9 (version 9) or IPFIX (10) datagrams for tests.
+type nf struct {
+	version  uint16
+	domain   uint32
+	sequence uint32
+	unixSecs uint32
+	uptimeMs uint32
+	sets     [][]byte
+}
+
+func u16(v uint16) []byte { return binary.BigEndian.AppendUint16(nil, v) }
+func u32(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
+
+func cat(parts ...[]byte) []byte {
+	var out []byte
+	for _, p := range parts {
+		out = append(out, p...)
+	}
+	return out
+}
+
+// set wraps a set body with its header.
+func set(id uint16, body ...[]byte) []byte {
+	b := cat(body...)
+	return cat(u16(id), u16(uint16(4+len(b))), b)
+}
+
+// tmpl is a template record: id, then (type, length) pairs.
+func tmpl(id uint16, fields ...uint16) []byte {
+	b := cat(u16(id), u16(uint16(len(fields)/2)))
+	for _, f := range fields {
+		b = append(b, u16(f)...)
+	}
+	return b
+}
+
+func (n nf) bytes() []byte {
+	body := cat(n.sets...)
+	if n.version == 10 {
+		return cat(u16(10), u16(uint16(16+len(body))), u32(n.unixSecs), u32(n.sequence), u32(n.domain), body)
+	}
+	return cat(u16(9), u16(uint16(len(n.sets))), u32(n.uptimeMs), u32(n.unixSecs), u32(n.sequence), u32(n.domain), body)
+}
+
+// v4 record of the template 256 used below: src, dst, sport, dport,
+// proto, bytes, packets, first, last (uptime ms).
+var tmpl256 = tmpl(256, ieSrcIPv4, 4, ieDstIPv4, 4, ieSrcPort, 2, ieDstPort, 2, ieProtocol, 1,
+	ieOctetDelta, 4, iePacketDelta, 4, ieStartSysUpTime, 4, ieEndSysUpTime, 4)
+
+func rec256(src, dst string, dport uint16, first, last uint32) []byte {
+	s, d := netip.MustParseAddr(src).As4(), netip.MustParseAddr(dst).As4()
+	return cat(s[:], d[:], u16(40000), u16(dport), []byte{6}, u32(124), u32(2), u32(first), u32(last))
+}
+
+var cmpAddr = cmp.Comparer(func(a, b netip.Addr) bool { return a == b })
+
+func TestNetFlowV9Sets(t *testing.T) {
+	from := netip.MustParseAddrPort("192.0.2.1:5000")
+	exporter := from.Addr()
+	const secs = 1700000000
+	want := func(dst string, dport uint16, startMs, endMs int64, rate uint32) flow.Flow {
+		return flow.Flow{
+			TimeReceivedMs: secs * 1000, StartMs: startMs, EndMs: endMs, Exporter: exporter,
+			ObservationDomain: 7, SamplingRate: rate,
+			SrcAddr: netip.MustParseAddr("203.0.113.5"), DstAddr: netip.MustParseAddr(dst),
+			SrcPort: 40000, DstPort: dport, Proto: 6, Bytes: 124, Packets: 2, Type: flow.TypeNetFlowV9,
+		}
+	}
+	// Uptime 100000 ms at secs: first 98500 ms is 1.5 s before export.
+	data := set(256, rec256("203.0.113.5", "198.18.0.1", 25, 98500, 99750))
+	cases := []struct {
+		name       string
+		datagrams  [][]byte
+		want       []flow.Flow
+		wantReport Report
+	}{
+		{
+			name: "data before its template in one datagram",
+			datagrams: [][]byte{nf{version: 9, domain: 7, unixSecs: secs, uptimeMs: 100000,
+				sets: [][]byte{data, set(0, tmpl256)}}.bytes()},
+			want:       []flow.Flow{want("198.18.0.1", 25, secs*1000-1500, secs*1000-250, 0)},
+			wantReport: Report{Protocol: "netflow9"},
+		},
+		{
+			name: "unknown template costs only its own set",
+			datagrams: [][]byte{nf{version: 9, domain: 7, unixSecs: secs, uptimeMs: 100000,
+				sets: [][]byte{set(0, tmpl256), set(300, make([]byte, 20)), data}}.bytes()},
+			want:       []flow.Flow{want("198.18.0.1", 25, secs*1000-1500, secs*1000-250, 0)},
+			wantReport: Report{Protocol: "netflow9", TemplateMisses: 1},
+		},
+		{
+			name: "templates are per observation domain",
+			datagrams: [][]byte{
+				nf{version: 9, domain: 8, unixSecs: secs, uptimeMs: 100000, sets: [][]byte{set(0, tmpl256)}}.bytes(),
+				nf{version: 9, domain: 7, unixSecs: secs, uptimeMs: 100000, sets: [][]byte{data}}.bytes(),
+			},
+			wantReport: Report{Protocol: "netflow9", TemplateMisses: 1},
+		},
+		{
+			name: "options sampling with a one-byte sampling interval",
+			datagrams: [][]byte{nf{version: 9, domain: 7, unixSecs: secs, uptimeMs: 100000, sets: [][]byte{
+				set(0, tmpl256),
+				// options template 257: scope system (1) of 4 bytes; option
+				// sampling interval (34) in one byte, padded.
+				set(1, u16(257), u16(4), u16(4), u16(1), u16(4), u16(ieSamplingInterval), u16(1)),
+				set(257, u32(0), []byte{100}, []byte{0, 0, 0}),
+				data,
+			}}.bytes()},
+			want:       []flow.Flow{want("198.18.0.1", 25, secs*1000-1500, secs*1000-250, 100)},
+			wantReport: Report{Protocol: "netflow9", OptionsRecords: 1},
+		},
+		{
+			name: "sequence gap counts lost datagrams",
+			datagrams: [][]byte{
+				nf{version: 9, domain: 7, sequence: 10, unixSecs: secs, uptimeMs: 100000, sets: [][]byte{set(0, tmpl256)}}.bytes(),
+				nf{version: 9, domain: 7, sequence: 14, unixSecs: secs, uptimeMs: 100000, sets: [][]byte{data}}.bytes(),
+			},
+			want:       []flow.Flow{want("198.18.0.1", 25, secs*1000-1500, secs*1000-250, 0)},
+			wantReport: Report{Protocol: "netflow9", LostDatagrams: 3},
+		},
+		{
+			name: "zero padding after the last set",
+			datagrams: [][]byte{cat(nf{version: 9, domain: 7, unixSecs: secs, uptimeMs: 100000,
+				sets: [][]byte{set(0, tmpl256), data}}.bytes(), make([]byte, 40))},
+			want:       []flow.Flow{want("198.18.0.1", 25, secs*1000-1500, secs*1000-250, 0)},
+			wantReport: Report{Protocol: "netflow9"},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			d := NewDecoder(false)
+			var got []flow.Flow
+			var rep Report
+			for _, dg := range tc.datagrams {
+				var err error
+				got, err = d.DecodeReport(FamilyNetFlow, from, dg, secs*1000, got, &rep)
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			if diff := cmp.Diff(tc.want, got, cmpAddr); diff != "" {
+				t.Errorf("flows (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tc.wantReport, rep); diff != "" {
+				t.Errorf("report (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestIPFIXEnterpriseAndVariableLength(t *testing.T) {
+	from := netip.MustParseAddrPort("192.0.2.2:4739")
+	const secs = 1700000000
+	// Template 400: src v4, an enterprise field (PEN 29305) of 4 bytes, a
+	// variable-length IANA field (application name, 96), dst port, and
+	// flowEndMilliseconds.
+	tpl := cat(u16(400), u16(5),
+		u16(ieSrcIPv4), u16(4),
+		u16(0x8000|12), u16(4), u32(29305),
+		u16(96), u16(variableLength),
+		u16(ieDstPort), u16(2),
+		u16(ieEndMilliseconds), u16(8))
+	src := netip.MustParseAddr("203.0.113.9").As4()
+	endMs := uint64(secs*1000 - 1234)
+	rec := func(name string) []byte {
+		return cat(src[:], u32(0xdeadbeef), []byte{byte(len(name))}, []byte(name), u16(25), binary.BigEndian.AppendUint64(nil, endMs))
+	}
+	long := string(make([]byte, 300))
+	longRec := cat(src[:], u32(1), []byte{255}, u16(300), []byte(long), u16(25), binary.BigEndian.AppendUint64(nil, endMs))
+	msg := nf{version: 10, domain: 1, sequence: 0, unixSecs: secs, sets: [][]byte{
+		set(2, tpl), set(400, rec("smtp"), rec(""), longRec),
+	}}.bytes()
+	d := NewDecoder(false)
+	var rep Report
+	got, err := d.DecodeReport(FamilyNetFlow, from, msg, secs*1000, nil, &rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	one := flow.Flow{TimeReceivedMs: secs * 1000, StartMs: int64(endMs), EndMs: int64(endMs),
+		Exporter: from.Addr(), ObservationDomain: 1, SrcAddr: netip.AddrFrom4(src), DstPort: 25, Type: flow.TypeIPFIX}
+	if diff := cmp.Diff([]flow.Flow{one, one, one}, got, cmpAddr); diff != "" {
+		t.Errorf("flows (-want +got):\n%s", diff)
+	}
+	wantRep := Report{Protocol: "ipfix", EnterpriseRecords: 3, VariableLengthRecords: 3}
+	if diff := cmp.Diff(wantRep, rep); diff != "" {
+		t.Errorf("report (-want +got):\n%s", diff)
+	}
+	// The next message's sequence number should be 3: 2 is one lost record.
+	rep = Report{}
+	next := nf{version: 10, domain: 1, sequence: 4, unixSecs: secs, sets: [][]byte{set(400, rec("x"))}}.bytes()
+	if _, err := d.DecodeReport(FamilyNetFlow, from, next, secs*1000, nil, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.LostRecords != 1 {
+		t.Errorf("lost records = %d, want 1", rep.LostRecords)
+	}
+}
+
+func TestTemplateCapExpiryAndPersistence(t *testing.T) {
+	cfg := DefaultConfiguration()
+	cfg.MaxTemplatesPerExporter = 2
+	cfg.TemplateTTL = time.Minute
+	from := netip.MustParseAddrPort("192.0.2.3:2055")
+	other := netip.MustParseAddrPort("192.0.2.3:2056")
+	const t0 = int64(1700000000000)
+	templates := nf{version: 9, domain: 1, unixSecs: 1700000000, sets: [][]byte{
+		set(0, tmpl256, tmpl(257, ieSrcIPv4, 4), tmpl(258, ieDstIPv4, 4)),
+	}}.bytes()
+	data := nf{version: 9, domain: 1, unixSecs: 1700000000, uptimeMs: 100000, sets: [][]byte{
+		set(256, rec256("203.0.113.5", "198.18.0.1", 25, 1, 2)),
+		set(258, []byte{198, 18, 0, 2}),
+	}}.bytes()
+	decode := func(d *Decoder, from netip.AddrPort, dg []byte, now int64) (int, Report) {
+		t.Helper()
+		var rep Report
+		flows, err := d.DecodeReport(FamilyNetFlow, from, dg, now, nil, &rep)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(flows), rep
+	}
+	d := NewDecoderFrom(cfg)
+	if _, rep := decode(d, from, templates, t0); rep.TemplatesRefused != 1 {
+		t.Errorf("templates refused = %d, want 1 (cap 2)", rep.TemplatesRefused)
+	}
+	if n, rep := decode(d, from, data, t0+1000); n != 1 || rep.TemplateMisses != 1 {
+		t.Errorf("decoded %d flows with %d misses, want 1 and 1 (258 was refused)", n, rep.TemplateMisses)
+	}
+	// Another exporter port on the same address has no templates.
+	if n, rep := decode(d, other, data, t0+1000); n != 0 || rep.TemplateMisses != 2 {
+		t.Errorf("other port decoded %d flows with %d misses, want 0 and 2", n, rep.TemplateMisses)
+	}
+
+	path := filepath.Join(t.TempDir(), "templates.json")
+	if err := d.SaveTemplates(path); err != nil {
+		t.Fatal(err)
+	}
+	restarted := NewDecoderFrom(cfg)
+	if n, err := restarted.LoadTemplates(path, t0+2000); err != nil || n != 2 {
+		t.Fatalf("LoadTemplates = %d, %v; want 2 templates", n, err)
+	}
+	if n, _ := decode(restarted, from, data, t0+3000); n != 1 {
+		t.Errorf("after restart decoded %d flows, want 1 at once", n)
+	}
+	// Past the TTL the templates are gone, loaded or not.
+	if n, rep := decode(restarted, from, data, t0+61*1000); n != 0 || rep.TemplateMisses != 2 {
+		t.Errorf("after TTL decoded %d flows with %d misses, want 0 and 2", n, rep.TemplateMisses)
+	}
+	stale := NewDecoderFrom(cfg)
+	if n, err := stale.LoadTemplates(path, t0+61*1000); err != nil || n != 0 {
+		t.Errorf("loading expired templates = %d, %v; want 0", n, err)
+	}
+	if n, err := stale.LoadTemplates(filepath.Join(t.TempDir(), "missing.json"), t0); err != nil || n != 0 {
+		t.Errorf("loading a missing file = %d, %v; want 0, nil", n, err)
+	}
+}
+
+func TestSamplingConfiguration(t *testing.T) {
+	parse := func(s string) SamplingRate {
+		var r SamplingRate
+		if err := r.UnmarshalText([]byte(s)); err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	cfg := DefaultConfiguration()
+	cfg.DefaultSamplingRate = []SamplingRate{parse("192.0.2.0/24=1000"), parse("192.0.2.7=10")}
+	cfg.OverrideSamplingRate = []SamplingRate{parse("192.0.2.9/32=4096")}
+	d := NewDecoderFrom(cfg)
+	// A NetFlow v5 datagram with one record and sampling interval 0 or 50.
+	v5 := func(sampling uint16) []byte {
+		hdr := cat(u16(5), u16(1), u32(100000), u32(1700000000), u32(0), u32(0), []byte{0, 0}, u16(sampling))
+		return cat(hdr, make([]byte, 48))
+	}
+	cases := []struct {
+		exporter string
+		sampling uint16
+		want     uint32
+	}{
+		{"192.0.2.1:1", 0, 1000},       // network default
+		{"192.0.2.7:1", 0, 10},         // longer prefix wins
+		{"192.0.2.7:1", 50, 50},        // the exporter says it: default unused
+		{"192.0.2.9:1", 50, 4096},      // override beats the exporter
+		{"198.51.100.1:1", 0, 0},       // nothing configured, nothing said
+		{"192.0.2.1:1", 0x4000 | 7, 7}, // mode bits are not the rate
+	}
+	for _, tc := range cases {
+		flows, _, err := d.Decode(FamilyNetFlow, netip.MustParseAddrPort(tc.exporter), v5(tc.sampling), 1700000000000, nil)
+		if err != nil || len(flows) != 1 {
+			t.Fatalf("%s: %d flows, %v", tc.exporter, len(flows), err)
+		}
+		if got := flows[0].SamplingRate; got != tc.want {
+			t.Errorf("%s with header sampling %#x: rate %d, want %d", tc.exporter, tc.sampling, got, tc.want)
+		}
+	}
+	var bad SamplingRate
+	for _, s := range []string{"192.0.2.0/24", "x=1", "192.0.2.0/24=0", "192.0.2.0/24=-1"} {
+		if err := bad.UnmarshalText([]byte(s)); err == nil {
+			t.Errorf("UnmarshalText(%q) succeeded, want an error", s)
+		}
+	}
+}
+
+func TestNetFlowV5MillisecondTimes(t *testing.T) {
+	// Export at 1700000000.250 s with uptime 100000 ms; the record started
+	// at uptime 98000 and ended at 99900.
+	hdr := cat(u16(5), u16(1), u32(100000), u32(1700000000), u32(250_000_000), u32(0), []byte{0, 0}, u16(0))
+	rec := make([]byte, 48)
+	binary.BigEndian.PutUint32(rec[24:], 98000)
+	binary.BigEndian.PutUint32(rec[28:], 99900)
+	flows, _, err := NewDecoder(false).Decode(FamilyNetFlow, netip.MustParseAddrPort("192.0.2.1:1"), cat(hdr, rec), 1, nil)
+	if err != nil || len(flows) != 1 {
+		t.Fatalf("%d flows, %v", len(flows), err)
+	}
+	if got, want := [2]int64{flows[0].StartMs, flows[0].EndMs}, [2]int64{1700000000250 - 2000, 1700000000250 - 100}; got != want {
+		t.Errorf("start, end = %v, want %v", got, want)
 	}
 }

@@ -3,16 +3,27 @@ package collector
 import "github.com/prometheus/client_golang/prometheus"
 
 type metrics struct {
-	datagrams     *prometheus.CounterVec // exporter, protocol
-	flows         *prometheus.CounterVec // exporter, protocol
-	decodeErrors  *prometheus.CounterVec // exporter, protocol, kind
-	dropped       *prometheus.CounterVec // reason
-	published     prometheus.Counter
-	publishErrors prometheus.Counter
-	queueFlows    prometheus.Gauge
+	datagrams        *prometheus.CounterVec // exporter, protocol
+	flows            *prometheus.CounterVec // exporter, protocol
+	decodeErrors     *prometheus.CounterVec // exporter, protocol, kind
+	templateMisses   *prometheus.CounterVec // exporter
+	templatesRefused *prometheus.CounterVec // exporter
+	lostDatagrams    *prometheus.CounterVec // exporter
+	lostRecords      *prometheus.CounterVec // exporter
+	enterprise       *prometheus.CounterVec // exporter
+	variableLength   *prometheus.CounterVec // exporter
+	optionsRecords   *prometheus.CounterVec // exporter
+	dropped          *prometheus.CounterVec // reason
+	published        prometheus.Counter
+	publishErrors    prometheus.Counter
+	queueFlows       prometheus.Gauge
+	templateSaves    *prometheus.CounterVec // result
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
+	perExporter := func(name, help string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: "wormsign_collector_" + name, Help: help}, []string{"exporter"})
+	}
 	m := &metrics{
 		datagrams: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wormsign_collector_datagrams_total", Help: "Export datagrams received.",
@@ -21,8 +32,23 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "wormsign_collector_flows_total", Help: "Flow records decoded.",
 		}, []string{"exporter", "protocol"}),
 		decodeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "wormsign_collector_decode_errors_total", Help: "Datagrams that failed to decode, by kind.",
+			Name: "wormsign_collector_decode_errors_total",
+			Help: "Datagrams that failed to decode, and malformed sets (kind malformed_set) inside datagrams that otherwise decoded, by kind.",
 		}, []string{"exporter", "protocol", "kind"}),
+		templateMisses: perExporter("template_misses_total",
+			"NetFlow v9/IPFIX data sets skipped because their template is unknown (other sets of the datagram still decode)."),
+		templatesRefused: perExporter("templates_refused_total",
+			"Templates not stored because the exporter reached collector.max_templates_per_exporter."),
+		lostDatagrams: perExporter("lost_datagrams_total",
+			"Export datagrams lost between exporter and collector, from NetFlow v9 and sFlow sequence numbers."),
+		lostRecords: perExporter("lost_records_total",
+			"Flow records lost between exporter and collector, from NetFlow v5 and IPFIX sequence numbers (which count records)."),
+		enterprise: perExporter("enterprise_records_total",
+			"IPFIX flow records with enterprise-specific fields (decoded; those fields are skipped)."),
+		variableLength: perExporter("variable_length_records_total",
+			"IPFIX flow records with variable-length fields (decoded)."),
+		optionsRecords: perExporter("options_records_total",
+			"NetFlow v9/IPFIX options data records (sampling rates, system init time)."),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wormsign_collector_dropped_flows_total", Help: "Flows dropped at the UDP edge, by reason.",
 		}, []string{"reason"}),
@@ -35,7 +61,32 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		queueFlows: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "wormsign_collector_queue_flows", Help: "Flows waiting for the bus.",
 		}),
+		templateSaves: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wormsign_collector_template_saves_total", Help: "Writes of collector.template_file, by result.",
+		}, []string{"result"}),
 	}
-	reg.MustRegister(m.datagrams, m.flows, m.decodeErrors, m.dropped, m.published, m.publishErrors, m.queueFlows)
+	reg.MustRegister(m.datagrams, m.flows, m.decodeErrors, m.templateMisses, m.templatesRefused,
+		m.lostDatagrams, m.lostRecords, m.enterprise, m.variableLength, m.optionsRecords,
+		m.dropped, m.published, m.publishErrors, m.queueFlows, m.templateSaves)
 	return m
+}
+
+// report adds what decoding one datagram found to the per-exporter
+// metrics; most fields are zero, so most datagrams touch no metric here.
+func (m *metrics) report(exporter string, r *Report) {
+	add := func(v *prometheus.CounterVec, n float64) {
+		if n != 0 {
+			v.WithLabelValues(exporter).Add(n)
+		}
+	}
+	add(m.templateMisses, float64(r.TemplateMisses))
+	add(m.templatesRefused, float64(r.TemplatesRefused))
+	add(m.lostDatagrams, float64(r.LostDatagrams))
+	add(m.lostRecords, float64(r.LostRecords))
+	add(m.enterprise, float64(r.EnterpriseRecords))
+	add(m.variableLength, float64(r.VariableLengthRecords))
+	add(m.optionsRecords, float64(r.OptionsRecords))
+	if r.SetErrors != 0 {
+		m.decodeErrors.WithLabelValues(exporter, r.Protocol, "malformed_set").Add(float64(r.SetErrors))
+	}
 }

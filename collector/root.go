@@ -44,6 +44,9 @@ type Component struct {
 	queue   chan []flow.Flow
 	readers sync.WaitGroup
 	flushed chan struct{}
+	// saverDone stops the periodic template saver.
+	saverStop chan struct{}
+	saverDone chan struct{}
 	// stopping tells Ingest callers that the queue is about to close.
 	mu       sync.RWMutex
 	stopping bool
@@ -62,33 +65,82 @@ func New(config Configuration, deps Dependencies) (*Component, error) {
 		config:   config,
 		deps:     deps,
 		metrics:  newMetrics(deps.Registry),
-		decoder:  NewDecoder(config.CorrectClockSkew),
+		decoder:  NewDecoderFrom(config),
 		producer: producer,
 		queue:    make(chan []flow.Flow, config.QueueSize),
 		flushed:  make(chan struct{}),
 	}, nil
 }
 
-// Start opens the UDP sockets and starts reading and publishing.
+// Decoder is the component's decoder (its templates and exporter state).
+func (c *Component) Decoder() *Decoder { return c.decoder }
+
+// Start loads saved templates, opens the UDP sockets and starts reading
+// and publishing.
 func (c *Component) Start() error {
+	if path := c.config.TemplateFile; path != "" {
+		n, err := c.decoder.LoadTemplates(path, time.Now().UnixMilli())
+		if err != nil {
+			// A damaged file must not keep the collector down: templates
+			// come again from the exporters within minutes.
+			c.deps.Logger.Warn("cannot load saved templates", "file", path, "error", err)
+		} else {
+			c.deps.Logger.Info("loaded saved templates", "file", path, "templates", n)
+		}
+	}
 	for _, spec := range []struct {
 		family string
 		addrs  []string
 	}{{FamilyNetFlow, c.config.NetFlowListen}, {FamilySFlow, c.config.SFlowListen}} {
 		for _, addr := range spec.addrs {
-			conn, err := c.listen(addr)
-			if err != nil {
-				c.closeConns()
-				return err
+			for i := range c.config.SocketsPerListener {
+				conn, err := c.listen(addr)
+				if err != nil {
+					c.closeConns()
+					return err
+				}
+				if i == 0 {
+					// Port 0 picks a port: the other sockets share it.
+					addr = conn.LocalAddr().String()
+					c.deps.Logger.Info("collector listening", "protocol", spec.family, "addr", addr,
+						"sockets", c.config.SocketsPerListener)
+				}
+				c.conns = append(c.conns, conn)
+				c.readers.Add(1)
+				go c.read(spec.family, conn)
 			}
-			c.conns = append(c.conns, conn)
-			c.readers.Add(1)
-			go c.read(spec.family, conn)
-			c.deps.Logger.Info("collector listening", "protocol", spec.family, "addr", conn.LocalAddr().String())
 		}
 	}
 	go c.publish()
+	if c.config.TemplateFile != "" {
+		c.saverStop, c.saverDone = make(chan struct{}), make(chan struct{})
+		go c.saveTemplates()
+	}
 	return nil
+}
+
+func (c *Component) saveTemplates() {
+	defer close(c.saverDone)
+	tick := time.NewTicker(c.config.TemplateSaveInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-c.saverStop:
+			c.saveTemplatesOnce()
+			return
+		case <-tick.C:
+			c.saveTemplatesOnce()
+		}
+	}
+}
+
+func (c *Component) saveTemplatesOnce() {
+	if err := c.decoder.SaveTemplates(c.config.TemplateFile); err != nil {
+		c.metrics.templateSaves.WithLabelValues("error").Inc()
+		c.deps.Logger.Warn("cannot save templates", "file", c.config.TemplateFile, "error", err)
+		return
+	}
+	c.metrics.templateSaves.WithLabelValues("ok").Inc()
 }
 
 func (c *Component) listen(addr string) (*net.UDPConn, error) {
@@ -152,21 +204,23 @@ func (c *Component) Ingest(family string, from netip.AddrPort, payload []byte, r
 		c.metrics.dropped.WithLabelValues("exporter_not_allowed").Inc()
 		return 0
 	}
-	flows, protocol, err := c.decoder.Decode(family, from, payload, receivedMs, nil)
-	c.metrics.datagrams.WithLabelValues(exporter, protocol).Inc()
+	var rep Report
+	flows, err := c.decoder.DecodeReport(family, from, payload, receivedMs, nil, &rep)
+	c.metrics.datagrams.WithLabelValues(exporter, rep.Protocol).Inc()
+	c.metrics.report(exporter, &rep)
 	if err != nil {
 		kind := "other"
 		var de *DecodeError
 		if errors.As(err, &de) {
 			kind = de.Kind
 		}
-		c.metrics.decodeErrors.WithLabelValues(exporter, protocol, kind).Inc()
+		c.metrics.decodeErrors.WithLabelValues(exporter, rep.Protocol, kind).Inc()
 		return 0
 	}
 	if len(flows) == 0 {
 		return 0
 	}
-	c.metrics.flows.WithLabelValues(exporter, protocol).Add(float64(len(flows)))
+	c.metrics.flows.WithLabelValues(exporter, rep.Protocol).Add(float64(len(flows)))
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	if c.stopping {
@@ -299,5 +353,9 @@ func (c *Component) Stop() error {
 	close(c.queue)
 	c.mu.Unlock()
 	<-c.flushed
+	if c.saverStop != nil {
+		close(c.saverStop)
+		<-c.saverDone
+	}
 	return c.producer.Close()
 }

@@ -1,0 +1,474 @@
+package collector
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+	"github.com/google/gopacket/pcapgo"
+
+	"github.com/wormsign/wormsign/testenv"
+)
+
+// The conformance test decodes every capture of ../shared/testdata/
+// flow-captures with wormsign and with tshark, an independent decoder, and
+// requires the same number of flow records datagram by datagram. Captures
+// that belong together (a template file and its data files) are merged
+// into one stream, templates first, and both decoders see exactly that
+// stream: export datagrams only, NetFlow/IPFIX sent to port 2055 and sFlow
+// to 6343 (some captures use other ports, tshark needs its decoder told).
+//
+// Where the two legitimately differ, the test asserts the explained
+// figure, computed from tshark's own output:
+//   - a data set placed before its template in the same datagram: tshark
+//     decodes in order and cannot decode it; wormsign learns the
+//     datagram's templates first and decodes it, so it finds
+//     set bytes / record size more records (akvorado data+templates.pcap).
+// Options data records (sampling rates) are not flows for either side.
+
+type captureDatagram struct {
+	source string // file it came from
+	from   netip.AddrPort
+	ts     time.Time
+	data   []byte
+}
+
+// rawExporter is the exporter of raw payload files (no pcap header).
+var rawExporter = netip.MustParseAddrPort("192.0.2.10:9995")
+
+// isExport tells export datagrams from other UDP traffic in a capture.
+func isExport(p []byte) bool {
+	if len(p) >= 4 && binary.BigEndian.Uint32(p) == 5 {
+		return true
+	}
+	if len(p) >= 2 {
+		switch binary.BigEndian.Uint16(p) {
+		case 5, 9, 10:
+			return true
+		}
+	}
+	return false
+}
+
+// splitRaw splits a raw file of concatenated export messages.
+func splitRaw(b []byte) [][]byte {
+	var out [][]byte
+	for len(b) >= 4 {
+		n := len(b)
+		switch {
+		case binary.BigEndian.Uint32(b) == 5: // sFlow: one datagram
+		case binary.BigEndian.Uint16(b) == 10:
+			if l := int(binary.BigEndian.Uint16(b[2:])); l >= 16 && l <= len(b) {
+				n = l
+			}
+		case binary.BigEndian.Uint16(b) == 5:
+			if l := 24 + 48*int(binary.BigEndian.Uint16(b[2:])); l <= len(b) {
+				n = l
+			}
+		}
+		out = append(out, b[:n])
+		b = b[n:]
+	}
+	return out
+}
+
+func readDatagrams(t *testing.T, path string) []captureDatagram {
+	t.Helper()
+	var out []captureDatagram
+	name := filepath.Base(path)
+	switch filepath.Ext(path) {
+	case ".pcap", ".pcapng":
+		err := ReadCapture(path, func(d Datagram) error {
+			if isExport(d.Payload) {
+				out = append(out, captureDatagram{name, d.From, time.UnixMilli(d.TimeMs), bytes.Clone(d.Payload)})
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	default:
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, p := range splitRaw(raw) {
+			out = append(out, captureDatagram{name, rawExporter, time.Unix(1700000000, int64(i)*1e6), p})
+		}
+	}
+	return out
+}
+
+// groupOf names the scenario a capture file belongs to: its origin file
+// name without the template/data part.
+func groupOf(dir, file string) string {
+	base := strings.TrimSuffix(file, filepath.Ext(file))
+	if i := strings.Index(base, "__traffic-"); i > 0 {
+		base = base[:i] // pmacct: traffic-00, -01... of one test
+	}
+	if i := strings.LastIndex(base, "__"); i >= 0 {
+		base = base[i+2:]
+	}
+	for _, sep := range []string{"_tpldata", "_tplopt", "_opttpl", "_tpl", "_data", "-options-", "-templates", "-template", "-data"} {
+		if i := strings.Index(base, sep); i > 0 {
+			base = base[:i]
+		}
+	}
+	if base == "template" || base == "data" {
+		base = "template+data"
+	}
+	return dir + "/" + base
+}
+
+func isTemplateFile(name string) bool {
+	n := strings.ToLower(name)
+	return strings.Contains(n, "tpl") || strings.Contains(n, "template")
+}
+
+// writePcap writes the datagrams as Ethernet/IP/UDP packets to the
+// collector's ports.
+func writePcap(t *testing.T, path string, dgs []captureDatagram) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	w := pcapgo.NewWriter(f)
+	if err := w.WriteFileHeader(65536, layers.LinkTypeEthernet); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range dgs {
+		port := layers.UDPPort(2055)
+		if Family(d.data) == FamilySFlow {
+			port = 6343
+		}
+		udp := &layers.UDP{SrcPort: layers.UDPPort(d.from.Port()), DstPort: port}
+		eth := &layers.Ethernet{SrcMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, DstMAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}}
+		var ip gopacket.SerializableLayer
+		if src := d.from.Addr(); src.Is4() || src.Is4In6() {
+			eth.EthernetType = layers.EthernetTypeIPv4
+			ip4 := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP,
+				SrcIP: src.Unmap().AsSlice(), DstIP: net.IPv4(127, 0, 0, 1).To4()}
+			udp.SetNetworkLayerForChecksum(ip4)
+			ip = ip4
+		} else {
+			eth.EthernetType = layers.EthernetTypeIPv6
+			ip6 := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolUDP,
+				SrcIP: src.AsSlice(), DstIP: net.IPv6loopback}
+			udp.SetNetworkLayerForChecksum(ip6)
+			ip = ip6
+		}
+		buf := gopacket.NewSerializeBuffer()
+		opts := gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}
+		if err := gopacket.SerializeLayers(buf, opts, eth, ip, udp, gopacket.Payload(d.data)); err != nil {
+			t.Fatal(err)
+		}
+		ci := gopacket.CaptureInfo{Timestamp: d.ts, CaptureLength: len(buf.Bytes()), Length: len(buf.Bytes())}
+		if err := w.WritePacket(ci, buf.Bytes()); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// tsharkFrame is what tshark decoded in one datagram.
+type tsharkFrame struct {
+	flows     int // flow records (NetFlow v5 pdus, v9/IPFIX data records, sFlow flow samples)
+	options   int // options data records
+	explained int // difference to wormsign for a documented reason
+}
+
+var (
+	reFrame    = regexp.MustCompile(`^Frame (\d+):`)
+	reIP       = regexp.MustCompile(`^Internet Protocol Version [46], Src: ([^,]+),`)
+	reUDP      = regexp.MustCompile(`^User Datagram Protocol, Src Port: (\d+),`)
+	reDomain   = regexp.MustCompile(`^    (?:SourceId|Observation Domain Id): (\d+)`)
+	reV5Count  = regexp.MustCompile(`^    Count: (\d+)`)
+	reVersion  = regexp.MustCompile(`^    Version: (\d+)`)
+	reFlowSet  = regexp.MustCompile(`^    (?:FlowSet|Set) \d+ \[id=(\d+)\](.*)$`)
+	reSetLen   = regexp.MustCompile(`^        (?:FlowSet|Set) Length: (\d+)`)
+	reRecord   = regexp.MustCompile(`^        Flow \d+(?: \(.*\))?$`)
+	reNoTmpl   = regexp.MustCompile(`^ {8,}\[?Data \(\d+ bytes\), no template found`)
+	reTemplate = regexp.MustCompile(`^        Template \(Id = (\d+), Count = (\d+)\)`)
+	reFieldLen = regexp.MustCompile(`^ {16}Length: (\d+)`)
+	rePDU      = regexp.MustCompile(`^    pdu \d+/\d+`)
+	reSFlow    = regexp.MustCompile(`^    (?:Expanded flow|Flow) sample, seq`)
+)
+
+// runTshark decodes the capture and returns per-frame counts.
+func runTshark(t *testing.T, path string, dgs []captureDatagram) []tsharkFrame {
+	t.Helper()
+	tshark := testenv.Tool(t, "tshark")
+	cmd := exec.Command(tshark, "-r", path, "-V", "-d", "udp.port==2055,cflow", "-d", "udp.port==6343,sflow")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("tshark %s: %v", path, err)
+	}
+	var frames []tsharkFrame
+	optionsTemplates := map[string]bool{} // exporter/domain/id, learned in order
+	var cur *tsharkFrame
+	var src, port, domain, version string
+	v5Count, pdus := 0, 0
+	// The data set being read: its ID, bytes, records, template found.
+	type dataSet struct {
+		id             string
+		bytes, records int
+		noTemplate     bool
+	}
+	var set *dataSet
+	var missing []dataSet     // data sets of this frame tshark had no template for
+	sizes := map[string]int{} // record size of the templates tshark learned, by key
+	setsShown := 0            // sets tshark showed in this frame
+	var tmplID string
+	var tmplLeft int
+	key := func(tid string) string { return src + "/" + port + "/" + domain + "/" + tid }
+	endSet := func() {
+		if set == nil {
+			return
+		}
+		if optionsTemplates[key(set.id)] {
+			cur.options += set.records
+		} else {
+			cur.flows += set.records
+		}
+		if set.noTemplate {
+			missing = append(missing, *set)
+		}
+		set = nil
+	}
+	endFrame := func() {
+		if cur == nil {
+			return
+		}
+		endSet()
+		// A data set before its template in the same datagram: wormsign
+		// learns the datagram's templates first and decodes it.
+		for _, m := range missing {
+			if size := sizes[key(m.id)]; size > 0 {
+				cur.explained += m.bytes / size
+			}
+		}
+		// Sets tshark did not reach: it stops at the NetFlow v9 header's
+		// Count (wormsign walks to the end of the datagram, as exporters
+		// fill Count inconsistently) and at the first field it finds
+		// malformed (e.g. an IPv4 address of 2 bytes, which wormsign
+		// leaves empty). Their records are counted here from the raw
+		// sets and the record sizes of the templates tshark learned.
+		if version == "9" || version == "10" {
+			for i, s := range rawSets(dgs[len(frames)-1].data) {
+				if i < setsShown || s.id < 256 || optionsTemplates[key(strconv.Itoa(int(s.id)))] {
+					continue
+				}
+				if size := sizes[key(strconv.Itoa(int(s.id)))]; size > 0 {
+					cur.explained += s.bytes / size
+				}
+			}
+		}
+		// A NetFlow v5 header counting more records than the datagram
+		// holds: tshark decodes those present, wormsign drops the
+		// datagram as truncated (it cannot tell what else is wrong).
+		if version == "5" && pdus < v5Count {
+			cur.explained -= pdus
+		}
+	}
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if reFrame.MatchString(line) {
+			endFrame()
+			frames = append(frames, tsharkFrame{})
+			cur = &frames[len(frames)-1]
+			missing, setsShown, tmplLeft, version, v5Count, pdus = nil, 0, 0, "", 0, 0
+			continue
+		}
+		switch m := (func() []string { return nil })(); {
+		case reIP.MatchString(line):
+			src = reIP.FindStringSubmatch(line)[1]
+		case reUDP.MatchString(line):
+			port = reUDP.FindStringSubmatch(line)[1]
+		case reVersion.MatchString(line):
+			version = reVersion.FindStringSubmatch(line)[1]
+		case reV5Count.MatchString(line):
+			v5Count, _ = strconv.Atoi(reV5Count.FindStringSubmatch(line)[1])
+		case reDomain.MatchString(line):
+			domain = reDomain.FindStringSubmatch(line)[1]
+		case rePDU.MatchString(line):
+			pdus++
+			cur.flows++
+		case reSFlow.MatchString(line):
+			cur.flows++
+		case reFlowSet.MatchString(line):
+			endSet()
+			setsShown++
+			m = reFlowSet.FindStringSubmatch(line)
+			id, rest := m[1], m[2]
+			switch {
+			case strings.Contains(rest, "(Options Template):"):
+				for _, tid := range strings.Split(strings.TrimSpace(rest[strings.Index(rest, ":")+1:]), ",") {
+					optionsTemplates[key(tid)] = true
+				}
+			case strings.Contains(rest, "(Data Template):"):
+				for _, tid := range strings.Split(strings.TrimSpace(rest[strings.Index(rest, ":")+1:]), ",") {
+					delete(optionsTemplates, key(tid))
+				}
+			default:
+				if n, _ := strconv.Atoi(id); n >= 256 {
+					set = &dataSet{id: id}
+				}
+			}
+		case set != nil && reSetLen.MatchString(line):
+			set.bytes, _ = strconv.Atoi(reSetLen.FindStringSubmatch(line)[1])
+			set.bytes -= 4
+		case set != nil && reRecord.MatchString(line):
+			set.records++
+		case set != nil && reNoTmpl.MatchString(line):
+			set.noTemplate = true
+		case reTemplate.MatchString(line):
+			m = reTemplate.FindStringSubmatch(line)
+			tmplID = key(m[1])
+			tmplLeft, _ = strconv.Atoi(m[2])
+			sizes[tmplID] = 0
+		case tmplLeft > 0 && reFieldLen.MatchString(line):
+			l, _ := strconv.Atoi(reFieldLen.FindStringSubmatch(line)[1])
+			if l == 0xffff || sizes[tmplID] < 0 {
+				sizes[tmplID] = -1 // variable length: no fixed size
+			} else {
+				sizes[tmplID] += l
+			}
+			tmplLeft--
+		}
+	}
+	endFrame()
+	return frames
+}
+
+type rawSet struct {
+	id    uint16
+	bytes int
+}
+
+// rawSets lists the sets of a NetFlow v9 / IPFIX datagram.
+func rawSets(p []byte) []rawSet {
+	var out []rawSet
+	if len(p) < 16 {
+		return nil
+	}
+	off := 20
+	if binary.BigEndian.Uint16(p) == 10 {
+		off = 16
+	}
+	for off+4 <= len(p) {
+		id, l := binary.BigEndian.Uint16(p[off:]), int(binary.BigEndian.Uint16(p[off+2:]))
+		if l < 4 || off+l > len(p) {
+			break
+		}
+		out = append(out, rawSet{id, l - 4})
+		off += l
+	}
+	return out
+}
+
+func TestConformanceWithTshark(t *testing.T) {
+	root := testenv.Shared(t, "testdata/flow-captures")
+	dirs, err := os.ReadDir(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	groups := map[string][]string{}
+	for _, dir := range dirs {
+		if !dir.IsDir() {
+			continue
+		}
+		files, err := os.ReadDir(filepath.Join(root, dir.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range files {
+			if strings.HasPrefix(f.Name(), ".") || strings.HasSuffix(f.Name(), ".md") || strings.HasSuffix(f.Name(), ".tsv") {
+				continue
+			}
+			g := groupOf(dir.Name(), f.Name())
+			groups[g] = append(groups[g], filepath.Join(root, dir.Name(), f.Name()))
+		}
+	}
+	names := make([]string, 0, len(groups))
+	for g := range groups {
+		names = append(names, g)
+	}
+	slices.Sort(names)
+	var totalFiles, totalDatagrams, totalTshark, totalExplained, totalWormsign int
+	var summary strings.Builder
+	for _, g := range names {
+		files := groups[g]
+		// Templates first, then data, each in name order.
+		slices.SortStableFunc(files, func(a, b string) int {
+			ta, tb := isTemplateFile(filepath.Base(a)), isTemplateFile(filepath.Base(b))
+			switch {
+			case ta && !tb:
+				return -1
+			case tb && !ta:
+				return 1
+			}
+			return strings.Compare(a, b)
+		})
+		var dgs []captureDatagram
+		for _, f := range files {
+			dgs = append(dgs, readDatagrams(t, f)...)
+		}
+		totalFiles += len(files)
+		if len(dgs) == 0 {
+			fmt.Fprintf(&summary, "%-70s %3d files, no export datagrams\n", g, len(files))
+			continue
+		}
+		t.Run(g, func(t *testing.T) {
+			dir := t.TempDir()
+			if keep := os.Getenv("WORMSIGN_CONFORMANCE_KEEP"); keep != "" {
+				dir = keep // to look at a failing group with tshark
+			}
+			path := filepath.Join(dir, strings.ReplaceAll(g, "/", "_")+".pcap")
+			writePcap(t, path, dgs)
+			frames := runTshark(t, path, dgs)
+			if len(frames) != len(dgs) {
+				t.Fatalf("tshark read %d frames, wrote %d datagrams", len(frames), len(dgs))
+			}
+			d := NewDecoder(false)
+			var sumT, sumE, sumW int
+			for i, dg := range dgs {
+				var rep Report
+				flows, err := d.DecodeReport(Family(dg.data), dg.from, dg.data, dg.ts.UnixMilli(), nil, &rep)
+				want := frames[i].flows + frames[i].explained
+				if len(flows) != want {
+					t.Errorf("%s datagram %d (frame %d): wormsign decoded %d flows (err %v, report %+v); tshark %d + %d explained",
+						dg.source, i, i+1, len(flows), err, rep, frames[i].flows, frames[i].explained)
+				}
+				sumT += frames[i].flows
+				sumE += frames[i].explained
+				sumW += len(flows)
+			}
+			totalDatagrams += len(dgs)
+			totalTshark += sumT
+			totalExplained += sumE
+			totalWormsign += sumW
+			fmt.Fprintf(&summary, "%-70s %3d files %4d datagrams: tshark %5d + explained %3d, wormsign %5d\n",
+				g, len(files), len(dgs), sumT, sumE, sumW)
+		})
+	}
+	t.Logf("conformance summary:\n%s", summary.String())
+	t.Logf("total: %d files in %d groups, %d datagrams; tshark %d flow records + %d explained = %d; wormsign %d",
+		totalFiles, len(groups), totalDatagrams, totalTshark, totalExplained, totalTshark+totalExplained, totalWormsign)
+}

@@ -1,0 +1,354 @@
+package collector
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+)
+
+// templateField is one field of a NetFlow v9 / IPFIX template.
+type templateField struct {
+	Type   uint16 `json:"type"`
+	Length uint16 `json:"length"`
+	PEN    uint32 `json:"pen,omitempty"` // IPFIX enterprise number, 0 for IANA
+}
+
+// template is a (options) template as the exporter sent it, plus what
+// decoding needs to know about it.
+type template struct {
+	Options    bool            `json:"options,omitempty"`
+	ScopeCount int             `json:"scope_count,omitempty"`
+	Fields     []templateField `json:"fields"`
+	ReceivedMs int64           `json:"received_ms"`
+
+	minSize    int  // bytes of the shortest possible record
+	varlen     bool // has IPFIX variable-length fields
+	enterprise bool // has IPFIX enterprise-specific fields
+}
+
+func (t *template) prepare() {
+	t.minSize, t.varlen, t.enterprise = 0, false, false
+	for _, f := range t.Fields {
+		switch {
+		case f.Length == variableLength:
+			// IPFIX variable length; some NetFlow v9 exporters (H3C
+			// NetStream) use it too, and no fixed field can be that long.
+			t.varlen = true
+			t.minSize++
+		default:
+			t.minSize += int(f.Length)
+		}
+		if f.PEN != 0 {
+			t.enterprise = true
+		}
+	}
+}
+
+type tmplKey struct {
+	Version uint16
+	Domain  uint32
+	ID      uint16
+}
+
+type samplerKey struct {
+	Version uint16
+	Domain  uint32
+	Sampler uint64 // 0: the whole observation domain
+}
+
+type domainKey struct {
+	Version uint16
+	Domain  uint32
+}
+
+type seqKey struct {
+	Version uint16 // 5, 9, 10, or sflowSeq
+	Domain  uint32
+}
+
+type learnedRate struct {
+	Rate       uint32
+	ReceivedMs int64
+}
+
+type seqState struct {
+	next  uint32
+	valid bool
+}
+
+// exporterState is what the decoder keeps for one exporter (address and
+// port): templates, learned sampling rates and sequence numbers.
+type exporterState struct {
+	mu          sync.Mutex
+	templates   map[tmplKey]*template
+	rates       map[samplerKey]learnedRate
+	systemInit  map[domainKey]int64
+	sequences   map[seqKey]seqState
+	lastSeenMs  int64
+	lastSweepMs int64
+}
+
+func newExporterState() *exporterState {
+	return &exporterState{
+		templates:  map[tmplKey]*template{},
+		rates:      map[samplerKey]learnedRate{},
+		systemInit: map[domainKey]int64{},
+		sequences:  map[seqKey]seqState{},
+	}
+}
+
+// template returns the template for key, or nil when unknown or expired.
+func (e *exporterState) template(key tmplKey, nowMs, ttlMs int64) *template {
+	t := e.templates[key]
+	if t == nil {
+		return nil
+	}
+	if nowMs-t.ReceivedMs > ttlMs {
+		delete(e.templates, key)
+		return nil
+	}
+	return t
+}
+
+// addTemplate stores t unless that would pass the cap. A template that
+// replaces one of the same ID always fits.
+func (e *exporterState) addTemplate(key tmplKey, t *template, max int) bool {
+	if _, ok := e.templates[key]; !ok && len(e.templates) >= max {
+		return false
+	}
+	e.templates[key] = t
+	return true
+}
+
+func (e *exporterState) withdraw(key tmplKey) { delete(e.templates, key) }
+
+func (e *exporterState) setRate(key samplerKey, rate uint32, nowMs int64) {
+	if _, ok := e.rates[key]; !ok && len(e.rates) >= maxRatesPerExporter {
+		return
+	}
+	e.rates[key] = learnedRate{rate, nowMs}
+}
+
+// maxRatesPerExporter bounds learned sampler rates like templates are.
+const maxRatesPerExporter = 1024
+
+func (e *exporterState) rate(key samplerKey, nowMs, ttlMs int64) uint32 {
+	r, ok := e.rates[key]
+	if !ok {
+		return 0
+	}
+	if nowMs-r.ReceivedMs > ttlMs {
+		delete(e.rates, key)
+		return 0
+	}
+	return r.Rate
+}
+
+// sweep drops expired state now and then, so that templates nobody looks
+// up any more do not stay forever.
+func (e *exporterState) sweep(nowMs, ttlMs int64) {
+	if nowMs-e.lastSweepMs < ttlMs/8 {
+		return
+	}
+	e.lastSweepMs = nowMs
+	for k, t := range e.templates {
+		if nowMs-t.ReceivedMs > ttlMs {
+			delete(e.templates, k)
+		}
+	}
+	for k, r := range e.rates {
+		if nowMs-r.ReceivedMs > ttlMs {
+			delete(e.rates, k)
+		}
+	}
+}
+
+// sequenceGap records sequence number seq of a datagram that advances the
+// counter by inc and returns how many units were lost before it. Late or
+// repeated datagrams count nothing; a jump of more than a million is taken
+// for an exporter restart, not a loss.
+func (e *exporterState) sequenceGap(key seqKey, seq, inc uint32) uint64 {
+	s := e.sequences[key]
+	var lost uint64
+	if s.valid {
+		diff := int32(seq - s.next)
+		switch {
+		case diff > 0 && diff < 1<<20:
+			lost = uint64(diff)
+		case diff < 0 && diff > -(1<<20):
+			return 0 // late or repeated: keep waiting for what comes next
+		}
+	}
+	if len(e.sequences) < maxRatesPerExporter || s.valid {
+		e.sequences[key] = seqState{next: seq + inc, valid: true}
+	}
+	return lost
+}
+
+// savedState is the template file's content.
+type savedState struct {
+	Version   int             `json:"version"`
+	Exporters []savedExporter `json:"exporters"`
+}
+
+type savedExporter struct {
+	Exporter   string          `json:"exporter"`
+	Templates  []savedTemplate `json:"templates,omitempty"`
+	Rates      []savedRate     `json:"sampling_rates,omitempty"`
+	SystemInit []savedInit     `json:"system_init,omitempty"`
+}
+
+type savedTemplate struct {
+	tmplKey
+	template
+}
+
+type savedRate struct {
+	samplerKey
+	learnedRate
+}
+
+type savedInit struct {
+	domainKey
+	Ms int64
+}
+
+const templateFileVersion = 1
+
+// SaveTemplates writes every exporter's templates and learned sampling
+// rates to path, atomically (a crash leaves the previous file).
+func (d *Decoder) SaveTemplates(path string) error {
+	state := savedState{Version: templateFileVersion}
+	d.mu.RLock()
+	addrs := make([]netip.AddrPort, 0, len(d.exporters))
+	for a := range d.exporters {
+		addrs = append(addrs, a)
+	}
+	d.mu.RUnlock()
+	slices.SortFunc(addrs, func(a, b netip.AddrPort) int { return a.Compare(b) })
+	for _, a := range addrs {
+		d.mu.RLock()
+		e := d.exporters[a]
+		d.mu.RUnlock()
+		if e == nil {
+			continue
+		}
+		se := savedExporter{Exporter: a.String()}
+		e.mu.Lock()
+		for k, t := range e.templates {
+			se.Templates = append(se.Templates, savedTemplate{k, *t})
+		}
+		for k, r := range e.rates {
+			se.Rates = append(se.Rates, savedRate{k, r})
+		}
+		for k, ms := range e.systemInit {
+			se.SystemInit = append(se.SystemInit, savedInit{k, ms})
+		}
+		e.mu.Unlock()
+		if len(se.Templates)+len(se.Rates)+len(se.SystemInit) == 0 {
+			continue
+		}
+		// Stable order keeps the file diffable.
+		slices.SortFunc(se.Templates, func(a, b savedTemplate) int { return cmpKey(a.tmplKey, b.tmplKey) })
+		slices.SortFunc(se.Rates, func(a, b savedRate) int {
+			return cmpKey(tmplKey{a.Version, a.Domain, 0}, tmplKey{b.Version, b.Domain, 0})*2 + cmpU64(a.Sampler, b.Sampler)
+		})
+		state.Exporters = append(state.Exporters, se)
+	}
+	raw, err := json.Marshal(state)
+	if err != nil {
+		return fmt.Errorf("cannot encode templates: %w", err)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".templates-*")
+	if err != nil {
+		return fmt.Errorf("cannot save templates: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(raw); err != nil {
+		tmp.Close()
+		return fmt.Errorf("cannot save templates: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("cannot save templates: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("cannot save templates: %w", err)
+	}
+	return nil
+}
+
+func cmpU64(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+func cmpKey(a, b tmplKey) int {
+	if c := cmpU64(uint64(a.Version), uint64(b.Version)); c != 0 {
+		return c
+	}
+	if c := cmpU64(uint64(a.Domain), uint64(b.Domain)); c != 0 {
+		return c
+	}
+	return cmpU64(uint64(a.ID), uint64(b.ID))
+}
+
+// LoadTemplates reads a file written by SaveTemplates. A missing file is
+// not an error: it is the first start. Entries older than the TTL at
+// nowMs, or beyond the caps, are left out.
+func (d *Decoder) LoadTemplates(path string, nowMs int64) (int, error) {
+	raw, err := os.ReadFile(path)
+	if os.IsNotExist(err) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("cannot read templates: %w", err)
+	}
+	var state savedState
+	if err := json.Unmarshal(raw, &state); err != nil {
+		return 0, fmt.Errorf("cannot decode template file %s: %w", path, err)
+	}
+	if state.Version != templateFileVersion {
+		return 0, fmt.Errorf("template file %s has version %d, want %d", path, state.Version, templateFileVersion)
+	}
+	loaded := 0
+	for _, se := range state.Exporters {
+		addr, err := netip.ParseAddrPort(se.Exporter)
+		if err != nil {
+			return loaded, fmt.Errorf("template file %s: exporter %q: %w", path, se.Exporter, err)
+		}
+		e, err := d.exporter(addr, nowMs)
+		if err != nil {
+			return loaded, err
+		}
+		e.mu.Lock()
+		for _, st := range se.Templates {
+			t := st.template
+			if nowMs-t.ReceivedMs > d.templateTTL || st.ID < firstDataSet || len(t.Fields) == 0 || t.ScopeCount > len(t.Fields) {
+				continue
+			}
+			t.prepare()
+			if e.addTemplate(st.tmplKey, &t, d.maxTemplates) {
+				loaded++
+			}
+		}
+		for _, sr := range se.Rates {
+			if nowMs-sr.ReceivedMs <= d.templateTTL {
+				e.setRate(sr.samplerKey, sr.Rate, sr.ReceivedMs)
+			}
+		}
+		for _, si := range se.SystemInit {
+			e.systemInit[si.domainKey] = si.Ms
+		}
+		e.mu.Unlock()
+	}
+	return loaded, nil
+}
