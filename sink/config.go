@@ -132,7 +132,7 @@ func DefaultConfiguration() Configuration {
 	return Configuration{
 		Group: "wormsign-sink", BatchMessages: 1000, FlushInterval: time.Second,
 		BatchBytes: 16 << 20, Workers: 2, RetryMaxBackoff: 10 * time.Second, DrainTimeout: 30 * time.Second,
-		Retention: RetentionConfiguration{FlowsDays: 30, RollupDays: 400, AlertsDays: 400, LedgerDays: 7, Interval: time.Hour},
+		Retention:         RetentionConfiguration{FlowsDays: 30, RollupDays: 400, AlertsDays: 400, LedgerDays: 7, Interval: time.Hour},
 		WebhookMinBackoff: time.Second, WebhookMaxBackoff: 5 * time.Minute,
 	}
 }

@@ -94,11 +94,8 @@ func (w *webhookTarget) run(ctx context.Context) {
 		defer stop()
 	}
 	for {
-		msg, err := w.consumer.Fetch(workCtx)
+		msg, err := fetch(workCtx, w.consumer, w.logger)
 		if err != nil {
-			if workCtx.Err() == nil && !errors.Is(err, bus.ErrClosed) {
-				w.logger.Error("cannot fetch alerts", "error", err)
-			}
 			return
 		}
 		a, err := alert.Unmarshal(msg.Value)

@@ -95,7 +95,7 @@ func testAlerts(n int) ([]bus.Message, []string) {
 	start := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
 	for i := range n {
 		a := alert.Alert{ID: fmt.Sprintf("incident-%d", i/3), Kind: alert.KindSMTPFanout,
-			State: []string{alert.StateOpen, alert.StateUpdate, alert.StateResolved}[i%3],
+			State:        []string{alert.StateOpen, alert.StateUpdate, alert.StateResolved}[i%3],
 			SubscriberIP: fmt.Sprintf("203.0.113.%d", 10+i/3), WindowStart: start, WindowEnd: start.Add(5 * time.Minute),
 			FirstSeen: start, LastSeen: start.Add(4 * time.Minute), DistinctDsts: uint64(25 + i), Flows: uint64(40 + i), Score: 1.25,
 			Exporter: "127.0.0.1", Evidence: alert.Evidence{SampleDsts: []string{"198.18.0.1"}, Threshold: 25, Window: "5m0s"}}

@@ -53,11 +53,8 @@ func (p *pipeline) run(ctx context.Context) {
 	go func() {
 		defer close(messages)
 		for {
-			msg, err := p.consumer.Fetch(ctx)
+			msg, err := fetch(ctx, p.consumer, p.logger.With("topic", p.name))
 			if err != nil {
-				if ctx.Err() == nil && !errors.Is(err, bus.ErrClosed) {
-					p.logger.Error("cannot fetch", "topic", p.name, "error", err)
-				}
 				return
 			}
 			select {
@@ -68,8 +65,8 @@ func (p *pipeline) run(ctx context.Context) {
 		}
 	}()
 
-	jobs := make(chan *job)                    // unbuffered: a batch waits for a free worker
-	order := make(chan *job, p.workers+1)      // batches in offset order, for the committer
+	jobs := make(chan *job)               // unbuffered: a batch waits for a free worker
+	order := make(chan *job, p.workers+1) // batches in offset order, for the committer
 	var workers sync.WaitGroup
 	for range p.workers {
 		workers.Add(1)
@@ -199,5 +196,26 @@ func (p *pipeline) commitInOrder(ctx context.Context, order <-chan *job) {
 			backoff = min(2*backoff, p.maxBackoff)
 		}
 		p.metrics.committed.WithLabelValues(p.name).Add(float64(len(j.msgs)))
+	}
+}
+
+// fetch returns the next message, waiting out broker outages: kafka-go
+// reports a failed attempt to rejoin the group as an error from Fetch but
+// keeps trying behind it, so only a closed bus or the end of ctx ends the
+// input.
+func fetch(ctx context.Context, consumer bus.Consumer, logger *slog.Logger) (bus.Message, error) {
+	backoff := 100 * time.Millisecond
+	for {
+		msg, err := consumer.Fetch(ctx)
+		if err == nil || ctx.Err() != nil || errors.Is(err, bus.ErrClosed) {
+			return msg, err
+		}
+		logger.Warn("cannot fetch, retrying", "error", err, "backoff", backoff)
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return msg, ctx.Err()
+		}
+		backoff = min(2*backoff, 5*time.Second)
 	}
 }

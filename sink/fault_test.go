@@ -1,0 +1,197 @@
+package sink
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wormsign/wormsign/bus"
+	"github.com/wormsign/wormsign/flow"
+	"github.com/wormsign/wormsign/testenv"
+)
+
+// flowStream makes bus messages of flows whose bytes field numbers them
+// from 0, so that ClickHouse can tell a lost flow from a duplicate one.
+type flowStream struct {
+	next   uint64
+	perMsg int
+}
+
+func (s *flowStream) messages(n int) []bus.Message {
+	end := time.Now().UTC().Add(-time.Minute)
+	out := make([]bus.Message, 0, n)
+	for range n {
+		subscriber := fmt.Sprintf("203.0.113.%d", 1+s.next%50)
+		flows := make([]flow.Flow, s.perMsg)
+		for i := range flows {
+			flows[i] = smtpFlow(subscriber, fmt.Sprintf("198.18.%d.%d", s.next%200, i), end, s.next)
+			s.next++
+		}
+		out = append(out, flowMessage(subscriber, flows, 0, 0))
+	}
+	return out
+}
+
+func faultLogger(t *testing.T) *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).With("test", t.Name())
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+func startSink(t *testing.T, cfg Configuration, k bus.Bus, kcfg bus.Configuration, ch *ClickHouse) *Component {
+	t.Helper()
+	s, err := New(cfg, Dependencies{Logger: faultLogger(t), Registry: prometheus.NewRegistry(), Bus: k,
+		FlowsTopic: kcfg.FlowsTopic, AlertsTopic: kcfg.AlertsTopic, ClickHouse: ch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	return s
+}
+
+// checkFlows asserts that flows holds each of 0..want-1 exactly once, and
+// that the rollup and the ledger agree.
+func checkFlows(t *testing.T, ch *ClickHouse, want uint64) {
+	t.Helper()
+	db := ch.config.Database
+	for _, q := range []struct{ what, query string }{
+		{"rows", "SELECT count() FROM " + db + ".flows"},
+		{"distinct flows", "SELECT uniqExact(bytes) FROM " + db + ".flows"},
+		{"highest flow + 1", "SELECT max(bytes) + 1 FROM " + db + ".flows"},
+		{"flows in the rollup", "SELECT sum(flows) FROM " + db + ".flows_1m"},
+		{"rows in the ledger", "SELECT sum(rows) FROM " + db + ".sink_ledger WHERE source = 'flows'"},
+	} {
+		if got := count(t, ch, q.query); got != want {
+			t.Errorf("%s = %d, want %d", q.what, got, want)
+		}
+	}
+}
+
+func waitRows(t *testing.T, ch *ClickHouse, want uint64, timeout time.Duration) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("%d flows in ClickHouse", want), timeout, func() bool {
+		var n uint64
+		err := ch.conn.QueryRow(context.Background(), "SELECT count() FROM "+ch.config.Database+".flows").Scan(&n)
+		return err == nil && n >= want
+	})
+}
+
+func faultSinkConfig(t *testing.T) Configuration {
+	cfg := DefaultConfiguration()
+	cfg.Group = testenv.Name(t, "g")
+	cfg.BatchMessages, cfg.FlushInterval, cfg.Workers = 10, 50*time.Millisecond, 2
+	cfg.RetryMaxBackoff, cfg.DrainTimeout = 500*time.Millisecond, 5*time.Second
+	cfg.Retention = RetentionConfiguration{}
+	return cfg
+}
+
+// ClickHouse killed while the sink writes, then started again: every
+// flow arrives once.
+func TestFaultClickHouseRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fault test")
+	}
+	server, addr := startPrivateClickHouse(t)
+	ch := openTestClickHouse(t, addr)
+	kcfg := bus.DefaultConfiguration()
+	kcfg.Brokers = testenv.KafkaBrokers(t)
+	kcfg.FlowsTopic, kcfg.AlertsTopic, kcfg.Partitions = testenv.Name(t, "f"), testenv.Name(t, "a"), 4
+	ctx := waitContext(t, 4*time.Minute)
+	k, err := bus.NewKafka(ctx, kcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := k.Producer(kcfg.FlowsTopic)
+	defer p.Close()
+	stream := &flowStream{perMsg: 25}
+	s := startSink(t, faultSinkConfig(t), k, kcfg, ch)
+	defer s.Stop()
+
+	publish := func(batches int) {
+		for range batches {
+			if err := p.Publish(ctx, stream.messages(10)...); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	publish(20)
+	waitRows(t, ch, 1, time.Minute)
+	server.kill()
+	publish(20) // the sink reads these while ClickHouse is down
+	waitFor(t, "failed writes", time.Minute, func() bool { return value(s.metrics.writeErrors.WithLabelValues("flows")) >= 2 })
+	time.Sleep(time.Second)
+	server.restart()
+	publish(20)
+	waitRows(t, ch, stream.next, 2*time.Minute)
+	time.Sleep(2 * time.Second) // a duplicate written late would show now
+	checkFlows(t, ch, stream.next)
+	t.Logf("%d flows; write errors %g, duplicates skipped %g", stream.next,
+		value(s.metrics.writeErrors.WithLabelValues("flows")), value(s.metrics.duplicates.WithLabelValues("flows")))
+}
+
+// Kafka killed while the sink consumes, then started again: every flow
+// arrives once, and a new sink in the same group finds nothing left.
+func TestFaultKafkaRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fault test")
+	}
+	ch := openTestClickHouse(t, testenv.ClickHouseAddr(t))
+	broker, addr := startPrivateKafka(t)
+	kcfg := bus.DefaultConfiguration()
+	kcfg.Brokers = []string{addr}
+	kcfg.FlowsTopic, kcfg.AlertsTopic, kcfg.Partitions = "flows", "alerts", 4
+	ctx := waitContext(t, 5*time.Minute)
+	k, err := bus.NewKafka(ctx, kcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := k.Producer(kcfg.FlowsTopic)
+	defer p.Close()
+	stream := &flowStream{perMsg: 20}
+	for range 30 {
+		if err := p.Publish(ctx, stream.messages(10)...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A slow sink, so that Kafka dies in the middle of the stream.
+	cfg := faultSinkConfig(t)
+	cfg.BatchMessages, cfg.Workers = 3, 1
+	s := startSink(t, cfg, k, kcfg, ch)
+	waitRows(t, ch, 1, time.Minute)
+	broker.kill()
+	var n uint64
+	if err := ch.conn.QueryRow(ctx, "SELECT count() FROM "+ch.config.Database+".flows").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n >= stream.next {
+		t.Fatalf("the sink wrote all %d flows before Kafka stopped; the test proves nothing", n)
+	}
+	time.Sleep(3 * time.Second)
+	broker.restart()
+	for range 30 {
+		if err := p.Publish(ctx, stream.messages(10)...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitRows(t, ch, stream.next, 3*time.Minute)
+	time.Sleep(2 * time.Second)
+	checkFlows(t, ch, stream.next)
+	t.Logf("%d flows, %d written before the kill; commit errors %g, duplicates skipped %g", stream.next, n,
+		value(s.metrics.commitErrors.WithLabelValues("flows")), value(s.metrics.duplicates.WithLabelValues("flows")))
+	if err := s.Stop(); err != nil {
+		t.Logf("stop: %v", err)
+	}
+	// Everything written was committed, or is in the ledger: a new member
+	// of the group adds nothing.
+	s = startSink(t, cfg, k, kcfg, ch)
+	time.Sleep(5 * time.Second)
+	s.Stop()
+	checkFlows(t, ch, stream.next)
+}
