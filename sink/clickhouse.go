@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -202,41 +203,66 @@ type flowBlock struct {
 	offset                     []uint64
 }
 
-func (b *flowBlock) fill(rows []FlowRow, ipv6 bool) {
-	n := len(rows)
-	b.date, b.received, b.start, b.end = make([]time.Time, n), make([]time.Time, n), make([]time.Time, n), make([]time.Time, n)
-	b.subscriber = make([]string, n)
-	if ipv6 {
-		b.exporter, b.src, b.dst = make([]netip.Addr, n), make([]netip.Addr, n), make([]netip.Addr, n)
-	} else {
-		b.exporterS, b.srcS, b.dstS = make([]string, n), make([]string, n), make([]string, n)
-	}
-	b.obsDomain, b.sampling = make([]uint32, n), make([]uint32, n)
-	b.srcPort, b.dstPort = make([]uint16, n), make([]uint16, n)
-	b.proto, b.flags, b.typ = make([]uint8, n), make([]uint8, n), make([]uint8, n)
-	b.bytes, b.packets = make([]uint64, n), make([]uint64, n)
-	b.inIf, b.outIf, b.partition = make([]uint32, n), make([]uint32, n), make([]uint32, n)
-	b.offset = make([]uint64, n)
-	for i := range rows {
-		f := &rows[i].Flow
-		end := time.UnixMilli(f.EndMs).UTC()
-		b.date[i], b.end[i] = day(end), end
-		b.received[i], b.start[i] = time.UnixMilli(f.TimeReceivedMs).UTC(), time.UnixMilli(f.StartMs).UTC()
-		b.subscriber[i] = rows[i].Subscriber
-		if ipv6 {
-			// An absent address is stored as :: (the column's default).
-			b.exporter[i], b.src[i], b.dst[i] = orUnspecified(f.Exporter), orUnspecified(f.SrcAddr), orUnspecified(f.DstAddr)
-		} else {
-			b.exporterS[i], b.srcS[i], b.dstS[i] = addrText(f.Exporter), addrText(f.SrcAddr), addrText(f.DstAddr)
-		}
-		b.obsDomain[i], b.sampling[i] = f.ObservationDomain, f.SamplingRate
-		b.srcPort[i], b.dstPort[i] = f.SrcPort, f.DstPort
-		b.proto[i], b.flags[i], b.typ[i] = f.Proto, f.TCPFlags, uint8(f.Type)
-		b.bytes[i], b.packets[i] = f.Bytes, f.Packets
-		b.inIf[i], b.outIf[i] = f.InIf, f.OutIf
-		b.partition[i], b.offset[i] = rows[i].Partition, rows[i].Offset
-	}
+// flowBlocks recycles blocks between batches: a batch's columns are tens
+// of megabytes, and allocating them afresh costs more than filling them.
+var flowBlocks = sync.Pool{New: func() any { return new(flowBlock) }}
+
+// reset empties b, keeping its memory.
+func (b *flowBlock) reset() {
+	b.date, b.received, b.start, b.end = b.date[:0], b.received[:0], b.start[:0], b.end[:0]
+	clear(b.subscriber)
+	clear(b.exporterS)
+	clear(b.srcS)
+	clear(b.dstS)
+	b.subscriber, b.exporterS, b.srcS, b.dstS = b.subscriber[:0], b.exporterS[:0], b.srcS[:0], b.dstS[:0]
+	b.exporter, b.src, b.dst = b.exporter[:0], b.src[:0], b.dst[:0]
+	b.obsDomain, b.sampling, b.srcPort, b.dstPort = b.obsDomain[:0], b.sampling[:0], b.srcPort[:0], b.dstPort[:0]
+	b.proto, b.flags, b.typ, b.bytes, b.packets = b.proto[:0], b.flags[:0], b.typ[:0], b.bytes[:0], b.packets[:0]
+	b.inIf, b.outIf, b.partition, b.offset = b.inIf[:0], b.outIf[:0], b.partition[:0], b.offset[:0]
 }
+
+// reserve makes room for n more rows, so that appending does not copy.
+func (b *flowBlock) reserve(n int, ipv6 bool) {
+	grow := func(s []time.Time) []time.Time { return slices.Grow(s, n) }
+	b.date, b.received, b.start, b.end = grow(b.date), grow(b.received), grow(b.start), grow(b.end)
+	b.subscriber = slices.Grow(b.subscriber, n)
+	if ipv6 {
+		b.exporter, b.src, b.dst = slices.Grow(b.exporter, n), slices.Grow(b.src, n), slices.Grow(b.dst, n)
+	} else {
+		b.exporterS, b.srcS, b.dstS = slices.Grow(b.exporterS, n), slices.Grow(b.srcS, n), slices.Grow(b.dstS, n)
+	}
+	b.obsDomain, b.sampling = slices.Grow(b.obsDomain, n), slices.Grow(b.sampling, n)
+	b.srcPort, b.dstPort = slices.Grow(b.srcPort, n), slices.Grow(b.dstPort, n)
+	b.proto, b.flags, b.typ = slices.Grow(b.proto, n), slices.Grow(b.flags, n), slices.Grow(b.typ, n)
+	b.bytes, b.packets = slices.Grow(b.bytes, n), slices.Grow(b.packets, n)
+	b.inIf, b.outIf, b.partition = slices.Grow(b.inIf, n), slices.Grow(b.outIf, n), slices.Grow(b.partition, n)
+	b.offset = slices.Grow(b.offset, n)
+}
+
+// add appends one flow.
+func (b *flowBlock) add(subscriber string, f *flow.Flow, partition uint32, offset uint64, ipv6 bool) {
+	end := time.UnixMilli(f.EndMs).UTC()
+	b.date, b.end = append(b.date, day(end)), append(b.end, end)
+	b.received = append(b.received, time.UnixMilli(f.TimeReceivedMs).UTC())
+	b.start = append(b.start, time.UnixMilli(f.StartMs).UTC())
+	b.subscriber = append(b.subscriber, subscriber)
+	if ipv6 {
+		// An absent address is stored as :: (the column's default).
+		b.exporter = append(b.exporter, orUnspecified(f.Exporter))
+		b.src, b.dst = append(b.src, orUnspecified(f.SrcAddr)), append(b.dst, orUnspecified(f.DstAddr))
+	} else {
+		b.exporterS = append(b.exporterS, addrText(f.Exporter))
+		b.srcS, b.dstS = append(b.srcS, addrText(f.SrcAddr)), append(b.dstS, addrText(f.DstAddr))
+	}
+	b.obsDomain, b.sampling = append(b.obsDomain, f.ObservationDomain), append(b.sampling, f.SamplingRate)
+	b.srcPort, b.dstPort = append(b.srcPort, f.SrcPort), append(b.dstPort, f.DstPort)
+	b.proto, b.flags, b.typ = append(b.proto, f.Proto), append(b.flags, f.TCPFlags), append(b.typ, uint8(f.Type))
+	b.bytes, b.packets = append(b.bytes, f.Bytes), append(b.packets, f.Packets)
+	b.inIf, b.outIf = append(b.inIf, f.InIf), append(b.outIf, f.OutIf)
+	b.partition, b.offset = append(b.partition, partition), append(b.offset, offset)
+}
+
+func (b *flowBlock) rows() int { return len(b.date) }
 
 func orUnspecified(a netip.Addr) netip.Addr {
 	if !a.IsValid() {
@@ -255,29 +281,46 @@ func (b *flowBlock) columns(ipv6 bool) []any {
 		b.partition, b.offset}
 }
 
-// InsertFlows writes rows in one INSERT, hence one block: the ledger view
-// sees the whole batch at once.
-func (c *ClickHouse) InsertFlows(ctx context.Context, rows []FlowRow) error {
-	if len(rows) == 0 {
-		return nil
-	}
+// ipv6Columns tells whether flows stores addresses as IPv6 (else String).
+func (c *ClickHouse) ipv6Columns(ctx context.Context) (bool, error) {
 	if err := c.readTypes(ctx); err != nil {
+		return false, err
+	}
+	return c.ipv6, nil
+}
+
+// InsertFlows writes rows in one INSERT.
+func (c *ClickHouse) InsertFlows(ctx context.Context, rows []FlowRow) error {
+	ipv6, err := c.ipv6Columns(ctx)
+	if err != nil {
 		return err
 	}
 	var block flowBlock
-	block.fill(rows, c.ipv6)
+	block.reserve(len(rows), ipv6)
+	for i := range rows {
+		block.add(rows[i].Subscriber, &rows[i].Flow, rows[i].Partition, rows[i].Offset, ipv6)
+	}
+	return c.insertFlowBlock(ctx, &block, ipv6)
+}
+
+// insertFlowBlock writes a block in one INSERT, hence one block on the
+// server: the ledger view sees the whole batch at once.
+func (c *ClickHouse) insertFlowBlock(ctx context.Context, block *flowBlock, ipv6 bool) error {
+	if block.rows() == 0 {
+		return nil
+	}
 	batch, err := c.conn.PrepareBatch(ctx, "INSERT INTO "+c.config.Database+".flows ("+flowColumns+")")
 	if err != nil {
 		return fmt.Errorf("cannot prepare flows insert: %w", err)
 	}
 	defer batch.Abort()
-	for i, col := range block.columns(c.ipv6) {
+	for i, col := range block.columns(ipv6) {
 		if err := batch.Column(i).Append(col); err != nil {
 			return fmt.Errorf("cannot append flows column %d: %w", i, err)
 		}
 	}
 	if err := batch.Send(); err != nil {
-		return fmt.Errorf("cannot insert %d flows: %w", len(rows), err)
+		return fmt.Errorf("cannot insert %d flows: %w", block.rows(), err)
 	}
 	return nil
 }

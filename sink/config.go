@@ -130,7 +130,7 @@ func (w *WebhookConfiguration) UnmarshalText(text []byte) error {
 // DefaultConfiguration returns the documented defaults.
 func DefaultConfiguration() Configuration {
 	return Configuration{
-		Group: "wormsign-sink", BatchMessages: 1000, FlushInterval: time.Second,
+		Group: "wormsign-sink", BatchMessages: 20000, FlushInterval: time.Second,
 		BatchBytes: 16 << 20, Workers: 2, RetryMaxBackoff: 10 * time.Second, DrainTimeout: 30 * time.Second,
 		Retention:         RetentionConfiguration{FlowsDays: 30, RollupDays: 400, AlertsDays: 400, LedgerDays: 7, Interval: time.Hour},
 		WebhookMinBackoff: time.Second, WebhookMaxBackoff: 5 * time.Minute,
