@@ -30,6 +30,11 @@ type Configuration struct {
 	// incidents are those of the previous owner. It must cover the longest
 	// window plus the allowed lateness; 0 disables the rebuild.
 	RebuildLookback time.Duration `yaml:"rebuild_lookback"`
+	// IncidentLookback: after the rebuild, the alerts topic is read back
+	// this far for incidents a previous owner left open, so that one
+	// opened before rebuild_lookback keeps its id instead of opening
+	// again. 0 disables it.
+	IncidentLookback time.Duration `yaml:"incident_lookback"`
 	// AllowList holds prefixes and addresses never alerted on: the ISP's
 	// own mail relays, business customers with their own MTAs.
 	AllowList []Network `yaml:"allow_list"`
@@ -145,6 +150,7 @@ func DefaultConfiguration() Configuration {
 		IdleAdvance:         10 * time.Second,
 		CommitInterval:      time.Second,
 		RebuildLookback:     65 * time.Minute,
+		IncidentLookback:    24 * time.Hour,
 		SubscriberMapReload: 10 * time.Second,
 		SMTPFanout: SMTPFanoutConfiguration{
 			Enabled:         true,
@@ -200,6 +206,8 @@ func (c Configuration) Validate() error {
 		return fmt.Errorf("detector.commit_interval: %s, want > 0", c.CommitInterval)
 	case c.RebuildLookback < 0:
 		return fmt.Errorf("detector.rebuild_lookback: %s, want >= 0", c.RebuildLookback)
+	case c.IncidentLookback < 0:
+		return fmt.Errorf("detector.incident_lookback: %s, want >= 0", c.IncidentLookback)
 	case c.SubscriberMap != "" && c.SubscriberMapReload <= 0:
 		return fmt.Errorf("detector.subscriber_map_reload: %s, want > 0", c.SubscriberMapReload)
 	}

@@ -33,6 +33,14 @@ type Engine struct {
 	lastSweep    int64 // minute of the last sweep
 	scratch      scratch
 	stats        EngineStats
+	// inherited holds incidents a previous owner of the partition opened
+	// and did not resolve, for subscribers not seen yet (Inherit).
+	inherited map[inheritKey]alert.Alert
+}
+
+type inheritKey struct {
+	addr netip.Addr
+	kind int
 }
 
 // EngineStats counts what the engine did, for metrics.
@@ -175,6 +183,12 @@ func (e *Engine) Process(f *flow.Flow) []alert.Alert {
 		}
 		s = &subscriber{group: uint16(g)}
 		e.subscribers[src] = s
+		for k := range kinds {
+			if a, ok := e.inherited[inheritKey{src, k}]; ok {
+				delete(e.inherited, inheritKey{src, k})
+				e.attach(s, k, a)
+			}
+		}
 	}
 	r := &e.rules[s.group]
 	s.lastMs = max(s.lastMs, f.EndMs)
@@ -394,6 +408,53 @@ func (e *Engine) Advance(nowMs int64) []alert.Alert {
 	return e.sweep(nowMs)
 }
 
+// Inherit takes over incidents that a previous owner of the partition
+// announced and did not resolve: the last alert of each. Rebuilding reads
+// back only rebuild_lookback of flows; an incident that opened before that
+// would otherwise open a second time under a new id. Its id, first_seen and
+// last reported count carry on; if the subscriber stays quiet it resolves
+// after the cool-down like any other.
+func (e *Engine) Inherit(last []alert.Alert) {
+	for _, a := range last {
+		addr, err := netip.ParseAddr(a.SubscriberIP)
+		if err != nil || a.State == alert.StateResolved {
+			continue
+		}
+		k := slices.Index(kindNames[:], a.Kind)
+		if k < 0 {
+			continue
+		}
+		if s := e.subscribers[addr]; s != nil {
+			e.attach(s, k, a)
+			continue
+		}
+		if e.inherited == nil {
+			e.inherited = map[inheritKey]alert.Alert{}
+		}
+		e.inherited[inheritKey{addr, k}] = a
+	}
+}
+
+func (e *Engine) attach(s *subscriber, k int, a alert.Alert) {
+	inc := s.incidents[k]
+	switch {
+	case inc == nil:
+		lastMs := a.LastSeen.UnixMilli()
+		s.incidents[k] = &incident{
+			id: a.ID, firstSeenMs: a.FirstSeen.UnixMilli(), lastSeenMs: lastMs, lastAboveMs: lastMs,
+			lastEmitMs: lastMs, lastEmitDistinct: a.DistinctDsts, last: a,
+		}
+	case inc.id != a.ID:
+		// The rebuild saw the incident open again part-way: it is the
+		// same one.
+		inc.id = a.ID
+		inc.firstSeenMs = min(inc.firstSeenMs, a.FirstSeen.UnixMilli())
+		inc.lastEmitDistinct = max(inc.lastEmitDistinct, a.DistinctDsts)
+		inc.last.ID = a.ID
+		inc.last.FirstSeen = time.UnixMilli(inc.firstSeenMs).UTC()
+	}
+}
+
 // Flush resolves every open incident, as at the end of a replayed capture.
 func (e *Engine) Flush() []alert.Alert {
 	var out []alert.Alert
@@ -413,6 +474,11 @@ func (e *Engine) Flush() []alert.Alert {
 func (e *Engine) sweep(nowMs int64) []alert.Alert {
 	var out []alert.Alert
 	minute := nowMs / minuteMs
+	for k, a := range e.inherited {
+		if nowMs-a.LastSeen.UnixMilli() > e.keepMs {
+			delete(e.inherited, k) // its subscriber never came back here
+		}
+	}
 	for addr, s := range e.subscribers {
 		r := &e.rules[s.group]
 		if r.entOn {

@@ -278,3 +278,33 @@ func TestEngineEvictsIdleSubscribers(t *testing.T) {
 		t.Errorf("after 63 min: subscribers %d, want 0", got)
 	}
 }
+
+func TestEngineInherit(t *testing.T) {
+	prev := alert.Alert{ID: "cafe", Kind: alert.KindSMTPFanout, State: alert.StateUpdate, SubscriberIP: zombie.String(),
+		FirstSeen: time.UnixMilli(at(-90)).UTC(), LastSeen: time.UnixMilli(at(-1)).UTC(), DistinctDsts: 40}
+	quiet := prev
+	quiet.ID, quiet.SubscriberIP = "beef", user.String()
+	done := prev
+	done.ID, done.SubscriberIP, done.State = "dead", relay.String(), alert.StateResolved
+	r := &run{e: NewEngine(testConfig())}
+	r.e.Inherit([]alert.Alert{prev, quiet, done})
+	// The zombie goes on: its flows continue the inherited incident.
+	for i := 0; i < 45; i++ {
+		r.feed(smtpFlow(zombie, i, at(float64(i)*0.02), flow.TCPSyn))
+	}
+	r.advance(at(20))
+	var got []string
+	for _, a := range r.all {
+		got = append(got, a.ID+"/"+a.State+"/"+a.SubscriberIP)
+	}
+	// No open: the zombie's incident updates once it passes the 40
+	// destinations already reported, and resolves; the quiet one is
+	// never seen here again and is dropped, not resolved twice.
+	want := []string{"cafe/update/" + zombie.String(), "cafe/resolved/" + zombie.String()}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("events (-want +got):\n%s", diff)
+	}
+	if r.all[0].DistinctDsts != 41 || !r.all[0].FirstSeen.Equal(prev.FirstSeen) {
+		t.Errorf("update: distinct %d first_seen %s, want 41 and the inherited %s", r.all[0].DistinctDsts, r.all[0].FirstSeen, prev.FirstSeen)
+	}
+}

@@ -220,7 +220,44 @@ func (c *Component) consume(ctx context.Context, claim bus.Claim) {
 		c.metrics.rebuildMessages.Add(float64(n))
 		p.observe()
 	}
+	if h, ok := c.deps.Bus.(bus.History); ok && c.config.IncidentLookback > 0 {
+		open, err := c.openIncidents(ctx, h)
+		if err != nil {
+			if ctx.Err() == nil {
+				c.deps.Logger.Error("cannot read open incidents back, they may open again",
+					"partition", claim.Partition(), "error", err)
+				c.metrics.rebuildErrors.Inc()
+			}
+		} else {
+			p.engine.Inherit(open)
+		}
+	}
 	p.run(ctx)
+}
+
+// openIncidents reads the alerts topic back over incident_lookback and
+// returns the last event of every incident not resolved. The alerts are
+// keyed by subscriber, so each incident's events are in order.
+func (c *Component) openIncidents(ctx context.Context, h bus.History) ([]alert.Alert, error) {
+	last := map[string]alert.Alert{}
+	err := h.ReadSince(ctx, c.deps.AlertsTopic, time.Now().Add(-c.config.IncidentLookback), func(m bus.Message) error {
+		a, err := alert.Unmarshal(m.Value)
+		if err != nil {
+			return nil // not ours to judge; the sink counts it
+		}
+		last[a.SubscriberIP+"|"+a.Kind] = a
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	var open []alert.Alert
+	for _, a := range last {
+		if a.State != alert.StateResolved {
+			open = append(open, a)
+		}
+	}
+	return open, nil
 }
 
 func (p *partition) run(ctx context.Context) {
