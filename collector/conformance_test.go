@@ -86,7 +86,7 @@ func splitRaw(b []byte) [][]byte {
 	return out
 }
 
-func readDatagrams(t *testing.T, path string) []captureDatagram {
+func readDatagrams(t testing.TB, path string) []captureDatagram {
 	t.Helper()
 	var out []captureDatagram
 	name := filepath.Base(path)
