@@ -75,6 +75,11 @@ type Configuration struct {
 	// between delivery attempts; a target is retried until it accepts.
 	WebhookMinBackoff time.Duration `yaml:"webhook_min_backoff"`
 	WebhookMaxBackoff time.Duration `yaml:"webhook_max_backoff"`
+	// WebhookBacklog bounds the alerts held in memory per target without
+	// Kafka (`wormsign run` on its embedded default), so that a target
+	// that is down does not stall detection; past it the oldest are
+	// dropped and counted. With Kafka the broker holds them.
+	WebhookBacklog int `yaml:"webhook_backlog"`
 }
 
 // RetentionConfiguration says how many days each table keeps; 0 keeps
@@ -133,7 +138,7 @@ func DefaultConfiguration() Configuration {
 		Group: "wormsign-sink", BatchMessages: 20000, FlushInterval: time.Second,
 		BatchBytes: 16 << 20, Workers: 2, RetryMaxBackoff: 10 * time.Second, DrainTimeout: 30 * time.Second,
 		Retention:         RetentionConfiguration{FlowsDays: 30, RollupDays: 400, AlertsDays: 400, LedgerDays: 7, Interval: time.Hour},
-		WebhookMinBackoff: time.Second, WebhookMaxBackoff: 5 * time.Minute,
+		WebhookMinBackoff: time.Second, WebhookMaxBackoff: 5 * time.Minute, WebhookBacklog: 100000,
 	}
 }
 
@@ -161,6 +166,9 @@ func (c Configuration) withDefaults() Configuration {
 	if c.WebhookMaxBackoff == 0 {
 		c.WebhookMaxBackoff = d.WebhookMaxBackoff
 	}
+	if c.WebhookBacklog == 0 {
+		c.WebhookBacklog = d.WebhookBacklog
+	}
 	for i := range c.Webhooks {
 		if c.Webhooks[i].Timeout == 0 {
 			c.Webhooks[i].Timeout = 10 * time.Second
@@ -186,6 +194,8 @@ func (c Configuration) Validate() error {
 		return fmt.Errorf("sink.workers: %d, want >= 1", c.Workers)
 	case c.RetryMaxBackoff < 0 || c.DrainTimeout < 0 || c.WebhookMinBackoff < 0 || c.WebhookMaxBackoff < 0:
 		return fmt.Errorf("sink: negative retry_max_backoff, drain_timeout or webhook backoff")
+	case c.WebhookBacklog < 0:
+		return fmt.Errorf("sink.webhook_backlog: %d, want >= 1", c.WebhookBacklog)
 	case c.WebhookMaxBackoff != 0 && c.WebhookMinBackoff > c.WebhookMaxBackoff:
 		return fmt.Errorf("sink.webhook_min_backoff %s exceeds sink.webhook_max_backoff %s", c.WebhookMinBackoff, c.WebhookMaxBackoff)
 	case c.Retention.FlowsDays < 0 || c.Retention.RollupDays < 0 || c.Retention.AlertsDays < 0 || c.Retention.LedgerDays < 0:

@@ -21,6 +21,7 @@ type metrics struct {
 	webhookSeconds    *prometheus.HistogramVec // target
 	webhookRetrying   *prometheus.GaugeVec     // target
 	webhookLastUnixOK *prometheus.GaugeVec     // target
+	webhookDropped    *prometheus.CounterVec   // target
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -62,9 +63,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "wormsign_sink_webhook_retrying", Help: "1 while a target is failing and its alerts wait."}, []string{"target"}),
 		webhookLastUnixOK: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "wormsign_sink_webhook_last_success_timestamp_seconds", Help: "When a target last accepted an alert."}, []string{"target"}),
+		webhookDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wormsign_sink_webhook_dropped_total", Help: "Alerts dropped from a full in-memory backlog (in-process bus only)."}, []string{"target"}),
 	}
 	reg.MustRegister(m.rows, m.batches, m.writeErrors, m.commitErrors, m.committed, m.duplicates, m.inflight,
 		m.batchSeconds, m.badMessages, m.stdoutLines, m.dropped, m.retentionErr,
-		m.webhookAttempts, m.webhookDelivered, m.webhookSeconds, m.webhookRetrying, m.webhookLastUnixOK)
+		m.webhookAttempts, m.webhookDelivered, m.webhookSeconds, m.webhookRetrying, m.webhookLastUnixOK, m.webhookDropped)
 	return m
 }

@@ -58,6 +58,7 @@ type webhookTarget struct {
 	minBackoff time.Duration
 	maxBackoff time.Duration
 	drain      time.Duration
+	backlog    int
 	client     *http.Client
 	logger     *slog.Logger
 	metrics    *metrics
@@ -70,6 +71,7 @@ func newWebhookTarget(config WebhookConfiguration, consumer bus.Consumer, durabl
 	return &webhookTarget{
 		config: config, secret: []byte(config.Secret), consumer: consumer, durable: durable,
 		minBackoff: sink.WebhookMinBackoff, maxBackoff: sink.WebhookMaxBackoff, drain: sink.DrainTimeout,
+		backlog: sink.WebhookBacklog,
 		client: &http.Client{
 			Transport: transport,
 			// A redirect would turn the POST into a GET: report it as a
@@ -93,8 +95,12 @@ func (w *webhookTarget) run(ctx context.Context) {
 		stop := context.AfterFunc(ctx, func() { time.AfterFunc(w.drain, cancel) })
 		defer stop()
 	}
+	var consumer bus.Consumer = w.consumer
+	if !w.durable {
+		consumer = newBacklog(workCtx, w.consumer, w.backlog, w.metrics.webhookDropped.WithLabelValues(w.config.Name).Inc)
+	}
 	for {
-		msg, err := fetch(workCtx, w.consumer, w.logger)
+		msg, err := fetch(workCtx, consumer, w.logger)
 		if err != nil {
 			return
 		}

@@ -287,3 +287,52 @@ func TestWebhookConfiguration(t *testing.T) {
 		t.Errorf("Sign = %s", got)
 	}
 }
+
+// Without Kafka a target that is down must not stall the alerts topic (the
+// in-process bus blocks its producer on a full queue): its backlog keeps
+// reading, holds webhook_backlog alerts and drops the oldest beyond.
+func TestWebhookBacklogInMemory(t *testing.T) {
+	const n, held = 50, 20
+	msgs, bodies := testAlerts(n)
+	var mu sync.Mutex
+	up := false
+	r := newReceiver(t, "k", func(int) string {
+		mu.Lock()
+		defer mu.Unlock()
+		if up {
+			return ""
+		}
+		return "fail"
+	})
+	cfg := webhookConfig(WebhookConfiguration{Name: "down", URL: r.srv.URL, Secret: "k", Timeout: time.Second})
+	cfg.WebhookBacklog = held
+	mem := bus.NewMemory(8)
+	s, err := New(cfg, Dependencies{Logger: slog.New(slog.DiscardHandler), Registry: prometheus.NewRegistry(), Bus: mem, FlowsTopic: "f", AlertsTopic: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	p, _ := mem.Producer("a")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, m := range msgs {
+		// One at a time, so that the first alert is in delivery before
+		// the backlog fills: it is the one retried.
+		if err := p.Publish(ctx, m); err != nil {
+			t.Fatalf("publishing while the target is down: %v", err)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	dropped := s.metrics.webhookDropped.WithLabelValues("down")
+	waitFor(t, "the backlog to settle", 10*time.Second, func() bool { return value(dropped) == n-held-1 })
+	mu.Lock()
+	up = true
+	mu.Unlock()
+	want := append([]string{bodies[0]}, bodies[n-held:]...)
+	waitFor(t, "the held alerts", 30*time.Second, func() bool { return len(r.received()) == len(want) })
+	mem.CloseTopic("a")
+	s.Stop()
+	if diff := cmp.Diff(want, r.received()); diff != "" {
+		t.Errorf("received (-want +got):\n%s", diff)
+	}
+}
