@@ -201,6 +201,15 @@ func (e *Engine) Process(f *flow.Flow) []alert.Alert {
 		}
 		oldest := e.watermark/minuteMs - int64(r.entMins) + 1
 		s.ent.add(dst32(f.DstAddr), f.DstPort, uint32(minute), uint32(oldest), r.entropy.MaxRecords)
+		// Between minute sweeps, evaluate on arrival so that a worm is
+		// flagged within seconds, not at the next minute. Waiting for as
+		// many new flows as there are records keeps the cost per flow
+		// constant for heavy subscribers.
+		if s.ent.since >= uint32(max(r.entropy.MinFlows/4, len(s.ent.recs))) {
+			if a, ok := e.evaluateEntropy(src, s, r, f.EndMs, false); ok {
+				out = append(out, a)
+			}
+		}
 	}
 	if !isSMTP || !r.smtpOn {
 		return out
@@ -483,7 +492,7 @@ func (e *Engine) sweep(nowMs int64) []alert.Alert {
 		r := &e.rules[s.group]
 		if r.entOn {
 			s.ent.expire(uint32(minute - int64(r.entMins) + 1))
-			if a, ok := e.evaluateEntropy(addr, s, r, nowMs); ok {
+			if a, ok := e.evaluateEntropy(addr, s, r, nowMs, true); ok {
 				out = append(out, a)
 			}
 		}
@@ -512,8 +521,12 @@ func (e *Engine) sweep(nowMs int64) []alert.Alert {
 	return out
 }
 
-func (e *Engine) evaluateEntropy(addr netip.Addr, s *subscriber, r *ruleSet, nowMs int64) (alert.Alert, bool) {
+// evaluateEntropy checks the window for the worm pattern and for a
+// departure from the baseline; at minute sweeps (step) the baseline then
+// learns from it, so that it moves once a minute whatever the traffic.
+func (e *Engine) evaluateEntropy(addr netip.Addr, s *subscriber, r *ruleSet, nowMs int64, step bool) (alert.Alert, bool) {
 	cfg := r.entropy
+	s.ent.since = 0
 	if len(s.ent.recs) == 0 {
 		return alert.Alert{}, false
 	}
@@ -534,7 +547,7 @@ func (e *Engine) evaluateEntropy(addr netip.Addr, s *subscriber, r *ruleSet, now
 	worm := st.distinct >= uint64(cfg.WormMinDsts) && st.addrH >= cfg.WormAddrEntropy && st.portH <= cfg.WormPortEntropy
 	open := s.incidents[kindEntropy] != nil
 	baseMean := s.ent.mean
-	delta, departed := s.ent.departure(st, cfg, open)
+	delta, departed := s.ent.departure(st, cfg, open || !step)
 	var trigger string
 	switch {
 	case worm:

@@ -21,8 +21,11 @@ import (
 type entropyState struct {
 	recs  []entRec
 	level uint8
-	hasV6 bool // some destination is IPv6: records hold hashes, no sample
-	evals uint16     // baseline steps so far
+	hasV6 bool   // some destination is IPv6: records hold hashes, no sample
+	evals uint16 // baseline steps so far
+	// since counts flows added since the last evaluation, for the
+	// evaluation on arrival (it fits in what would be padding).
+	since uint32
 	mean  [2]float32 // addresses, ports
 	vari  [2]float32
 }
@@ -49,6 +52,7 @@ func (s *entropyState) kept(dst uint32) bool {
 // add records one flow. Flows of the same minute to the same destination
 // and port share a record when it is among the last few.
 func (s *entropyState) add(dst uint32, port uint16, minute uint32, oldest uint32, maxRecords int) {
+	s.since++
 	if !s.kept(dst) {
 		return
 	}
