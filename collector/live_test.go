@@ -1,0 +1,246 @@
+package collector
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"regexp"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wormsign/wormsign/bus"
+	"github.com/wormsign/wormsign/flow"
+	"github.com/wormsign/wormsign/testenv"
+)
+
+func TestMain(m *testing.M) {
+	// The lab's SMTP peers are copies of this test binary.
+	testenv.RunPeer()
+	os.Exit(m.Run())
+}
+
+// liveRecord is what both tshark and wormsign say about one exported flow.
+type liveRecord struct {
+	Src, Dst         string
+	SrcPort, DstPort uint16
+	Proto            uint8
+	Packets, Bytes   uint64
+}
+
+func freeUDPPort(t *testing.T) int {
+	t.Helper()
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).Port
+}
+
+// startCollector runs the collector component on 127.0.0.1:port with an
+// in-process bus and returns a channel of the flows it publishes.
+func startCollector(t *testing.T, family string, port int) (*Component, <-chan flow.Flow) {
+	t.Helper()
+	cfg := DefaultConfiguration()
+	cfg.NetFlowListen, cfg.SFlowListen = nil, nil
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	if family == FamilySFlow {
+		cfg.SFlowListen = []string{addr}
+	} else {
+		cfg.NetFlowListen = []string{addr}
+	}
+	cfg.Linger = 10 * time.Millisecond
+	mem := bus.NewMemory(1 << 16)
+	consumer, err := mem.Consumer("flows", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := New(cfg, Dependencies{
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Registry: prometheus.NewRegistry(), Bus: mem, Topic: "flows",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	flows := make(chan flow.Flow, 1<<16)
+	go func() {
+		for {
+			m, err := consumer.Fetch(context.Background())
+			if err != nil {
+				return
+			}
+			batch, err := flow.DecodeBatch(nil, m.Value)
+			if err != nil {
+				t.Errorf("bad batch on the bus: %v", err)
+				return
+			}
+			for _, f := range batch {
+				flows <- f
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		c.Stop()
+		mem.Close()
+	})
+	return c, flows
+}
+
+var (
+	reLiveFlow  = regexp.MustCompile(`^\s+(?:Flow \d+|pdu \d+/\d+)(?: \(.*\))?$`)
+	reLiveField = regexp.MustCompile(`^\s+(SrcAddr|DstAddr|SrcPort|DstPort|Protocol|Packets|Octets): (\S+)(?: \((\d+)\))?`)
+)
+
+// tsharkRecords decodes the flow records of a NetFlow/IPFIX capture.
+func tsharkRecords(t *testing.T, path string, port int) []liveRecord {
+	t.Helper()
+	out, err := exec.Command(testenv.Tool(t, "tshark"), "-r", path, "-V",
+		"-d", fmt.Sprintf("udp.port==%d,cflow", port)).Output()
+	if err != nil {
+		t.Fatalf("tshark: %v", err)
+	}
+	var recs []liveRecord
+	var cur *liveRecord
+	inCflow := false
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		line := sc.Text()
+		if line != "" && line[0] != ' ' {
+			// A new protocol layer (or frame): only NetFlow's count.
+			inCflow, cur = line == "Cisco NetFlow/IPFIX", nil
+			continue
+		}
+		if !inCflow {
+			continue
+		}
+		if reLiveFlow.MatchString(line) {
+			recs = append(recs, liveRecord{})
+			cur = &recs[len(recs)-1]
+			continue
+		}
+		m := reLiveField.FindStringSubmatch(line)
+		if m == nil || cur == nil {
+			continue
+		}
+		num := func(s string) uint64 { n, _ := strconv.ParseUint(s, 10, 64); return n }
+		switch m[1] {
+		case "SrcAddr":
+			cur.Src = m[2]
+		case "DstAddr":
+			cur.Dst = m[2]
+		case "SrcPort":
+			cur.SrcPort = uint16(num(m[2]))
+		case "DstPort":
+			cur.DstPort = uint16(num(m[2]))
+		case "Protocol":
+			cur.Proto = uint8(num(m[3]))
+		case "Packets":
+			cur.Packets = num(m[2])
+		case "Octets":
+			cur.Bytes = num(m[2])
+		}
+	}
+	// Options records (softflowd's sampling and uptime) are no flows.
+	return slices.DeleteFunc(recs, func(r liveRecord) bool { return r.Src == "" })
+}
+
+func sortRecords(r []liveRecord) {
+	slices.SortFunc(r, func(a, b liveRecord) int {
+		return cmpStrings(fmt.Sprintf("%+v", a), fmt.Sprintf("%+v", b))
+	})
+}
+
+func cmpStrings(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// collect reads flows until n arrived or nothing came for a while, and
+// checks their event times: the traffic happened within the last minute.
+func collect(t *testing.T, flows <-chan flow.Flow, n int) []liveRecord {
+	t.Helper()
+	var got []liveRecord
+	now := time.Now().UnixMilli()
+	wait := 5 * time.Second
+	for {
+		select {
+		case f := <-flows:
+			got = append(got, liveRecord{
+				Src: f.SrcAddr.String(), Dst: f.DstAddr.String(), SrcPort: f.SrcPort, DstPort: f.DstPort,
+				Proto: f.Proto, Packets: f.Packets, Bytes: f.Bytes,
+			})
+			if f.StartMs > f.EndMs || f.EndMs < now-60_000 || f.EndMs > now+2000 {
+				t.Errorf("flow %s:%d > %s:%d has start %d, end %d; want within the last minute of %d",
+					f.SrcAddr, f.SrcPort, f.DstAddr, f.DstPort, f.StartMs, f.EndMs, now)
+			}
+			if len(got) >= n {
+				// Anything beyond n is a flow tshark did not see.
+				wait = 500 * time.Millisecond
+			}
+		case <-time.After(wait):
+			return got
+		}
+	}
+}
+
+// TestSoftflowdLive has softflowd export live traffic of the lab as
+// NetFlow v5, v9 and IPFIX, and checks that the collector publishes
+// exactly the records tshark decodes in a capture of the export port.
+func TestSoftflowdLive(t *testing.T) {
+	for _, version := range []int{5, 9, 10} {
+		t.Run(fmt.Sprintf("version %d", version), func(t *testing.T) {
+			lab := testenv.NewLab(t, 2, 12)
+			port := freeUDPPort(t)
+			c, flows := startCollector(t, FamilyNetFlow, port)
+			capture := testenv.CaptureUDP(t, port)
+			sf := lab.StartSoftflowd(t, version, port)
+			lab.StartSMTPServers(t, lab.Servers[:8])
+			if n := lab.SMTPSessions(t, lab.Subscribers[0], lab.Servers[:12]); n != 8 {
+				t.Fatalf("%d SMTP sessions answered, want 8", n)
+			}
+			lab.SMTPSessions(t, lab.Subscribers[1], lab.Servers[:2])
+			sf.ExpireAll(t)
+			time.Sleep(2 * time.Second) // let the export datagrams land
+			capture.Stop(t)
+			want := tsharkRecords(t, capture.Path, port)
+			// 12 attempts and their answers or refusals, 2 sessions both ways.
+			if len(want) < 28 {
+				t.Fatalf("tshark decoded %d records in the export, want at least 28", len(want))
+			}
+			got := collect(t, flows, len(want))
+			sortRecords(want)
+			sortRecords(got)
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("collector flows differ from tshark's decode of the export (-tshark +wormsign):\n%s", diff)
+			}
+			var zombie int
+			for _, r := range got {
+				if r.Src == lab.Subscribers[0].String() && r.DstPort == 25 {
+					zombie++
+				}
+			}
+			if zombie != 12 {
+				t.Errorf("%d flows from the zombie to port 25, want 12", zombie)
+			}
+			_ = c
+		})
+	}
+}
