@@ -202,10 +202,10 @@ func (e *Engine) Process(f *flow.Flow) []alert.Alert {
 		oldest := e.watermark/minuteMs - int64(r.entMins) + 1
 		s.ent.add(dst32(f.DstAddr), f.DstPort, uint32(minute), uint32(oldest), r.entropy.MaxRecords)
 		// Between minute sweeps, evaluate on arrival so that a worm is
-		// flagged within seconds, not at the next minute. Waiting for as
-		// many new flows as there are records keeps the cost per flow
+		// flagged within seconds, not at the next minute. Waiting for new
+		// flows as many as a quarter of the records keeps the cost per flow
 		// constant for heavy subscribers.
-		if s.ent.since >= uint32(max(r.entropy.MinFlows/4, len(s.ent.recs))) {
+		if s.ent.since >= uint32(max(r.entropy.MinFlows/4, len(s.ent.recs)/4)) {
 			if a, ok := e.evaluateEntropy(src, s, r, f.EndMs, false); ok {
 				out = append(out, a)
 			}

@@ -391,3 +391,16 @@ func TestSampledFlows(t *testing.T) {
 		t.Errorf("distinct flows failed sampling = %s, want 5 500 0 100", got)
 	}
 }
+
+// TestDstEntropyOnArrival: a worm is flagged as its flows arrive, within a
+// third more flows than min_flows, not at the next minute sweep.
+func TestDstEntropyOnArrival(t *testing.T) {
+	r := &run{e: NewEngine(DefaultConfiguration())}
+	for i := 0; i < 300; i++ {
+		r.feed(entropyFlow(zombie, i, 445, at(0.2+float64(i)*0.0001)))
+	}
+	got := opens(r.all, alert.KindDstEntropy)
+	if len(got) != 1 || got[0].Flows > 134 {
+		t.Errorf("opens %+v, want one within the first minute, at <= 134 flows", r.events)
+	}
+}
