@@ -184,3 +184,18 @@ func (k *Kafka) Ping(ctx context.Context) error {
 	}
 	return nil
 }
+
+// DeleteTopics removes topics, for tests and benchmarks that make their
+// own and should not leave them on a shared broker.
+func (k *Kafka) DeleteTopics(ctx context.Context, topics ...string) error {
+	resp, err := k.client.DeleteTopics(ctx, &kafka.DeleteTopicsRequest{Topics: topics})
+	if err != nil {
+		return fmt.Errorf("cannot delete topics %s: %w", strings.Join(topics, ","), err)
+	}
+	for t, err := range resp.Errors {
+		if err != nil {
+			return fmt.Errorf("cannot delete topic %s: %w", t, err)
+		}
+	}
+	return nil
+}

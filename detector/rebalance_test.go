@@ -68,6 +68,7 @@ func rebalance(t *testing.T, lookback, beforeJoin time.Duration, exact bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { k.DeleteTopics(context.Background(), bcfg.FlowsTopic, bcfg.AlertsTopic) })
 	cfg := testConfig()
 	cfg.Group = testenv.Name(t, "detector")
 	cfg.IdleAdvance = time.Hour // event time from flows only: deterministic

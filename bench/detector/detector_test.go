@@ -120,6 +120,11 @@ func BenchmarkDetector(b *testing.B) {
 		}
 		produced.topic, produced.err = bcfg.FlowsTopic, err
 	})
+	b.Cleanup(func() {
+		if k, err := bus.NewKafka(context.Background(), bcfg); err == nil {
+			k.DeleteTopics(context.Background(), produced.topic, produced.topic+"_alerts")
+		}
+	})
 	if produced.err != nil {
 		b.Fatal(produced.err)
 	}
