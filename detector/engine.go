@@ -46,6 +46,12 @@ type inheritKey struct {
 // EngineStats counts what the engine did, for metrics.
 type EngineStats struct {
 	Flows, LateFlows, InvalidFlows, AllowListed, TooOld, Evicted uint64
+	// FutureFlows ended after the collector received them (beyond the
+	// allowed lateness): a wrong exporter clock the collector could not
+	// correct. Their end time is taken as the receive time, so that one
+	// such record cannot drag the watermark ahead and make every other
+	// flow late.
+	FutureFlows uint64
 }
 
 const (
@@ -159,6 +165,10 @@ func (e *Engine) Process(f *flow.Flow) []alert.Alert {
 	if f.EndMs <= 0 || !f.SrcAddr.IsValid() {
 		e.stats.InvalidFlows++
 		return nil
+	}
+	if f.TimeReceivedMs > 0 && f.EndMs > f.TimeReceivedMs+e.config.AllowedLateness.Milliseconds() {
+		e.stats.FutureFlows++
+		f.EndMs = f.TimeReceivedMs
 	}
 	if f.EndMs < e.watermark-e.config.AllowedLateness.Milliseconds() {
 		e.stats.LateFlows++
@@ -275,6 +285,12 @@ const (
 func (e *Engine) evaluateSMTP(addr netip.Addr, s *subscriber, r *ruleSet, nowMs int64) (alert.Alert, bool) {
 	cfg := r.smtp
 	m := s.smtp
+	// Past the cap each count merges up to an hour of sketches; once the
+	// incident is open, once a second of event time is enough.
+	if inc := s.incidents[kindSMTP]; inc != nil && m.saturated && nowMs >= inc.lastAboveMs && nowMs-inc.lastAboveMs < 1000 {
+		inc.lastSeenMs = max(inc.lastSeenMs, s.lastMs)
+		return alert.Alert{}, false
+	}
 	distinct, flows, failed := m.window(r.smtpMins)
 	slowDistinct, _, _ := m.window(r.slowMins)
 	var trigger string

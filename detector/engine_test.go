@@ -308,3 +308,21 @@ func TestEngineInherit(t *testing.T) {
 		t.Errorf("update: distinct %d first_seen %s, want 41 and the inherited %s", r.all[0].DistinctDsts, r.all[0].FirstSeen, prev.FirstSeen)
 	}
 }
+
+func TestEngineFutureFlow(t *testing.T) {
+	r := &run{e: NewEngine(testConfig())}
+	// An exporter an hour ahead: its flow would otherwise push the
+	// watermark an hour on and make the next flows late.
+	bad := smtpFlow(user, 1, at(60), flow.TCPSyn|flow.TCPAck)
+	bad.TimeReceivedMs = at(0)
+	r.feed(bad)
+	for i := 0; i < 5; i++ {
+		f := smtpFlow(zombie, i, at(0.1), flow.TCPSyn)
+		f.TimeReceivedMs = at(0.1)
+		r.feed(f)
+	}
+	s := r.e.Stats()
+	if s.FutureFlows != 1 || s.LateFlows != 0 || len(opens(r.all, alert.KindSMTPFanout)) != 1 {
+		t.Errorf("future %d late %d events %+v, want 1 future, 0 late, the zombie opened", s.FutureFlows, s.LateFlows, r.events)
+	}
+}

@@ -8,6 +8,7 @@ type metrics struct {
 	flows           prometheus.Counter
 	lateFlows       prometheus.Counter
 	invalidFlows    prometheus.Counter
+	futureFlows     prometheus.Counter
 	allowListed     prometheus.Counter
 	evicted         prometheus.Counter
 	alerts          *prometheus.CounterVec // kind, state
@@ -34,6 +35,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "wormsign_detector_late_flows_total", Help: "Flows older than the watermark minus the allowed lateness (dropped)."}),
 		invalidFlows: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wormsign_detector_invalid_flows_total", Help: "Flows without an end time or source (dropped)."}),
+		futureFlows: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wormsign_detector_future_flows_total", Help: "Flows ending after they were received (exporter clock ahead); their end time is taken as the receive time."}),
 		allowListed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wormsign_detector_allow_listed_flows_total", Help: "Flows from allow-listed sources (never alerted)."}),
 		evicted: prometheus.NewCounter(prometheus.CounterOpts{
@@ -59,7 +62,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		mapErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wormsign_detector_subscriber_map_errors_total", Help: "Failed subscriber map reloads (previous map kept)."}),
 	}
-	reg.MustRegister(m.messages, m.badMessages, m.flows, m.lateFlows, m.invalidFlows, m.allowListed, m.evicted,
+	reg.MustRegister(m.messages, m.badMessages, m.flows, m.lateFlows, m.invalidFlows, m.futureFlows, m.allowListed, m.evicted,
 		m.alerts, m.publishErrs, m.subscribers, m.partitions, m.watermark, m.rebuildMessages, m.rebuildErrors,
 		m.mapEntries, m.mapReloads, m.mapErrors)
 	return m

@@ -406,6 +406,7 @@ func (p *partition) observe() {
 	m.flows.Add(float64(s.Flows - p.prev.Flows))
 	m.lateFlows.Add(float64(s.LateFlows - p.prev.LateFlows))
 	m.invalidFlows.Add(float64(s.InvalidFlows - p.prev.InvalidFlows))
+	m.futureFlows.Add(float64(s.FutureFlows - p.prev.FutureFlows))
 	m.allowListed.Add(float64(s.AllowListed - p.prev.AllowListed))
 	m.evicted.Add(float64(s.Evicted - p.prev.Evicted))
 	p.prev = s
