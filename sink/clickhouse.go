@@ -367,6 +367,8 @@ func (c *ClickHouse) InsertAlerts(ctx context.Context, alerts []AlertRow) error 
 type offsetRange struct {
 	Partition   uint32
 	First, Last uint64
+	// Rows is what the range holds, for ledger rows written by hand.
+	Rows uint64
 }
 
 // written returns the ledger's ranges of source that overlap want: those
@@ -375,12 +377,8 @@ func (c *ClickHouse) written(ctx context.Context, source string, want []offsetRa
 	if len(want) == 0 {
 		return nil, nil
 	}
-	var cond []string
-	for _, r := range want {
-		cond = append(cond, fmt.Sprintf("(sink_partition = %d AND last_offset >= %d AND first_offset <= %d)", r.Partition, r.First, r.Last))
-	}
 	rows, err := c.conn.Query(ctx, "SELECT sink_partition, first_offset, last_offset FROM "+c.config.Database+
-		".sink_ledger WHERE source = '"+source+"' AND ("+strings.Join(cond, " OR ")+")")
+		".sink_ledger WHERE source = '"+source+"' AND ("+rangeCondition(want, "first_offset", "last_offset")+")")
 	if err != nil {
 		return nil, fmt.Errorf("cannot read the sink ledger: %w", err)
 	}
@@ -394,6 +392,102 @@ func (c *ClickHouse) written(ctx context.Context, source string, want []offsetRa
 		out = append(out, r)
 	}
 	return out, rows.Err()
+}
+
+func rangeCondition(ranges []offsetRange, first, last string) string {
+	var cond []string
+	for _, r := range ranges {
+		cond = append(cond, fmt.Sprintf("(sink_partition = %d AND %s >= %d AND %s <= %d)", r.Partition, last, r.First, first, r.Last))
+	}
+	return strings.Join(cond, " OR ")
+}
+
+// landedKey is one message's rows of one day: one part of an INSERT.
+type landedKey struct {
+	Partition uint32
+	Offset    uint64
+	Day       time.Time
+}
+
+// landed counts the flows of the given offsets in the parts of flows that
+// were created (by an INSERT or a merge) within the last age, by message
+// and day. Any part holding rows of an INSERT started age ago is that
+// recent, and there are few such parts, so this reads little.
+func (c *ClickHouse) landed(ctx context.Context, age time.Duration, ranges []offsetRange) (map[landedKey]uint64, error) {
+	if len(ranges) == 0 {
+		return nil, nil
+	}
+	// The server's own clock decides what is recent; a few seconds more
+	// cover the part's modification time being rounded down.
+	seconds := int(age.Seconds()) + 5
+	parts, err := c.conn.Query(ctx, fmt.Sprintf("SELECT name FROM system.parts WHERE database = ? AND table = 'flows' AND active"+
+		" AND modification_time >= now() - %d", seconds), c.config.Database)
+	if err != nil {
+		return nil, fmt.Errorf("cannot list recent parts of flows: %w", err)
+	}
+	var names []string
+	for parts.Next() {
+		var name string
+		if err := parts.Scan(&name); err != nil {
+			parts.Close()
+			return nil, fmt.Errorf("cannot list recent parts of flows: %w", err)
+		}
+		names = append(names, "'"+name+"'")
+	}
+	parts.Close()
+	out := map[landedKey]uint64{}
+	if len(names) == 0 {
+		return out, nil
+	}
+	rows, err := c.conn.Query(ctx, "SELECT sink_partition, sink_offset, date, count() FROM "+c.config.Database+".flows WHERE _part IN ("+
+		strings.Join(names, ", ")+") AND ("+rangeCondition(ranges, "sink_offset", "sink_offset")+") GROUP BY sink_partition, sink_offset, date")
+	if err != nil {
+		return nil, fmt.Errorf("cannot look for flows of a failed INSERT: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var k landedKey
+		var n uint64
+		if err := rows.Scan(&k.Partition, &k.Offset, &k.Day, &n); err != nil {
+			return nil, fmt.Errorf("cannot look for flows of a failed INSERT: %w", err)
+		}
+		k.Day = day(k.Day.UTC())
+		out[k] = n
+	}
+	return out, rows.Err()
+}
+
+// running counts the queries of a batch (query ids batch-N) that the
+// server still runs.
+func (c *ClickHouse) running(ctx context.Context, batch string) (uint64, error) {
+	var n uint64
+	if err := c.conn.QueryRow(ctx, "SELECT count() FROM system.processes WHERE startsWith(query_id, ?)", batch+"-").Scan(&n); err != nil {
+		return 0, fmt.Errorf("cannot read the server's running queries: %w", err)
+	}
+	return n, nil
+}
+
+// recordLedger writes ledger rows for messages found written without one.
+func (c *ClickHouse) recordLedger(ctx context.Context, source string, ranges []offsetRange) error {
+	if len(ranges) == 0 {
+		return nil
+	}
+	batch, err := c.conn.PrepareBatch(ctx, "INSERT INTO "+c.config.Database+
+		".sink_ledger (source, sink_partition, first_offset, last_offset, rows, written_at)")
+	if err != nil {
+		return fmt.Errorf("cannot prepare ledger insert: %w", err)
+	}
+	defer batch.Abort()
+	now := time.Now().UTC()
+	for _, r := range ranges {
+		if err := batch.Append(source, r.Partition, r.First, r.Last, r.Rows, now); err != nil {
+			return fmt.Errorf("cannot append ledger row: %w", err)
+		}
+	}
+	if err := batch.Send(); err != nil {
+		return fmt.Errorf("cannot write the ledger: %w", err)
+	}
+	return nil
 }
 
 // retentionTables names each table's partition date and how long it keeps.

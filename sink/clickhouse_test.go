@@ -24,10 +24,15 @@ import (
 // migrated, and dropped at cleanup.
 func openTestClickHouse(t *testing.T, addr string) *ClickHouse {
 	t.Helper()
+	return openTestClickHouseTimeout(t, addr, 20*time.Second)
+}
+
+func openTestClickHouseTimeout(t *testing.T, addr string, readTimeout time.Duration) *ClickHouse {
+	t.Helper()
 	cfg := DefaultClickHouseConfiguration()
 	cfg.Addr = addr
 	cfg.Database = testenv.Name(t, "wst")
-	cfg.ReadTimeout = 20 * time.Second
+	cfg.ReadTimeout = readTimeout
 	ctx := context.Background()
 	ch, err := OpenClickHouse(ctx, cfg)
 	if err != nil {
@@ -265,7 +270,7 @@ func TestLedgerKeepsRetriedBatchesOut(t *testing.T) {
 	// First the first four messages, then all six as after a re-delivery
 	// with other batch boundaries, then all six again as a blind retry.
 	for _, batch := range [][]bus.Message{msgs[:4], msgs, msgs} {
-		if err := c.writeFlows(ctx, batch); err != nil {
+		if err := c.writeFlows(ctx, batch, attempt{batch: newBatchID()}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -282,5 +287,70 @@ func TestLedgerKeepsRetriedBatchesOut(t *testing.T) {
 	sort.Strings(ledger)
 	if diff := cmp.Diff([]string{"0:1:2", "0:2:4", "1:1:2", "1:2:4"}, ledger); diff != "" {
 		t.Errorf("ledger partition:messages:rows (-want +got):\n%s", diff)
+	}
+}
+
+// A server that dies between the flows part of an INSERT and its ledger
+// row leaves flows the ledger does not know; the retry must find them.
+// Parts are per day, so a message across midnight may have landed half.
+func TestRetryFindsFlowsTheLedgerMissed(t *testing.T) {
+	ch := openTestClickHouse(t, testenv.ClickHouseAddr(t))
+	ctx := context.Background()
+	db := ch.config.Database
+	c, err := New(Configuration{Group: "g", BatchMessages: 10, FlushInterval: time.Second}, Dependencies{
+		Logger: slog.New(slog.DiscardHandler), Registry: prometheus.NewRegistry(), Bus: bus.NewMemory(16),
+		FlowsTopic: "f", AlertsTopic: "a", ClickHouse: ch,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	today := time.Now().UTC().Add(-time.Minute)
+	yesterday := today.AddDate(0, 0, -1)
+	msg := func(offset int64, ends ...time.Time) bus.Message {
+		var flows []flow.Flow
+		for i, end := range ends {
+			flows = append(flows, smtpFlow("203.0.113.10", "198.18.0.1", end, uint64(10*offset)+uint64(i)))
+		}
+		return flowMessage("203.0.113.10", flows, 0, offset)
+	}
+	split := msg(0, yesterday, today) // only yesterday's part landed
+	whole := msg(1, today, today)     // landed entirely
+	lost := msg(2, today)             // never landed
+	var landed []FlowRow
+	for _, m := range []bus.Message{split, whole} {
+		flows, _ := flow.DecodeBatch(nil, m.Value)
+		for _, f := range flows {
+			if m.Offset == 0 && f.End().Day() != yesterday.Day() {
+				continue
+			}
+			landed = append(landed, FlowRow{Subscriber: "203.0.113.10", Flow: f, Offset: c.offsetBase + uint64(m.Offset)})
+		}
+	}
+	if err := ch.InsertFlows(ctx, landed); err != nil {
+		t.Fatal(err)
+	}
+	// As if the server died before the ledger part.
+	for _, d := range []time.Time{yesterday, today} {
+		if err := ch.conn.Exec(ctx, "ALTER TABLE "+db+".sink_ledger DROP PARTITION ID '"+d.Format("20060102")+"'"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	batch := []bus.Message{split, whole, lost}
+	if err := c.writeFlows(ctx, batch, attempt{batch: newBatchID(), n: 1, first: time.Now().Add(-5 * time.Second)}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"0", "1", "10", "11", "20"}
+	if diff := cmp.Diff(want, queryStrings(t, ch, "SELECT toString(bytes) FROM "+db+".flows ORDER BY bytes")); diff != "" {
+		t.Errorf("flows after the retry (-want +got):\n%s", diff)
+	}
+	// The ledger now knows all three: a re-delivery writes nothing.
+	if err := c.writeFlows(ctx, batch, attempt{batch: newBatchID()}); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(want, queryStrings(t, ch, "SELECT toString(bytes) FROM "+db+".flows ORDER BY bytes")); diff != "" {
+		t.Errorf("flows after a re-delivery (-want +got):\n%s", diff)
+	}
+	if n := count(t, ch, "SELECT sum(rows) FROM "+db+".sink_ledger"); n != 4 {
+		t.Errorf("ledger rows = %d, want 4 (2 found whole, 2 written)", n)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wormsign/wormsign/alert"
@@ -72,7 +73,7 @@ func New(config Configuration, deps Dependencies) (*Component, error) {
 	} else {
 		c.offsetBase = uint64(time.Now().UnixMicro())
 	}
-	newPipeline := func(name, topic string, workers int, write func(context.Context, []bus.Message) error) error {
+	newPipeline := func(name, topic string, workers int, write func(context.Context, []bus.Message, attempt) error) error {
 		consumer, err := deps.Bus.Consumer(topic, config.Group)
 		if err != nil {
 			return fmt.Errorf("cannot consume %s: %w", topic, err)
@@ -182,8 +183,8 @@ func (c *Component) runRetention(ctx context.Context) {
 	}
 }
 
-// unwritten returns msgs without those the ledger shows in table already.
-func (c *Component) unwritten(ctx context.Context, table string, msgs []bus.Message) ([]bus.Message, error) {
+// offsetRanges returns the offset range per partition of msgs.
+func (c *Component) offsetRanges(msgs []bus.Message) []offsetRange {
 	ranges := map[uint32]*offsetRange{}
 	var order []uint32
 	for _, m := range msgs {
@@ -196,11 +197,16 @@ func (c *Component) unwritten(ctx context.Context, table string, msgs []bus.Mess
 		}
 		r.First, r.Last = min(r.First, o), max(r.Last, o)
 	}
-	want := make([]offsetRange, 0, len(order))
+	out := make([]offsetRange, 0, len(order))
 	for _, p := range order {
-		want = append(want, *ranges[p])
+		out = append(out, *ranges[p])
 	}
-	done, err := c.deps.ClickHouse.written(ctx, table, want)
+	return out
+}
+
+// unwritten returns msgs without those the ledger shows in table already.
+func (c *Component) unwritten(ctx context.Context, table string, msgs []bus.Message) ([]bus.Message, error) {
+	done, err := c.deps.ClickHouse.written(ctx, table, c.offsetRanges(msgs))
 	if err != nil || len(done) == 0 {
 		return msgs, err
 	}
@@ -222,10 +228,37 @@ func (c *Component) unwritten(ctx context.Context, table string, msgs []bus.Mess
 	return out, nil
 }
 
-func (c *Component) writeFlows(ctx context.Context, msgs []bus.Message) error {
+// writeFlows writes the flows of msgs that are not in ClickHouse yet.
+//
+// The ledger says which messages earlier INSERTs wrote. It is written by a
+// view right after the flows part of the same INSERT, so a server that dies
+// between the two leaves flows without their ledger row: on 18.16 there is
+// no insert deduplication to fall back on. A retry therefore also looks at
+// the flows themselves, in the parts created since the first attempt (so
+// the probe reads little), and skips the rows that landed there. Parts are
+// per day and each is atomic, hence the count per message and day.
+func (c *Component) writeFlows(ctx context.Context, msgs []bus.Message, try attempt) error {
+	if try.n > 0 {
+		// An earlier try may still run on the server (which then got
+		// our data but not our patience): wait for it to end, or it
+		// could land after the probe below and double the batch.
+		running, err := c.deps.ClickHouse.running(ctx, try.batch)
+		if err != nil {
+			return err
+		}
+		if running > 0 {
+			return fmt.Errorf("an earlier INSERT of this batch still runs on the server")
+		}
+	}
 	msgs, err := c.unwritten(ctx, "flows", msgs)
-	if err != nil {
+	if err != nil || len(msgs) == 0 {
 		return err
+	}
+	var landed map[landedKey]uint64
+	if try.n > 0 {
+		if landed, err = c.deps.ClickHouse.landed(ctx, time.Since(try.first), c.offsetRanges(msgs)); err != nil {
+			return err
+		}
 	}
 	ipv6, err := c.deps.ClickHouse.ipv6Columns(ctx)
 	if err != nil {
@@ -244,6 +277,7 @@ func (c *Component) writeFlows(ctx context.Context, msgs []bus.Message) error {
 	}()
 	block.reserve(size/32+1, ipv6)
 	var flows []flow.Flow
+	var wholeMessages []offsetRange // landed entirely: for the ledger
 	for _, m := range msgs {
 		flows, err = flow.DecodeBatch(flows[:0], m.Value)
 		if err != nil {
@@ -256,11 +290,27 @@ func (c *Component) writeFlows(ctx context.Context, msgs []bus.Message) error {
 			subscriber = a.Unmap().String()
 		}
 		p, o := uint32(m.Partition), c.offsetBase+uint64(m.Offset)
+		added := 0
 		for i := range flows {
+			if landed != nil && landed[landedKey{p, o, day(flows[i].End())}] > 0 {
+				continue
+			}
 			block.add(subscriber, &flows[i], p, o, ipv6)
+			added++
+		}
+		if added < len(flows) {
+			c.metrics.duplicates.WithLabelValues("flows").Inc()
+		}
+		if added == 0 && len(flows) > 0 {
+			wholeMessages = append(wholeMessages, offsetRange{Partition: p, First: o, Last: o, Rows: uint64(len(flows))})
 		}
 	}
-	if err := c.deps.ClickHouse.insertFlowBlock(ctx, block, ipv6); err != nil {
+	// Messages that landed whole get no ledger row from this INSERT's
+	// view: record them by hand, so that a re-delivery skips them too.
+	if err := c.deps.ClickHouse.recordLedger(ctx, "flows", wholeMessages); err != nil {
+		return err
+	}
+	if err := c.deps.ClickHouse.insertFlowBlock(clickhouse.Context(ctx, clickhouse.WithQueryID(try.queryID())), block, ipv6); err != nil {
 		return err
 	}
 	rows := block.rows()
@@ -272,7 +322,9 @@ func (c *Component) writeFlows(ctx context.Context, msgs []bus.Message) error {
 	return nil
 }
 
-func (c *Component) writeAlerts(ctx context.Context, msgs []bus.Message) error {
+// writeAlerts writes alerts through the ledger like flows; an event that
+// a server crash leaves twice collapses in ReplacingMergeTree (FINAL).
+func (c *Component) writeAlerts(ctx context.Context, msgs []bus.Message, _ attempt) error {
 	if c.deps.ClickHouse != nil {
 		var err error
 		if msgs, err = c.unwritten(ctx, "alerts", msgs); err != nil {

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -78,11 +79,20 @@ func (s *privateService) start() {
 	}
 }
 
+// signal sends sig, e.g. SIGSTOP to freeze the service as a stalled
+// disk or a long GC pause would, and SIGCONT to let it go on.
+func (s *privateService) signal(sig os.Signal) {
+	if err := s.cmd.Process.Signal(sig); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
 // kill stops the process hard, as a crash or an OOM kill would.
 func (s *privateService) kill() {
 	if s.cmd == nil {
 		return
 	}
+	s.cmd.Process.Signal(syscall.SIGCONT) // a frozen process dies too, but let it
 	s.cmd.Process.Kill()
 	s.cmd.Wait()
 	s.cmd = nil

@@ -2,8 +2,11 @@ package sink
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
@@ -19,9 +22,11 @@ import (
 // with the in-process bus, blocks the collector, which counts drops at the
 // UDP edge), never in an unbounded buffer here.
 type pipeline struct {
-	name        string
-	consumer    bus.Consumer
-	write       func(ctx context.Context, msgs []bus.Message) error
+	name     string
+	consumer bus.Consumer
+	// write writes a batch. A retry follows an error whose outcome is
+	// unknown, and the writer must find what landed (see attempt).
+	write       func(ctx context.Context, msgs []bus.Message, try attempt) error
 	maxMessages int
 	maxBytes    int
 	interval    time.Duration
@@ -30,6 +35,24 @@ type pipeline struct {
 	drain       time.Duration
 	logger      *slog.Logger
 	metrics     *metrics
+}
+
+// attempt identifies one try at writing a batch.
+type attempt struct {
+	batch string    // random, names the batch's INSERTs on the server
+	n     int       // 0 for the first try
+	first time.Time // when the first try started
+}
+
+// queryID names the INSERT of this try in system.processes, so that a
+// retry can wait for an INSERT the server still runs after the client gave
+// up on it (a frozen server that comes back).
+func (a attempt) queryID() string { return a.batch + "-" + strconv.Itoa(a.n) }
+
+func newBatchID() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return "wormsign-sink-" + hex.EncodeToString(b[:])
 }
 
 type job struct {
@@ -49,7 +72,9 @@ func (p *pipeline) run(ctx context.Context) {
 	stopWatch := context.AfterFunc(ctx, startDrain)
 	defer stopWatch()
 
-	messages := make(chan bus.Message, 1024)
+	// A short hand-over: what the pipeline holds while ClickHouse is down
+	// is this, the batch being gathered and the workers' batches.
+	messages := make(chan bus.Message, 64)
 	go func() {
 		defer close(messages)
 		for {
@@ -139,9 +164,13 @@ func (p *pipeline) writeBatch(ctx context.Context, j *job) {
 	defer close(j.written)
 	defer p.metrics.inflight.WithLabelValues(p.name).Dec()
 	backoff := 100 * time.Millisecond
-	for {
+	try := attempt{batch: newBatchID()}
+	for ; ; try.n++ {
 		start := time.Now()
-		err := p.write(ctx, j.msgs)
+		if try.n == 0 {
+			try.first = start
+		}
+		err := p.write(ctx, j.msgs, try)
 		if err == nil {
 			p.metrics.batchSeconds.WithLabelValues(p.name).Observe(time.Since(start).Seconds())
 			return
