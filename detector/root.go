@@ -1,13 +1,3 @@
-// Package detector consumes flows, keeps sliding event-time windows per
-// subscriber and publishes alerts on the alerts topic.
-//
-// Each Kafka partition of the flows topic gets its own Engine, with its own
-// watermark: flows are keyed by subscriber, so a partition holds whole
-// subscribers. When the consumer group gives an instance a partition, the
-// instance first re-reads the partition's recent flows (rebuild_lookback)
-// into a fresh engine without publishing, so that its windows and open
-// incidents are the previous owner's, and only then goes on from the
-// committed offset. A rebalance thus neither loses nor repeats an incident.
 package detector
 
 import (

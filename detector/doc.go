@@ -1,0 +1,99 @@
+// Package detector consumes flows, keeps sliding event-time windows per
+// subscriber and publishes alerts on the alerts topic.
+//
+// # Rules
+//
+// smtp_fanout counts distinct TCP/25 destinations per subscriber over a
+// short window (threshold in window, default 25 in 5 minutes) and a slow
+// one (slow_threshold in slow_window, 100 in 60 minutes). Attempts without
+// an ACK from the subscriber (or, unsampled and without flags, of three
+// packets or fewer) are failed; failed and completed attempts are counted
+// apart, and the failed share is in the evidence and raises the score up to
+// twice. The sequential test (Threshold Random Walk, Jung et al. 2004) runs
+// over first contacts (destinations not seen in the slow window): each
+// failed one multiplies the odds of "infected" by
+// (1-success_infected)/(1-success_benign), each completed one by
+// success_infected/success_benign. At odds >=
+// detection_probability/false_alarm_probability (and at least
+// min_first_contacts) the incident opens before the threshold; at odds <=
+// (1-detection_probability)/(1-false_alarm_probability) the walk restarts.
+// The evidence names the trigger (threshold, slow_window, sequential) and
+// carries the walk's decision and odds.
+//
+// dst_entropy computes the normalised Shannon entropy (H/log2(flows): 1
+// when every flow goes somewhere else, 0 when all go to one place) of
+// destination addresses and of destination ports over window, once a
+// subscriber has min_flows in it. It opens on the worm pattern (at least
+// worm_min_dsts addresses, address entropy >= worm_addr_entropy, port
+// entropy <= worm_port_entropy) or on a departure from the subscriber's own
+// exponentially weighted baseline of both entropies (after baseline_warmup
+// minutes, by more than max(baseline_deviation standard deviations,
+// baseline_min_delta)). It is evaluated as flows arrive (amortised) and at
+// every event-time minute; the baseline learns once a minute and is frozen
+// while an incident is open.
+//
+// # Lifecycle
+//
+// One incident per subscriber and kind: open on crossing, update at most
+// once per update_interval and only when the count grew, resolved after
+// cooldown below the rule. The id hashes subscriber, kind and the event
+// time of the opening flow, so a replay gives the same ids.
+//
+// # Event time
+//
+// Windows are built from one-minute buckets on the flow end time. Each
+// Kafka partition has its own engine and watermark (its newest flow end).
+// Flows older than the watermark minus allowed_lateness are dropped and
+// counted; flows ending after their receive time by more than the
+// allowed lateness have their end taken as the receive time. When a
+// partition is idle for idle_advance (wall clock), its event time follows
+// the wall clock so incidents still resolve; apart from that, nothing
+// depends on the wall clock, and a replay at full speed gives the alerts of
+// the live run.
+//
+// # Sampling
+//
+// A flow exported at 1:N stands for N flows: flow, failed and completed
+// counts (and min_flows) are scaled by N, so the failed share is unbiased.
+// Distinct destinations are counted as observed, never scaled: scaling
+// would turn a legitimate sender's few busy relationships into hundreds of
+// phantom destinations. They are a lower bound under sampling, so thresholds
+// for sampled access networks belong in a subscriber group with lower
+// values. Entropies are computed on the observed flows; uniform sampling
+// keeps the shape of the distribution and, normalised by the observed
+// count, its value. Without TCP flags a sampled flow's packet count says
+// nothing, so it is neither failed nor completed for the failure test. The
+// sequential test steps once per observed first contact. Alerts carry
+// sampling_rate in the evidence.
+//
+// # Memory
+//
+// State exists only for subscribers with traffic in the windows, and is
+// evicted after the longest window plus the allowed lateness without
+// traffic (the baseline with it). A quiet subscriber costs about 210 bytes
+// (bench/detector). Destinations of TCP/25 are kept exactly up to
+// max_destinations, then counted with per-minute HyperLogLog sketches
+// (2^10 registers, 3.3% standard error); dst_entropy keeps up to
+// max_records (destination, port, minute) records, then thins them by a
+// hash of the destination (adaptive sampling) and scales counts back.
+//
+// # Scale-out
+//
+// Flows are keyed by subscriber, so one instance sees every flow of the
+// subscribers of its partitions. When the consumer group gives an instance
+// a partition, the instance re-reads rebuild_lookback of the partition
+// (by Kafka message time) into a fresh engine without publishing, then
+// reads the alerts topic back over incident_lookback and takes over the
+// incidents left open, and only then goes on from the committed offset.
+// On losing a partition it commits what it finished. A rebalance thus
+// neither loses nor repeats an incident, and ids carry over.
+//
+// # Groups, allow list, subscriber map
+//
+// groups override any rule setting for subscribers in their networks
+// (longest prefix wins; zero or omitted fields inherit) and may disable a
+// rule. allow_list networks (prefixes or bare addresses) are never
+// alerted on. subscriber_map is a CSV file of "network,subscriber_id"
+// lines, longest prefix wins, re-read when its size or time changes; the
+// id goes into alerts.
+package detector
