@@ -62,7 +62,7 @@
 // values. Entropies are computed on the observed flows; uniform sampling
 // keeps the shape of the distribution and, normalised by the observed
 // count, its value. Without TCP flags a sampled flow's packet count says
-// nothing, so it is neither failed nor completed for the failure test. The
+// nothing, so it counts as completed: only evidence makes a failure. The
 // sequential test steps once per observed first contact. Alerts carry
 // sampling_rate in the evidence.
 //

@@ -160,6 +160,7 @@ const minuteMs = int64(Bucket / time.Millisecond)
 
 // Process accounts one flow whose source is a subscriber and returns the
 // alerts it causes, including those of incidents its event time resolves.
+// It may correct f.EndMs (a flow ending after it was received).
 func (e *Engine) Process(f *flow.Flow) []alert.Alert {
 	e.stats.Flows++
 	if f.EndMs <= 0 || !f.SrcAddr.IsValid() {

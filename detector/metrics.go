@@ -5,6 +5,7 @@ import "github.com/prometheus/client_golang/prometheus"
 type metrics struct {
 	messages        prometheus.Counter
 	badMessages     prometheus.Counter
+	fetchErrors     prometheus.Counter
 	flows           prometheus.Counter
 	lateFlows       prometheus.Counter
 	invalidFlows    prometheus.Counter
@@ -29,6 +30,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "wormsign_detector_messages_total", Help: "Flow batches consumed, rebuilds included."}),
 		badMessages: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wormsign_detector_bad_messages_total", Help: "Flow batches that failed to decode (skipped)."}),
+		fetchErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wormsign_detector_fetch_errors_total", Help: "Failed reads of the flows topic (retried)."}),
 		flows: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wormsign_detector_flows_total", Help: "Subscriber flows evaluated."}),
 		lateFlows: prometheus.NewCounter(prometheus.CounterOpts{
@@ -62,7 +65,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		mapErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wormsign_detector_subscriber_map_errors_total", Help: "Failed subscriber map reloads (previous map kept)."}),
 	}
-	reg.MustRegister(m.messages, m.badMessages, m.flows, m.lateFlows, m.invalidFlows, m.futureFlows, m.allowListed, m.evicted,
+	reg.MustRegister(m.messages, m.badMessages, m.fetchErrors, m.flows, m.lateFlows, m.invalidFlows, m.futureFlows, m.allowListed, m.evicted,
 		m.alerts, m.publishErrs, m.subscribers, m.partitions, m.watermark, m.rebuildMessages, m.rebuildErrors,
 		m.mapEntries, m.mapReloads, m.mapErrors)
 	return m

@@ -258,10 +258,19 @@ func (p *partition) run(ctx context.Context) {
 		for {
 			msg, err := p.claim.Fetch(ctx)
 			if err != nil {
-				if ctx.Err() == nil && !errors.Is(err, bus.ErrClosed) {
-					c.deps.Logger.Error("cannot fetch flows", "partition", p.claim.Partition(), "error", err)
+				if ctx.Err() != nil || errors.Is(err, bus.ErrClosed) {
+					return
 				}
-				return
+				// Keep the partition: giving up would stall it until the
+				// next rebalance.
+				c.metrics.fetchErrors.Inc()
+				c.deps.Logger.Error("cannot fetch flows, retrying", "partition", p.claim.Partition(), "error", err)
+				select {
+				case <-time.After(time.Second):
+					continue
+				case <-ctx.Done():
+					return
+				}
 			}
 			select {
 			case messages <- msg:
