@@ -15,6 +15,9 @@ import (
 // member, from the group's committed offset on.
 type Claim interface {
 	Partition() int
+	// Generation identifies the group assignment the claim belongs to;
+	// claims handed out together share it.
+	Generation() int32
 	// ReadBack calls fn, in order, for the messages of the partition
 	// produced at or after since and before the first message Fetch will
 	// return: what the previous owner already processed. A stage that
@@ -63,7 +66,8 @@ func (g *memoryGroup) Close() error { return g.c.Close() }
 
 type memoryClaim struct{ *memoryConsumer }
 
-func (memoryClaim) Partition() int { return 0 }
+func (memoryClaim) Partition() int    { return 0 }
+func (memoryClaim) Generation() int32 { return 0 }
 func (memoryClaim) ReadBack(context.Context, time.Time, func(Message) error) error {
 	return nil
 }
@@ -174,7 +178,8 @@ type kafkaClaim struct {
 	r         *kafka.Reader
 }
 
-func (c *kafkaClaim) Partition() int { return c.partition }
+func (c *kafkaClaim) Partition() int    { return c.partition }
+func (c *kafkaClaim) Generation() int32 { return c.gen.ID }
 
 func (c *kafkaClaim) ReadBack(ctx context.Context, since time.Time, fn func(Message) error) error {
 	if c.start <= 0 {

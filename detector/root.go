@@ -48,6 +48,13 @@ type Component struct {
 
 	mu         sync.Mutex
 	partitions map[int]*Engine // for tests and introspection
+
+	// The open incidents read back from the alerts topic, shared by the
+	// partitions of one assignment (they all start together).
+	historyMu  sync.Mutex
+	history    []alert.Alert
+	historyGen int32
+	historyOK  bool
 }
 
 // New prepares a detector; it consumes nothing until Start. A configured
@@ -211,7 +218,7 @@ func (c *Component) consume(ctx context.Context, claim bus.Claim) {
 		p.observe()
 	}
 	if h, ok := c.deps.Bus.(bus.History); ok && c.config.IncidentLookback > 0 {
-		open, err := c.openIncidents(ctx, h)
+		open, err := c.openIncidents(ctx, h, claim.Generation())
 		if err != nil {
 			if ctx.Err() == nil {
 				c.deps.Logger.Error("cannot read open incidents back, they may open again",
@@ -228,7 +235,12 @@ func (c *Component) consume(ctx context.Context, claim bus.Claim) {
 // openIncidents reads the alerts topic back over incident_lookback and
 // returns the last event of every incident not resolved. The alerts are
 // keyed by subscriber, so each incident's events are in order.
-func (c *Component) openIncidents(ctx context.Context, h bus.History) ([]alert.Alert, error) {
+func (c *Component) openIncidents(ctx context.Context, h bus.History, generation int32) ([]alert.Alert, error) {
+	c.historyMu.Lock()
+	defer c.historyMu.Unlock()
+	if c.historyOK && c.historyGen == generation {
+		return c.history, nil
+	}
 	last := map[string]alert.Alert{}
 	err := h.ReadSince(ctx, c.deps.AlertsTopic, time.Now().Add(-c.config.IncidentLookback), func(m bus.Message) error {
 		a, err := alert.Unmarshal(m.Value)
@@ -247,6 +259,7 @@ func (c *Component) openIncidents(ctx context.Context, h bus.History) ([]alert.A
 			open = append(open, a)
 		}
 	}
+	c.history, c.historyGen, c.historyOK = open, generation, true
 	return open, nil
 }
 
