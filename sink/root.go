@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -183,12 +184,25 @@ func (c *Component) runRetention(ctx context.Context) {
 	}
 }
 
+// coordinates returns what the rows of m record as their bus partition
+// and offset, the ledger's key. The partition carries a hash of the topic
+// name in its upper 16 bits, so that the ledger of one topic never skips
+// the messages of another (kafka.flows_topic renamed) with the same
+// offsets. Offsets are shifted by offsetBase.
+func (c *Component) coordinates(table string, m bus.Message) (uint32, uint64) {
+	topic := c.deps.FlowsTopic
+	if table == "alerts" {
+		topic = c.deps.AlertsTopic
+	}
+	return crc32.ChecksumIEEE([]byte(topic))<<16 | uint32(m.Partition)&0xffff, c.offsetBase + uint64(m.Offset)
+}
+
 // offsetRanges returns the offset range per partition of msgs.
-func (c *Component) offsetRanges(msgs []bus.Message) []offsetRange {
+func (c *Component) offsetRanges(table string, msgs []bus.Message) []offsetRange {
 	ranges := map[uint32]*offsetRange{}
 	var order []uint32
 	for _, m := range msgs {
-		p, o := uint32(m.Partition), c.offsetBase+uint64(m.Offset)
+		p, o := c.coordinates(table, m)
 		r := ranges[p]
 		if r == nil {
 			ranges[p] = &offsetRange{Partition: p, First: o, Last: o}
@@ -206,13 +220,13 @@ func (c *Component) offsetRanges(msgs []bus.Message) []offsetRange {
 
 // unwritten returns msgs without those the ledger shows in table already.
 func (c *Component) unwritten(ctx context.Context, table string, msgs []bus.Message) ([]bus.Message, error) {
-	done, err := c.deps.ClickHouse.written(ctx, table, c.offsetRanges(msgs))
+	done, err := c.deps.ClickHouse.written(ctx, table, c.offsetRanges(table, msgs))
 	if err != nil || len(done) == 0 {
 		return msgs, err
 	}
 	out := make([]bus.Message, 0, len(msgs))
 	for _, m := range msgs {
-		p, o := uint32(m.Partition), c.offsetBase+uint64(m.Offset)
+		p, o := c.coordinates(table, m)
 		covered := false
 		for _, r := range done {
 			if r.Partition == p && r.First <= o && o <= r.Last {
@@ -256,7 +270,7 @@ func (c *Component) writeFlows(ctx context.Context, msgs []bus.Message, try atte
 	}
 	var landed map[landedKey]uint64
 	if try.n > 0 {
-		if landed, err = c.deps.ClickHouse.landed(ctx, time.Since(try.first), c.offsetRanges(msgs)); err != nil {
+		if landed, err = c.deps.ClickHouse.landed(ctx, time.Since(try.first), c.offsetRanges("flows", msgs)); err != nil {
 			return err
 		}
 	}
@@ -289,7 +303,7 @@ func (c *Component) writeFlows(ctx context.Context, msgs []bus.Message, try atte
 		if a, ok := netip.AddrFromSlice(m.Key); ok {
 			subscriber = a.Unmap().String()
 		}
-		p, o := uint32(m.Partition), c.offsetBase+uint64(m.Offset)
+		p, o := c.coordinates("flows", m)
 		added := 0
 		for i := range flows {
 			if landed != nil && landed[landedKey{p, o, day(flows[i].End())}] > 0 {
@@ -339,7 +353,8 @@ func (c *Component) writeAlerts(ctx context.Context, msgs []bus.Message, _ attem
 			c.deps.Logger.Warn("skipping undecodable alert", "partition", m.Partition, "offset", m.Offset, "error", err)
 			continue
 		}
-		alerts = append(alerts, AlertRow{Alert: a, Partition: uint32(m.Partition), Offset: c.offsetBase + uint64(m.Offset)})
+		p, o := c.coordinates("alerts", m)
+		alerts = append(alerts, AlertRow{Alert: a, Partition: p, Offset: o})
 	}
 	if len(alerts) == 0 {
 		return nil
