@@ -30,7 +30,9 @@
 // minutes, by more than max(baseline_deviation standard deviations,
 // baseline_min_delta)). It is evaluated as flows arrive (amortised) and at
 // every event-time minute; the baseline learns once a minute and is frozen
-// while an incident is open.
+// while an incident is open. ICMP error messages (type<<8|code in the
+// destination port, as NetFlow exporters write it) are left out: they
+// answer traffic the subscriber received.
 //
 // # Lifecycle
 //

@@ -158,6 +158,20 @@ func failedAttempt(f *flow.Flow) bool {
 
 const minuteMs = int64(Bucket / time.Millisecond)
 
+// icmpError tells an ICMP error message (destination unreachable, time
+// exceeded, ...), by the NetFlow convention of type<<8|code in the
+// destination port. Errors answer traffic the subscriber received, so a
+// host refusing a scan would otherwise look like a scanner itself.
+func icmpError(f *flow.Flow) bool {
+	switch typ := f.DstPort >> 8; f.Proto {
+	case 1:
+		return typ == 3 || typ == 4 || typ == 5 || typ == 11 || typ == 12
+	case 58:
+		return typ >= 1 && typ <= 4
+	}
+	return false
+}
+
 // Process accounts one flow whose source is a subscriber and returns the
 // alerts it causes, including those of incidents its event time resolves.
 // It may correct f.EndMs (a flow ending after it was received).
@@ -206,7 +220,7 @@ func (e *Engine) Process(f *flow.Flow) []alert.Alert {
 	s.exporter = e.exporter(f.Exporter)
 	s.sampling = f.SamplingRate
 	minute := f.EndMs / minuteMs
-	if r.entOn {
+	if r.entOn && !icmpError(f) {
 		if !f.DstAddr.Is4() {
 			s.ent.hasV6 = true
 		}

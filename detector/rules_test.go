@@ -404,3 +404,30 @@ func TestDstEntropyOnArrival(t *testing.T) {
 		t.Errorf("opens %+v, want one within the first minute, at <= 134 flows", r.events)
 	}
 }
+
+func TestDstEntropyIgnoresICMPErrors(t *testing.T) {
+	cases := []struct {
+		name   string
+		proto  uint8
+		port   uint16
+		alerts int
+	}{
+		{"port unreachable answers to a scan", 1, 3<<8 | 3, 0},
+		{"time exceeded", 1, 11 << 8, 0},
+		{"ICMPv6 destination unreachable", 58, 1<<8 | 4, 0},
+		{"echo requests to many hosts: a ping sweep", 1, 8 << 8, 1},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &run{e: NewEngine(DefaultConfiguration())}
+			for i := 0; i < 300; i++ {
+				f := entropyFlow(user, i, tc.port, at(float64(i)*0.001))
+				f.Proto, f.TCPFlags = tc.proto, 0
+				r.feed(f)
+			}
+			if got := len(opens(r.all, alert.KindDstEntropy)); got != tc.alerts {
+				t.Errorf("%d dst_entropy opens, want %d", got, tc.alerts)
+			}
+		})
+	}
+}

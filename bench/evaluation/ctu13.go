@@ -126,10 +126,16 @@ func convert(row []string, col map[string]int) (Record, bool) {
 	if err1 != nil || err2 != nil {
 		return Record{}, false
 	}
-	dport, _ := strconv.ParseUint(row[col["Dport"]], 10, 16) // hex ICMP "ports" become 0
+	dport, _ := strconv.ParseUint(row[col["Dport"]], 10, 16)
 	sport := uint64(0)
 	if i, ok := col["Sport"]; ok {
-		sport, _ = strconv.ParseUint(row[i], 10, 16)
+		sport, _ = strconv.ParseUint(row[i], 0, 16)
+	}
+	if proto == 1 || proto == 58 {
+		// Argus puts ICMP type and code in Sport ("0x0303") and the ICMP
+		// id in Dport; NetFlow exporters put type<<8|code in the
+		// destination port.
+		dport, sport = sport, 0
 	}
 	pkts, _ := strconv.ParseUint(row[col["TotPkts"]], 10, 64)
 	bytes, _ := strconv.ParseUint(row[col["TotBytes"]], 10, 64)
