@@ -152,7 +152,14 @@ func startPrivateKafka(t *testing.T) (*privateService, string) {
 	root := testenv.RepoRoot(t)
 	libs := filepath.Join(root, ".services", "kafka", "libs")
 	if _, err := os.Stat(filepath.Join(libs, ".complete")); err != nil {
-		testenv.Unavailable(t, "Kafka jars missing in %s (run deploy/services.sh up)", libs)
+		// deploy/services.sh fetches them (idempotent; it also starts the
+		// shared services if they are not running).
+		if out, err := exec.Command(filepath.Join(root, "deploy", "services.sh"), "up").CombinedOutput(); err != nil {
+			t.Logf("deploy/services.sh up: %v\n%s", err, out)
+		}
+		if _, err := os.Stat(filepath.Join(libs, ".complete")); err != nil {
+			testenv.Unavailable(t, "Kafka jars missing in %s (deploy/services.sh up fetches them)", libs)
+		}
 	}
 	java, err := exec.LookPath("java")
 	if err != nil {
