@@ -86,9 +86,12 @@ func (k *Kafka) Producer(topic string) (Producer, error) {
 	// each) for every batch it starts, whatever the batch will hold: 1<<20
 	// cost 160 MB of zeroing per batch. Flow batches are bounded by
 	// BatchBytes anyway; alerts come a few at a time.
-	batchSize := 8192
+	batchSize, linger := 8192, k.config.Linger
 	if topic == k.config.AlertsTopic {
-		batchSize = 64
+		// A writer waits up to its linger for a batch to fill, and the
+		// detector waits for the write before going on: alerts go out at
+		// once.
+		batchSize, linger = 64, time.Millisecond
 	}
 	return &kafkaProducer{w: &kafka.Writer{
 		Addr:         kafka.TCP(k.config.Brokers...),
@@ -97,7 +100,7 @@ func (k *Kafka) Producer(topic string) (Producer, error) {
 		Compression:  codec,
 		BatchSize:    batchSize,
 		BatchBytes:   int64(k.config.BatchBytes),
-		BatchTimeout: k.config.Linger,
+		BatchTimeout: linger,
 		RequiredAcks: kafka.RequireAll,
 		MaxAttempts:  10,
 	}}, nil

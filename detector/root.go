@@ -173,6 +173,7 @@ type partition struct {
 	claim  bus.Claim
 	engine *Engine
 	flows  []flow.Flow
+	alerts []alert.Alert
 	prev   EngineStats
 	subs   int
 	label  string
@@ -360,18 +361,18 @@ func (p *partition) process(ctx context.Context, msg bus.Message, publish bool) 
 		c.metrics.badMessages.Inc()
 		c.deps.Logger.Warn("skipping undecodable flow batch", "partition", msg.Partition, "offset", msg.Offset, "error", err)
 	}
+	// One write for the alerts of the whole message: each write waits for
+	// the brokers.
+	p.alerts = p.alerts[:0]
 	for i := range p.flows {
 		if c.subnets.len() > 0 {
 			if _, ok := c.subnets.lookup(p.flows[i].SrcAddr); !ok {
 				continue
 			}
 		}
-		alerts := p.engine.Process(&p.flows[i])
-		if publish && !c.emit(ctx, alerts) {
-			return false
-		}
+		p.alerts = append(p.alerts, p.engine.Process(&p.flows[i])...)
 	}
-	return true
+	return !publish || c.emit(ctx, p.alerts)
 }
 
 // emit publishes alerts, retrying until it succeeds or the detector stops:
