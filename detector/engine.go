@@ -25,7 +25,14 @@ type Engine struct {
 	groups       *prefixTable[int]
 	allow        *prefixTable[struct{}]
 	subscriberID func(netip.Addr) string
-	subscribers  map[netip.Addr]*subscriber
+	// Subscribers are spread over shards by a hash of their address, so
+	// that the once-a-minute visit for expiry and eviction takes one shard
+	// at a time instead of stalling on all of them.
+	shards [shards]map[netip.Addr]*subscriber
+	nsubs  int
+	// active holds the subscribers that need the minute sweep: an open
+	// incident, or enough flows in the window for dst_entropy.
+	active map[netip.Addr]*subscriber
 	exporters    []netip.Addr
 	exporterIdx  map[netip.Addr]uint16
 	keepMs       int64 // idle time after which a subscriber without incidents is evicted
@@ -53,6 +60,11 @@ type EngineStats struct {
 	// flow late.
 	FutureFlows uint64
 }
+
+// shards of the subscriber table; each is visited every shards minutes.
+const shards = 16
+
+func shardOf(a netip.Addr) int { return int(hashAddr(a) % shards) }
 
 const (
 	kindSMTP = iota
@@ -101,9 +113,12 @@ func NewEngine(config Configuration) *Engine {
 		rules:       []ruleSet{config.rules(GroupConfiguration{Name: ""})},
 		groups:      newPrefixTable[int](),
 		allow:       newPrefixTable[struct{}](),
-		subscribers: map[netip.Addr]*subscriber{},
+		active:      map[netip.Addr]*subscriber{},
 		exporterIdx: map[netip.Addr]uint16{},
 		scratch:     scratch{dsts: map[uint32]uint64{}, ports: map[uint16]uint64{}},
+	}
+	for i := range e.shards {
+		e.shards[i] = map[netip.Addr]*subscriber{}
 	}
 	for _, g := range config.Groups {
 		e.rules = append(e.rules, config.rules(g))
@@ -132,7 +147,9 @@ func (e *Engine) Stats() EngineStats { return e.stats }
 func (e *Engine) Watermark() int64 { return e.watermark }
 
 // Subscribers is the number of subscribers with state.
-func (e *Engine) Subscribers() int { return len(e.subscribers) }
+func (e *Engine) Subscribers() int { return e.nsubs }
+
+func (e *Engine) lookup(a netip.Addr) *subscriber { return e.shards[shardOf(a)][a] }
 
 func (e *Engine) exporter(a netip.Addr) uint16 {
 	if i, ok := e.exporterIdx[a]; ok {
@@ -199,7 +216,7 @@ func (e *Engine) Process(f *flow.Flow) []alert.Alert {
 		return out
 	}
 	isSMTP := f.Proto == flow.ProtoTCP && f.DstPort == 25
-	s := e.subscribers[src]
+	s := e.lookup(src)
 	if s == nil {
 		g, _ := e.groups.lookup(src)
 		r := &e.rules[g]
@@ -207,11 +224,12 @@ func (e *Engine) Process(f *flow.Flow) []alert.Alert {
 			return out // nothing would use the state
 		}
 		s = &subscriber{group: uint16(g)}
-		e.subscribers[src] = s
+		e.shards[shardOf(src)][src] = s
+		e.nsubs++
 		for k := range kinds {
 			if a, ok := e.inherited[inheritKey{src, k}]; ok {
 				delete(e.inherited, inheritKey{src, k})
-				e.attach(s, k, a)
+				e.attach(src, s, k, a)
 			}
 		}
 	}
@@ -226,6 +244,9 @@ func (e *Engine) Process(f *flow.Flow) []alert.Alert {
 		}
 		oldest := e.watermark/minuteMs - int64(r.entMins) + 1
 		s.ent.add(dst32(f.DstAddr), f.DstPort, uint32(minute), uint32(oldest), r.entropy.MaxRecords)
+		if s.ent.scaledFlows(s.sampling) >= uint64(r.entropy.MinFlows) {
+			e.active[src] = s
+		}
 		// Between minute sweeps, evaluate on arrival so that a worm is
 		// flagged within seconds, not at the next minute. Waiting for new
 		// flows as many as a quarter of the records keeps the cost per flow
@@ -332,6 +353,7 @@ func (e *Engine) incident(addr netip.Addr, s *subscriber, kind int, nowMs, first
 		inc = &incident{id: incidentID(addr, kindNames[kind], nowMs), firstSeenMs: firstSeenMs}
 		s.incidents[kind] = inc
 		state = alert.StateOpen
+		e.active[addr] = s
 	}
 	inc.lastAboveMs = nowMs
 	inc.lastSeenMs = max(inc.lastSeenMs, s.lastMs)
@@ -444,8 +466,9 @@ func (e *Engine) Advance(nowMs int64) []alert.Alert {
 	if minute == e.lastSweep {
 		return nil
 	}
+	prev := e.lastSweep
 	e.lastSweep = minute
-	return e.sweep(nowMs)
+	return e.sweep(nowMs, prev)
 }
 
 // Inherit takes over incidents that a previous owner of the partition
@@ -464,8 +487,8 @@ func (e *Engine) Inherit(last []alert.Alert) {
 		if k < 0 {
 			continue
 		}
-		if s := e.subscribers[addr]; s != nil {
-			e.attach(s, k, a)
+		if s := e.lookup(addr); s != nil {
+			e.attach(addr, s, k, a)
 			continue
 		}
 		if e.inherited == nil {
@@ -475,7 +498,8 @@ func (e *Engine) Inherit(last []alert.Alert) {
 	}
 }
 
-func (e *Engine) attach(s *subscriber, k int, a alert.Alert) {
+func (e *Engine) attach(addr netip.Addr, s *subscriber, k int, a alert.Alert) {
+	e.active[addr] = s
 	inc := s.incidents[k]
 	switch {
 	case inc == nil:
@@ -498,20 +522,28 @@ func (e *Engine) attach(s *subscriber, k int, a alert.Alert) {
 // Flush resolves every open incident, as at the end of a replayed capture.
 func (e *Engine) Flush() []alert.Alert {
 	var out []alert.Alert
-	for addr, s := range e.subscribers {
-		for k, inc := range s.incidents {
-			if inc != nil {
-				out = append(out, resolved(inc))
-				s.incidents[k] = nil
+	for _, sh := range e.shards {
+		for addr, s := range sh {
+			for k, inc := range s.incidents {
+				if inc != nil {
+					out = append(out, resolved(inc))
+					s.incidents[k] = nil
+				}
 			}
+			delete(sh, addr)
 		}
-		delete(e.subscribers, addr)
 	}
+	clear(e.active)
+	e.nsubs = 0
 	sortAlerts(out)
 	return out
 }
 
-func (e *Engine) sweep(nowMs int64) []alert.Alert {
+// sweep runs at each new event-time minute: the active subscribers get
+// their dst_entropy evaluation (the baseline steps) and their incidents
+// resolve after the cool-down; then the shards of the minutes since the
+// last sweep are visited to expire old records and evict idle subscribers.
+func (e *Engine) sweep(nowMs, prevMinute int64) []alert.Alert {
 	var out []alert.Alert
 	minute := nowMs / minuteMs
 	for k, a := range e.inherited {
@@ -519,10 +551,9 @@ func (e *Engine) sweep(nowMs int64) []alert.Alert {
 			delete(e.inherited, k) // its subscriber never came back here
 		}
 	}
-	for addr, s := range e.subscribers {
+	for addr, s := range e.active {
 		r := &e.rules[s.group]
 		if r.entOn {
-			s.ent.expire(uint32(minute - int64(r.entMins) + 1))
 			if a, ok := e.evaluateEntropy(addr, s, r, nowMs, true); ok {
 				out = append(out, a)
 			}
@@ -543,9 +574,23 @@ func (e *Engine) sweep(nowMs int64) []alert.Alert {
 				}
 			}
 		}
-		if s.incidents == [kinds]*incident{} && nowMs-s.lastMs > e.keepMs {
-			delete(e.subscribers, addr)
-			e.stats.Evicted++
+		if s.incidents == [kinds]*incident{} && !(r.entOn && s.ent.scaledFlows(s.sampling) >= uint64(r.entropy.MinFlows)) {
+			delete(e.active, addr)
+		}
+	}
+	for m := max(prevMinute+1, minute-shards+1); m <= minute; m++ {
+		sh := e.shards[m%shards]
+		for addr, s := range sh {
+			if _, ok := e.active[addr]; ok {
+				continue
+			}
+			r := &e.rules[s.group]
+			s.ent.expire(uint32(minute - int64(r.entMins) + 1))
+			if s.incidents == [kinds]*incident{} && nowMs-s.lastMs > e.keepMs {
+				delete(sh, addr)
+				e.nsubs--
+				e.stats.Evicted++
+			}
 		}
 	}
 	sortAlerts(out)
@@ -558,19 +603,13 @@ func (e *Engine) sweep(nowMs int64) []alert.Alert {
 func (e *Engine) evaluateEntropy(addr netip.Addr, s *subscriber, r *ruleSet, nowMs int64, step bool) (alert.Alert, bool) {
 	cfg := r.entropy
 	s.ent.since = 0
-	if len(s.ent.recs) == 0 {
+	// Records are expired for good once a minute only on active
+	// subscribers; drop what left the window before counting.
+	s.ent.expire(uint32(e.watermark/minuteMs - int64(r.entMins) + 1))
+	if s.ent.scaledFlows(s.sampling) < uint64(cfg.MinFlows) {
 		return alert.Alert{}, false
 	}
 	scale := uint64(max(s.sampling, 1))
-	// Cheap check before building histograms: most subscribers are far
-	// below the minimum flow count.
-	var raw uint64
-	for i := range s.ent.recs {
-		raw += uint64(s.ent.recs[i].n)
-	}
-	if raw<<s.ent.level*scale < uint64(cfg.MinFlows) {
-		return alert.Alert{}, false
-	}
 	st := s.ent.evaluate(&e.scratch, scale, cfg.SampleSize)
 	if st.flows < uint64(cfg.MinFlows) {
 		return alert.Alert{}, false

@@ -24,8 +24,10 @@ type entropyState struct {
 	hasV6 bool   // some destination is IPv6: records hold hashes, no sample
 	evals uint16 // baseline steps so far
 	// since counts flows added since the last evaluation, for the
-	// evaluation on arrival (it fits in what would be padding).
+	// evaluation on arrival; raw is the sum of the records' counts. Both
+	// fit in what would otherwise be padding of the subscriber.
 	since uint32
+	raw   uint32
 	mean  [2]float32 // addresses, ports
 	vari  [2]float32
 }
@@ -60,6 +62,7 @@ func (s *entropyState) add(dst uint32, port uint16, minute uint32, oldest uint32
 		r := &s.recs[i]
 		if r.minute == minute && r.dst == dst && r.port == port {
 			r.n++
+			s.raw++
 			return
 		}
 	}
@@ -75,13 +78,16 @@ func (s *entropyState) add(dst uint32, port uint16, minute uint32, oldest uint32
 		}
 	}
 	s.recs = append(s.recs, entRec{minute: minute, dst: dst, n: 1, port: port})
+	s.raw++
 }
 
 func (s *entropyState) thin() {
 	out := s.recs[:0]
+	s.raw = 0
 	for _, r := range s.recs {
 		if s.kept(r.dst) {
 			out = append(out, r)
+			s.raw += r.n
 		}
 	}
 	s.recs = out
@@ -89,10 +95,15 @@ func (s *entropyState) thin() {
 
 // expire drops records before oldest; with none left, thinning restarts.
 func (s *entropyState) expire(oldest uint32) {
+	if len(s.recs) == 0 {
+		return
+	}
 	out := s.recs[:0]
+	s.raw = 0
 	for _, r := range s.recs {
 		if r.minute >= oldest {
 			out = append(out, r)
+			s.raw += r.n
 		}
 	}
 	clear(s.recs[len(out):])
@@ -104,6 +115,12 @@ func (s *entropyState) expire(oldest uint32) {
 	case cap(s.recs) > 64 && len(s.recs) < cap(s.recs)/4:
 		s.recs = append([]entRec(nil), s.recs...)
 	}
+}
+
+// scaledFlows is how many flows the records stand for, sampling and
+// thinning undone.
+func (s *entropyState) scaledFlows(sampling uint32) uint64 {
+	return uint64(s.raw) << s.level * uint64(max(sampling, 1))
 }
 
 // entropyStats is one evaluation of the window.

@@ -250,6 +250,14 @@ func BenchmarkSubscriberMemory(b *testing.B) {
 		if e.Subscribers() != subscribers {
 			b.Fatalf("%d subscribers tracked, want %d", e.Subscribers(), subscribers)
 		}
+		// Once a minute of event time every subscriber is visited
+		// (expiry, entropy check, eviction): what that pause costs.
+		began := time.Now()
+		e.Advance(t0 + 61_000)
+		sweep := time.Since(began)
+		if e.Subscribers() != subscribers {
+			b.Fatalf("the sweep evicted %d subscribers still in their windows", subscribers-e.Subscribers())
+		}
 		floor := heapOf(func() any {
 			m := make(map[netip.Addr]struct{})
 			for s := 0; s < subscribers; s++ {
@@ -261,6 +269,7 @@ func BenchmarkSubscriberMemory(b *testing.B) {
 		b.ReportMetric(perSub*subscribers/(1<<20), "MiB/1M_subscribers")
 		b.ReportMetric(floor, "B/bare_map_entry")
 		b.ReportMetric(perSub/floor, "ratio_to_bare_map")
+		b.ReportMetric(float64(sweep.Milliseconds()), "ms_minute_sweep_1M")
 	}
 }
 
