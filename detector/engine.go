@@ -32,14 +32,14 @@ type Engine struct {
 	nsubs  int
 	// active holds the subscribers that need the minute sweep: an open
 	// incident, or enough flows in the window for dst_entropy.
-	active map[netip.Addr]*subscriber
-	exporters    []netip.Addr
-	exporterIdx  map[netip.Addr]uint16
-	keepMs       int64 // idle time after which a subscriber without incidents is evicted
-	watermark    int64 // newest flow end time seen, Unix ms
-	lastSweep    int64 // minute of the last sweep
-	scratch      scratch
-	stats        EngineStats
+	active      map[netip.Addr]*subscriber
+	exporters   []netip.Addr
+	exporterIdx map[netip.Addr]uint16
+	keepMs      int64 // idle time after which a subscriber without incidents is evicted
+	watermark   int64 // newest flow end time seen, Unix ms
+	lastSweep   int64 // minute of the last sweep
+	scratch     scratch
+	stats       EngineStats
 	// inherited holds incidents a previous owner of the partition opened
 	// and did not resolve, for subscribers not seen yet (Inherit).
 	inherited map[inheritKey]alert.Alert
