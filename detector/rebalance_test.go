@@ -43,7 +43,14 @@ func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool)
 // one engine per partition fed without interruption: no incident lost, none
 // opened twice, ids stable across owners.
 func TestRebalanceKeepsIncidents(t *testing.T) {
-	rebalance(t, time.Hour, 0, true)
+	rebalance(t, rebalanceCase{lookback: time.Hour, exact: true})
+}
+
+// TestRebalanceUnderLoad is the same with flows arriving while the group
+// rebalances: what an instance finished before losing a partition is
+// committed, the next owner rebuilds up to it and goes on from there.
+func TestRebalanceUnderLoad(t *testing.T) {
+	rebalance(t, rebalanceCase{lookback: time.Hour, exact: true, concurrent: true})
 }
 
 // TestRebalanceAfterLookback is the same with incidents older than the
@@ -51,10 +58,16 @@ func TestRebalanceKeepsIncidents(t *testing.T) {
 // but the incidents carry on under their ids (read back from the alerts
 // topic) and resolve once: one open, one resolved, one id per zombie.
 func TestRebalanceAfterLookback(t *testing.T) {
-	rebalance(t, time.Second, 2500*time.Millisecond, false)
+	rebalance(t, rebalanceCase{lookback: time.Second, beforeJoin: 2500 * time.Millisecond})
 }
 
-func rebalance(t *testing.T, lookback, beforeJoin time.Duration, exact bool) {
+type rebalanceCase struct {
+	lookback, beforeJoin time.Duration
+	exact                bool // alerts equal to an uninterrupted run
+	concurrent           bool // publish while the group rebalances
+}
+
+func rebalance(t *testing.T, tc rebalanceCase) {
 	const partitions = 4
 	bcfg := bus.DefaultConfiguration()
 	bcfg.Brokers = testenv.KafkaBrokers(t)
@@ -73,7 +86,7 @@ func rebalance(t *testing.T, lookback, beforeJoin time.Duration, exact bool) {
 	cfg.Group = testenv.Name(t, "detector")
 	cfg.IdleAdvance = time.Hour // event time from flows only: deterministic
 	cfg.CommitInterval = 50 * time.Millisecond
-	cfg.RebuildLookback = lookback
+	cfg.RebuildLookback = tc.lookback
 
 	newInstance := func(name string) *Component {
 		c, err := New(cfg, Dependencies{
@@ -163,8 +176,17 @@ func rebalance(t *testing.T, lookback, beforeJoin time.Duration, exact bool) {
 				}
 			}
 		}
-		if err := flowsOut.Publish(ctx, msgs...); err != nil {
-			t.Fatal(err)
+		if !tc.concurrent {
+			if err := flowsOut.Publish(ctx, msgs...); err != nil {
+				t.Fatal(err)
+			}
+			return
+		}
+		for _, m := range msgs {
+			if err := flowsOut.Publish(ctx, m); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(150 * time.Millisecond)
 		}
 	}
 	held := func(cs ...*Component) func() bool {
@@ -183,21 +205,26 @@ func rebalance(t *testing.T, lookback, beforeJoin time.Duration, exact bool) {
 	}
 	caughtUp := func() bool { drain(); return total >= wantTotal }
 
+	settle := func(what string, cond func() bool) {
+		if !tc.concurrent {
+			waitFor(t, what, time.Minute, cond)
+		}
+	}
 	a := newInstance("a")
 	waitFor(t, "A to hold every partition", time.Minute, held(a))
 	publish(1, 0, 25) // every zombie opens
-	waitFor(t, "the opens", time.Minute, caughtUp)
+	settle("the opens", caughtUp)
 
-	time.Sleep(beforeJoin) // the opens fall out of the rebuild's lookback
+	time.Sleep(tc.beforeJoin) // the opens fall out of the rebuild's lookback
 	b := newInstance("b")
-	waitFor(t, "A and B to share the partitions", time.Minute, held(a, b))
+	settle("A and B to share the partitions", held(a, b))
 	publish(2, 1.5, 25) // growth: updates, from whichever instance owns it
-	waitFor(t, "the updates after B joined", time.Minute, caughtUp)
+	settle("the updates after B joined", caughtUp)
 
 	if err := a.Stop(); err != nil {
 		t.Errorf("stop A: %v", err)
 	}
-	waitFor(t, "B to hold every partition", time.Minute, held(b))
+	settle("B to hold every partition", held(b))
 	publish(3, 3, 25)  // more growth
 	publish(4, 30, 80) // event time moves on: every incident resolves
 	waitFor(t, "the updates and resolutions after A left", time.Minute, caughtUp)
@@ -208,7 +235,7 @@ func rebalance(t *testing.T, lookback, beforeJoin time.Duration, exact bool) {
 		t.Errorf("stop B: %v", err)
 	}
 
-	if exact {
+	if tc.exact {
 		if diff := cmp.Diff(want, got); diff != "" {
 			t.Errorf("alerts across two rebalances differ from an uninterrupted run (-want +got):\n%s", diff)
 		}
