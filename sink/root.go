@@ -255,13 +255,25 @@ func (c *Component) writeFlows(ctx context.Context, msgs []bus.Message, try atte
 	if try.n > 0 {
 		// An earlier try may still run on the server (which then got
 		// our data but not our patience): wait for it to end, or it
-		// could land after the probe below and double the batch.
-		running, err := c.deps.ClickHouse.running(ctx, try.batch)
-		if err != nil {
-			return err
-		}
-		if running > 0 {
-			return fmt.Errorf("an earlier INSERT of this batch still runs on the server")
+		// could land after the probe below and double the batch. A
+		// server that was frozen reads the earlier try's buffered query
+		// when it wakes, maybe after answering ours: look twice, a
+		// moment apart.
+		for look := range 2 {
+			running, err := c.deps.ClickHouse.running(ctx, try.batch)
+			if err != nil {
+				return err
+			}
+			if running > 0 {
+				return fmt.Errorf("an earlier INSERT of this batch still runs on the server")
+			}
+			if look == 0 {
+				select {
+				case <-time.After(500 * time.Millisecond):
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
 		}
 	}
 	msgs, err := c.unwritten(ctx, "flows", msgs)
