@@ -114,8 +114,10 @@ func (c *Component) Start() error {
 // Stop ends consumption after the message in hand; uncommitted offsets are
 // re-delivered on the next start.
 func (c *Component) Stop() error {
-	c.cancel()
-	c.Wait()
+	if c.cancel != nil {
+		c.cancel()
+		c.Wait()
+	}
 	return errors.Join(c.group.Close(), c.producer.Close())
 }
 
