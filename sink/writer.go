@@ -77,8 +77,9 @@ func (p *pipeline) run(ctx context.Context) {
 	messages := make(chan bus.Message, 64)
 	go func() {
 		defer close(messages)
+		logger := p.logger.With("topic", p.name)
 		for {
-			msg, err := fetch(ctx, p.consumer, p.logger.With("topic", p.name))
+			msg, err := fetch(ctx, p.consumer, logger)
 			if err != nil {
 				return
 			}
@@ -117,7 +118,6 @@ func (p *pipeline) run(ctx context.Context) {
 		}
 		select {
 		case jobs <- j:
-			p.metrics.inflight.WithLabelValues(p.name).Inc()
 		case <-writeCtx.Done():
 			j.err = writeCtx.Err()
 			close(j.written)
@@ -162,7 +162,9 @@ func (p *pipeline) run(ctx context.Context) {
 // writeBatch writes j until it succeeds or ctx ends.
 func (p *pipeline) writeBatch(ctx context.Context, j *job) {
 	defer close(j.written)
-	defer p.metrics.inflight.WithLabelValues(p.name).Dec()
+	inflight := p.metrics.inflight.WithLabelValues(p.name)
+	inflight.Inc()
+	defer inflight.Dec()
 	backoff := 100 * time.Millisecond
 	try := attempt{batch: newBatchID()}
 	for ; ; try.n++ {
