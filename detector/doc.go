@@ -28,9 +28,9 @@
 // entropy <= worm_port_entropy) or on a departure from the subscriber's own
 // exponentially weighted baseline of both entropies (after baseline_warmup
 // minutes, by more than max(baseline_deviation standard deviations,
-// baseline_min_delta)). It is evaluated as flows arrive (amortised) and at
-// every event-time minute; the baseline learns once a minute and is frozen
-// while an incident is open. ICMP error messages (type<<8|code in the
+// baseline_min_delta)). It is evaluated on a subscriber's first flow of each
+// event-time minute, when the baseline learns (frozen while an incident is
+// open), and in between as flows arrive (amortised, no learning). ICMP error messages (type<<8|code in the
 // destination port, as NetFlow exporters write it) are left out: they
 // answer traffic the subscriber received.
 //
@@ -75,9 +75,8 @@
 // traffic (the baseline with it). The subscriber table is split in sixteen
 // shards, one of which is visited each event-time minute for expiry and
 // eviction (so eviction comes up to sixteen minutes later); the minute
-// sweep itself only visits subscribers with an open incident or enough
-// flows for dst_entropy, which keeps its pause at about 14 ms for a million
-// subscribers. A quiet subscriber costs about 210 bytes
+// sweep itself only visits subscribers with an open incident, which keeps
+// its pause at a few tens of milliseconds for a million subscribers. A quiet subscriber costs about 210 bytes
 // (bench/detector). Destinations of TCP/25 are kept exactly up to
 // max_destinations, then counted with per-minute HyperLogLog sketches
 // (2^10 registers, 3.3% standard error); dst_entropy keeps up to

@@ -30,8 +30,8 @@ type Engine struct {
 	// at a time instead of stalling on all of them.
 	shards [shards]map[netip.Addr]*subscriber
 	nsubs  int
-	// active holds the subscribers that need the minute sweep: an open
-	// incident, or enough flows in the window for dst_entropy.
+	// active holds the subscribers with an open incident, which the
+	// minute sweep resolves after the cool-down.
 	active      map[netip.Addr]*subscriber
 	exporters   []netip.Addr
 	exporterIdx map[netip.Addr]uint16
@@ -244,15 +244,19 @@ func (e *Engine) Process(f *flow.Flow) []alert.Alert {
 		}
 		oldest := e.watermark/minuteMs - int64(r.entMins) + 1
 		s.ent.add(dst32(f.DstAddr), f.DstPort, uint32(minute), uint32(oldest), r.entropy.MaxRecords)
-		if s.ent.scaledFlows(s.sampling) >= uint64(r.entropy.MinFlows) {
-			e.active[src] = s
-		}
-		// Between minute sweeps, evaluate on arrival so that a worm is
-		// flagged within seconds, not at the next minute. Waiting for new
-		// flows as many as a quarter of the records keeps the cost per flow
-		// constant for heavy subscribers.
-		if s.ent.since >= uint32(max(r.entropy.MinFlows/4, len(s.ent.recs)/4)) {
-			if a, ok := e.evaluateEntropy(src, s, r, f.EndMs, false); ok {
+		// The first flow of each event-time minute evaluates the window
+		// and steps the baseline: once a minute, spread over the minute
+		// instead of a sweep that would stall on every busy subscriber at
+		// once. Between those, evaluate on arrival so that a worm is
+		// flagged within seconds; waiting for new flows as many as a
+		// quarter of the records keeps the cost per flow constant.
+		now := uint32(e.watermark / minuteMs)
+		step := s.ent.evalMinute != now && s.ent.scaledFlows(s.sampling) >= uint64(r.entropy.MinFlows)
+		if step || s.ent.since >= uint32(max(r.entropy.MinFlows/4, len(s.ent.recs)/4)) {
+			if step {
+				s.ent.evalMinute = now
+			}
+			if a, ok := e.evaluateEntropy(src, s, r, f.EndMs, step); ok {
 				out = append(out, a)
 			}
 		}
@@ -539,10 +543,9 @@ func (e *Engine) Flush() []alert.Alert {
 	return out
 }
 
-// sweep runs at each new event-time minute: the active subscribers get
-// their dst_entropy evaluation (the baseline steps) and their incidents
-// resolve after the cool-down; then the shards of the minutes since the
-// last sweep are visited to expire old records and evict idle subscribers.
+// sweep runs at each new event-time minute: incidents quiet for their
+// cool-down resolve; then the shards of the minutes since the last sweep
+// are visited to expire old records and evict idle subscribers.
 func (e *Engine) sweep(nowMs, prevMinute int64) []alert.Alert {
 	var out []alert.Alert
 	minute := nowMs / minuteMs
@@ -553,11 +556,6 @@ func (e *Engine) sweep(nowMs, prevMinute int64) []alert.Alert {
 	}
 	for addr, s := range e.active {
 		r := &e.rules[s.group]
-		if r.entOn {
-			if a, ok := e.evaluateEntropy(addr, s, r, nowMs, true); ok {
-				out = append(out, a)
-			}
-		}
 		for k, inc := range s.incidents {
 			if inc == nil {
 				continue
@@ -574,7 +572,7 @@ func (e *Engine) sweep(nowMs, prevMinute int64) []alert.Alert {
 				}
 			}
 		}
-		if s.incidents == [kinds]*incident{} && !(r.entOn && s.ent.scaledFlows(s.sampling) >= uint64(r.entropy.MinFlows)) {
+		if s.incidents == [kinds]*incident{} {
 			delete(e.active, addr)
 		}
 	}
@@ -603,8 +601,8 @@ func (e *Engine) sweep(nowMs, prevMinute int64) []alert.Alert {
 func (e *Engine) evaluateEntropy(addr netip.Addr, s *subscriber, r *ruleSet, nowMs int64, step bool) (alert.Alert, bool) {
 	cfg := r.entropy
 	s.ent.since = 0
-	// Records are expired for good once a minute only on active
-	// subscribers; drop what left the window before counting.
+	// Idle subscribers' records are expired only when their shard is
+	// visited; drop what left the window before counting.
 	s.ent.expire(uint32(e.watermark/minuteMs - int64(r.entMins) + 1))
 	if s.ent.scaledFlows(s.sampling) < uint64(cfg.MinFlows) {
 		return alert.Alert{}, false

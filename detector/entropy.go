@@ -28,8 +28,10 @@ type entropyState struct {
 	// fit in what would otherwise be padding of the subscriber.
 	since uint32
 	raw   uint32
-	mean  [2]float32 // addresses, ports
-	vari  [2]float32
+	// evalMinute is the event-time minute of the last baseline step.
+	evalMinute uint32
+	mean       [2]float32 // addresses, ports
+	vari       [2]float32
 }
 
 type entRec struct {
