@@ -284,3 +284,38 @@ func heapOf(build func() any) float64 {
 	runtime.KeepAlive(keep)
 	return float64(after.HeapAlloc) - float64(before.HeapAlloc)
 }
+
+// BenchmarkBusySubscribers holds 100k subscribers each past dst_entropy's
+// min_flows (120 flows over two minutes to 20 servers on three ports), so
+// every one of them evaluates its window and steps its baseline each
+// minute: what busy subscribers cost in memory and time per flow.
+func BenchmarkBusySubscribers(b *testing.B) {
+	const subscribers, flows = 100_000, 120
+	for i := 0; i < b.N; i++ {
+		var e *detector.Engine
+		var took time.Duration
+		perSub := heapOf(func() any {
+			e = detector.NewEngine(detector.DefaultConfiguration())
+			f := flow.Flow{Exporter: netip.MustParseAddr("192.0.2.1"), Proto: 6, Packets: 10,
+				TCPFlags: flow.TCPSyn | flow.TCPAck | flow.TCPFin}
+			began := time.Now()
+			for j := 0; j < flows; j++ {
+				for s := 0; s < subscribers; s++ {
+					f.SrcAddr = netip.AddrFrom4([4]byte{100, 64 + byte(s>>16), byte(s >> 8), byte(s)})
+					f.DstAddr = netip.AddrFrom4([4]byte{198, 18, 0, byte(j % 20)})
+					f.DstPort = uint16(443 + j%3)
+					f.EndMs = t0 + int64(j)*1000
+					e.Process(&f)
+				}
+			}
+			took = time.Since(began)
+			return e
+		}) / subscribers
+		began := time.Now()
+		e.Advance(t0 + 180_000)
+		sweep := time.Since(began)
+		b.ReportMetric(perSub, "B/busy_subscriber")
+		b.ReportMetric(float64(took.Nanoseconds())/(subscribers*flows), "ns/flow")
+		b.ReportMetric(float64(sweep.Milliseconds()), "ms_minute_sweep_100k_busy")
+	}
+}
