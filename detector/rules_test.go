@@ -431,3 +431,23 @@ func TestDstEntropyIgnoresICMPErrors(t *testing.T) {
 		})
 	}
 }
+
+func TestIPv6Subscriber(t *testing.T) {
+	src := netip.MustParseAddr("2001:db8:1::10")
+	r := &run{e: NewEngine(testConfig())}
+	for i := 0; i < 200; i++ {
+		d := netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0xff, 15: byte(i)})
+		f := smtpFlow(src, 0, at(float64(i)*0.001), flow.TCPSyn)
+		f.DstAddr = d
+		r.feed(f)
+	}
+	smtp, ent := opens(r.all, alert.KindSMTPFanout), opens(r.all, alert.KindDstEntropy)
+	if len(smtp) != 1 || smtp[0].Evidence.SampleDsts[0] != "2001:db8:ff00::" {
+		t.Errorf("smtp_fanout opens %+v, want one with IPv6 sample destinations", smtp)
+	}
+	// Entropy records hold hashes of IPv6 destinations: no sample, but
+	// the worm pattern on port 25 still shows.
+	if len(ent) != 1 || len(ent[0].Evidence.SampleDsts) != 0 || ent[0].Evidence.Entropy.TopPort != 25 {
+		t.Errorf("dst_entropy opens %+v, want one without a sample", ent)
+	}
+}
