@@ -20,7 +20,8 @@ func TestAlertMatchesSchema(t *testing.T) {
 	var schema struct {
 		Required   []string `json:"required"`
 		Properties map[string]struct {
-			Type string `json:"type"`
+			Type       string                     `json:"type"`
+			Properties map[string]json.RawMessage `json:"properties"`
 		} `json:"properties"`
 	}
 	if err := json.Unmarshal(raw, &schema); err != nil {
@@ -28,7 +29,9 @@ func TestAlertMatchesSchema(t *testing.T) {
 	}
 	now := time.Date(2026, 11, 27, 5, 0, 0, 0, time.UTC)
 	a := alert.Alert{ID: "x", Kind: alert.KindSMTPFanout, State: alert.StateOpen, SubscriberIP: "203.0.113.2",
-		WindowStart: now, WindowEnd: now, FirstSeen: now, LastSeen: now, DistinctDsts: 1, Flows: 1, Score: 1}
+		WindowStart: now, WindowEnd: now, FirstSeen: now, LastSeen: now, DistinctDsts: 1, Flows: 1, Score: 1,
+		Evidence: alert.Evidence{Saturated: true, Trigger: "sequential", SamplingRate: 10, Group: "g",
+			Sequential: &alert.Sequential{}, Entropy: &alert.Entropy{}}}
 	b, err := a.Marshal()
 	if err != nil {
 		t.Fatal(err)
@@ -63,6 +66,11 @@ func TestAlertMatchesSchema(t *testing.T) {
 	for name := range got {
 		if _, ok := schema.Properties[name]; !ok {
 			t.Errorf("alert emits %q, which the schema does not describe", name)
+		}
+	}
+	for name := range got["evidence"].(map[string]any) {
+		if _, ok := schema.Properties["evidence"].Properties[name]; !ok {
+			t.Errorf("alert evidence emits %q, which the schema does not describe", name)
 		}
 	}
 }
