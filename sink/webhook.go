@@ -136,8 +136,8 @@ func (w *webhookTarget) deliver(ctx context.Context, body []byte, id string) boo
 			return false
 		}
 		w.metrics.webhookRetrying.WithLabelValues(target).Set(1)
-		// Full jitter within the upper half keeps many sinks from
-		// hammering a recovering receiver in step.
+		// Half the backoff plus a random part of the other half keeps
+		// many sinks from hammering a recovering receiver in step.
 		wait := backoff/2 + rand.N(backoff/2+1)
 		w.logger.Warn("webhook delivery failed, retrying", "alert", id, "attempt", attempt, "result", result,
 			"error", err, "retry_in", wait.Round(time.Millisecond))
