@@ -9,9 +9,12 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -66,7 +69,7 @@ func startCollector(t *testing.T, family string, port int) (*Component, <-chan f
 		t.Fatal(err)
 	}
 	c, err := New(cfg, Dependencies{
-		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Logger:   slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		Registry: prometheus.NewRegistry(), Bus: mem, Topic: "flows",
 	})
 	if err != nil {
@@ -242,5 +245,148 @@ func TestSoftflowdLive(t *testing.T) {
 			}
 			_ = c
 		})
+	}
+}
+
+var (
+	reSFlowSample = regexp.MustCompile(`^    (?:Expanded flow|Flow) sample, seq`)
+	reSFlowField  = regexp.MustCompile(`^\s+(Frame Length|Source Address|Destination Address|Source Port|Destination Port|Protocol|Next Header): (\S+)(?: \((\d+)\))?`)
+)
+
+// tsharkSamples decodes the flow samples of an sFlow capture: one flow
+// each, from the sampled packet header.
+func tsharkSamples(t *testing.T, path string, port int) []liveRecord {
+	t.Helper()
+	out, err := exec.Command(testenv.Tool(t, "tshark"), "-r", path, "-V",
+		"-d", fmt.Sprintf("udp.port==%d,sflow", port)).Output()
+	if err != nil {
+		t.Fatalf("tshark: %v", err)
+	}
+	var recs []liveRecord
+	var cur *liveRecord
+	inSFlow, protoSet := false, false
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		line := sc.Text()
+		if line != "" && line[0] != ' ' {
+			inSFlow, cur = line == "InMon sFlow", nil
+			continue
+		}
+		if !inSFlow {
+			continue
+		}
+		if reSFlowSample.MatchString(line) {
+			protoSet = false
+			recs = append(recs, liveRecord{Packets: 1})
+			cur = &recs[len(recs)-1]
+			continue
+		}
+		if strings.HasPrefix(line, "    ") && !strings.HasPrefix(line, "     ") {
+			cur = nil // a counter sample or another top-level item
+		}
+		m := reSFlowField.FindStringSubmatch(line)
+		if m == nil || cur == nil {
+			continue
+		}
+		num := func(s string) uint64 { n, _ := strconv.ParseUint(s, 10, 64); return n }
+		switch m[1] {
+		case "Frame Length":
+			if cur.Bytes == 0 { // the sampled frame's, not an inner length
+				cur.Bytes = num(m[2])
+			}
+		case "Source Address":
+			cur.Src = m[2]
+		case "Destination Address":
+			cur.Dst = m[2]
+		case "Source Port":
+			cur.SrcPort = uint16(num(m[2]))
+		case "Destination Port":
+			cur.DstPort = uint16(num(m[2]))
+		case "Protocol", "Next Header":
+			// IPv6: the first next header, as goflow reads it.
+			if !protoSet {
+				cur.Proto, protoSet = uint8(num(m[3])), true
+			}
+		}
+	}
+	return recs
+}
+
+// TestPmacctSFlowLive has pmacctd's sfprobe plugin sample every packet
+// of the lab's live traffic as sFlow v5, and checks that the collector
+// publishes exactly the samples tshark decodes in a capture of the
+// export port.
+func TestPmacctSFlowLive(t *testing.T) {
+	bin := testenv.Tool(t, "pmacctd")
+	lab := testenv.NewLab(t, 2, 6)
+	port := freeUDPPort(t)
+	_, flows := startCollector(t, FamilySFlow, port)
+	capture := testenv.CaptureUDP(t, port)
+	conf := filepath.Join(t.TempDir(), "pmacctd.conf")
+	err := os.WriteFile(conf, []byte(fmt.Sprintf(`daemonize: false
+pcap_interface: %s
+plugins: sfprobe
+sfprobe_receiver: 127.0.0.1:%d
+sfprobe_agentip: 127.0.0.1
+sfprobe_sampling_rate: 1
+`, lab.RouterIf, port)), 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-f", conf)
+	logPath := filepath.Join(t.TempDir(), "pmacctd.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close()
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	// pmacctd forks its plugins: give them a process group to end together.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("cannot start pmacctd: %v", err)
+	}
+	t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		cmd.Wait()
+		if t.Failed() {
+			logs, _ := os.ReadFile(logPath)
+			t.Logf("pmacctd output:\n%s", logs)
+		}
+	})
+	time.Sleep(2 * time.Second) // pmacctd opens the capture and its plugin
+	lab.StartSMTPServers(t, lab.Servers[:4])
+	if n := lab.SMTPSessions(t, lab.Subscribers[0], lab.Servers[:6]); n != 4 {
+		t.Fatalf("%d SMTP sessions answered, want 4", n)
+	}
+	// Push the last packets out of the capture ring, then give the probe
+	// time to send its samples.
+	for range 5 {
+		lab.Nudge(t)
+		time.Sleep(200 * time.Millisecond)
+	}
+	time.Sleep(2 * time.Second)
+	capture.Stop(t)
+	want := tsharkSamples(t, capture.Path, port)
+	smtp := 0
+	for _, r := range want {
+		if r.DstPort == 25 {
+			smtp++
+		}
+	}
+	// Each of 6 attempts sends at least a SYN to port 25.
+	if smtp < 6 {
+		t.Fatalf("tshark decoded %d samples of packets to port 25 in the export, want at least 6 (%d samples)", smtp, len(want))
+	}
+	got := collect(t, flows, len(want))
+	for i := range got {
+		if got[i].Src == "invalid IP" { // a sampled frame that is not IP
+			got[i].Src, got[i].Dst = "", ""
+		}
+	}
+	sortRecords(want)
+	sortRecords(got)
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("collector flows differ from tshark's decode of the export (-tshark +wormsign):\n%s", diff)
 	}
 }
