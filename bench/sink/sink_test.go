@@ -87,7 +87,7 @@ func BenchmarkSinkFlowsToClickHouse(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer admin.Close()
+	b.Cleanup(func() { admin.Close() }) // registered first, so it runs after the drops below
 	ctx := context.Background()
 	msgs := workload()
 	var sinkSeconds, peerSeconds float64
