@@ -205,7 +205,8 @@ func (c *Component) Ingest(family string, from netip.AddrPort, payload []byte, r
 		return 0
 	}
 	var rep Report
-	flows, err := c.decoder.DecodeReport(family, from, payload, receivedMs, nil, &rep)
+	buf := datagramFlows.Get().(*[]flow.Flow)
+	flows, err := c.decoder.DecodeReport(family, from, payload, receivedMs, (*buf)[:0], &rep)
 	c.metrics.datagrams.WithLabelValues(exporter, rep.Protocol).Inc()
 	c.metrics.report(exporter, &rep)
 	if err != nil {
@@ -215,9 +216,11 @@ func (c *Component) Ingest(family string, from netip.AddrPort, payload []byte, r
 			kind = de.Kind
 		}
 		c.metrics.decodeErrors.WithLabelValues(exporter, rep.Protocol, kind).Inc()
+		recycle(flows)
 		return 0
 	}
 	if len(flows) == 0 {
+		recycle(flows)
 		return 0
 	}
 	c.metrics.flows.WithLabelValues(exporter, rep.Protocol).Add(float64(len(flows)))
@@ -225,6 +228,7 @@ func (c *Component) Ingest(family string, from netip.AddrPort, payload []byte, r
 	defer c.mu.RUnlock()
 	if c.stopping {
 		c.metrics.dropped.WithLabelValues("stopping").Add(float64(len(flows)))
+		recycle(flows)
 		return 0
 	}
 	if block {
@@ -234,11 +238,18 @@ func (c *Component) Ingest(family string, from netip.AddrPort, payload []byte, r
 		case c.queue <- flows:
 		default:
 			c.metrics.dropped.WithLabelValues("queue_full").Add(float64(len(flows)))
+			recycle(flows)
 			return 0
 		}
 	}
 	c.metrics.queueFlows.Add(float64(len(flows)))
 	return len(flows)
+}
+
+// recycle returns a datagram's flow slice for the next datagram.
+func recycle(flows []flow.Flow) {
+	flows = flows[:0]
+	datagramFlows.Put(&flows)
 }
 
 func (c *Component) allowed(a netip.Addr) bool {
@@ -274,47 +285,133 @@ func contains(networks []netip.Prefix, a netip.Addr) bool {
 	return false
 }
 
-// publish gathers queued flows by subscriber key and writes one message per
-// key, so that a subscriber's flows stay in one partition and in order.
+// shardBatch is the flows of one publisher shard. Flows of one
+// subscriber key are chained through next (indexes into flows), so that
+// gathering allocates nothing per key.
+type shardBatch struct {
+	flows []flow.Flow
+	next  []int32
+	keys  map[netip.Addr][2]int32 // first and last flow of the key
+}
+
+var shardBatches = sync.Pool{New: func() any {
+	return &shardBatch{keys: map[netip.Addr][2]int32{}}
+}}
+
+func (b *shardBatch) add(key netip.Addr, f *flow.Flow) {
+	i := int32(len(b.flows))
+	b.flows = append(b.flows, *f)
+	b.next = append(b.next, -1)
+	if ends, ok := b.keys[key]; ok {
+		b.next[ends[1]] = i
+		b.keys[key] = [2]int32{ends[0], i}
+	} else {
+		b.keys[key] = [2]int32{i, i}
+	}
+}
+
+// datagramFlows recycles the slices Ingest decodes into.
+var datagramFlows = sync.Pool{New: func() any { s := make([]flow.Flow, 0, 64); return &s }}
+
+// publish gathers queued flows by subscriber key into one pending batch
+// per publisher shard (a key always falls in the same shard) and hands a
+// batch to its shard's publisher once it holds BatchFlows flows or has
+// waited Linger. Shards publish concurrently, each in order, so Kafka's
+// round trips overlap while a subscriber's flows stay in order. A shard
+// whose publisher lags blocks this loop, which fills the queue, which
+// drops (and counts) at the UDP edge.
 func (c *Component) publish() {
 	defer close(c.flushed)
-	pending := map[netip.Addr][]flow.Flow{}
-	count := 0
-	timer := time.NewTimer(c.config.Linger)
-	defer timer.Stop()
-	flush := func() {
-		if count == 0 {
+	n := c.config.Publishers
+	pending := make([]*shardBatch, n)
+	work := make([]chan *shardBatch, n)
+	var workers sync.WaitGroup
+	for i := range n {
+		pending[i] = shardBatches.Get().(*shardBatch)
+		work[i] = make(chan *shardBatch, 1)
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			for batch := range work[i] {
+				c.publishBatch(batch)
+			}
+		}()
+	}
+	handOff := func(i int) {
+		if len(pending[i].flows) == 0 {
 			return
 		}
-		msgs := make([]bus.Message, 0, len(pending))
-		for key, flows := range pending {
-			msgs = append(msgs, bus.Message{Key: key.AsSlice(), Value: flow.AppendBatch(nil, flows)})
-		}
-		c.publishWithRetry(msgs, count)
-		clear(pending)
-		c.metrics.queueFlows.Sub(float64(count))
-		count = 0
+		work[i] <- pending[i]
+		pending[i] = shardBatches.Get().(*shardBatch)
 	}
+	timer := time.NewTicker(c.config.Linger)
+	defer timer.Stop()
 	for {
 		select {
 		case flows, ok := <-c.queue:
 			if !ok {
-				flush()
+				for i := range n {
+					handOff(i)
+					close(work[i])
+				}
+				workers.Wait()
 				return
 			}
 			for i := range flows {
 				key := SubscriberKey(&flows[i], c.deps.SubscriberNetworks)
-				pending[key] = append(pending[key], flows[i])
+				shard := 0
+				if n > 1 {
+					shard = int(keyHash(key) % uint32(n))
+				}
+				pending[shard].add(key, &flows[i])
+				if len(pending[shard].flows) >= c.config.BatchFlows {
+					handOff(shard)
+				}
 			}
-			count += len(flows)
-			if count >= c.config.BatchFlows {
-				flush()
-			}
+			recycle(flows)
 		case <-timer.C:
-			flush()
-			timer.Reset(c.config.Linger)
+			for i := range n {
+				handOff(i)
+			}
 		}
 	}
+}
+
+// keyHash spreads subscriber addresses over publisher shards (FNV-1a).
+func keyHash(a netip.Addr) uint32 {
+	h := uint32(2166136261)
+	b := a.As16()
+	for _, c := range b {
+		h = (h ^ uint32(c)) * 16777619
+	}
+	return h
+}
+
+// publishBatch writes one message per subscriber key of the batch, all
+// encoded into one buffer.
+func (c *Component) publishBatch(batch *shardBatch) {
+	size := 0
+	for i := range batch.flows {
+		size += flow.BatchFlowSize(&batch.flows[i])
+	}
+	buf := make([]byte, 0, size)
+	keys := make([]byte, 0, 16*len(batch.keys))
+	msgs := make([]bus.Message, 0, len(batch.keys))
+	for key, ends := range batch.keys {
+		start := len(buf)
+		for i := ends[0]; i >= 0; i = batch.next[i] {
+			buf = flow.AppendBatchFlow(buf, &batch.flows[i])
+		}
+		k := len(keys)
+		keys = append(keys, key.AsSlice()...)
+		msgs = append(msgs, bus.Message{Key: keys[k:len(keys):len(keys)], Value: buf[start:len(buf):len(buf)]})
+	}
+	flows := len(batch.flows)
+	batch.flows, batch.next = batch.flows[:0], batch.next[:0]
+	clear(batch.keys)
+	shardBatches.Put(batch)
+	c.publishWithRetry(msgs, flows)
+	c.metrics.queueFlows.Sub(float64(flows))
 }
 
 // publishWithRetry keeps trying: the queue in front of it is bounded, so a

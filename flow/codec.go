@@ -36,18 +36,24 @@ const (
 // nothing beyond the output buffer.
 func AppendBatch(b []byte, flows []Flow) []byte {
 	for i := range flows {
-		b = protowire.AppendTag(b, fieldBatchFlows, protowire.BytesType)
-		b = protowire.AppendVarint(b, uint64(flows[i].size()))
-		b = flows[i].appendTo(b)
+		b = AppendBatchFlow(b, &flows[i])
 	}
 	return b
 }
 
-func addrBytes(a netip.Addr) []byte {
-	if !a.IsValid() {
-		return nil
-	}
-	return a.AsSlice()
+// AppendBatchFlow appends one flow as an element of a FlowBatch: a batch is
+// its elements one after the other, so a writer can build one from flows
+// that are not contiguous in memory.
+func AppendBatchFlow(b []byte, f *Flow) []byte {
+	b = protowire.AppendTag(b, fieldBatchFlows, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(f.size()))
+	return f.appendTo(b)
+}
+
+// BatchFlowSize is how many bytes AppendBatchFlow appends for f.
+func BatchFlowSize(f *Flow) int {
+	n := f.size()
+	return protowire.SizeTag(fieldBatchFlows) + protowire.SizeVarint(uint64(n)) + n
 }
 
 func addrSize(a netip.Addr) int {
@@ -107,7 +113,12 @@ func appendAddr(b []byte, n int, a netip.Addr) []byte {
 		return b
 	}
 	b = protowire.AppendTag(b, protowire.Number(n), protowire.BytesType)
-	return protowire.AppendBytes(b, addrBytes(a))
+	if a.Is4() {
+		a4 := a.As4()
+		return protowire.AppendBytes(b, a4[:])
+	}
+	a16 := a.As16()
+	return protowire.AppendBytes(b, a16[:])
 }
 
 func (f *Flow) appendTo(b []byte) []byte {

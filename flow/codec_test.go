@@ -80,3 +80,16 @@ func FuzzDecodeBatch(f *testing.F) {
 		}
 	})
 }
+
+func TestAppendBatchFlow(t *testing.T) {
+	flows := sampleFlows()
+	var b []byte
+	size := 0
+	for i := range flows {
+		b = AppendBatchFlow(b, &flows[i])
+		size += BatchFlowSize(&flows[i])
+	}
+	if want := AppendBatch(nil, flows); string(b) != string(want) || size != len(want) {
+		t.Errorf("flow by flow: %x (size %d), want %x (%d bytes)", b, size, want, len(want))
+	}
+}

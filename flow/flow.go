@@ -106,7 +106,9 @@ func addrString(a netip.Addr) string {
 	return a.String()
 }
 
-func msString(ms int64) string { return time.UnixMilli(ms).UTC().Format("2006-01-02T15:04:05.000Z07:00") }
+func msString(ms int64) string {
+	return time.UnixMilli(ms).UTC().Format("2006-01-02T15:04:05.000Z07:00")
+}
 
 // MarshalJSON encodes the flow with RFC 3339 times and textual addresses.
 func (f Flow) MarshalJSON() ([]byte, error) {
