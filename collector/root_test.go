@@ -1,0 +1,136 @@
+package collector
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/netip"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wormsign/wormsign/bus"
+	"github.com/wormsign/wormsign/flow"
+)
+
+// newTestComponent runs a collector without sockets on an in-process bus
+// and returns it with a consumer of its topic.
+func newTestComponent(t *testing.T, cfg Configuration) (*Component, bus.Consumer, *bus.Memory) {
+	t.Helper()
+	cfg.NetFlowListen, cfg.SFlowListen = nil, nil
+	mem := bus.NewMemory(1 << 16)
+	consumer, err := mem.Consumer("flows", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := New(cfg, Dependencies{
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Registry: prometheus.NewRegistry(),
+		Bus: mem, Topic: "flows",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return c, consumer, mem
+}
+
+// drain reads every flow published before the topic closed.
+func drain(t *testing.T, consumer bus.Consumer, mem *bus.Memory) map[string][]flow.Flow {
+	t.Helper()
+	mem.CloseTopic("flows")
+	byKey := map[string][]flow.Flow{}
+	for {
+		m, err := consumer.Fetch(context.Background())
+		if err != nil {
+			return byKey
+		}
+		flows, err := flow.DecodeBatch(nil, m.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		key, _ := netip.AddrFromSlice(m.Key)
+		for _, f := range flows {
+			if f.SrcAddr != key {
+				t.Errorf("flow of %s in a message keyed %s", f.SrcAddr, key)
+			}
+		}
+		byKey[key.String()] = append(byKey[key.String()], flows...)
+	}
+}
+
+// TestTemplatesSurviveRestart stops a collector after it learned a
+// template and checks that the next one decodes data at once.
+func TestTemplatesSurviveRestart(t *testing.T) {
+	cfg := DefaultConfiguration()
+	cfg.TemplateFile = filepath.Join(t.TempDir(), "templates.json")
+	from := netip.MustParseAddrPort("192.0.2.1:5000")
+	now := time.Now().UnixMilli()
+	secs := uint32(now / 1000)
+	templates := nf{version: 9, domain: 7, unixSecs: secs, uptimeMs: 100000, sets: [][]byte{set(0, tmpl256)}}.bytes()
+	data := nf{version: 9, domain: 7, unixSecs: secs, uptimeMs: 100000,
+		sets: [][]byte{set(256, rec256("203.0.113.5", "198.18.0.1", 25, 98500, 99750))}}.bytes()
+
+	c, _, _ := newTestComponent(t, cfg)
+	if n := c.Ingest(FamilyNetFlow, from, templates, now, true); n != 0 {
+		t.Fatalf("a template datagram gave %d flows", n)
+	}
+	if err := c.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	c, consumer, mem := newTestComponent(t, cfg)
+	if n := c.Ingest(FamilyNetFlow, from, data, now, true); n != 1 {
+		t.Fatalf("after restart the data datagram gave %d flows, want 1", n)
+	}
+	if err := c.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if got := drain(t, consumer, mem); len(got["203.0.113.5"]) != 1 {
+		t.Errorf("published %v, want one flow of 203.0.113.5", got)
+	}
+}
+
+// TestPublishersKeepSubscriberOrder sends numbered flows of a few
+// subscribers through several publishers with small batches and checks
+// each subscriber's flows arrive complete and in order.
+func TestPublishersKeepSubscriberOrder(t *testing.T) {
+	cfg := DefaultConfiguration()
+	cfg.Publishers, cfg.BatchFlows = 4, 7
+	c, consumer, mem := newTestComponent(t, cfg)
+	from := netip.MustParseAddrPort("192.0.2.1:5000")
+	const secs, datagrams, perDatagram = 1700000000, 200, 10
+	subs := []string{"203.0.113.1", "203.0.113.2", "203.0.113.3", "203.0.113.4", "203.0.113.5"}
+	sent := 0
+	for i := range datagrams {
+		sets := [][]byte{set(0, tmpl256)}
+		var recs [][]byte
+		for j := range perDatagram {
+			n := uint32(i*perDatagram + j)
+			// The flow's number is its end time in uptime ms.
+			recs = append(recs, rec256(subs[int(n)%len(subs)], "198.18.0.1", 25, 1, 1+n))
+		}
+		sets = append(sets, set(256, recs...))
+		dg := nf{version: 9, domain: 1, sequence: uint32(i), unixSecs: secs, uptimeMs: 1 << 30, sets: sets}.bytes()
+		sent += c.Ingest(FamilyNetFlow, from, dg, secs*1000, true)
+	}
+	if err := c.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	got := drain(t, consumer, mem)
+	total := 0
+	for _, s := range subs {
+		flows := got[s]
+		total += len(flows)
+		for i := 1; i < len(flows); i++ {
+			if flows[i].EndMs <= flows[i-1].EndMs {
+				t.Fatalf("subscriber %s: flow %d ends at %d after one ending at %d", s, i, flows[i].EndMs, flows[i-1].EndMs)
+			}
+		}
+	}
+	if total != datagrams*perDatagram || sent != total {
+		t.Errorf("ingested %d, published %d flows, want %d", sent, total, datagrams*perDatagram)
+	}
+}
