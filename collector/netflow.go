@@ -171,6 +171,7 @@ func (d *Decoder) decodeNetFlowV9(payload []byte, exp *exporterState, exporter n
 		}
 	}
 
+	missesBefore := rep.TemplateMisses
 	// Second pass: options data first (sampling rates, system init time
 	// that the flows of this very datagram may need), then flows.
 	records := 0
@@ -195,10 +196,15 @@ func (d *Decoder) decodeNetFlowV9(payload []byte, exp *exporterState, exporter n
 		}
 	}
 
-	if h.version == 9 {
+	switch {
+	case h.version == 9:
 		rep.LostDatagrams += exp.sequenceGap(seqKey{9, h.domain}, h.sequence, 1)
-	} else {
-		// IPFIX sequence numbers count data records, not messages.
+	case rep.TemplateMisses > missesBefore:
+		// IPFIX sequence numbers count data records, and the records of
+		// a set without template are unknown: start over with the next
+		// message rather than count them as lost.
+		exp.resetSequence(seqKey{10, h.domain})
+	default:
 		rep.LostRecords += exp.sequenceGap(seqKey{10, h.domain}, h.sequence, uint32(records))
 	}
 	return out, h.unixSecs, nil

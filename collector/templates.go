@@ -189,6 +189,10 @@ func (e *exporterState) sequenceGap(key seqKey, seq, inc uint32) uint64 {
 	return lost
 }
 
+// resetSequence forgets where key's sequence was: the next datagram
+// starts over without counting a gap.
+func (e *exporterState) resetSequence(key seqKey) { delete(e.sequences, key) }
+
 // savedState is the template file's content.
 type savedState struct {
 	Version   int             `json:"version"`
