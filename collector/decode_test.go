@@ -406,3 +406,43 @@ func TestNetFlowV5MillisecondTimes(t *testing.T) {
 		t.Errorf("start, end = %v, want %v", got, want)
 	}
 }
+
+// TestSamplingFromVendorOptions checks sampling rates learned from real
+// options data: per sampler ID (Akvorado's multiplesamplingrates capture,
+// whose first two records it expects at 1:4000 and 1:2000) and per domain.
+func TestSamplingFromVendorOptions(t *testing.T) {
+	dir := testenv.Shared(t, "testdata/flow-captures/akvorado")
+	cases := []struct {
+		files []string
+		want  []uint32 // rates of the first flows
+		all   int      // flows decoded
+	}{
+		{[]string{"multiplesamplingrates-options-template", "multiplesamplingrates-options-data",
+			"multiplesamplingrates-template", "multiplesamplingrates-data"}, []uint32{4000, 2000}, 12},
+		{[]string{"samplingrate-template", "samplingrate-data"}, []uint32{2048, 2048, 2048, 2048, 2048, 2048}, 6},
+	}
+	for _, tc := range cases {
+		t.Run(tc.files[0], func(t *testing.T) {
+			d := NewDecoder(false)
+			var rates []uint32
+			for _, f := range tc.files {
+				err := ReadCapture(filepath.Join(dir, "outlet__flow__decoder__netflow__testdata__"+f+".pcap"), func(dg Datagram) error {
+					flows, _, err := d.Decode(Family(dg.Payload), dg.From, dg.Payload, dg.TimeMs, nil)
+					for _, f := range flows {
+						rates = append(rates, f.SamplingRate)
+					}
+					return err
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			if len(rates) != tc.all {
+				t.Fatalf("decoded %d flows, want %d", len(rates), tc.all)
+			}
+			if diff := cmp.Diff(tc.want, rates[:len(tc.want)]); diff != "" {
+				t.Errorf("sampling rates (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
