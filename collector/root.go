@@ -162,11 +162,39 @@ func (c *Component) listen(addr string) (*net.UDPConn, error) {
 	}
 	conn := pc.(*net.UDPConn)
 	if c.config.ReceiveBuffer > 0 {
-		if err := conn.SetReadBuffer(c.config.ReceiveBuffer); err != nil {
-			c.deps.Logger.Warn("cannot set receive buffer", "addr", addr, "error", err)
-		}
+		c.setReceiveBuffer(conn, addr)
 	}
 	return conn, nil
+}
+
+// setReceiveBuffer sizes the socket's receive buffer, the room for bursts
+// while a reader is busy. SO_RCVBUF is capped by net.core.rmem_max;
+// SO_RCVBUFFORCE is not, where the process has CAP_NET_ADMIN.
+func (c *Component) setReceiveBuffer(conn *net.UDPConn, addr string) {
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		c.deps.Logger.Warn("cannot set receive buffer", "addr", addr, "error", err)
+		return
+	}
+	var got int
+	var forceErr, getErr error
+	raw.Control(func(fd uintptr) {
+		forceErr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, c.config.ReceiveBuffer)
+	})
+	if forceErr != nil {
+		if err := conn.SetReadBuffer(c.config.ReceiveBuffer); err != nil {
+			c.deps.Logger.Warn("cannot set receive buffer", "addr", addr, "error", err)
+			return
+		}
+	}
+	raw.Control(func(fd uintptr) {
+		got, getErr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF)
+	})
+	// Linux reports twice the size set, counting its bookkeeping.
+	if getErr == nil && got/2 < c.config.ReceiveBuffer {
+		c.deps.Logger.Warn("receive buffer smaller than collector.receive_buffer; raise net.core.rmem_max",
+			"addr", addr, "bytes", got/2, "wanted", c.config.ReceiveBuffer)
+	}
 }
 
 // Addrs returns the bound UDP addresses, netflow family first.

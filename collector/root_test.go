@@ -10,9 +10,11 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/flow"
+	"github.com/wormsign/wormsign/testenv"
 )
 
 // newTestComponent runs a collector without sockets on an in-process bus
@@ -132,5 +134,40 @@ func TestPublishersKeepSubscriberOrder(t *testing.T) {
 	}
 	if total != datagrams*perDatagram || sent != total {
 		t.Errorf("ingested %d, published %d flows, want %d", sent, total, datagrams*perDatagram)
+	}
+}
+
+// TestReceiveBuffer checks that the sockets get the configured receive
+// buffer even above net.core.rmem_max (SO_RCVBUFFORCE, as root).
+func TestReceiveBuffer(t *testing.T) {
+	testenv.Root(t)
+	cfg := DefaultConfiguration()
+	cfg.NetFlowListen, cfg.SFlowListen = []string{"127.0.0.1:0"}, nil
+	cfg.SocketsPerListener = 2
+	cfg.ReceiveBuffer = 16 << 20
+	c, err := New(cfg, Dependencies{
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Registry: prometheus.NewRegistry(),
+		Bus: bus.NewMemory(1), Topic: "flows",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Stop()
+	if len(c.conns) != 2 || c.conns[0].LocalAddr().String() != c.conns[1].LocalAddr().String() {
+		t.Fatalf("sockets %v, want two on one port", c.Addrs())
+	}
+	for _, conn := range c.conns {
+		raw, err := conn.SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got int
+		raw.Control(func(fd uintptr) { got, err = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF) })
+		if err != nil || got/2 < cfg.ReceiveBuffer {
+			t.Errorf("SO_RCVBUF = %d (%v), want at least 2 × %d", got, err, cfg.ReceiveBuffer)
+		}
 	}
 }
