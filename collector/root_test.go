@@ -2,6 +2,7 @@ package collector
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -169,5 +170,47 @@ func TestReceiveBuffer(t *testing.T) {
 		if err != nil || got/2 < cfg.ReceiveBuffer {
 			t.Errorf("SO_RCVBUF = %d (%v), want at least 2 × %d", got, err, cfg.ReceiveBuffer)
 		}
+	}
+}
+
+// TestExporterLimits checks the allow list and the cap on exporters.
+func TestExporterLimits(t *testing.T) {
+	cfg := DefaultConfiguration()
+	cfg.Exporters = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
+	c, consumer, mem := newTestComponent(t, cfg)
+	const secs = 1700000000
+	dg := nf{version: 9, domain: 1, unixSecs: secs, uptimeMs: 100000, sets: [][]byte{
+		set(0, tmpl256), set(256, rec256("203.0.113.5", "198.18.0.1", 25, 1, 2)),
+	}}.bytes()
+	if n := c.Ingest(FamilyNetFlow, netip.MustParseAddrPort("198.51.100.1:9"), dg, secs*1000, true); n != 0 {
+		t.Errorf("a spoofed exporter got %d flows in", n)
+	}
+	if n := c.Ingest(FamilyNetFlow, netip.MustParseAddrPort("192.0.2.1:9"), dg, secs*1000, true); n != 1 {
+		t.Errorf("an allowed exporter got %d flows in, want 1", n)
+	}
+	c.Stop()
+	if got := drain(t, consumer, mem); len(got) != 1 {
+		t.Errorf("published %v, want the allowed exporter's flow only", got)
+	}
+
+	cfg = DefaultConfiguration()
+	cfg.MaxExporters, cfg.TemplateTTL = 2, time.Minute
+	d := NewDecoderFrom(cfg)
+	decode := func(exporter string, nowMs int64) error {
+		_, _, err := d.Decode(FamilyNetFlow, netip.MustParseAddrPort(exporter), dg, nowMs, nil)
+		return err
+	}
+	for _, e := range []string{"192.0.2.1:1", "192.0.2.1:2"} {
+		if err := decode(e, secs*1000); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var de *DecodeError
+	if err := decode("192.0.2.1:3", secs*1000); !errors.As(err, &de) || de.Kind != "too_many_exporters" {
+		t.Errorf("a third exporter: %v, want too_many_exporters", err)
+	}
+	// Once the first two have been silent for the TTL, they make room.
+	if err := decode("192.0.2.1:3", secs*1000+61_000); err != nil {
+		t.Errorf("a third exporter after the others went quiet: %v", err)
 	}
 }
