@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -38,16 +37,6 @@ type liveRecord struct {
 	SrcPort, DstPort uint16
 	Proto            uint8
 	Packets, Bytes   uint64
-}
-
-func freeUDPPort(t *testing.T) int {
-	t.Helper()
-	c, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).Port
 }
 
 // startCollector runs the collector component on 127.0.0.1:port with an
@@ -235,7 +224,7 @@ func TestSoftflowdLive(t *testing.T) {
 	for _, version := range []int{5, 9, 10} {
 		t.Run(fmt.Sprintf("version %d", version), func(t *testing.T) {
 			lab := testenv.NewLab(t, 2, 12)
-			port := freeUDPPort(t)
+			port := testenv.FreeUDPPort(t)
 			reg, flows := startCollector(t, FamilyNetFlow, port)
 			capture := testenv.CaptureUDP(t, port)
 			sf := lab.StartSoftflowd(t, version, port)
@@ -343,7 +332,7 @@ func tsharkSamples(t *testing.T, path string, port int) []liveRecord {
 func TestPmacctSFlowLive(t *testing.T) {
 	bin := testenv.Tool(t, "pmacctd")
 	lab := testenv.NewLab(t, 2, 6)
-	port := freeUDPPort(t)
+	port := testenv.FreeUDPPort(t)
 	reg, flows := startCollector(t, FamilySFlow, port)
 	capture := testenv.CaptureUDP(t, port)
 	conf := filepath.Join(t.TempDir(), "pmacctd.conf")

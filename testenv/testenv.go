@@ -126,3 +126,15 @@ func Name(t testing.TB, prefix string) string {
 	}
 	return fmt.Sprintf("%s_%s_%d", prefix, clean, time.Now().UnixNano()%1e9)
 }
+
+// FreeUDPPort returns a UDP port on 127.0.0.1 that nothing listens on now,
+// for a collector under test and the exporters pointed at it.
+func FreeUDPPort(t testing.TB) int {
+	t.Helper()
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).Port
+}

@@ -55,7 +55,7 @@ func scan(spec string) {
 func TestLabScenario(t *testing.T) {
 	lab := testenv.NewLab(t, 4, 200)
 	zombie, worm, relay, user := lab.Subscribers[0], lab.Subscribers[1], lab.Subscribers[2], lab.Subscribers[3]
-	port := freeUDPPort(t)
+	port := testenv.FreeUDPPort(t)
 
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	reg := prometheus.NewRegistry()
@@ -165,12 +165,3 @@ func keys(m map[string]alert.Alert) []string {
 	return out
 }
 
-func freeUDPPort(t *testing.T) int {
-	t.Helper()
-	c, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).Port
-}

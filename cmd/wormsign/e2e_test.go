@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,16 +35,6 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
-}
-
-func freeUDPPort(t *testing.T) int {
-	t.Helper()
-	c, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).Port
 }
 
 // process is a wormsign subcommand under test.
@@ -140,7 +129,7 @@ func zombieScenario(t *testing.T, lab *testenv.Lab, port int) int {
 
 func TestEmbeddedRunAlertsOnStdout(t *testing.T) {
 	lab := testenv.NewLab(t, 2, 40)
-	port := freeUDPPort(t)
+	port := testenv.FreeUDPPort(t)
 	p := startWormsign(t, []string{
 		fmt.Sprintf("WORMSIGN_COLLECTOR_NETFLOW_LISTEN=127.0.0.1:%d", port),
 		"WORMSIGN_COLLECTOR_SFLOW_LISTEN=",
@@ -200,7 +189,7 @@ func TestKafkaClickHousePipeline(t *testing.T) {
 	brokers := strings.Join(testenv.KafkaBrokers(t), ",")
 	chAddr := testenv.ClickHouseAddr(t)
 	lab := testenv.NewLab(t, 2, 40)
-	port := freeUDPPort(t)
+	port := testenv.FreeUDPPort(t)
 	db := testenv.Name(t, "wse2e")
 	env := []string{
 		"WORMSIGN_KAFKA_BROKERS=" + brokers,
