@@ -360,6 +360,11 @@ func (d *Decoder) decodeOptions(exp *exporterState, h *nfHeader, t *template, da
 		data = data[l:]
 		n++
 		rep.OptionsRecords++
+		if l == 0 {
+			// A template of zero-length fields would loop forever (found
+			// by FuzzIPFIX): one record per set.
+			break
+		}
 		if rate == 0 && interval > 0 {
 			// Systematic count-based sampling: interval packets taken,
 			// space packets skipped (RFC 5477).
@@ -474,7 +479,7 @@ func (d *Decoder) decodeFlows(dc *flowContext, t *template, data []byte, out []f
 		}
 		d.flowTimes(dc, &f, &tm)
 		out = append(out, f)
-		if t.minSize == 0 {
+		if l == 0 {
 			break // a template of zero-length fields would loop forever
 		}
 	}
