@@ -49,20 +49,20 @@ func (t *template) prepare() {
 }
 
 type tmplKey struct {
-	Version uint16
-	Domain  uint32
-	ID      uint16
+	Version uint16 `json:"version"`
+	Domain  uint32 `json:"domain"`
+	ID      uint16 `json:"id"`
 }
 
 type samplerKey struct {
-	Version uint16
-	Domain  uint32
-	Sampler uint64 // 0: the whole observation domain
+	Version uint16 `json:"version"`
+	Domain  uint32 `json:"domain"`
+	Sampler uint64 `json:"sampler"` // 0: the whole observation domain
 }
 
 type domainKey struct {
-	Version uint16
-	Domain  uint32
+	Version uint16 `json:"version"`
+	Domain  uint32 `json:"domain"`
 }
 
 type seqKey struct {
@@ -71,8 +71,8 @@ type seqKey struct {
 }
 
 type learnedRate struct {
-	Rate       uint32
-	ReceivedMs int64
+	Rate       uint32 `json:"rate"`
+	ReceivedMs int64  `json:"received_ms"`
 }
 
 type seqState struct {
@@ -218,7 +218,7 @@ type savedRate struct {
 
 type savedInit struct {
 	domainKey
-	Ms int64
+	Ms int64 `json:"ms"`
 }
 
 const templateFileVersion = 1
