@@ -235,6 +235,11 @@ func (c *Component) Ingest(family string, from netip.AddrPort, payload []byte, r
 	var rep Report
 	buf := datagramFlows.Get().(*[]flow.Flow)
 	flows, err := c.decoder.DecodeReport(family, from, payload, receivedMs, (*buf)[:0], &rep)
+	if errors.Is(err, errTooManyExporters) {
+		// Beyond collector.max_exporters, exporters share one label so
+		// that spoofed sources cannot grow the metrics without bound.
+		exporter = "other"
+	}
 	c.metrics.datagrams.WithLabelValues(exporter, rep.Protocol).Inc()
 	c.metrics.report(exporter, &rep)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
@@ -212,5 +213,43 @@ func TestExporterLimits(t *testing.T) {
 	// Once the first two have been silent for the TTL, they make room.
 	if err := decode("192.0.2.1:3", secs*1000+61_000); err != nil {
 		t.Errorf("a third exporter after the others went quiet: %v", err)
+	}
+}
+
+// TestExportersBeyondCapShareALabel keeps spoofed sources from growing
+// the per-exporter metrics without bound.
+func TestExportersBeyondCapShareALabel(t *testing.T) {
+	cfg := DefaultConfiguration()
+	cfg.NetFlowListen, cfg.SFlowListen = nil, nil
+	cfg.MaxExporters = 1
+	reg := prometheus.NewRegistry()
+	c, err := New(cfg, Dependencies{
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Registry: reg, Bus: bus.NewMemory(16), Topic: "flows",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Start()
+	defer c.Stop()
+	dg := nf{version: 9, domain: 1, unixSecs: 1700000000, sets: [][]byte{set(0, tmpl256)}}.bytes()
+	for i := range 5 {
+		c.Ingest(FamilyNetFlow, netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(i + 1)}), 9), dg, 1700000000000, true)
+	}
+	labels := map[string]float64{}
+	mfs, _ := reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() != "wormsign_collector_datagrams_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "exporter" {
+					labels[l.GetValue()] += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	if diff := cmp.Diff(map[string]float64{"192.0.2.1": 1, "other": 4}, labels); diff != "" {
+		t.Errorf("datagrams by exporter label (-want +got):\n%s", diff)
 	}
 }
