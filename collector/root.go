@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -47,6 +48,9 @@ type Component struct {
 	// saverDone stops the periodic template saver.
 	saverStop chan struct{}
 	saverDone chan struct{}
+	// queued counts flows from Ingest until their write to the bus.
+	queued         atomic.Int64
+	maxQueuedFlows int64
 	// stopping tells Ingest callers that the queue is about to close.
 	mu       sync.RWMutex
 	stopping bool
@@ -69,6 +73,9 @@ func New(config Configuration, deps Dependencies) (*Component, error) {
 		producer: producer,
 		queue:    make(chan []flow.Flow, config.QueueSize),
 		flushed:  make(chan struct{}),
+		// About 32 flows per queued datagram (NetFlow v9/IPFIX carry
+		// 20-40), plus what the publishers hold.
+		maxQueuedFlows: int64(config.QueueSize)*32 + int64(2*config.Publishers*config.BatchFlows),
 	}, nil
 }
 
@@ -264,18 +271,30 @@ func (c *Component) Ingest(family string, from netip.AddrPort, payload []byte, r
 		recycle(flows)
 		return 0
 	}
+	n := int64(len(flows))
 	if block {
+		c.queued.Add(n)
 		c.queue <- flows
 	} else {
+		// The queue counts datagrams; flows are bounded too, as a
+		// datagram of tiny records can carry thousands. An empty queue
+		// always takes a datagram, so that big ones still get through.
+		if q := c.queued.Add(n); q > n && q > c.maxQueuedFlows {
+			c.queued.Add(-n)
+			c.metrics.dropped.WithLabelValues("queue_full").Add(float64(n))
+			recycle(flows)
+			return 0
+		}
 		select {
 		case c.queue <- flows:
 		default:
-			c.metrics.dropped.WithLabelValues("queue_full").Add(float64(len(flows)))
+			c.queued.Add(-n)
+			c.metrics.dropped.WithLabelValues("queue_full").Add(float64(n))
 			recycle(flows)
 			return 0
 		}
 	}
-	c.metrics.queueFlows.Add(float64(len(flows)))
+	c.metrics.queueFlows.Add(float64(n))
 	return len(flows)
 }
 
@@ -444,6 +463,7 @@ func (c *Component) publishBatch(batch *shardBatch) {
 	clear(batch.keys)
 	shardBatches.Put(batch)
 	c.publishWithRetry(msgs, flows)
+	c.queued.Add(-int64(flows))
 	c.metrics.queueFlows.Sub(float64(flows))
 }
 

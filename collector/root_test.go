@@ -253,3 +253,61 @@ func TestExportersBeyondCapShareALabel(t *testing.T) {
 		t.Errorf("datagrams by exporter label (-want +got):\n%s", diff)
 	}
 }
+
+// TestQueueBoundsFlows checks that a stuck bus turns into counted drops
+// with a bounded number of flows held, not growing memory.
+func TestQueueBoundsFlows(t *testing.T) {
+	cfg := DefaultConfiguration()
+	cfg.NetFlowListen, cfg.SFlowListen = nil, nil
+	cfg.QueueSize, cfg.Publishers, cfg.BatchFlows = 10, 1, 7
+	mem := bus.NewMemory(1) // its consumer below never reads: the bus is stuck
+	if _, err := mem.Consumer("flows", "stuck"); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	c, err := New(cfg, Dependencies{
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Registry: reg, Bus: mem, Topic: "flows",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Start()
+	var recs [][]byte
+	const perDatagram = 200 // tiny records: far more than 32 per datagram
+	for i := range perDatagram {
+		recs = append(recs, rec256("203.0.113.5", "198.18.0.1", 25, 1, uint32(2+i)))
+	}
+	dg := nf{version: 9, domain: 1, unixSecs: 1700000000, uptimeMs: 100000,
+		sets: [][]byte{set(0, tmpl256), set(256, recs...)}}.bytes()
+	accepted := 0
+	for range 1000 {
+		accepted += c.Ingest(FamilyNetFlow, netip.MustParseAddrPort("192.0.2.1:9"), dg, 1700000000000, false)
+	}
+	// 32 flows per queued datagram, two batches per publisher, and the
+	// datagram that went over; the queue alone would take 10 datagrams.
+	if limit := 10*32 + 2*1*7 + perDatagram; accepted > limit {
+		t.Errorf("accepted %d flows into a stuck collector, want at most %d", accepted, limit)
+	}
+	if got := counter(t, reg, "wormsign_collector_dropped_flows_total"); got != float64(1000*perDatagram-accepted) {
+		t.Errorf("dropped %v flows, want %d", got, 1000*perDatagram-accepted)
+	}
+	mem.CloseTopic("flows") // unsticks the publisher so that Stop returns
+	c.Stop()
+}
+
+func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
+}
