@@ -19,12 +19,21 @@ services:
 services-down:
 	deploy/services.sh down
 
-# The whole test suite on the real services, which it installs and starts.
+# The whole test suite on the real services, which it installs and starts,
+# then every decoder fuzz target for a bounded time.
 test: build
 	deploy/test-tools.sh
 	deploy/services.sh up
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 40m ./...
+	$(MAKE) fuzz
+
+# Fuzz the collector's protocol entry points, FUZZTIME each; seeds come from
+# the vendor captures in ../shared and collector/testdata/fuzz.
+FUZZTIME ?= 45s
+fuzz:
+	for t in FuzzNetFlowV5 FuzzNetFlowV9 FuzzIPFIX FuzzSFlow; do \
+		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./collector/ || exit 1; done
 
 bench: build
 	deploy/services.sh up

@@ -176,7 +176,7 @@ func migrate(ctx context.Context, cfg Configuration, logger *slog.Logger) error 
 func replay(ctx context.Context, cfg Configuration, logger *slog.Logger, stdout io.Writer, files []string, printFlows bool) error {
 	if printFlows {
 		enc := json.NewEncoder(stdout)
-		dec := collector.NewDecoder(cfg.Collector.CorrectClockSkew)
+		dec := collector.NewDecoderFrom(cfg.Collector)
 		for _, file := range files {
 			err := collector.ReadCapture(file, func(d collector.Datagram) error {
 				flows, _, err := dec.Decode(collector.Family(d.Payload), d.From, d.Payload, d.TimeMs, nil)
