@@ -512,14 +512,20 @@ func (e *Engine) attach(addr netip.Addr, s *subscriber, k int, a alert.Alert) {
 			id: a.ID, firstSeenMs: a.FirstSeen.UnixMilli(), lastSeenMs: lastMs, lastAboveMs: lastMs,
 			lastEmitMs: lastMs, lastEmitDistinct: a.DistinctDsts, last: a,
 		}
-	case inc.id != a.ID:
-		// The rebuild saw the incident open again part-way: it is the
-		// same one.
-		inc.id = a.ID
-		inc.firstSeenMs = min(inc.firstSeenMs, a.FirstSeen.UnixMilli())
+	default:
+		if inc.id != a.ID {
+			// The rebuild saw the incident open again part-way: it is
+			// the same one.
+			inc.id = a.ID
+			inc.firstSeenMs = min(inc.firstSeenMs, a.FirstSeen.UnixMilli())
+			inc.last.ID = a.ID
+			inc.last.FirstSeen = time.UnixMilli(inc.firstSeenMs).UTC()
+		}
+		// The previous owner may have published past the offset it
+		// committed: what it announced is not announced again when those
+		// flows are processed here once more.
 		inc.lastEmitDistinct = max(inc.lastEmitDistinct, a.DistinctDsts)
-		inc.last.ID = a.ID
-		inc.last.FirstSeen = time.UnixMilli(inc.firstSeenMs).UTC()
+		inc.lastEmitMs = max(inc.lastEmitMs, a.LastSeen.UnixMilli())
 	}
 }
 

@@ -333,3 +333,41 @@ func TestEngineFutureFlow(t *testing.T) {
 		t.Errorf("future %d late %d events %+v, want 1 future, 0 late, the zombie opened", s.FutureFlows, s.LateFlows, r.events)
 	}
 }
+
+// TestEngineInheritPublishedPastCommit: the previous owner announced an
+// update for flows past the offset it committed; the new owner rebuilds up
+// to that offset, inherits the update and processes those flows again
+// without announcing it a second time.
+func TestEngineInheritPublishedPastCommit(t *testing.T) {
+	var flows []flow.Flow
+	for i := 0; i < 40; i++ {
+		flows = append(flows, smtpFlow(zombie, i, at(float64(i)*0.05), flow.TCPSyn|flow.TCPAck))
+	}
+	cfg := testConfig()
+	cfg.SMTPFanout.Sequential.Enabled = false
+	cfg.SMTPFanout.UpdateInterval = time.Second
+	first := &run{e: NewEngine(cfg)}
+	for i := range flows {
+		first.feed(flows[i])
+	}
+	if len(first.all) < 2 {
+		t.Fatalf("uninterrupted run: %d events, want an open and an update", len(first.all))
+	}
+	last := first.all[len(first.all)-1]
+
+	// The new owner: state rebuilt from the flows up to the commit (30),
+	// without publishing, then the announced events, then the rest again.
+	second := &run{e: NewEngine(cfg)}
+	for i := range flows[:30] {
+		second.e.Process(&flows[i])
+	}
+	second.e.Inherit([]alert.Alert{last})
+	for i := range flows[30:] {
+		second.feed(flows[30+i])
+	}
+	for _, a := range second.all {
+		if a.ID == last.ID && a.State == alert.StateUpdate && a.DistinctDsts <= last.DistinctDsts {
+			t.Errorf("announced again: %s %s distinct %d (previous owner announced %d)", a.ID, a.State, a.DistinctDsts, last.DistinctDsts)
+		}
+	}
+}
