@@ -305,15 +305,7 @@ func recycle(flows []flow.Flow) {
 }
 
 func (c *Component) allowed(a netip.Addr) bool {
-	if len(c.config.Exporters) == 0 {
-		return true
-	}
-	for _, p := range c.config.Exporters {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
+	return len(c.config.Exporters) == 0 || contains(c.config.Exporters, a)
 }
 
 // SubscriberKey is the address a flow belongs to: its source when that is
