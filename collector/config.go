@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/wormsign/wormsign/network"
 )
 
 // Configuration of the collector.
@@ -22,7 +24,7 @@ type Configuration struct {
 	// Exporters, when set, is the allow list of exporter addresses: flows
 	// from anyone else are dropped and counted, so that a spoofed datagram
 	// cannot frame a subscriber.
-	Exporters []netip.Prefix `yaml:"exporters"`
+	Exporters []network.Prefix `yaml:"exporters"`
 	// ReceiveBuffer is the socket receive buffer (SO_RCVBUF) in bytes.
 	ReceiveBuffer int `yaml:"receive_buffer"`
 	// QueueSize bounds the flows waiting for Kafka; beyond it datagrams

@@ -20,6 +20,7 @@ import (
 
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/flow"
+	"github.com/wormsign/wormsign/network"
 )
 
 // Dependencies of the collector.
@@ -28,18 +29,19 @@ type Dependencies struct {
 	Registry prometheus.Registerer
 	Bus      bus.Bus
 	Topic    string
-	// SubscriberNetworks picks the Kafka key: the address of a flow that
-	// lies inside them. Empty means every source is a subscriber.
-	SubscriberNetworks []netip.Prefix
+	// Subscribers picks the Kafka key of a flow: its subscriber
+	// (network.Subscribers has the rule).
+	Subscribers network.Subscribers
 }
 
 // Component is the collector.
 type Component struct {
-	config   Configuration
-	deps     Dependencies
-	metrics  *metrics
-	decoder  *Decoder
-	producer bus.Producer
+	config    Configuration
+	deps      Dependencies
+	exporters *network.Set // nil: every exporter is accepted
+	metrics   *metrics
+	decoder   *Decoder
+	producer  bus.Producer
 
 	conns   []*net.UDPConn
 	queue   chan []flow.Flow
@@ -65,14 +67,19 @@ func New(config Configuration, deps Dependencies) (*Component, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cannot create flows producer: %w", err)
 	}
+	var exporters *network.Set
+	if len(config.Exporters) > 0 {
+		exporters = network.NewSet(config.Exporters...)
+	}
 	return &Component{
-		config:   config,
-		deps:     deps,
-		metrics:  newMetrics(deps.Registry),
-		decoder:  NewDecoderFrom(config),
-		producer: producer,
-		queue:    make(chan []flow.Flow, config.QueueSize),
-		flushed:  make(chan struct{}),
+		exporters: exporters,
+		config:    config,
+		deps:      deps,
+		metrics:   newMetrics(deps.Registry),
+		decoder:   NewDecoderFrom(config),
+		producer:  producer,
+		queue:     make(chan []flow.Flow, config.QueueSize),
+		flushed:   make(chan struct{}),
 		// About 32 flows per queued datagram (NetFlow v9/IPFIX carry
 		// 20-40), plus what the publishers hold.
 		maxQueuedFlows: int64(config.QueueSize)*32 + int64(2*config.Publishers*config.BatchFlows),
@@ -305,28 +312,7 @@ func recycle(flows []flow.Flow) {
 }
 
 func (c *Component) allowed(a netip.Addr) bool {
-	return len(c.config.Exporters) == 0 || contains(c.config.Exporters, a)
-}
-
-// SubscriberKey is the address a flow belongs to: its source when that is
-// a subscriber, else its destination when that is, else its source.
-func SubscriberKey(f *flow.Flow, networks []netip.Prefix) netip.Addr {
-	if len(networks) == 0 || contains(networks, f.SrcAddr) {
-		return f.SrcAddr
-	}
-	if contains(networks, f.DstAddr) {
-		return f.DstAddr
-	}
-	return f.SrcAddr
-}
-
-func contains(networks []netip.Prefix, a netip.Addr) bool {
-	for _, p := range networks {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
+	return c.exporters == nil || c.exporters.Contains(a)
 }
 
 // shardBatch is the flows of one publisher shard. Flows of one
@@ -402,7 +388,7 @@ func (c *Component) publish() {
 				return
 			}
 			for i := range flows {
-				key := SubscriberKey(&flows[i], c.deps.SubscriberNetworks)
+				key := c.deps.Subscribers.Key(flows[i].SrcAddr, flows[i].DstAddr)
 				shard := 0
 				if n > 1 {
 					shard = int(keyHash(key) % uint32(n))

@@ -16,6 +16,7 @@ import (
 
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/flow"
+	"github.com/wormsign/wormsign/network"
 	"github.com/wormsign/wormsign/testenv"
 )
 
@@ -177,7 +178,7 @@ func TestReceiveBuffer(t *testing.T) {
 // TestExporterLimits checks the allow list and the cap on exporters.
 func TestExporterLimits(t *testing.T) {
 	cfg := DefaultConfiguration()
-	cfg.Exporters = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
+	cfg.Exporters = []network.Prefix{network.MustParsePrefix("192.0.2.0/24")}
 	c, consumer, mem := newTestComponent(t, cfg)
 	const secs = 1700000000
 	dg := nf{version: 9, domain: 1, unixSecs: secs, uptimeMs: 100000, sets: [][]byte{

@@ -40,8 +40,10 @@ func Load(cfg any, path string, environ []string) error {
 			return fmt.Errorf("invalid configuration file %s: %w", path, err)
 		}
 	}
-	keys := map[string]reflect.Value{}
-	collectKeys(reflect.ValueOf(cfg).Elem(), "", keys)
+	keys := map[string]envKey{}
+	if err := collectKeys(reflect.ValueOf(cfg).Elem(), "", "", keys); err != nil {
+		return err
+	}
 	var unknown []string
 	for _, kv := range environ {
 		name, value, ok := strings.Cut(kv, "=")
@@ -53,7 +55,7 @@ func Load(cfg any, path string, environ []string) error {
 			unknown = append(unknown, name)
 			continue
 		}
-		if err := setFromString(field, value); err != nil {
+		if err := setFromString(field.value, value); err != nil {
 			return fmt.Errorf("invalid value %q for %s: %w", value, name, err)
 		}
 	}
@@ -64,39 +66,48 @@ func Load(cfg any, path string, environ []string) error {
 	return nil
 }
 
-// Keys lists every environment variable name that Load understands.
-func Keys(cfg any) []string {
-	keys := map[string]reflect.Value{}
-	collectKeys(reflect.ValueOf(cfg).Elem(), "", keys)
-	names := make([]string, 0, len(keys))
-	for k := range keys {
-		names = append(names, EnvPrefix+k)
-	}
-	sort.Strings(names)
-	return names
-}
-
 var textUnmarshaler = reflect.TypeFor[encoding.TextUnmarshaler]()
 
-func collectKeys(v reflect.Value, prefix string, keys map[string]reflect.Value) {
+// envKey is a configuration key reachable from the environment.
+type envKey struct {
+	path  string // as in the file: detector.smtp_fanout.threshold
+	value reflect.Value
+}
+
+// collectKeys maps environment names to the keys they set. Two keys that
+// would share one name (a_b.c and a.b_c both become A_B_C) are an error:
+// the variable would silently set only one of them.
+func collectKeys(v reflect.Value, envPrefix, pathPrefix string, keys map[string]envKey) error {
 	t := v.Type()
 	for i := 0; i < t.NumField(); i++ {
 		sf := t.Field(i)
-		tag, _, _ := strings.Cut(sf.Tag.Get("yaml"), ",")
+		tag, opts, _ := strings.Cut(sf.Tag.Get("yaml"), ",")
 		if tag == "-" || !sf.IsExported() {
+			continue
+		}
+		fv := v.Field(i)
+		if opts == "inline" && fv.Kind() == reflect.Struct {
+			if err := collectKeys(fv, envPrefix, pathPrefix, keys); err != nil {
+				return err
+			}
 			continue
 		}
 		if tag == "" {
 			tag = strings.ToLower(sf.Name)
 		}
-		name := prefix + strings.ToUpper(tag)
-		fv := v.Field(i)
+		name, path := envPrefix+strings.ToUpper(tag), pathPrefix+tag
 		if fv.Kind() == reflect.Struct && !reflect.PointerTo(fv.Type()).Implements(textUnmarshaler) {
-			collectKeys(fv, name+"_", keys)
+			if err := collectKeys(fv, name+"_", path+".", keys); err != nil {
+				return err
+			}
 			continue
 		}
-		keys[name] = fv
+		if other, dup := keys[name]; dup {
+			return fmt.Errorf("configuration keys %s and %s both map to %s%s", other.path, path, EnvPrefix, name)
+		}
+		keys[name] = envKey{path: path, value: fv}
 	}
+	return nil
 }
 
 func setFromString(v reflect.Value, s string) error {

@@ -84,3 +84,38 @@ func TestLoad(t *testing.T) {
 		})
 	}
 }
+
+// TestEnvironmentNameClash checks that two keys spelled differently in the
+// file but mapping to one variable are refused, not silently merged.
+func TestEnvironmentNameClash(t *testing.T) {
+	var clash struct {
+		SMTP struct {
+			FanoutThreshold int `yaml:"fanout_threshold"`
+		} `yaml:"smtp"`
+		SMTPFanout struct {
+			Threshold int `yaml:"threshold"`
+		} `yaml:"smtp_fanout"`
+	}
+	err := Load(&clash, "", nil)
+	if err == nil || !strings.Contains(err.Error(), "smtp.fanout_threshold and smtp_fanout.threshold both map to WORMSIGN_SMTP_FANOUT_THRESHOLD") {
+		t.Errorf("Load() error = %v, want the clash named", err)
+	}
+}
+
+// TestInlineSection checks that an inlined struct's keys keep the parent's
+// names in the file and the environment.
+func TestInlineSection(t *testing.T) {
+	var cfg struct {
+		Section struct {
+			Listen string `yaml:"listen"`
+			Inner  inner  `yaml:",inline"`
+		} `yaml:"section"`
+	}
+	path := writeFile(t, "section:\n  listen: ':1'\n  threshold: 7\n")
+	if err := Load(&cfg, path, []string{"WORMSIGN_SECTION_WINDOW=2m"}); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Section.Listen != ":1" || cfg.Section.Inner.Threshold != 7 || cfg.Section.Inner.Window != 2*time.Minute {
+		t.Errorf("loaded %+v", cfg.Section)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/wormsign/wormsign/alert"
+	"github.com/wormsign/wormsign/network"
 )
 
 // Bucket is the width of the sub-buckets sliding windows are built from.
@@ -37,7 +38,7 @@ type Configuration struct {
 	IncidentLookback time.Duration `yaml:"incident_lookback"`
 	// AllowList holds prefixes and addresses never alerted on: the ISP's
 	// own mail relays, business customers with their own MTAs.
-	AllowList []Network `yaml:"allow_list"`
+	AllowList []network.Prefix `yaml:"allow_list"`
 	// SubscriberMap is a CSV file of "network,subscriber_id" lines whose
 	// subscriber_id goes into alerts; re-read when it changes.
 	SubscriberMap string `yaml:"subscriber_map"`
@@ -55,13 +56,15 @@ type Configuration struct {
 // GroupConfiguration tunes the rules for one group of subscribers, such as
 // business customers or a sampled access network.
 type GroupConfiguration struct {
-	Name     string    `yaml:"name"`
-	Networks []Network `yaml:"networks"`
+	Name     string           `yaml:"name"`
+	Networks []network.Prefix `yaml:"networks"`
 	// Disable lists rule kinds (smtp_fanout, dst_entropy) that never alert
 	// for this group.
-	Disable    []string                `yaml:"disable"`
-	SMTPFanout SMTPFanoutConfiguration `yaml:"smtp_fanout"`
-	DstEntropy DstEntropyConfiguration `yaml:"dst_entropy"`
+	Disable []string `yaml:"disable"`
+	// The rules' settings for the group: keys it names replace the
+	// global ones, the others are inherited.
+	SMTPFanout Override[SMTPFanoutConfiguration] `yaml:"smtp_fanout"`
+	DstEntropy Override[DstEntropyConfiguration] `yaml:"dst_entropy"`
 }
 
 // SMTPFanoutConfiguration tunes the smtp_fanout rule.
@@ -230,7 +233,10 @@ func (c Configuration) Validate() error {
 				return fmt.Errorf("%s (%s).disable: unknown rule %q", name, g.Name, k)
 			}
 		}
-		r := c.rules(g)
+		r, err := c.rules(g)
+		if err != nil {
+			return fmt.Errorf("%s (%s).%w", name, g.Name, err)
+		}
 		if err := r.smtp.validate(name + ".smtp_fanout"); err != nil {
 			return err
 		}
@@ -315,49 +321,16 @@ type ruleSet struct {
 	entMins  int
 }
 
-func inherit[T comparable](v *T, global T) {
-	var zero T
-	if *v == zero {
-		*v = global
-	}
-}
-
 // rules merges a group's overrides onto the global rule settings.
-func (c Configuration) rules(g GroupConfiguration) ruleSet {
-	s, gs := c.SMTPFanout, g.SMTPFanout
-	inherit(&gs.Threshold, s.Threshold)
-	inherit(&gs.Window, s.Window)
-	inherit(&gs.SlowThreshold, s.SlowThreshold)
-	inherit(&gs.SlowWindow, s.SlowWindow)
-	inherit(&gs.UpdateInterval, s.UpdateInterval)
-	inherit(&gs.Cooldown, s.Cooldown)
-	inherit(&gs.MaxDestinations, s.MaxDestinations)
-	inherit(&gs.SampleSize, s.SampleSize)
-	q, gq := s.Sequential, &gs.Sequential
-	inherit(&gq.SuccessBenign, q.SuccessBenign)
-	inherit(&gq.SuccessInfected, q.SuccessInfected)
-	inherit(&gq.DetectionProbability, q.DetectionProbability)
-	inherit(&gq.FalseAlarmProbability, q.FalseAlarmProbability)
-	inherit(&gq.MinFirstContacts, q.MinFirstContacts)
-	gq.Enabled = q.Enabled
-	gs.Enabled = s.Enabled
-
-	e, ge := c.DstEntropy, g.DstEntropy
-	inherit(&ge.Window, e.Window)
-	inherit(&ge.MinFlows, e.MinFlows)
-	inherit(&ge.WormMinDsts, e.WormMinDsts)
-	inherit(&ge.WormAddrEntropy, e.WormAddrEntropy)
-	inherit(&ge.WormPortEntropy, e.WormPortEntropy)
-	inherit(&ge.BaselineAlpha, e.BaselineAlpha)
-	inherit(&ge.BaselineWarmup, e.BaselineWarmup)
-	inherit(&ge.BaselineDeviation, e.BaselineDeviation)
-	inherit(&ge.BaselineMinDelta, e.BaselineMinDelta)
-	inherit(&ge.MaxRecords, e.MaxRecords)
-	inherit(&ge.UpdateInterval, e.UpdateInterval)
-	inherit(&ge.Cooldown, e.Cooldown)
-	inherit(&ge.SampleSize, e.SampleSize)
-	ge.Enabled = e.Enabled
-
+func (c Configuration) rules(g GroupConfiguration) (ruleSet, error) {
+	gs, err := g.SMTPFanout.apply(c.SMTPFanout)
+	if err != nil {
+		return ruleSet{}, fmt.Errorf("smtp_fanout: %w", err)
+	}
+	ge, err := g.DstEntropy.apply(c.DstEntropy)
+	if err != nil {
+		return ruleSet{}, fmt.Errorf("dst_entropy: %w", err)
+	}
 	return ruleSet{
 		name:     g.Name,
 		smtp:     gs,
@@ -367,5 +340,5 @@ func (c Configuration) rules(g GroupConfiguration) ruleSet {
 		smtpMins: int(gs.Window / Bucket),
 		slowMins: int(gs.SlowWindow / Bucket),
 		entMins:  int(ge.Window / Bucket),
-	}
+	}, nil
 }

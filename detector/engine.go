@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"math"
 	"net/netip"
 	"slices"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/wormsign/wormsign/alert"
 	"github.com/wormsign/wormsign/flow"
+	"github.com/wormsign/wormsign/network"
 )
 
 // Engine holds the per-subscriber windows and incidents of one detector
@@ -22,8 +24,8 @@ import (
 type Engine struct {
 	config       Configuration
 	rules        []ruleSet // [0] is the global one, then the groups
-	groups       *prefixTable[int]
-	allow        *prefixTable[struct{}]
+	groups       *network.Table[int]
+	allow        *network.Set
 	subscriberID func(netip.Addr) string
 	// Subscribers are spread over shards by a hash of their address, so
 	// that the once-a-minute visit for expiry and eviction takes one shard
@@ -105,14 +107,22 @@ type incident struct {
 	last             alert.Alert
 }
 
+// mustRules merges a group's settings that Validate has accepted.
+func mustRules(config Configuration, g GroupConfiguration) ruleSet {
+	r, err := config.rules(g)
+	if err != nil {
+		panic(fmt.Sprintf("detector: configuration not validated: %v", err))
+	}
+	return r
+}
+
 // NewEngine returns an engine with no state. The configuration must be
 // valid (Configuration.Validate).
 func NewEngine(config Configuration) *Engine {
 	e := &Engine{
 		config:      config,
-		rules:       []ruleSet{config.rules(GroupConfiguration{Name: ""})},
-		groups:      newPrefixTable[int](),
-		allow:       newPrefixTable[struct{}](),
+		rules:       []ruleSet{mustRules(config, GroupConfiguration{})},
+		groups:      network.NewTable[int](),
 		active:      map[netip.Addr]*subscriber{},
 		exporterIdx: map[netip.Addr]uint16{},
 		scratch:     scratch{dsts: map[uint32]uint64{}, ports: map[uint16]uint64{}},
@@ -121,14 +131,12 @@ func NewEngine(config Configuration) *Engine {
 		e.shards[i] = map[netip.Addr]*subscriber{}
 	}
 	for _, g := range config.Groups {
-		e.rules = append(e.rules, config.rules(g))
+		e.rules = append(e.rules, mustRules(config, g))
 		for _, n := range g.Networks {
-			e.groups.insert(n.Prefix, len(e.rules)-1)
+			e.groups.Insert(n.Prefix, len(e.rules)-1)
 		}
 	}
-	for _, n := range config.AllowList {
-		e.allow.insert(n.Prefix, struct{}{})
-	}
+	e.allow = network.NewSet(config.AllowList...)
 	longest := time.Duration(0)
 	for _, r := range e.rules {
 		longest = max(longest, r.smtp.SlowWindow, r.entropy.Window)
@@ -211,14 +219,14 @@ func (e *Engine) Process(f *flow.Flow) []alert.Alert {
 		out = e.Advance(f.EndMs)
 	}
 	src := f.SrcAddr.Unmap()
-	if _, ok := e.allow.lookup(src); ok {
+	if e.allow.Contains(src) {
 		e.stats.AllowListed++
 		return out
 	}
 	isSMTP := f.Proto == flow.ProtoTCP && f.DstPort == 25
 	s := e.lookup(src)
 	if s == nil {
-		g, _ := e.groups.lookup(src)
+		g, _ := e.groups.Lookup(src)
 		r := &e.rules[g]
 		if !r.entOn && !(r.smtpOn && isSMTP) {
 			return out // nothing would use the state

@@ -9,6 +9,7 @@ import (
 
 	"github.com/wormsign/wormsign/alert"
 	"github.com/wormsign/wormsign/flow"
+	"github.com/wormsign/wormsign/network"
 )
 
 var (
@@ -222,7 +223,7 @@ func TestEngineEventTime(t *testing.T) {
 
 func TestEngineAllowList(t *testing.T) {
 	cfg := testConfig()
-	cfg.AllowList = []Network{{netip.PrefixFrom(relay, 32)}}
+	cfg.AllowList = []network.Prefix{{Prefix: netip.PrefixFrom(relay, 32)}}
 	r := &run{e: NewEngine(cfg)}
 	for i := 0; i < 50; i++ {
 		r.feed(smtpFlow(relay, i, at(float64(i)*0.01), flow.TCPSyn|flow.TCPAck))

@@ -10,6 +10,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/wormsign/wormsign/network"
 )
 
 // Mapping tells the subscriber_id of an address, from a CSV file of
@@ -17,7 +19,7 @@ import (
 // The longest prefix wins. Blank lines and lines starting with # are
 // skipped, and so is a first line whose network does not parse (a header).
 type Mapping struct {
-	table   *prefixTable[string]
+	table   *network.Table[string]
 	modTime time.Time
 	size    int64
 }
@@ -47,7 +49,7 @@ func ParseMapping(r io.Reader) (*Mapping, error) {
 	cr.FieldsPerRecord = -1
 	cr.Comment = '#'
 	cr.TrimLeadingSpace = true
-	m := &Mapping{table: newPrefixTable[string]()}
+	m := &Mapping{table: network.NewTable[string]()}
 	for line := 1; ; line++ {
 		rec, err := cr.Read()
 		if errors.Is(err, io.EOF) {
@@ -62,14 +64,14 @@ func ParseMapping(r io.Reader) (*Mapping, error) {
 		if len(rec) < 2 {
 			return nil, fmt.Errorf("line %d: want network,subscriber_id", line)
 		}
-		n, err := ParseNetwork(rec[0])
+		n, err := network.ParsePrefix(rec[0])
 		if err != nil {
 			if line == 1 {
 				continue // header
 			}
 			return nil, fmt.Errorf("line %d: %w", line, err)
 		}
-		m.table.insert(n.Prefix, strings.TrimSpace(rec[1]))
+		m.table.Insert(n.Prefix, strings.TrimSpace(rec[1]))
 	}
 }
 
@@ -78,7 +80,7 @@ func (m *Mapping) Lookup(a netip.Addr) string {
 	if m == nil {
 		return ""
 	}
-	id, _ := m.table.lookup(a)
+	id, _ := m.table.Lookup(a)
 	return id
 }
 
@@ -87,7 +89,7 @@ func (m *Mapping) Len() int {
 	if m == nil {
 		return 0
 	}
-	return m.table.len()
+	return m.table.Len()
 }
 
 // changed tells whether the file at path differs from what m was loaded

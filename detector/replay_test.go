@@ -16,6 +16,7 @@ import (
 	"github.com/wormsign/wormsign/alert"
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/flow"
+	"github.com/wormsign/wormsign/network"
 )
 
 // scenario is forty minutes of a small access network, as the collector
@@ -116,7 +117,7 @@ func runDetector(t *testing.T, cfg Configuration, msgs []bus.Message, minutes []
 // identical, byte for byte and in order.
 func TestReplayEqualsLive(t *testing.T) {
 	cfg := DefaultConfiguration()
-	cfg.AllowList = []Network{{netip.PrefixFrom(relay, 32)}}
+	cfg.AllowList = []network.Prefix{{Prefix: netip.PrefixFrom(relay, 32)}}
 	msgs, minutes := scenario()
 	live := runDetector(t, cfg, msgs, minutes, func(n int) { time.Sleep(time.Duration(n) * 60 * time.Millisecond) })
 	replay := runDetector(t, cfg, msgs, minutes, func(int) {})

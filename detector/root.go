@@ -16,6 +16,7 @@ import (
 	"github.com/wormsign/wormsign/alert"
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/flow"
+	"github.com/wormsign/wormsign/network"
 )
 
 // Dependencies of the detector.
@@ -25,9 +26,9 @@ type Dependencies struct {
 	Bus         bus.Bus
 	FlowsTopic  string
 	AlertsTopic string
-	// SubscriberNetworks: only flows from these sources are evaluated.
-	// Empty means every source.
-	SubscriberNetworks []netip.Prefix
+	// Subscribers says which flows are a subscriber's own (outbound):
+	// only those are evaluated (network.Subscribers has the rule).
+	Subscribers network.Subscribers
 	// ResolveAtEnd resolves every open incident when the flows topic ends,
 	// as replay wants at the end of its captures.
 	ResolveAtEnd bool
@@ -41,7 +42,6 @@ type Component struct {
 	group    bus.GroupConsumer
 	producer bus.Producer
 	mapping  atomic.Pointer[Mapping]
-	subnets  *prefixTable[struct{}]
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -69,10 +69,6 @@ func New(config Configuration, deps Dependencies) (*Component, error) {
 		metrics:    newMetrics(deps.Registry),
 		done:       make(chan struct{}),
 		partitions: map[int]*Engine{},
-		subnets:    newPrefixTable[struct{}](),
-	}
-	for _, p := range deps.SubscriberNetworks {
-		c.subnets.insert(p, struct{}{})
 	}
 	if config.SubscriberMap != "" {
 		m, err := LoadMapping(config.SubscriberMap)
@@ -367,10 +363,8 @@ func (p *partition) process(ctx context.Context, msg bus.Message, publish bool) 
 	// the brokers.
 	p.alerts = p.alerts[:0]
 	for i := range p.flows {
-		if c.subnets.len() > 0 {
-			if _, ok := c.subnets.lookup(p.flows[i].SrcAddr); !ok {
-				continue
-			}
+		if _, dir := c.deps.Subscribers.Of(p.flows[i].SrcAddr, p.flows[i].DstAddr); dir != network.Outbound {
+			continue
 		}
 		p.alerts = append(p.alerts, p.engine.Process(&p.flows[i])...)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/wormsign/wormsign/alert"
 	"github.com/wormsign/wormsign/flow"
+	"github.com/wormsign/wormsign/network"
 )
 
 func opens(as []alert.Alert, kind string) []alert.Alert {
@@ -200,9 +201,9 @@ func TestGroups(t *testing.T) {
 	cfg := testConfig()
 	cfg.SMTPFanout.SlowThreshold = 100
 	cfg.Groups = []GroupConfiguration{
-		{Name: "business", Networks: []Network{MustParseNetwork("203.0.113.0/28")},
-			SMTPFanout: SMTPFanoutConfiguration{Threshold: 50}},
-		{Name: "own-mta", Networks: []Network{MustParseNetwork("203.0.113.77")},
+		{Name: "business", Networks: []network.Prefix{network.MustParsePrefix("203.0.113.0/28")},
+			SMTPFanout: Set(func(s *SMTPFanoutConfiguration) { s.Threshold = 50 })},
+		{Name: "own-mta", Networks: []network.Prefix{network.MustParsePrefix("203.0.113.77")},
 			Disable: []string{alert.KindSMTPFanout}},
 	}
 	if err := cfg.Validate(); err != nil {
@@ -246,11 +247,11 @@ func TestConfigValidate(t *testing.T) {
 		{"entropy bounds", func(c *Configuration) { c.DstEntropy.WormAddrEntropy = 1.5 }, "detector.dst_entropy"},
 		{"group without networks", func(c *Configuration) { c.Groups = []GroupConfiguration{{Name: "x"}} }, "detector.groups[0] (x).networks"},
 		{"group unknown rule", func(c *Configuration) {
-			c.Groups = []GroupConfiguration{{Name: "x", Networks: []Network{MustParseNetwork("10.0.0.0/8")}, Disable: []string{"smtp"}}}
+			c.Groups = []GroupConfiguration{{Name: "x", Networks: []network.Prefix{network.MustParsePrefix("10.0.0.0/8")}, Disable: []string{"smtp"}}}
 		}, `unknown rule "smtp"`},
 		{"group override invalid", func(c *Configuration) {
-			c.Groups = []GroupConfiguration{{Name: "x", Networks: []Network{MustParseNetwork("10.0.0.0/8")},
-				SMTPFanout: SMTPFanoutConfiguration{Threshold: 5000}}}
+			c.Groups = []GroupConfiguration{{Name: "x", Networks: []network.Prefix{network.MustParsePrefix("10.0.0.0/8")},
+				SMTPFanout: Set(func(s *SMTPFanoutConfiguration) { s.Threshold = 5000 })}}
 		}, "detector.groups[0].smtp_fanout.max_destinations"},
 		{"map without reload", func(c *Configuration) { c.SubscriberMap = "x.csv"; c.SubscriberMapReload = 0 }, "subscriber_map_reload"},
 	}
@@ -273,13 +274,13 @@ func TestNetworkAndMapping(t *testing.T) {
 	for in, want := range map[string]string{
 		"192.0.2.25": "192.0.2.25/32", "192.0.2.77/24": "192.0.2.0/24", "2001:db8::1": "2001:db8::1/128", " 10.0.0.0/8 ": "10.0.0.0/8",
 	} {
-		n, err := ParseNetwork(in)
+		n, err := network.ParsePrefix(in)
 		if err != nil || n.String() != want {
-			t.Errorf("ParseNetwork(%q) = %s, %v; want %s", in, n, err, want)
+			t.Errorf("ParsePrefix(%q) = %s, %v; want %s", in, n, err, want)
 		}
 	}
-	if _, err := ParseNetwork("mail.example"); err == nil {
-		t.Error("ParseNetwork accepted a name")
+	if _, err := network.ParsePrefix("mail.example"); err == nil {
+		t.Error("ParsePrefix accepted a name")
 	}
 	m, err := ParseMapping(strings.NewReader("network,subscriber_id\n# comment\n203.0.113.0/24,cust-net\n203.0.113.10,cust-10\n\n2001:db8::/32,cust-v6\n"))
 	if err != nil {

@@ -6,7 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/netip"
 	"os"
 	"strings"
 	"testing"
@@ -18,6 +17,7 @@ import (
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/collector"
 	"github.com/wormsign/wormsign/detector"
+	"github.com/wormsign/wormsign/network"
 	"github.com/wormsign/wormsign/testenv"
 )
 
@@ -61,11 +61,11 @@ func TestLabScenario(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	mem := bus.NewMemory(1024)
 	alertsIn, _ := mem.Consumer("alerts", "test")
-	subscribers := []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}
+	subscribers := network.NewSubscribers([]network.Prefix{network.MustParsePrefix("203.0.113.0/24")})
 	dcfg := detector.DefaultConfiguration()
-	dcfg.AllowList = []detector.Network{detector.MustParseNetwork(relay.String())}
+	dcfg.AllowList = []network.Prefix{network.MustParsePrefix(relay.String())}
 	d, err := detector.New(dcfg, detector.Dependencies{Logger: logger, Registry: reg, Bus: mem,
-		FlowsTopic: "flows", AlertsTopic: "alerts", SubscriberNetworks: subscribers})
+		FlowsTopic: "flows", AlertsTopic: "alerts", Subscribers: subscribers})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +73,7 @@ func TestLabScenario(t *testing.T) {
 	ccfg.NetFlowListen = []string{fmt.Sprintf("127.0.0.1:%d", port)}
 	ccfg.SFlowListen = nil
 	c, err := collector.New(ccfg, collector.Dependencies{Logger: logger, Registry: reg, Bus: mem,
-		Topic: "flows", SubscriberNetworks: subscribers})
+		Topic: "flows", Subscribers: subscribers})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,4 +164,3 @@ func keys(m map[string]alert.Alert) []string {
 	}
 	return out
 }
-

@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"os"
 	"strings"
 
@@ -12,6 +11,7 @@ import (
 	"github.com/wormsign/wormsign/config"
 	"github.com/wormsign/wormsign/detector"
 	"github.com/wormsign/wormsign/httpserver"
+	"github.com/wormsign/wormsign/network"
 	"github.com/wormsign/wormsign/sink"
 )
 
@@ -20,7 +20,7 @@ type Configuration struct {
 	LogLevel string `yaml:"log_level"`
 	// SubscriberNetworks are the ISP's subscriber prefixes; empty means
 	// every source address is a subscriber.
-	SubscriberNetworks []netip.Prefix               `yaml:"subscriber_networks"`
+	SubscriberNetworks []network.Prefix             `yaml:"subscriber_networks"`
 	HTTP               httpserver.Configuration     `yaml:"http"`
 	Kafka              bus.Configuration            `yaml:"kafka"`
 	ClickHouse         sink.ClickHouseConfiguration `yaml:"clickhouse"`

@@ -16,6 +16,7 @@ import (
 	"github.com/wormsign/wormsign/collector"
 	"github.com/wormsign/wormsign/detector"
 	"github.com/wormsign/wormsign/httpserver"
+	"github.com/wormsign/wormsign/network"
 	"github.com/wormsign/wormsign/sink"
 )
 
@@ -119,7 +120,7 @@ func runStages(ctx context.Context, cfg Configuration, logger *slog.Logger, stdo
 		d, err := detector.New(cfg.Detector, detector.Dependencies{
 			Logger: logger.With("component", "detector"), Registry: reg, Bus: b,
 			FlowsTopic: cfg.Kafka.FlowsTopic, AlertsTopic: cfg.Kafka.AlertsTopic,
-			SubscriberNetworks: cfg.SubscriberNetworks,
+			Subscribers: network.NewSubscribers(cfg.SubscriberNetworks),
 		})
 		if err != nil {
 			stopAll()
@@ -141,7 +142,7 @@ func runStages(ctx context.Context, cfg Configuration, logger *slog.Logger, stdo
 	if want.collector {
 		c, err := collector.New(cfg.Collector, collector.Dependencies{
 			Logger: logger.With("component", "collector"), Registry: reg, Bus: b,
-			Topic: cfg.Kafka.FlowsTopic, SubscriberNetworks: cfg.SubscriberNetworks,
+			Topic: cfg.Kafka.FlowsTopic, Subscribers: network.NewSubscribers(cfg.SubscriberNetworks),
 		})
 		if err != nil {
 			stopAll()
@@ -207,7 +208,7 @@ func replay(ctx context.Context, cfg Configuration, logger *slog.Logger, stdout 
 	}
 	d, err := detector.New(cfg.Detector, detector.Dependencies{
 		Logger: logger, Registry: reg, Bus: memory, FlowsTopic: cfg.Kafka.FlowsTopic,
-		AlertsTopic: cfg.Kafka.AlertsTopic, SubscriberNetworks: cfg.SubscriberNetworks, ResolveAtEnd: true,
+		AlertsTopic: cfg.Kafka.AlertsTopic, Subscribers: network.NewSubscribers(cfg.SubscriberNetworks), ResolveAtEnd: true,
 	})
 	if err != nil {
 		return err
@@ -215,7 +216,7 @@ func replay(ctx context.Context, cfg Configuration, logger *slog.Logger, stdout 
 	colCfg := cfg.Collector
 	colCfg.NetFlowListen, colCfg.SFlowListen = nil, nil
 	c, err := collector.New(colCfg, collector.Dependencies{
-		Logger: logger, Registry: reg, Bus: memory, Topic: cfg.Kafka.FlowsTopic, SubscriberNetworks: cfg.SubscriberNetworks,
+		Logger: logger, Registry: reg, Bus: memory, Topic: cfg.Kafka.FlowsTopic, Subscribers: network.NewSubscribers(cfg.SubscriberNetworks),
 	})
 	if err != nil {
 		return err
