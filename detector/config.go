@@ -145,7 +145,7 @@ type DstEntropyConfiguration struct {
 	SampleSize     int           `yaml:"sample_size"`
 }
 
-// DefaultConfiguration returns the documented defaults (design.md, Detection).
+// DefaultConfiguration returns the defaults documented in the README (Detection).
 func DefaultConfiguration() Configuration {
 	return Configuration{
 		Group:               "wormsign-detector",

@@ -54,7 +54,7 @@ type inheritKey struct {
 
 // EngineStats counts what the engine did, for metrics.
 type EngineStats struct {
-	Flows, LateFlows, InvalidFlows, AllowListed, TooOld, Evicted uint64
+	Flows, LateFlows, InvalidFlows, AllowListed, Evicted uint64
 	// FutureFlows ended after the collector received them (beyond the
 	// allowed lateness): a wrong exporter clock the collector could not
 	// correct. Their end time is taken as the receive time, so that one
@@ -282,7 +282,7 @@ func (e *Engine) Process(f *flow.Flow) []alert.Alert {
 	failed := failedAttempt(f)
 	first, ok := m.addFirst(f.DstAddr, minute, failed, f.Scale(), r.smtp.MaxDestinations, r.smtp.SampleSize)
 	if !ok {
-		e.stats.TooOld++
+		// Older than the longest window: it can change no count.
 		return out
 	}
 	if first && r.smtp.Sequential.Enabled {
@@ -467,8 +467,9 @@ func incidentID(addr netip.Addr, kind string, openedMs int64) string {
 }
 
 // Advance moves event time to nowMs. At each new minute it resolves
-// incidents quiet for their cool-down, evaluates dst_entropy and evicts
-// subscribers with nothing left in their windows.
+// incidents quiet for their cool-down and evicts subscribers with nothing
+// left in their windows (dst_entropy is evaluated as flows arrive, on a
+// subscriber's first flow of each minute).
 func (e *Engine) Advance(nowMs int64) []alert.Alert {
 	if nowMs <= e.watermark {
 		return nil

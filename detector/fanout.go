@@ -56,15 +56,10 @@ func (f *fanout) slot(minute int64) *bucket {
 	return b
 }
 
-// add records one flow to dst ending in minute. scale is the sampling
+// addFirst records one flow to dst ending in minute. scale is the sampling
 // multiplier for flow counts. It reports whether dst is a first contact
 // (not seen in the longest window) and false in ok for a flow older than
 // the longest window, which can no longer change any count.
-func (f *fanout) add(dst netip.Addr, minute int64, failed bool, scale uint64, maxDsts, sampleSize int) (ok bool) {
-	_, ok = f.addFirst(dst, minute, failed, scale, maxDsts, sampleSize)
-	return ok
-}
-
 func (f *fanout) addFirst(dst netip.Addr, minute int64, failed bool, scale uint64, maxDsts, sampleSize int) (first, ok bool) {
 	if minute > f.latest {
 		f.latest = minute

@@ -162,3 +162,9 @@ func TestFanoutSampleAndCap(t *testing.T) {
 		t.Errorf("sampled: distinct %d flows %d failed %d, want 1 200 100", d, fl, fa)
 	}
 }
+
+// add is addFirst for tests that only check that the flow counted.
+func (f *fanout) add(dst netip.Addr, minute int64, failed bool, scale uint64, maxDsts, sampleSize int) (ok bool) {
+	_, ok = f.addFirst(dst, minute, failed, scale, maxDsts, sampleSize)
+	return ok
+}
