@@ -20,6 +20,10 @@ type Configuration struct {
 	// AllowedLateness: flows whose end time is older than the event-time
 	// watermark minus this are counted and dropped.
 	AllowedLateness time.Duration `yaml:"allowed_lateness"`
+	// SourceIdleTimeout: a source (exporter and observation domain, per
+	// collector publisher) none of whose flows the collector received for
+	// this long stops holding the partition's watermark back.
+	SourceIdleTimeout time.Duration `yaml:"source_idle_timeout"`
 	// IdleAdvance: when no flow arrives for this long (wall clock), event
 	// time advances with the wall clock so that incidents still resolve.
 	IdleAdvance time.Duration `yaml:"idle_advance"`
@@ -151,6 +155,7 @@ func DefaultConfiguration() Configuration {
 		Group:               "wormsign-detector",
 		AllowedLateness:     2 * time.Minute,
 		IdleAdvance:         10 * time.Second,
+		SourceIdleTimeout:   time.Minute,
 		CommitInterval:      time.Second,
 		RebuildLookback:     65 * time.Minute,
 		IncidentLookback:    24 * time.Hour,
@@ -203,6 +208,8 @@ func (c Configuration) Validate() error {
 		return fmt.Errorf("detector.group must not be empty")
 	case c.AllowedLateness < 0:
 		return fmt.Errorf("detector.allowed_lateness: %s, want >= 0", c.AllowedLateness)
+	case c.SourceIdleTimeout <= 0:
+		return fmt.Errorf("detector.source_idle_timeout: %s, want > 0", c.SourceIdleTimeout)
 	case c.IdleAdvance <= 0:
 		return fmt.Errorf("detector.idle_advance: %s, want > 0", c.IdleAdvance)
 	case c.CommitInterval <= 0:

@@ -38,10 +38,23 @@ type Engine struct {
 	exporters   []netip.Addr
 	exporterIdx map[netip.Addr]uint16
 	keepMs      int64 // idle time after which a subscriber without incidents is evicted
-	watermark   int64 // newest flow end time seen, Unix ms
+	// watermark is event time: the slowest active source's newest flow
+	// end, Unix ms (watermark.go). Flows ending before it minus the
+	// allowed lateness are late; timers (cool-downs, eviction) fire once
+	// the watermark minus the allowed lateness passes them, when no flow
+	// that could still arrive can change their outcome.
+	watermark   int64
+	sources     map[sourceKey]*source
+	slowest     *source
+	wallMs      int64 // wall clock, for idle sources only (SetWallClock)
+	newestMs    int64 // newest flow end seen
+	scannedAtMs int64 // wallMs at the last rescan of the sources
 	lastSweep   int64 // minute of the last sweep
-	scratch     scratch
-	stats       EngineStats
+	// lateByExporter counts late flows per exporter, for the metric that
+	// tells which exporter lags.
+	lateByExporter map[netip.Addr]uint64
+	scratch        scratch
+	stats          EngineStats
 	// inherited holds incidents a previous owner of the partition opened
 	// and did not resolve, for subscribers not seen yet (Inherit).
 	inherited map[inheritKey]alert.Alert
@@ -120,12 +133,14 @@ func mustRules(config Configuration, g GroupConfiguration) ruleSet {
 // valid (Configuration.Validate).
 func NewEngine(config Configuration) *Engine {
 	e := &Engine{
-		config:      config,
-		rules:       []ruleSet{mustRules(config, GroupConfiguration{})},
-		groups:      network.NewTable[int](),
-		active:      map[netip.Addr]*subscriber{},
-		exporterIdx: map[netip.Addr]uint16{},
-		scratch:     scratch{dsts: map[uint32]uint64{}, ports: map[uint16]uint64{}},
+		config:         config,
+		rules:          []ruleSet{mustRules(config, GroupConfiguration{})},
+		groups:         network.NewTable[int](),
+		active:         map[netip.Addr]*subscriber{},
+		exporterIdx:    map[netip.Addr]uint16{},
+		sources:        map[sourceKey]*source{},
+		lateByExporter: map[netip.Addr]uint64{},
+		scratch:        scratch{dsts: map[uint32]uint64{}, ports: map[uint16]uint64{}},
 	}
 	for i := range e.shards {
 		e.shards[i] = map[netip.Addr]*subscriber{}
@@ -197,10 +212,20 @@ func icmpError(f *flow.Flow) bool {
 	return false
 }
 
-// Process accounts one flow whose source is a subscriber and returns the
-// alerts it causes, including those of incidents its event time resolves.
-// It may correct f.EndMs (a flow ending after it was received).
-func (e *Engine) Process(f *flow.Flow) []alert.Alert {
+// Process is ProcessFrom for flows of a single origin (tests, tools).
+func (e *Engine) Process(f *flow.Flow) []alert.Alert { return e.ProcessFrom(0, f) }
+
+// ProcessFrom accounts one flow whose source is a subscriber, written to
+// the bus by origin (a collector publisher), and returns the alerts it
+// causes, including those of incidents that event time resolves. It may
+// correct f.EndMs (a flow ending after it was received).
+//
+// What it decides depends only on the subscriber's own flows, in their
+// order, never on how the flows of different sources interleave: a timer
+// the watermark has not fired yet fires here when this flow's time has
+// passed it. So a replay gives the alerts of the live run, whatever the
+// number of publishers and partitions.
+func (e *Engine) ProcessFrom(origin uint64, f *flow.Flow) []alert.Alert {
 	e.stats.Flows++
 	if f.EndMs <= 0 || !f.SrcAddr.IsValid() {
 		e.stats.InvalidFlows++
@@ -210,14 +235,14 @@ func (e *Engine) Process(f *flow.Flow) []alert.Alert {
 		e.stats.FutureFlows++
 		f.EndMs = f.TimeReceivedMs
 	}
-	if f.EndMs < e.watermark-e.config.AllowedLateness.Milliseconds() {
+	// The source is recorded even when this flow is late: from now on it
+	// holds the watermark back, so its next flows are not.
+	if e.late(e.observeSource(origin, f), f.EndMs) {
 		e.stats.LateFlows++
+		e.countLate(f.Exporter)
 		return nil
 	}
-	var out []alert.Alert
-	if f.EndMs > e.watermark {
-		out = e.Advance(f.EndMs)
-	}
+	out := e.sweepTo(e.watermark)
 	src := f.SrcAddr.Unmap()
 	if e.allow.Contains(src) {
 		e.stats.AllowListed++
@@ -225,6 +250,9 @@ func (e *Engine) Process(f *flow.Flow) []alert.Alert {
 	}
 	isSMTP := f.Proto == flow.ProtoTCP && f.DstPort == 25
 	s := e.lookup(src)
+	if s != nil {
+		s, out = e.catchUp(src, s, f.EndMs, out)
+	}
 	if s == nil {
 		g, _ := e.groups.Lookup(src)
 		r := &e.rules[g]
@@ -250,7 +278,7 @@ func (e *Engine) Process(f *flow.Flow) []alert.Alert {
 		if !f.DstAddr.Is4() {
 			s.ent.hasV6 = true
 		}
-		oldest := e.watermark/minuteMs - int64(r.entMins) + 1
+		oldest := s.lastMs/minuteMs - int64(r.entMins) + 1
 		s.ent.add(dst32(f.DstAddr), f.DstPort, uint32(minute), uint32(oldest), r.entropy.MaxRecords)
 		// The first flow of each event-time minute evaluates the window
 		// and steps the baseline: once a minute, spread over the minute
@@ -258,7 +286,7 @@ func (e *Engine) Process(f *flow.Flow) []alert.Alert {
 		// once. Between those, evaluate on arrival so that a worm is
 		// flagged within seconds; waiting for new flows as many as a
 		// quarter of the records keeps the cost per flow constant.
-		now := uint32(e.watermark / minuteMs)
+		now := uint32(s.lastMs / minuteMs)
 		step := s.ent.evalMinute != now && s.ent.scaledFlows(s.sampling) >= uint64(r.entropy.MinFlows)
 		if step || s.ent.since >= uint32(max(r.entropy.MinFlows/4, len(s.ent.recs)/4)) {
 			if step {
@@ -475,14 +503,80 @@ func (e *Engine) Advance(nowMs int64) []alert.Alert {
 		return nil
 	}
 	e.watermark = nowMs
-	minute := nowMs / minuteMs
-	if minute == e.lastSweep {
+	return e.sweepTo(nowMs)
+}
+
+// sweepTo runs the sweep of the newest minute boundary that the watermark
+// minus the allowed lateness has passed. Timers are judged at minute
+// boundaries, not at whatever time a message happened to move the
+// watermark to, so that catchUp can judge them the same way.
+func (e *Engine) sweepTo(watermark int64) []alert.Alert {
+	minute := (watermark - e.config.AllowedLateness.Milliseconds()) / minuteMs
+	if minute <= e.lastSweep {
 		return nil
 	}
 	prev := e.lastSweep
 	e.lastSweep = minute
-	return e.sweep(nowMs, prev)
+	return e.sweep(minute*minuteMs, prev)
 }
+
+// catchUp fires a subscriber's timers that the flow's own time has passed
+// and the sweep has not fired yet, exactly as the sweep of that minute
+// would: incidents quiet for their cool-down resolve, and a subscriber
+// idle past the longest window starts afresh (it returns nil then).
+func (e *Engine) catchUp(addr netip.Addr, s *subscriber, endMs int64, out []alert.Alert) (*subscriber, []alert.Alert) {
+	boundary := endMs / minuteMs * minuteMs
+	if _, ok := e.active[addr]; ok {
+		first := len(out)
+		out = e.resolveQuiet(addr, s, boundary, out)
+		sortAlerts(out[first:])
+	}
+	if s.incidents == [kinds]*incident{} && boundary-s.lastMs > e.keepMs {
+		delete(e.shards[shardOf(addr)], addr)
+		e.nsubs--
+		e.stats.Evicted++
+		return nil, out
+	}
+	return s, out
+}
+
+// resolveQuiet resolves the subscriber's incidents quiet for their
+// cool-down at nowMs.
+func (e *Engine) resolveQuiet(addr netip.Addr, s *subscriber, nowMs int64, out []alert.Alert) []alert.Alert {
+	r := &e.rules[s.group]
+	for k, inc := range s.incidents {
+		if inc == nil {
+			continue
+		}
+		cooldown := r.smtp.Cooldown
+		if k == kindEntropy {
+			cooldown = r.entropy.Cooldown
+		}
+		if nowMs-inc.lastAboveMs >= cooldown.Milliseconds() {
+			out = append(out, resolved(inc))
+			s.incidents[k] = nil
+			if k == kindSMTP && s.smtp != nil {
+				s.smtp.resetWalk()
+			}
+		}
+	}
+	if s.incidents == [kinds]*incident{} {
+		delete(e.active, addr)
+	}
+	return out
+}
+
+// countLate counts a late flow against its exporter; past a thousand
+// exporters the rest share the zero address.
+func (e *Engine) countLate(exporter netip.Addr) {
+	if _, ok := e.lateByExporter[exporter]; !ok && len(e.lateByExporter) >= 1000 {
+		exporter = netip.Addr{}
+	}
+	e.lateByExporter[exporter]++
+}
+
+// LateByExporter returns the late flows counted per exporter so far.
+func (e *Engine) LateByExporter() map[netip.Addr]uint64 { return e.lateByExporter }
 
 // Inherit takes over incidents that a previous owner of the partition
 // announced and did not resolve: the last alert of each. Rebuilding reads
@@ -570,26 +664,7 @@ func (e *Engine) sweep(nowMs, prevMinute int64) []alert.Alert {
 		}
 	}
 	for addr, s := range e.active {
-		r := &e.rules[s.group]
-		for k, inc := range s.incidents {
-			if inc == nil {
-				continue
-			}
-			cooldown := r.smtp.Cooldown
-			if k == kindEntropy {
-				cooldown = r.entropy.Cooldown
-			}
-			if nowMs-inc.lastAboveMs >= cooldown.Milliseconds() {
-				out = append(out, resolved(inc))
-				s.incidents[k] = nil
-				if k == kindSMTP && s.smtp != nil {
-					s.smtp.resetWalk()
-				}
-			}
-		}
-		if s.incidents == [kinds]*incident{} {
-			delete(e.active, addr)
-		}
+		out = e.resolveQuiet(addr, s, nowMs, out)
 	}
 	for m := max(prevMinute+1, minute-shards+1); m <= minute; m++ {
 		sh := e.shards[m%shards]
@@ -618,7 +693,7 @@ func (e *Engine) evaluateEntropy(addr netip.Addr, s *subscriber, r *ruleSet, now
 	s.ent.since = 0
 	// Idle subscribers' records are expired only when their shard is
 	// visited; drop what left the window before counting.
-	s.ent.expire(uint32(e.watermark/minuteMs - int64(r.entMins) + 1))
+	s.ent.expire(uint32(s.lastMs/minuteMs - int64(r.entMins) + 1))
 	if s.ent.scaledFlows(s.sampling) < uint64(cfg.MinFlows) {
 		return alert.Alert{}, false
 	}

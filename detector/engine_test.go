@@ -90,15 +90,16 @@ func TestEngineLifecycle(t *testing.T) {
 	r.feed(smtpFlow(zombie, 7, at(2.8), flow.TCPSyn))
 	// The last flow above the threshold is the one at 2.8 (eight distinct
 	// in the window); at 5.5 the window [1,5] holds only two, so quiet
-	// starts then; resolved at the first sweep 3 minutes after the last
-	// evaluation above the threshold.
-	r.advance(at(5.5))
-	r.advance(at(6.0))
-	r.advance(at(7.0))
+	// starts then; resolved at the first minute boundary 3 minutes after
+	// the last evaluation above the threshold (6.0), once the watermark
+	// minus the allowed lateness (2 minutes) has passed it: at 8.0.
+	r.advance(at(7.5))
+	r.advance(at(8.0))
+	r.advance(at(9.0))
 	want := []event{
 		{alert.KindSMTPFanout, alert.StateOpen, zombie.String(), 5, 0.5},
 		{alert.KindSMTPFanout, alert.StateUpdate, zombie.String(), 8, 1.6},
-		{alert.KindSMTPFanout, alert.StateResolved, zombie.String(), 8, 6.0},
+		{alert.KindSMTPFanout, alert.StateResolved, zombie.String(), 8, 8.0},
 	}
 	if diff := cmp.Diff(want, r.events); diff != "" {
 		t.Fatalf("events (-want +got):\n%s", diff)

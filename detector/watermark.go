@@ -1,0 +1,130 @@
+package detector
+
+import (
+	"net/netip"
+
+	"github.com/wormsign/wormsign/flow"
+)
+
+// A source is one ordered stream of flows into a partition: one exporter
+// and observation domain as written by one collector publisher (Origin).
+// Each source's flows arrive roughly in end-time order, but sources run at
+// their own pace: the collector's publishers write concurrently, a
+// restarted collector replays behind the others, exporters lag. The
+// partition's watermark is therefore the slowest active source's progress
+// (as Flink and Beam combine their inputs' watermarks), never the newest
+// flow seen: one source running ahead must not make another's flows late.
+type sourceKey struct {
+	origin   uint64
+	exporter netip.Addr
+	domain   uint32
+}
+
+type source struct {
+	maxEndMs   int64 // newest flow end seen from the source
+	lastWallMs int64 // wall clock when the partition last had one of its flows
+	// joined tells that the source has once been within the allowed
+	// lateness of the watermark. A source seen for the first time behind
+	// it (an exporter or publisher that started late, a collector
+	// restarted behind the others) is catching up: its flows are not late
+	// while it does, and it holds the watermark where it is.
+	joined bool
+}
+
+// maxSources bounds the sources a partition tracks; beyond it, new ones
+// share one entry (they then hold the watermark back together).
+const maxSources = 4096
+
+// observeSource records a flow of the source and moves the watermark to
+// the slowest active source. A source is active while one of its flows
+// reached the partition within source_idle_timeout of wall clock (as
+// Flink's idleness, processing time: a source that lags in event time but
+// keeps sending must keep holding the others back). Sources idle ten times
+// that long are forgotten. Holding the watermark back never changes what
+// the engine decides, only when timers fire (see ProcessFrom), so a replay
+// at full speed, where no source idles, gives the alerts of the live run.
+func (e *Engine) observeSource(origin uint64, f *flow.Flow) sourceKey {
+	key := sourceKey{origin, f.Exporter, f.ObservationDomain}
+	s := e.sources[key]
+	added := false
+	if s == nil {
+		if len(e.sources) >= maxSources {
+			key = sourceKey{}
+			s = e.sources[key]
+		}
+		if s == nil {
+			s = &source{}
+			e.sources[key] = s
+			added = true
+		}
+	}
+	advanced := f.EndMs > s.maxEndMs
+	s.maxEndMs = max(s.maxEndMs, f.EndMs)
+	s.lastWallMs = e.wallMs
+	e.newestMs = max(e.newestMs, f.EndMs)
+	// The minimum can only rise when the slowest source advances, and an
+	// idle source can only drop out as the wall clock moves on: rescan then.
+	if added || (advanced && s == e.slowest) || e.slowest == nil || e.wallMs-e.scannedAtMs >= 1000 {
+		e.rescanSources()
+	}
+	return key
+}
+
+// SetWallClock tells the engine the time on the wall, Unix ms, which
+// decides only which sources are idle. The engine reads no clock itself;
+// without a call every source stays active.
+func (e *Engine) SetWallClock(ms int64) {
+	e.wallMs = ms
+	if e.wallMs-e.scannedAtMs >= 1000 {
+		e.rescanSources()
+	}
+}
+
+func (e *Engine) rescanSources() {
+	e.scannedAtMs = e.wallMs
+	idleMs := e.config.SourceIdleTimeout.Milliseconds()
+	var slowest *source
+	for k, s := range e.sources {
+		idle := e.wallMs - s.lastWallMs
+		if idle > idleMs {
+			if idle > 10*idleMs {
+				delete(e.sources, k)
+			}
+			continue
+		}
+		if e.newestMs-s.maxEndMs > e.keepMs {
+			// So far behind that no window still holds its flows (a
+			// broken clock): it must not stall event time for everyone.
+			continue
+		}
+		if slowest == nil || s.maxEndMs < slowest.maxEndMs {
+			slowest = s
+		}
+	}
+	e.slowest = slowest
+	if slowest != nil && slowest.maxEndMs > e.watermark {
+		e.watermark = slowest.maxEndMs
+	}
+}
+
+// late tells whether a flow of the source is too old to be accounted:
+// older than the watermark minus the allowed lateness, unless its source
+// is still catching up (and then within the longest window).
+func (e *Engine) late(key sourceKey, endMs int64) bool {
+	lateness := e.config.AllowedLateness.Milliseconds()
+	s := e.sources[key]
+	if s == nil {
+		s = e.sources[sourceKey{}]
+	}
+	if s != nil && !s.joined {
+		if s.maxEndMs >= e.watermark-lateness {
+			s.joined = true
+		} else {
+			return endMs < e.watermark-e.keepMs
+		}
+	}
+	return endMs < e.watermark-lateness
+}
+
+// Sources is the number of sources the partition tracks.
+func (e *Engine) Sources() int { return len(e.sources) }
