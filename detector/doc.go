@@ -44,14 +44,44 @@
 // # Event time
 //
 // Windows are built from one-minute buckets on the flow end time. Each
-// Kafka partition has its own engine and watermark (its newest flow end).
-// Flows older than the watermark minus allowed_lateness are dropped and
-// counted; flows ending after their receive time by more than the
-// allowed lateness have their end taken as the receive time. When a
-// partition is idle for idle_advance (wall clock), its event time follows
-// the wall clock so incidents still resolve; apart from that, nothing
-// depends on the wall clock, and a replay at full speed gives the alerts of
-// the live run.
+// Kafka partition has its own engine and its own watermark. Many sources
+// feed one partition: every exporter and observation domain, as written by
+// every collector publisher (the message's origin: collector instance and
+// publisher shard), and each runs at its own pace. Within a source, flows
+// arrive roughly in end-time order; across sources they do not. The
+// watermark is therefore the slowest active source's newest flow end, as
+// Flink and Beam combine the watermarks of their inputs, never the newest
+// flow seen: a source running ahead cannot make another's flows late.
+//
+//   - A source is active while one of its flows reached the partition
+//     within source_idle_timeout of wall clock; an idle or vanished source
+//     (an exporter switched off, a collector restarted under a new origin)
+//     stops holding the others back after that. A source that lags in event
+//     time but keeps sending is not idle: it holds the watermark back and
+//     loses nothing.
+//   - A source first seen behind the watermark is catching up: its flows
+//     are accepted (within the longest window) and it holds the watermark
+//     until it reaches it. A source further behind than the longest window
+//     (a broken clock) does not hold anyone back.
+//   - Flows older than the watermark minus allowed_lateness are late:
+//     dropped and counted per exporter. Flows ending after their receive
+//     time by more than the allowed lateness have their end taken as the
+//     receive time.
+//   - Timers (an incident's cool-down, a subscriber's eviction) are judged
+//     at minute boundaries and fire when the watermark minus the allowed
+//     lateness passes them: no flow that could still arrive can change
+//     them then. A subscriber's own flow fires the timers its time has
+//     passed before it is counted, exactly as the sweep of that minute
+//     would. What the engine decides thus depends only on each
+//     subscriber's own flows in their order, which the collector keeps,
+//     and not on how sources interleave; holding the watermark back only
+//     delays when resolutions are announced.
+//
+// When a partition receives nothing for idle_advance (wall clock), its
+// event time follows the wall clock so that incidents still resolve.
+// Replay feeds captures at full speed, where no source idles, and prints
+// the alerts in event-time order; it gives the same alerts (ids, states,
+// counts, windows) on every run and as a live run of the same datagrams.
 //
 // # Sampling
 //
@@ -76,8 +106,8 @@
 // shards, one of which is visited each event-time minute for expiry and
 // eviction (so eviction comes up to sixteen minutes later); the minute
 // sweep itself only visits subscribers with an open incident, which keeps
-// its pause at a few tens of milliseconds for a million subscribers. A quiet subscriber costs about 210 bytes
-// (bench/detector). Destinations of TCP/25 are kept exactly up to
+// its pause at a few tens of milliseconds for a million subscribers. A
+// quiet subscriber costs about 210 bytes (bench/detector). Destinations of TCP/25 are kept exactly up to
 // max_destinations, then counted with per-minute HyperLogLog sketches
 // (2^10 registers, 3.3% standard error); dst_entropy keeps up to
 // max_records (destination, port, minute) records, then thins them by a
@@ -97,8 +127,8 @@
 // # Groups, allow list, subscriber map
 //
 // groups override any rule setting for subscribers in their networks
-// (longest prefix wins; zero or omitted fields inherit) and may disable a
-// rule. allow_list networks (prefixes or bare addresses) are never
+// (longest prefix wins; the keys a group names replace the global ones,
+// zero included, the others inherit) and may disable a rule. allow_list networks (prefixes or bare addresses) are never
 // alerted on. subscriber_map is a CSV file of "network,subscriber_id"
 // lines, longest prefix wins, re-read when its size or time changes; the
 // id goes into alerts.
