@@ -1,7 +1,8 @@
 // Package config loads wormsign's YAML configuration and applies WORMSIGN_*
 // environment overrides on top of it. Every key in the file can also be set
 // from the environment: nested keys join with "_", so detector.smtp_fanout.
-// threshold becomes WORMSIGN_DETECTOR_SMTP_FANOUT_THRESHOLD. Lists are comma
+// threshold becomes WORMSIGN_DETECTOR_SMTP_FANOUT_THRESHOLD; the keys of a
+// struct tagged `yaml:",inline"` are its parent's. Lists are comma
 // separated. Unknown keys, in the file or the environment, are errors: a typo
 // must not silently fall back to a default.
 package config
@@ -14,6 +15,7 @@ import (
 	"io"
 	"os"
 	"reflect"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -82,15 +84,20 @@ func collectKeys(v reflect.Value, prefix string, keys map[string]reflect.Value) 
 	t := v.Type()
 	for i := 0; i < t.NumField(); i++ {
 		sf := t.Field(i)
-		tag, _, _ := strings.Cut(sf.Tag.Get("yaml"), ",")
+		tag, opts, _ := strings.Cut(sf.Tag.Get("yaml"), ",")
 		if tag == "-" || !sf.IsExported() {
+			continue
+		}
+		fv := v.Field(i)
+		if fv.Kind() == reflect.Struct && slices.Contains(strings.Split(opts, ","), "inline") {
+			// Its keys are the parent's, as in YAML.
+			collectKeys(fv, prefix, keys)
 			continue
 		}
 		if tag == "" {
 			tag = strings.ToLower(sf.Name)
 		}
 		name := prefix + strings.ToUpper(tag)
-		fv := v.Field(i)
 		if fv.Kind() == reflect.Struct && !reflect.PointerTo(fv.Type()).Implements(textUnmarshaler) {
 			collectKeys(fv, name+"_", keys)
 			continue
