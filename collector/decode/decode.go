@@ -1,28 +1,21 @@
-package collector
+// Package decode turns NetFlow v5, NetFlow v9, IPFIX and sFlow v5 export
+// datagrams into flows, without sockets: the collector feeds it what it
+// reads from UDP, `wormsign replay` what it reads from captures
+// (ReadCapture). NetFlow v5 and sFlow v5 are decoded by goflow v3;
+// NetFlow v9 and IPFIX by this package's own set walker. Templates,
+// learned sampling rates and sequence numbers are kept per exporter,
+// bounded and expired, and can be saved to a file and loaded again.
+package decode
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"net/netip"
 	"sync"
 
-	"github.com/cloudflare/goflow/v3/decoders/netflowlegacy"
-	"github.com/cloudflare/goflow/v3/decoders/sflow"
-	"github.com/cloudflare/goflow/v3/producer"
-	"github.com/sirupsen/logrus"
-
 	"github.com/wormsign/wormsign/flow"
 )
-
-func init() {
-	// goflow's sFlow producer logs every sampled header it cannot parse
-	// through logrus: hostile datagrams would flood the log. Those
-	// datagrams are counted in metrics instead.
-	logrus.SetOutput(io.Discard)
-}
 
 // Protocol families, one per kind of listener.
 const (
@@ -69,7 +62,8 @@ type Report struct {
 // templates, learned sampling rates and sequence numbers are kept per
 // exporter address and port (and observation domain), not per address
 // alone as in goflow's own collector, so that two exporting processes
-// behind one address cannot overwrite each other's templates.
+// behind one address cannot overwrite each other's templates. A Decoder
+// is safe for concurrent use.
 type Decoder struct {
 	correctSkew  bool
 	maxTemplates int
@@ -82,17 +76,9 @@ type Decoder struct {
 	exporters map[netip.AddrPort]*exporterState
 }
 
-// NewDecoder returns a decoder with the default configuration apart from
-// clock skew correction, and no templates learned yet.
-func NewDecoder(correctSkew bool) *Decoder {
-	c := DefaultConfiguration()
-	c.CorrectClockSkew = correctSkew
-	return NewDecoderFrom(c)
-}
-
-// NewDecoderFrom returns a decoder following the template, sampling and
-// clock settings of c.
-func NewDecoderFrom(c Configuration) *Decoder {
+// New returns a decoder following the template, sampling and clock
+// settings of c, with no templates learned yet.
+func New(c Configuration) *Decoder {
 	return &Decoder{
 		correctSkew:  c.CorrectClockSkew,
 		maxTemplates: max(c.MaxTemplatesPerExporter, 1),
@@ -104,7 +90,10 @@ func NewDecoderFrom(c Configuration) *Decoder {
 	}
 }
 
-var errTooManyExporters = errors.New("too many exporters (collector.max_exporters)")
+// ErrTooManyExporters is the error (inside a *DecodeError of kind
+// too_many_exporters) for a datagram of an exporter beyond
+// collector.max_exporters.
+var ErrTooManyExporters = errors.New("too many exporters (collector.max_exporters)")
 
 // exporter returns the state of addr, creating it within the cap. At the
 // cap, exporters silent for longer than the template TTL are forgotten
@@ -131,7 +120,7 @@ func (d *Decoder) exporter(addr netip.AddrPort, nowMs int64) (*exporterState, er
 			}
 		}
 		if len(d.exporters) >= d.maxExporters {
-			return nil, errTooManyExporters
+			return nil, ErrTooManyExporters
 		}
 	}
 	s = newExporterState()
@@ -150,17 +139,11 @@ func (d *Decoder) Decode(family string, exporter netip.AddrPort, payload []byte,
 }
 
 // DecodeReport is Decode that also fills rep.
-func (d *Decoder) DecodeReport(family string, exporter netip.AddrPort, payload []byte, receivedMs int64, out []flow.Flow, rep *Report) (flows []flow.Flow, err error) {
+func (d *Decoder) DecodeReport(family string, exporter netip.AddrPort, payload []byte, receivedMs int64, out []flow.Flow, rep *Report) ([]flow.Flow, error) {
 	rep.Protocol = family
 	start := len(out)
-	defer func() {
-		// goflow's decoders index into buffers whose lengths come from the
-		// wire; a crafted datagram must cost one counted drop, not the process.
-		if r := recover(); r != nil {
-			flows, err = out[:start], &DecodeError{Kind: "panic", Err: fmt.Errorf("decoder panic: %v", r)}
-		}
-	}()
 	exporterAddr := exporter.Addr().Unmap()
+	var err error
 	switch family {
 	case FamilySFlow:
 		rep.Protocol = "sflow5"
@@ -225,164 +208,8 @@ func (d *Decoder) skew(receivedMs int64, headerSecs uint32) int64 {
 	return 0
 }
 
-// sflowSeq is the seqKey version of sFlow datagram sequence numbers.
-const sflowSeq = 0xff05
-
-// checkSFlow bounds every count read from the wire by the bytes left,
-// before goflow allocates slices of those sizes (an expanded flow sample
-// claiming 4 billion records would otherwise allocate ~200 GB). It
-// returns the sub-agent ID and sequence number.
-func checkSFlow(p []byte) (subAgent, seq uint32, err error) {
-	bad := func(format string, args ...any) (uint32, uint32, error) {
-		return 0, 0, &DecodeError{Kind: "malformed", Err: fmt.Errorf(format, args...)}
-	}
-	if len(p) < 8 || be32(p) != 5 {
-		return bad("not an sFlow v5 datagram")
-	}
-	off := 8
-	switch be32(p[4:]) {
-	case 1:
-		off += 4
-	case 2:
-		off += 16
-	default:
-		return bad("agent address type %d", be32(p[4:]))
-	}
-	if len(p) < off+16 {
-		return bad("sFlow header truncated")
-	}
-	subAgent, seq = be32(p[off:]), be32(p[off+4:])
-	samples := int(be32(p[off+12:]))
-	off += 16
-	if samples > (len(p)-off)/8 {
-		return bad("%d samples in %d bytes", samples, len(p)-off)
-	}
-	for range samples {
-		if len(p)-off < 8 {
-			return bad("sample header truncated")
-		}
-		format, length := be32(p[off:]), int(be32(p[off+4:]))
-		off += 8
-		if length > len(p)-off {
-			return bad("sample of %d bytes in %d", length, len(p)-off)
-		}
-		s := p[off : off+length]
-		off += length
-		var countAt int
-		switch format {
-		case 1: // flow sample
-			countAt = 28
-		case 2: // counter sample
-			countAt = 8
-		case 3: // expanded flow sample
-			countAt = 40
-		case 4: // expanded counter sample
-			countAt = 12
-		default:
-			continue // goflow skips formats it does not know
-		}
-		if len(s) < countAt+4 {
-			return bad("sample format %d truncated", format)
-		}
-		records := int(be32(s[countAt:]))
-		if records > (len(s)-countAt-4)/8 {
-			return bad("%d records in a sample of %d bytes", records, len(s))
-		}
-	}
-	return subAgent, seq, nil
-}
-
-func (d *Decoder) decodeSFlow(payload []byte, from netip.AddrPort, exporter netip.Addr, receivedMs int64, out []flow.Flow, rep *Report) ([]flow.Flow, error) {
-	subAgent, seq, err := checkSFlow(payload)
-	if err != nil {
-		return out, err
-	}
-	msg, err := sflow.DecodeMessage(bytes.NewBuffer(payload))
-	if err != nil {
-		return out, &DecodeError{Kind: "malformed", Err: err}
-	}
-	msgs, err := producer.ProcessMessageSFlow(msg)
-	if err != nil {
-		return out, &DecodeError{Kind: "malformed", Err: err}
-	}
-	if exp, err := d.exporter(from, receivedMs); err == nil {
-		exp.mu.Lock()
-		exp.lastSeenMs = receivedMs
-		rep.LostDatagrams += exp.sequenceGap(seqKey{sflowSeq, subAgent}, seq, 1)
-		exp.mu.Unlock()
-	}
-	for _, m := range msgs {
-		out = append(out, flow.Flow{
-			// sFlow samples packets: no flow times, the sample is "now".
-			TimeReceivedMs: receivedMs, StartMs: receivedMs, EndMs: receivedMs,
-			Exporter: exporter, ObservationDomain: subAgent,
-			SamplingRate: uint32(m.SamplingRate),
-			SrcAddr:      addrFrom(m.SrcAddr), DstAddr: addrFrom(m.DstAddr),
-			SrcPort: uint16(m.SrcPort), DstPort: uint16(m.DstPort),
-			Proto: uint8(m.Proto), TCPFlags: uint8(m.TCPFlags),
-			Bytes: m.Bytes, Packets: m.Packets, InIf: m.InIf, OutIf: m.OutIf,
-			Type: flow.TypeSFlow5,
-		})
-	}
-	return out, nil
-}
-
-func (d *Decoder) decodeNetFlowV5(payload []byte, from netip.AddrPort, exporter netip.Addr, receivedMs int64, out []flow.Flow, rep *Report) ([]flow.Flow, error) {
-	// goflow reads `count` records without checking the length and would
-	// invent zeroed flows from a short datagram.
-	const header, record = 24, 48
-	if len(payload) < header {
-		return out, &DecodeError{Kind: "truncated", Err: fmt.Errorf("NetFlow v5 datagram of %d bytes", len(payload))}
-	}
-	count := int(binary.BigEndian.Uint16(payload[2:]))
-	if len(payload) < header+count*record {
-		return out, &DecodeError{Kind: "truncated", Err: fmt.Errorf("NetFlow v5 datagram of %d bytes for %d records", len(payload), count)}
-	}
-	msg, err := netflowlegacy.DecodeMessage(bytes.NewBuffer(payload))
-	if err != nil {
-		return out, &DecodeError{Kind: "malformed", Err: err}
-	}
-	packet := msg.(netflowlegacy.PacketNetFlowV5)
-	msgs, err := producer.ProcessMessageNetFlowLegacy(packet)
-	if err != nil {
-		return out, &DecodeError{Kind: "malformed", Err: err}
-	}
-	if len(msgs) != count {
-		return out, &DecodeError{Kind: "malformed", Err: fmt.Errorf("decoded %d of %d records", len(msgs), count)}
-	}
-	// The top two bits of the sampling field are the sampling mode.
-	rate := uint32(packet.SamplingInterval & 0x3fff)
-	// goflow gives whole seconds; the header has the export time to the
-	// nanosecond and records their times in uptime ms.
-	uptime := packet.SysUptime
-	exportMs := int64(packet.UnixSecs)*1000 + int64(packet.UnixNSecs/1e6)
-	skewMs := d.skew(receivedMs, packet.UnixSecs)
-	if exp, err := d.exporter(from, receivedMs); err == nil {
-		exp.mu.Lock()
-		exp.lastSeenMs = receivedMs
-		domain := uint32(packet.EngineType)<<8 | uint32(packet.EngineId)
-		rep.LostRecords += exp.sequenceGap(seqKey{5, domain}, packet.FlowSequence, uint32(count))
-		exp.mu.Unlock()
-	}
-	for i, m := range msgs {
-		r := payload[header+i*record:]
-		first, last := be32(r[24:]), be32(r[28:])
-		out = append(out, flow.Flow{
-			TimeReceivedMs:    receivedMs,
-			StartMs:           exportMs - int64(uptime-first) + skewMs,
-			EndMs:             exportMs - int64(uptime-last) + skewMs,
-			Exporter:          exporter,
-			ObservationDomain: uint32(packet.EngineType)<<8 | uint32(packet.EngineId),
-			SamplingRate:      rate,
-			SrcAddr:           addrFrom(m.SrcAddr), DstAddr: addrFrom(m.DstAddr),
-			SrcPort: uint16(m.SrcPort), DstPort: uint16(m.DstPort),
-			Proto: uint8(m.Proto), TCPFlags: uint8(m.TCPFlags),
-			Bytes: m.Bytes, Packets: m.Packets, InIf: m.InIf, OutIf: m.OutIf,
-			Type: flow.TypeNetFlowV5,
-		})
-	}
-	return out, nil
-}
+func be16(b []byte) uint16 { return binary.BigEndian.Uint16(b) }
+func be32(b []byte) uint32 { return binary.BigEndian.Uint32(b) }
 
 func addrFrom(b []byte) netip.Addr {
 	a, _ := netip.AddrFromSlice(b)

@@ -1,4 +1,4 @@
-package collector
+package decode
 
 import (
 	"encoding/binary"
@@ -72,9 +72,6 @@ const variableLength = 0xffff
 
 // ntpEpochOffset is the seconds from 1900 (NTP) to 1970 (Unix).
 const ntpEpochOffset = 2208988800
-
-func be16(b []byte) uint16 { return binary.BigEndian.Uint16(b) }
-func be32(b []byte) uint32 { return binary.BigEndian.Uint32(b) }
 
 // uintOf reads a big-endian unsigned number of 1 to 8 bytes; exporters
 // use "reduced-size encoding" freely (RFC 7011 6.2).

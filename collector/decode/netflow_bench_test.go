@@ -1,4 +1,4 @@
-package collector
+package decode
 
 import (
 	"encoding/binary"
@@ -88,7 +88,7 @@ func BenchmarkDecodeNetFlow(b *testing.B) {
 	}{{"v9", 9, false}, {"ipfix", 10, false}, {"ipfix-varlen", 10, true}} {
 		b.Run(bc.name, func(b *testing.B) {
 			templates, data := benchDatagrams(bc.version, bc.varlen)
-			d := NewDecoder(false)
+			d := newDecoder(false)
 			from := netip.MustParseAddrPort("192.0.2.1:2055")
 			const now = 1700000000000
 			var rep Report
