@@ -178,7 +178,7 @@ func (d *Decoder) decodeNetFlowV9(payload []byte, exp *exporterState, exporter n
 			records += d.decodeOptions(exp, &h, t, s.data, receivedMs, rep)
 		}
 	}
-	dc := flowContext{h: &h, exp: exp, exporter: exporter, receivedMs: receivedMs, ttlMs: d.templateTTL,
+	dc := flowContext{h: h, exp: exp, exporter: exporter, receivedMs: receivedMs, ttlMs: d.templateTTL,
 		skewMs: d.skew(receivedMs, h.unixSecs)}
 	dc.domainRate = exp.rate(samplerKey{h.version, h.domain, 0}, receivedMs, d.templateTTL)
 	dc.systemInitMs = exp.systemInit[domainKey{h.version, h.domain}]
@@ -379,8 +379,11 @@ func (d *Decoder) decodeOptions(exp *exporterState, h *nfHeader, t *template, da
 }
 
 // flowContext is what decoding a data set needs besides the template.
+// It holds the header by value: with a pointer, the header escaped to
+// the heap (one allocation per datagram), as escape analysis follows the
+// context's exporter address into the flows.
 type flowContext struct {
-	h            *nfHeader
+	h            nfHeader
 	exp          *exporterState
 	exporter     netip.Addr
 	receivedMs   int64
