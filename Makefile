@@ -28,12 +28,12 @@ test: build
 	$(GO) test -count=1 -timeout 40m ./...
 	$(MAKE) fuzz
 
-# Fuzz the collector's protocol entry points, FUZZTIME each; seeds come from
-# the vendor captures in ../shared and collector/testdata/fuzz.
+# Fuzz the decoder's protocol entry points, FUZZTIME each; seeds come from
+# the vendor captures in ../shared and collector/decode/testdata/fuzz.
 FUZZTIME ?= 45s
 fuzz:
 	for t in FuzzNetFlowV5 FuzzNetFlowV9 FuzzIPFIX FuzzSFlow; do \
-		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./collector/ || exit 1; done
+		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./collector/decode/ || exit 1; done
 
 bench: build
 	deploy/services.sh up

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wormsign/wormsign/bus"
+	"github.com/wormsign/wormsign/collector/decode"
 	"github.com/wormsign/wormsign/flow"
 	"github.com/wormsign/wormsign/testenv"
 )
@@ -46,7 +47,7 @@ func startCollector(t *testing.T, family string, port int) (*prometheus.Registry
 	cfg := DefaultConfiguration()
 	cfg.NetFlowListen, cfg.SFlowListen = nil, nil
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	if family == FamilySFlow {
+	if family == decode.FamilySFlow {
 		cfg.SFlowListen = []string{addr}
 	} else {
 		cfg.NetFlowListen = []string{addr}
@@ -225,7 +226,7 @@ func TestSoftflowdLive(t *testing.T) {
 		t.Run(fmt.Sprintf("version %d", version), func(t *testing.T) {
 			lab := testenv.NewLab(t, 2, 12)
 			port := testenv.FreeUDPPort(t)
-			reg, flows := startCollector(t, FamilyNetFlow, port)
+			reg, flows := startCollector(t, decode.FamilyNetFlow, port)
 			capture := testenv.CaptureUDP(t, port)
 			sf := lab.StartSoftflowd(t, version, port)
 			lab.StartSMTPServers(t, lab.Servers[:8])
@@ -333,7 +334,7 @@ func TestPmacctSFlowLive(t *testing.T) {
 	bin := testenv.Tool(t, "pmacctd")
 	lab := testenv.NewLab(t, 2, 6)
 	port := testenv.FreeUDPPort(t)
-	reg, flows := startCollector(t, FamilySFlow, port)
+	reg, flows := startCollector(t, decode.FamilySFlow, port)
 	capture := testenv.CaptureUDP(t, port)
 	conf := filepath.Join(t.TempDir(), "pmacctd.conf")
 	err := os.WriteFile(conf, []byte(fmt.Sprintf(`daemonize: false

@@ -1,6 +1,10 @@
 package collector
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wormsign/wormsign/collector/decode"
+)
 
 type metrics struct {
 	datagrams        *prometheus.CounterVec // exporter, protocol
@@ -73,7 +77,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 
 // report adds what decoding one datagram found to the per-exporter
 // metrics; most fields are zero, so most datagrams touch no metric here.
-func (m *metrics) report(exporter string, r *Report) {
+func (m *metrics) report(exporter string, r *decode.Report) {
 	add := func(v *prometheus.CounterVec, n float64) {
 		if n != 0 {
 			v.WithLabelValues(exporter).Add(n)

@@ -1,6 +1,7 @@
-// Package collector receives NetFlow v5/v9, IPFIX and sFlow v5 datagrams,
-// decodes them with goflow v3's decoders and publishes the flows on the
-// flows topic, keyed by subscriber address.
+// Package collector is the collector component: it reads NetFlow v5/v9,
+// IPFIX and sFlow v5 datagrams from UDP sockets, decodes them with
+// collector/decode, queues the flows and publishes them on the flows
+// topic, keyed by subscriber address.
 package collector
 
 import (
@@ -19,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/wormsign/wormsign/bus"
+	"github.com/wormsign/wormsign/collector/decode"
 	"github.com/wormsign/wormsign/flow"
 	"github.com/wormsign/wormsign/network"
 )
@@ -40,7 +42,7 @@ type Component struct {
 	deps      Dependencies
 	exporters *network.Set // nil: every exporter is accepted
 	metrics   *metrics
-	decoder   *Decoder
+	decoder   *decode.Decoder
 	producer  bus.Producer
 
 	conns   []*net.UDPConn
@@ -76,7 +78,7 @@ func New(config Configuration, deps Dependencies) (*Component, error) {
 		config:    config,
 		deps:      deps,
 		metrics:   newMetrics(deps.Registry),
-		decoder:   NewDecoderFrom(config),
+		decoder:   decode.New(config.Decode),
 		producer:  producer,
 		queue:     make(chan []flow.Flow, config.QueueSize),
 		flushed:   make(chan struct{}),
@@ -85,9 +87,6 @@ func New(config Configuration, deps Dependencies) (*Component, error) {
 		maxQueuedFlows: int64(config.QueueSize)*32 + int64(2*config.Publishers*config.BatchFlows),
 	}, nil
 }
-
-// Decoder is the component's decoder (its templates and exporter state).
-func (c *Component) Decoder() *Decoder { return c.decoder }
 
 // Start loads saved templates, opens the UDP sockets and starts reading
 // and publishing.
@@ -105,7 +104,7 @@ func (c *Component) Start() error {
 	for _, spec := range []struct {
 		family string
 		addrs  []string
-	}{{FamilyNetFlow, c.config.NetFlowListen}, {FamilySFlow, c.config.SFlowListen}} {
+	}{{decode.FamilyNetFlow, c.config.NetFlowListen}, {decode.FamilySFlow, c.config.SFlowListen}} {
 		for _, addr := range spec.addrs {
 			for i := range c.config.SocketsPerListener {
 				conn, err := c.listen(addr)
@@ -246,10 +245,10 @@ func (c *Component) Ingest(family string, from netip.AddrPort, payload []byte, r
 		c.metrics.dropped.WithLabelValues("exporter_not_allowed").Inc()
 		return 0
 	}
-	var rep Report
+	var rep decode.Report
 	buf := datagramFlows.Get().(*[]flow.Flow)
 	flows, err := c.decoder.DecodeReport(family, from, payload, receivedMs, (*buf)[:0], &rep)
-	if errors.Is(err, errTooManyExporters) {
+	if errors.Is(err, decode.ErrTooManyExporters) {
 		// Beyond collector.max_exporters, exporters share one label so
 		// that spoofed sources cannot grow the metrics without bound.
 		exporter = "other"
@@ -258,7 +257,7 @@ func (c *Component) Ingest(family string, from netip.AddrPort, payload []byte, r
 	c.metrics.report(exporter, &rep)
 	if err != nil {
 		kind := "other"
-		var de *DecodeError
+		var de *decode.DecodeError
 		if errors.As(err, &de) {
 			kind = de.Kind
 		}

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/wormsign/wormsign/bus"
+	"github.com/wormsign/wormsign/collector/decode"
 	"github.com/wormsign/wormsign/flow"
 	"github.com/wormsign/wormsign/network"
 	"github.com/wormsign/wormsign/testenv"
@@ -80,14 +81,14 @@ func TestTemplatesSurviveRestart(t *testing.T) {
 		sets: [][]byte{set(256, rec256("203.0.113.5", "198.18.0.1", 25, 98500, 99750))}}.bytes()
 
 	c, _, _ := newTestComponent(t, cfg)
-	if n := c.Ingest(FamilyNetFlow, from, templates, now, true); n != 0 {
+	if n := c.Ingest(decode.FamilyNetFlow, from, templates, now, true); n != 0 {
 		t.Fatalf("a template datagram gave %d flows", n)
 	}
 	if err := c.Stop(); err != nil {
 		t.Fatal(err)
 	}
 	c, consumer, mem := newTestComponent(t, cfg)
-	if n := c.Ingest(FamilyNetFlow, from, data, now, true); n != 1 {
+	if n := c.Ingest(decode.FamilyNetFlow, from, data, now, true); n != 1 {
 		t.Fatalf("after restart the data datagram gave %d flows, want 1", n)
 	}
 	if err := c.Stop(); err != nil {
@@ -119,7 +120,7 @@ func TestPublishersKeepSubscriberOrder(t *testing.T) {
 		}
 		sets = append(sets, set(256, recs...))
 		dg := nf{version: 9, domain: 1, sequence: uint32(i), unixSecs: secs, uptimeMs: 1 << 30, sets: sets}.bytes()
-		sent += c.Ingest(FamilyNetFlow, from, dg, secs*1000, true)
+		sent += c.Ingest(decode.FamilyNetFlow, from, dg, secs*1000, true)
 	}
 	if err := c.Stop(); err != nil {
 		t.Fatal(err)
@@ -184,10 +185,10 @@ func TestExporterLimits(t *testing.T) {
 	dg := nf{version: 9, domain: 1, unixSecs: secs, uptimeMs: 100000, sets: [][]byte{
 		set(0, tmpl256), set(256, rec256("203.0.113.5", "198.18.0.1", 25, 1, 2)),
 	}}.bytes()
-	if n := c.Ingest(FamilyNetFlow, netip.MustParseAddrPort("198.51.100.1:9"), dg, secs*1000, true); n != 0 {
+	if n := c.Ingest(decode.FamilyNetFlow, netip.MustParseAddrPort("198.51.100.1:9"), dg, secs*1000, true); n != 0 {
 		t.Errorf("a spoofed exporter got %d flows in", n)
 	}
-	if n := c.Ingest(FamilyNetFlow, netip.MustParseAddrPort("192.0.2.1:9"), dg, secs*1000, true); n != 1 {
+	if n := c.Ingest(decode.FamilyNetFlow, netip.MustParseAddrPort("192.0.2.1:9"), dg, secs*1000, true); n != 1 {
 		t.Errorf("an allowed exporter got %d flows in, want 1", n)
 	}
 	c.Stop()
@@ -196,23 +197,23 @@ func TestExporterLimits(t *testing.T) {
 	}
 
 	cfg = DefaultConfiguration()
-	cfg.MaxExporters, cfg.TemplateTTL = 2, time.Minute
-	d := NewDecoderFrom(cfg)
-	decode := func(exporter string, nowMs int64) error {
-		_, _, err := d.Decode(FamilyNetFlow, netip.MustParseAddrPort(exporter), dg, nowMs, nil)
+	cfg.Decode.MaxExporters, cfg.Decode.TemplateTTL = 2, time.Minute
+	d := decode.New(cfg.Decode)
+	decodeFrom := func(exporter string, nowMs int64) error {
+		_, _, err := d.Decode(decode.FamilyNetFlow, netip.MustParseAddrPort(exporter), dg, nowMs, nil)
 		return err
 	}
 	for _, e := range []string{"192.0.2.1:1", "192.0.2.1:2"} {
-		if err := decode(e, secs*1000); err != nil {
+		if err := decodeFrom(e, secs*1000); err != nil {
 			t.Fatal(err)
 		}
 	}
-	var de *DecodeError
-	if err := decode("192.0.2.1:3", secs*1000); !errors.As(err, &de) || de.Kind != "too_many_exporters" {
+	var de *decode.DecodeError
+	if err := decodeFrom("192.0.2.1:3", secs*1000); !errors.As(err, &de) || de.Kind != "too_many_exporters" {
 		t.Errorf("a third exporter: %v, want too_many_exporters", err)
 	}
 	// Once the first two have been silent for the TTL, they make room.
-	if err := decode("192.0.2.1:3", secs*1000+61_000); err != nil {
+	if err := decodeFrom("192.0.2.1:3", secs*1000+61_000); err != nil {
 		t.Errorf("a third exporter after the others went quiet: %v", err)
 	}
 }
@@ -222,7 +223,7 @@ func TestExporterLimits(t *testing.T) {
 func TestExportersBeyondCapShareALabel(t *testing.T) {
 	cfg := DefaultConfiguration()
 	cfg.NetFlowListen, cfg.SFlowListen = nil, nil
-	cfg.MaxExporters = 1
+	cfg.Decode.MaxExporters = 1
 	reg := prometheus.NewRegistry()
 	c, err := New(cfg, Dependencies{
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Registry: reg, Bus: bus.NewMemory(16), Topic: "flows",
@@ -234,7 +235,7 @@ func TestExportersBeyondCapShareALabel(t *testing.T) {
 	defer c.Stop()
 	dg := nf{version: 9, domain: 1, unixSecs: 1700000000, sets: [][]byte{set(0, tmpl256)}}.bytes()
 	for i := range 5 {
-		c.Ingest(FamilyNetFlow, netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(i + 1)}), 9), dg, 1700000000000, true)
+		c.Ingest(decode.FamilyNetFlow, netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(i + 1)}), 9), dg, 1700000000000, true)
 	}
 	labels := map[string]float64{}
 	mfs, _ := reg.Gather()
@@ -282,7 +283,7 @@ func TestQueueBoundsFlows(t *testing.T) {
 		sets: [][]byte{set(0, tmpl256), set(256, recs...)}}.bytes()
 	accepted := 0
 	for range 1000 {
-		accepted += c.Ingest(FamilyNetFlow, netip.MustParseAddrPort("192.0.2.1:9"), dg, 1700000000000, false)
+		accepted += c.Ingest(decode.FamilyNetFlow, netip.MustParseAddrPort("192.0.2.1:9"), dg, 1700000000000, false)
 	}
 	// 32 flows per queued datagram, two batches per publisher, and the
 	// datagram that went over; the queue alone would take 10 datagrams.

@@ -1,7 +1,8 @@
 // Package config loads wormsign's YAML configuration and applies WORMSIGN_*
 // environment overrides on top of it. Every key in the file can also be set
 // from the environment: nested keys join with "_", so detector.smtp_fanout.
-// threshold becomes WORMSIGN_DETECTOR_SMTP_FANOUT_THRESHOLD. Lists are comma
+// threshold becomes WORMSIGN_DETECTOR_SMTP_FANOUT_THRESHOLD; the keys of a
+// struct tagged `yaml:",inline"` are its parent's. Lists are comma
 // separated. Unknown keys, in the file or the environment, are errors: a typo
 // must not silently fall back to a default.
 package config
@@ -14,6 +15,7 @@ import (
 	"io"
 	"os"
 	"reflect"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -86,7 +88,8 @@ func collectKeys(v reflect.Value, envPrefix, pathPrefix string, keys map[string]
 			continue
 		}
 		fv := v.Field(i)
-		if opts == "inline" && fv.Kind() == reflect.Struct {
+		if fv.Kind() == reflect.Struct && slices.Contains(strings.Split(opts, ","), "inline") {
+			// Its keys are the parent's, as in YAML.
 			if err := collectKeys(fv, envPrefix, pathPrefix, keys); err != nil {
 				return err
 			}

@@ -16,11 +16,17 @@ type inner struct {
 	Window    time.Duration `yaml:"window"`
 }
 
+// shared is inlined: its keys are sample's own.
+type shared struct {
+	Level int `yaml:"level"`
+}
+
 type sample struct {
 	Brokers  []string       `yaml:"brokers"`
 	Networks []netip.Prefix `yaml:"networks"`
 	Rule     inner          `yaml:"smtp_fanout"`
 	Enabled  bool           `yaml:"enabled"`
+	Shared   shared         `yaml:",inline"`
 }
 
 func writeFile(t *testing.T, content string) string {
@@ -60,6 +66,11 @@ func TestLoad(t *testing.T) {
 		{name: "bad cidr in env", env: []string{"WORMSIGN_NETWORKS=203.0.113.0/33"}, wantErr: `invalid value "203.0.113.0/33" for WORMSIGN_NETWORKS`},
 		{name: "bad cidr in file", file: "networks: [300.1.1.0/24]\n", wantErr: "300.1.1.0/24"},
 		{name: "bad duration", env: []string{"WORMSIGN_SMTP_FANOUT_WINDOW=5 minutes"}, wantErr: "WORMSIGN_SMTP_FANOUT_WINDOW"},
+		{name: "inline key in file", file: "level: 2\n",
+			want: sample{Rule: inner{Threshold: 25, Window: 5 * time.Minute}, Shared: shared{Level: 2}}},
+		{name: "inline key in env", env: []string{"WORMSIGN_LEVEL=3"},
+			want: sample{Rule: inner{Threshold: 25, Window: 5 * time.Minute}, Shared: shared{Level: 3}}},
+		{name: "inline struct has no key of its own", env: []string{"WORMSIGN_SHARED_LEVEL=3"}, wantErr: "WORMSIGN_SHARED_LEVEL"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

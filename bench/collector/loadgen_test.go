@@ -6,7 +6,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/wormsign/wormsign/collector"
+	"github.com/wormsign/wormsign/collector/decode"
 )
 
 // TestGeneratedLoadDecodes checks that wormsign's decoder reads every
@@ -15,16 +15,18 @@ import (
 func TestGeneratedLoadDecodes(t *testing.T) {
 	const nowMs = 1_700_000_000_000
 	load := Generate(5000, 2, 1000, nowMs)
-	d := collector.NewDecoder(false)
+	cfg := decode.DefaultConfiguration()
+	cfg.CorrectClockSkew = false
+	d := decode.New(cfg)
 	got := map[string]int{}
 	want := map[string]int{}
 	for _, dg := range load.Datagrams {
-		family := collector.FamilyNetFlow
+		family := decode.FamilyNetFlow
 		if dg.Protocol == SFlow {
-			family = collector.FamilySFlow
+			family = decode.FamilySFlow
 		}
 		from := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(10000+dg.Exporter))
-		var rep collector.Report
+		var rep decode.Report
 		flows, err := d.DecodeReport(family, from, dg.Payload, nowMs, nil, &rep)
 		if err != nil {
 			t.Fatalf("%s datagram: %v", dg.Protocol, err)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/collector"
+	"github.com/wormsign/wormsign/collector/decode"
 	"github.com/wormsign/wormsign/detector"
 	"github.com/wormsign/wormsign/httpserver"
 	"github.com/wormsign/wormsign/network"
@@ -173,14 +174,15 @@ func migrate(ctx context.Context, cfg Configuration, logger *slog.Logger) error 
 }
 
 // replay feeds captures through the collector's decoder and, unless only
-// flows are wanted, through an in-process detector and a stdout sink.
+// flows are wanted, through the collector's publishers, an in-process
+// detector and a stdout sink. With --flows only the decoder runs.
 func replay(ctx context.Context, cfg Configuration, logger *slog.Logger, stdout io.Writer, files []string, printFlows bool) error {
 	if printFlows {
 		enc := json.NewEncoder(stdout)
-		dec := collector.NewDecoderFrom(cfg.Collector)
+		dec := decode.New(cfg.Collector.Decode)
 		for _, file := range files {
-			err := collector.ReadCapture(file, func(d collector.Datagram) error {
-				flows, _, err := dec.Decode(collector.Family(d.Payload), d.From, d.Payload, d.TimeMs, nil)
+			err := decode.ReadCapture(file, func(d decode.Datagram) error {
+				flows, _, err := dec.Decode(decode.Family(d.Payload), d.From, d.Payload, d.TimeMs, nil)
 				if err != nil {
 					logger.Warn("datagram dropped", "file", file, "from", d.From.String(), "error", err)
 				}
@@ -226,8 +228,8 @@ func replay(ctx context.Context, cfg Configuration, logger *slog.Logger, stdout 
 	c.Start()
 	var readErr error
 	for _, file := range files {
-		readErr = collector.ReadCapture(file, func(dg collector.Datagram) error {
-			c.Ingest(collector.Family(dg.Payload), dg.From, dg.Payload, dg.TimeMs, true)
+		readErr = decode.ReadCapture(file, func(dg decode.Datagram) error {
+			c.Ingest(decode.Family(dg.Payload), dg.From, dg.Payload, dg.TimeMs, true)
 			return ctx.Err()
 		})
 		if readErr != nil {

@@ -1,4 +1,4 @@
-package collector
+package decode
 
 import (
 	"encoding/binary"
@@ -13,6 +13,14 @@ import (
 	"github.com/wormsign/wormsign/flow"
 	"github.com/wormsign/wormsign/testenv"
 )
+
+// newDecoder returns a decoder of the default configuration apart from
+// clock skew correction.
+func newDecoder(correctSkew bool) *Decoder {
+	c := DefaultConfiguration()
+	c.CorrectClockSkew = correctSkew
+	return New(c)
+}
 
 func decodeCapture(t *testing.T, d *Decoder, path string) int {
 	t.Helper()
@@ -46,7 +54,7 @@ func TestDecodeCaptures(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.files[len(tc.files)-1], func(t *testing.T) {
-			d := NewDecoder(false)
+			d := newDecoder(false)
 			got := 0
 			for _, f := range tc.files {
 				got += decodeCapture(t, d, filepath.Join(dir, f))
@@ -59,7 +67,7 @@ func TestDecodeCaptures(t *testing.T) {
 }
 
 func TestDecodeHostileInput(t *testing.T) {
-	d := NewDecoder(true)
+	d := newDecoder(true)
 	from := netip.MustParseAddrPort("192.0.2.1:9999")
 	for name, payload := range map[string][]byte{
 		"empty":           {},
@@ -218,7 +226,7 @@ func TestNetFlowV9Sets(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			d := NewDecoder(false)
+			d := newDecoder(false)
 			var got []flow.Flow
 			var rep Report
 			for _, dg := range tc.datagrams {
@@ -260,7 +268,7 @@ func TestIPFIXEnterpriseAndVariableLength(t *testing.T) {
 	msg := nf{version: 10, domain: 1, sequence: 0, unixSecs: secs, sets: [][]byte{
 		set(2, tpl), set(400, rec("smtp"), rec(""), longRec),
 	}}.bytes()
-	d := NewDecoder(false)
+	d := newDecoder(false)
 	var rep Report
 	got, err := d.DecodeReport(FamilyNetFlow, from, msg, secs*1000, nil, &rep)
 	if err != nil {
@@ -309,7 +317,7 @@ func TestTemplateCapExpiryAndPersistence(t *testing.T) {
 		}
 		return len(flows), rep
 	}
-	d := NewDecoderFrom(cfg)
+	d := New(cfg)
 	if _, rep := decode(d, from, templates, t0); rep.TemplatesRefused != 1 {
 		t.Errorf("templates refused = %d, want 1 (cap 2)", rep.TemplatesRefused)
 	}
@@ -325,7 +333,7 @@ func TestTemplateCapExpiryAndPersistence(t *testing.T) {
 	if err := d.SaveTemplates(path); err != nil {
 		t.Fatal(err)
 	}
-	restarted := NewDecoderFrom(cfg)
+	restarted := New(cfg)
 	if n, err := restarted.LoadTemplates(path, t0+2000); err != nil || n != 2 {
 		t.Fatalf("LoadTemplates = %d, %v; want 2 templates", n, err)
 	}
@@ -336,7 +344,7 @@ func TestTemplateCapExpiryAndPersistence(t *testing.T) {
 	if n, rep := decode(restarted, from, data, t0+61*1000); n != 0 || rep.TemplateMisses != 2 {
 		t.Errorf("after TTL decoded %d flows with %d misses, want 0 and 2", n, rep.TemplateMisses)
 	}
-	stale := NewDecoderFrom(cfg)
+	stale := New(cfg)
 	if n, err := stale.LoadTemplates(path, t0+61*1000); err != nil || n != 0 {
 		t.Errorf("loading expired templates = %d, %v; want 0", n, err)
 	}
@@ -356,7 +364,7 @@ func TestSamplingConfiguration(t *testing.T) {
 	cfg := DefaultConfiguration()
 	cfg.DefaultSamplingRate = []SamplingRate{parse("192.0.2.0/24=1000"), parse("192.0.2.7=10")}
 	cfg.OverrideSamplingRate = []SamplingRate{parse("192.0.2.9/32=4096")}
-	d := NewDecoderFrom(cfg)
+	d := New(cfg)
 	// A NetFlow v5 datagram with one record and sampling interval 0 or 50.
 	v5 := func(sampling uint16) []byte {
 		hdr := cat(u16(5), u16(1), u32(100000), u32(1700000000), u32(0), u32(0), []byte{0, 0}, u16(sampling))
@@ -398,7 +406,7 @@ func TestNetFlowV5MillisecondTimes(t *testing.T) {
 	rec := make([]byte, 48)
 	binary.BigEndian.PutUint32(rec[24:], 98000)
 	binary.BigEndian.PutUint32(rec[28:], 99900)
-	flows, _, err := NewDecoder(false).Decode(FamilyNetFlow, netip.MustParseAddrPort("192.0.2.1:1"), cat(hdr, rec), 1, nil)
+	flows, _, err := newDecoder(false).Decode(FamilyNetFlow, netip.MustParseAddrPort("192.0.2.1:1"), cat(hdr, rec), 1, nil)
 	if err != nil || len(flows) != 1 {
 		t.Fatalf("%d flows, %v", len(flows), err)
 	}
@@ -423,7 +431,7 @@ func TestSamplingFromVendorOptions(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.files[0], func(t *testing.T) {
-			d := NewDecoder(false)
+			d := newDecoder(false)
 			var rates []uint32
 			for _, f := range tc.files {
 				err := ReadCapture(filepath.Join(dir, "outlet__flow__decoder__netflow__testdata__"+f+".pcap"), func(dg Datagram) error {

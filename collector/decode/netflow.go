@@ -1,4 +1,4 @@
-package collector
+package decode
 
 import (
 	"encoding/binary"
@@ -72,9 +72,6 @@ const variableLength = 0xffff
 
 // ntpEpochOffset is the seconds from 1900 (NTP) to 1970 (Unix).
 const ntpEpochOffset = 2208988800
-
-func be16(b []byte) uint16 { return binary.BigEndian.Uint16(b) }
-func be32(b []byte) uint32 { return binary.BigEndian.Uint32(b) }
 
 // uintOf reads a big-endian unsigned number of 1 to 8 bytes; exporters
 // use "reduced-size encoding" freely (RFC 7011 6.2).
@@ -181,7 +178,8 @@ func (d *Decoder) decodeNetFlowV9(payload []byte, exp *exporterState, exporter n
 			records += d.decodeOptions(exp, &h, t, s.data, receivedMs, rep)
 		}
 	}
-	dc := flowContext{h: &h, exp: exp, exporter: exporter, receivedMs: receivedMs, skewMs: d.skew(receivedMs, h.unixSecs)}
+	dc := flowContext{h: h, exp: exp, exporter: exporter, receivedMs: receivedMs, ttlMs: d.templateTTL,
+		skewMs: d.skew(receivedMs, h.unixSecs)}
 	dc.domainRate = exp.rate(samplerKey{h.version, h.domain, 0}, receivedMs, d.templateTTL)
 	dc.systemInitMs = exp.systemInit[domainKey{h.version, h.domain}]
 	for _, s := range sets {
@@ -381,24 +379,18 @@ func (d *Decoder) decodeOptions(exp *exporterState, h *nfHeader, t *template, da
 }
 
 // flowContext is what decoding a data set needs besides the template.
+// It holds the header by value: with a pointer, the header escaped to
+// the heap (one allocation per datagram), as escape analysis follows the
+// context's exporter address into the flows.
 type flowContext struct {
-	h            *nfHeader
+	h            nfHeader
 	exp          *exporterState
 	exporter     netip.Addr
 	receivedMs   int64
+	ttlMs        int64
 	domainRate   uint32
 	systemInitMs int64
 	skewMs       int64
-}
-
-// recordTimes gathers the time fields of one record.
-type recordTimes struct {
-	startMs, endMs         int64
-	startUp, endUp         uint32
-	hasStartUp, hasEndUp   bool
-	startDelta, endDelta   uint64
-	hasStartDelta, hasEnd2 bool
-	initMs                 int64
 }
 
 func ntpToMs(v uint64, micro bool) int64 {
@@ -417,19 +409,13 @@ func (d *Decoder) decodeFlows(dc *flowContext, t *template, data []byte, out []f
 		typ = flow.TypeIPFIX
 	}
 	for len(data) >= t.minSize {
-		f := flow.Flow{
+		r := record{flow: flow.Flow{
 			TimeReceivedMs: dc.receivedMs, Exporter: dc.exporter,
 			ObservationDomain: dc.h.domain, Type: typ,
-		}
-		var tm recordTimes
-		var octets, packets, postOctets, postPackets, totOctets, totPackets uint64
-		var rate, sampler uint64
-		var src6, dst6 netip.Addr
+		}}
 		var l int
 		if t.varlen {
-			l = walkRecord(t, data, func(tf *templateField, v []byte) {
-				applyField(&f, &tm, tf, v, &octets, &packets, &postOctets, &postPackets, &totOctets, &totPackets, &rate, &sampler, &src6, &dst6)
-			})
+			l = walkRecord(t, data, r.set)
 			if l < 0 {
 				rep.SetErrors++
 				return out
@@ -440,7 +426,7 @@ func (d *Decoder) decodeFlows(dc *flowContext, t *template, data []byte, out []f
 			for i := range t.Fields {
 				tf := &t.Fields[i]
 				next := off + int(tf.Length)
-				applyField(&f, &tm, tf, data[off:next], &octets, &packets, &postOctets, &postPackets, &totOctets, &totPackets, &rate, &sampler, &src6, &dst6)
+				r.set(tf, data[off:next])
 				off = next
 			}
 			l = off
@@ -452,33 +438,8 @@ func (d *Decoder) decodeFlows(dc *flowContext, t *template, data []byte, out []f
 		if t.enterprise {
 			rep.EnterpriseRecords++
 		}
-		switch {
-		case octets != 0 || packets != 0:
-			f.Bytes, f.Packets = octets, packets
-		case postOctets != 0 || postPackets != 0:
-			f.Bytes, f.Packets = postOctets, postPackets
-		default:
-			f.Bytes, f.Packets = totOctets, totPackets
-		}
-		if (!f.SrcAddr.IsValid() || f.SrcAddr.IsUnspecified()) && src6.IsValid() {
-			f.SrcAddr = src6
-		}
-		if (!f.DstAddr.IsValid() || f.DstAddr.IsUnspecified()) && dst6.IsValid() {
-			f.DstAddr = dst6
-		}
-		if rate == 0 {
-			rate = uint64(dc.domainRate)
-			if sampler != 0 {
-				if r := dc.exp.rate(samplerKey{dc.h.version, dc.h.domain, sampler}, dc.receivedMs, d.templateTTL); r != 0 {
-					rate = uint64(r)
-				}
-			}
-		}
-		if rate <= 1<<32-1 {
-			f.SamplingRate = uint32(rate)
-		}
-		d.flowTimes(dc, &f, &tm)
-		out = append(out, f)
+		r.finish(dc)
+		out = append(out, r.flow)
 		if l == 0 {
 			break // a template of zero-length fields would loop forever
 		}
@@ -486,128 +447,190 @@ func (d *Decoder) decodeFlows(dc *flowContext, t *template, data []byte, out []f
 	return out
 }
 
-func applyField(f *flow.Flow, tm *recordTimes, tf *templateField, v []byte,
-	octets, packets, postOctets, postPackets, totOctets, totPackets, rate, sampler *uint64, src6, dst6 *netip.Addr) {
+// record accumulates one flow record while its template is walked: set
+// takes each field, finish then chooses among the fields that can stand
+// for one another (counters, IPv4 and IPv6 addresses, sampling, times)
+// and completes the flow.
+type record struct {
+	// flow is the flow under construction; set fills the fields that
+	// need no choice.
+	flow flow.Flow
+	// Counters in order of preference: deltas, post-NAT/policy deltas,
+	// totals.
+	octets, packets         uint64
+	postOctets, postPackets uint64
+	totOctets, totPackets   uint64
+	// rate is the record's own sampling interval; sampler names the
+	// sampler whose learned rate applies otherwise.
+	rate, sampler uint64
+	// src6 and dst6 stand in for absent or unspecified IPv4 addresses.
+	src6, dst6 netip.Addr
+	// Times: absolute (Unix ms), in exporter uptime ms, in microseconds
+	// before export (IPFIX), and the exporter's system init time.
+	startMs, endMs             int64
+	startUp, endUp             uint32
+	hasStartUp, hasEndUp       bool
+	startDelta, endDelta       uint64
+	hasStartDelta, hasEndDelta bool
+	initMs                     int64
+}
+
+// set takes the value v of the template field tf.
+func (r *record) set(tf *templateField, v []byte) {
 	if tf.PEN != 0 {
 		return
 	}
 	switch tf.Type {
 	case ieOctetDelta:
-		*octets = uintOf(v)
+		r.octets = uintOf(v)
 	case iePacketDelta:
-		*packets = uintOf(v)
+		r.packets = uintOf(v)
 	case iePostOctetDelta:
-		*postOctets = uintOf(v)
+		r.postOctets = uintOf(v)
 	case iePostPacketDelta:
-		*postPackets = uintOf(v)
+		r.postPackets = uintOf(v)
 	case ieOctetTotal:
-		*totOctets = uintOf(v)
+		r.totOctets = uintOf(v)
 	case iePacketTotal:
-		*totPackets = uintOf(v)
+		r.totPackets = uintOf(v)
 	case ieProtocol:
-		f.Proto = uint8(uintOf(v))
+		r.flow.Proto = uint8(uintOf(v))
 	case ieTCPFlags:
 		// 1 byte in NetFlow v9, 2 in IPFIX: the flags are the low byte.
-		f.TCPFlags = uint8(uintOf(v))
+		r.flow.TCPFlags = uint8(uintOf(v))
 	case ieSrcPort:
-		f.SrcPort = uint16(uintOf(v))
+		r.flow.SrcPort = uint16(uintOf(v))
 	case ieDstPort:
-		f.DstPort = uint16(uintOf(v))
+		r.flow.DstPort = uint16(uintOf(v))
 	case ieSrcIPv4:
 		if len(v) == 4 {
-			f.SrcAddr = netip.AddrFrom4([4]byte(v))
+			r.flow.SrcAddr = netip.AddrFrom4([4]byte(v))
 		}
 	case ieDstIPv4:
 		if len(v) == 4 {
-			f.DstAddr = netip.AddrFrom4([4]byte(v))
+			r.flow.DstAddr = netip.AddrFrom4([4]byte(v))
 		}
 	case ieSrcIPv6:
 		if len(v) == 16 {
-			*src6 = netip.AddrFrom16([16]byte(v))
+			r.src6 = netip.AddrFrom16([16]byte(v))
 		}
 	case ieDstIPv6:
 		if len(v) == 16 {
-			*dst6 = netip.AddrFrom16([16]byte(v))
+			r.dst6 = netip.AddrFrom16([16]byte(v))
 		}
 	case ieInputIf:
-		f.InIf = uint32(uintOf(v))
+		r.flow.InIf = uint32(uintOf(v))
 	case ieOutputIf:
-		f.OutIf = uint32(uintOf(v))
+		r.flow.OutIf = uint32(uintOf(v))
 	case ieStartSysUpTime:
-		tm.startUp, tm.hasStartUp = uint32(uintOf(v)), true
+		r.startUp, r.hasStartUp = uint32(uintOf(v)), true
 	case ieEndSysUpTime:
-		tm.endUp, tm.hasEndUp = uint32(uintOf(v)), true
+		r.endUp, r.hasEndUp = uint32(uintOf(v)), true
 	case ieStartSeconds:
-		tm.startMs = int64(uintOf(v)) * 1000
+		r.startMs = int64(uintOf(v)) * 1000
 	case ieEndSeconds:
-		tm.endMs = int64(uintOf(v)) * 1000
+		r.endMs = int64(uintOf(v)) * 1000
 	case ieStartMilliseconds:
-		tm.startMs = int64(uintOf(v))
+		r.startMs = int64(uintOf(v))
 	case ieEndMilliseconds:
-		tm.endMs = int64(uintOf(v))
+		r.endMs = int64(uintOf(v))
 	case ieStartMicroseconds, ieStartNanoseconds:
 		if len(v) == 8 {
-			tm.startMs = ntpToMs(uintOf(v), tf.Type == ieStartMicroseconds)
+			r.startMs = ntpToMs(uintOf(v), tf.Type == ieStartMicroseconds)
 		}
 	case ieEndMicroseconds, ieEndNanoseconds:
 		if len(v) == 8 {
-			tm.endMs = ntpToMs(uintOf(v), tf.Type == ieEndMicroseconds)
+			r.endMs = ntpToMs(uintOf(v), tf.Type == ieEndMicroseconds)
 		}
 	case ieStartDeltaMicros:
-		tm.startDelta, tm.hasStartDelta = uintOf(v), true
+		r.startDelta, r.hasStartDelta = uintOf(v), true
 	case ieEndDeltaMicros:
-		tm.endDelta, tm.hasEnd2 = uintOf(v), true
+		r.endDelta, r.hasEndDelta = uintOf(v), true
 	case ieSystemInitMillis:
-		tm.initMs = int64(uintOf(v))
+		r.initMs = int64(uintOf(v))
 	case ieSamplingInterval, ieSamplerInterval, ieSamplingPacketIntv:
-		*rate = uintOf(v)
+		r.rate = uintOf(v)
 	case ieSamplerID, ieSelectorID:
-		*sampler = uintOf(v)
+		r.sampler = uintOf(v)
 	}
 }
 
-// flowTimes sets the flow's start and end in Unix ms from whichever time
-// fields the record has.
-func (d *Decoder) flowTimes(dc *flowContext, f *flow.Flow, tm *recordTimes) {
+// finish completes r.flow once every field is set: bytes and packets,
+// addresses, sampling rate and times.
+func (r *record) finish(dc *flowContext) {
+	f := &r.flow
+	switch {
+	case r.octets != 0 || r.packets != 0:
+		f.Bytes, f.Packets = r.octets, r.packets
+	case r.postOctets != 0 || r.postPackets != 0:
+		f.Bytes, f.Packets = r.postOctets, r.postPackets
+	default:
+		f.Bytes, f.Packets = r.totOctets, r.totPackets
+	}
+	if (!f.SrcAddr.IsValid() || f.SrcAddr.IsUnspecified()) && r.src6.IsValid() {
+		f.SrcAddr = r.src6
+	}
+	if (!f.DstAddr.IsValid() || f.DstAddr.IsUnspecified()) && r.dst6.IsValid() {
+		f.DstAddr = r.dst6
+	}
+	rate := r.rate
+	if rate == 0 {
+		rate = uint64(dc.domainRate)
+		if r.sampler != 0 {
+			if sr := dc.exp.rate(samplerKey{dc.h.version, dc.h.domain, r.sampler}, dc.receivedMs, dc.ttlMs); sr != 0 {
+				rate = uint64(sr)
+			}
+		}
+	}
+	if rate <= 1<<32-1 {
+		f.SamplingRate = uint32(rate)
+	}
+	r.finishTimes(dc)
+}
+
+// finishTimes sets the flow's start and end in Unix ms from whichever
+// time fields the record has.
+func (r *record) finishTimes(dc *flowContext) {
 	headerMs := int64(dc.h.unixSecs) * 1000
 	if dc.h.version == 9 {
 		// Uptime offsets are ms; the header's Unix time is whole seconds,
 		// so flow times keep ms resolution relative to each other.
-		if tm.hasStartUp {
-			tm.startMs = headerMs - int64(dc.h.uptimeMs-tm.startUp)
+		if r.hasStartUp {
+			r.startMs = headerMs - int64(dc.h.uptimeMs-r.startUp)
 		}
-		if tm.hasEndUp {
-			tm.endMs = headerMs - int64(dc.h.uptimeMs-tm.endUp)
+		if r.hasEndUp {
+			r.endMs = headerMs - int64(dc.h.uptimeMs-r.endUp)
 		}
 	} else {
-		initMs := tm.initMs
+		initMs := r.initMs
 		if initMs == 0 {
 			initMs = dc.systemInitMs
 		}
 		if initMs != 0 {
-			if tm.hasStartUp && tm.startMs == 0 {
-				tm.startMs = initMs + int64(tm.startUp)
+			if r.hasStartUp && r.startMs == 0 {
+				r.startMs = initMs + int64(r.startUp)
 			}
-			if tm.hasEndUp && tm.endMs == 0 {
-				tm.endMs = initMs + int64(tm.endUp)
+			if r.hasEndUp && r.endMs == 0 {
+				r.endMs = initMs + int64(r.endUp)
 			}
 		}
-		if tm.hasStartDelta && tm.startMs == 0 {
-			tm.startMs = headerMs - int64(tm.startDelta/1000)
+		if r.hasStartDelta && r.startMs == 0 {
+			r.startMs = headerMs - int64(r.startDelta/1000)
 		}
-		if tm.hasEnd2 && tm.endMs == 0 {
-			tm.endMs = headerMs - int64(tm.endDelta/1000)
+		if r.hasEndDelta && r.endMs == 0 {
+			r.endMs = headerMs - int64(r.endDelta/1000)
 		}
 	}
+	f := &r.flow
 	switch {
-	case tm.endMs == 0 && tm.startMs == 0:
+	case r.endMs == 0 && r.startMs == 0:
 		// No usable time: the flow ended when its record was exported.
 		f.StartMs, f.EndMs = dc.receivedMs, dc.receivedMs
 		return
-	case tm.endMs == 0:
-		tm.endMs = tm.startMs
-	case tm.startMs == 0:
-		tm.startMs = tm.endMs
+	case r.endMs == 0:
+		r.endMs = r.startMs
+	case r.startMs == 0:
+		r.startMs = r.endMs
 	}
-	f.StartMs, f.EndMs = tm.startMs+dc.skewMs, tm.endMs+dc.skewMs
+	f.StartMs, f.EndMs = r.startMs+dc.skewMs, r.endMs+dc.skewMs
 }

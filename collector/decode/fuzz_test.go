@@ -1,4 +1,4 @@
-package collector
+package decode
 
 import (
 	"encoding/binary"
@@ -17,7 +17,7 @@ import (
 // the repository); a plain `go test` runs the seeds. To fuzz, one target
 // at a time and for a bounded time:
 //
-//	go test -run '^$' -fuzz '^FuzzIPFIX$' -fuzztime 60s ./collector/
+//	go test -run '^$' -fuzz '^FuzzIPFIX$' -fuzztime 60s ./collector/decode/
 //
 // (likewise FuzzNetFlowV5, FuzzNetFlowV9, FuzzSFlow).
 
@@ -60,7 +60,7 @@ func version16(p []byte) uint16 {
 // checkDecode decodes the datagrams in order with a fresh decoder and
 // fails on a decoder panic or an impossible result.
 func checkDecode(t *testing.T, family string, datagrams ...[]byte) {
-	d := NewDecoder(true)
+	d := newDecoder(true)
 	from := netip.MustParseAddrPort("192.0.2.1:2055")
 	for _, p := range datagrams {
 		var rep Report

@@ -1,4 +1,4 @@
-package collector
+package decode
 
 import (
 	"bufio"
@@ -446,7 +446,7 @@ func TestConformanceWithTshark(t *testing.T) {
 			if len(frames) != len(dgs) {
 				t.Fatalf("tshark read %d frames, wrote %d datagrams", len(frames), len(dgs))
 			}
-			d := NewDecoder(false)
+			d := newDecoder(false)
 			var sumT, sumE, sumW int
 			for i, dg := range dgs {
 				var rep Report

@@ -1,0 +1,144 @@
+package decode
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net/netip"
+
+	"github.com/cloudflare/goflow/v3/decoders/sflow"
+	flowmessage "github.com/cloudflare/goflow/v3/pb"
+	"github.com/cloudflare/goflow/v3/producer"
+	"github.com/sirupsen/logrus"
+
+	"github.com/wormsign/wormsign/flow"
+)
+
+// sFlow v5 is decoded by goflow v3, after checkSFlow has bounded what
+// goflow would allocate.
+
+func init() {
+	// goflow's sFlow producer logs every sampled header it cannot parse
+	// through logrus: hostile datagrams would flood the log. Those
+	// datagrams are counted in metrics instead.
+	logrus.SetOutput(io.Discard)
+}
+
+// sflowSeq is the seqKey version of sFlow datagram sequence numbers.
+const sflowSeq = 0xff05
+
+// checkSFlow bounds every count read from the wire by the bytes left,
+// before goflow allocates slices of those sizes (an expanded flow sample
+// claiming 4 billion records would otherwise allocate ~200 GB). It
+// returns the sub-agent ID and sequence number.
+func checkSFlow(p []byte) (subAgent, seq uint32, err error) {
+	bad := func(format string, args ...any) (uint32, uint32, error) {
+		return 0, 0, &DecodeError{Kind: "malformed", Err: fmt.Errorf(format, args...)}
+	}
+	if len(p) < 8 || be32(p) != 5 {
+		return bad("not an sFlow v5 datagram")
+	}
+	off := 8
+	switch be32(p[4:]) {
+	case 1:
+		off += 4
+	case 2:
+		off += 16
+	default:
+		return bad("agent address type %d", be32(p[4:]))
+	}
+	if len(p) < off+16 {
+		return bad("sFlow header truncated")
+	}
+	subAgent, seq = be32(p[off:]), be32(p[off+4:])
+	samples := int(be32(p[off+12:]))
+	off += 16
+	if samples > (len(p)-off)/8 {
+		return bad("%d samples in %d bytes", samples, len(p)-off)
+	}
+	for range samples {
+		if len(p)-off < 8 {
+			return bad("sample header truncated")
+		}
+		format, length := be32(p[off:]), int(be32(p[off+4:]))
+		off += 8
+		if length > len(p)-off {
+			return bad("sample of %d bytes in %d", length, len(p)-off)
+		}
+		s := p[off : off+length]
+		off += length
+		var countAt int
+		switch format {
+		case 1: // flow sample
+			countAt = 28
+		case 2: // counter sample
+			countAt = 8
+		case 3: // expanded flow sample
+			countAt = 40
+		case 4: // expanded counter sample
+			countAt = 12
+		default:
+			continue // goflow skips formats it does not know
+		}
+		if len(s) < countAt+4 {
+			return bad("sample format %d truncated", format)
+		}
+		records := int(be32(s[countAt:]))
+		if records > (len(s)-countAt-4)/8 {
+			return bad("%d records in a sample of %d bytes", records, len(s))
+		}
+	}
+	return subAgent, seq, nil
+}
+
+// goflowSFlow runs goflow's sFlow decoder and producer on a datagram that
+// checkSFlow accepted.
+func goflowSFlow(payload []byte) (msgs []*flowmessage.FlowMessage, err error) {
+	defer func() {
+		// goflow indexes into buffers whose lengths come from the wire; a
+		// crafted datagram must cost one counted drop, not the process.
+		if r := recover(); r != nil {
+			msgs, err = nil, &DecodeError{Kind: "panic", Err: fmt.Errorf("decoder panic: %v", r)}
+		}
+	}()
+	msg, err := sflow.DecodeMessage(bytes.NewBuffer(payload))
+	if err != nil {
+		return nil, &DecodeError{Kind: "malformed", Err: err}
+	}
+	msgs, err = producer.ProcessMessageSFlow(msg)
+	if err != nil {
+		return nil, &DecodeError{Kind: "malformed", Err: err}
+	}
+	return msgs, nil
+}
+
+func (d *Decoder) decodeSFlow(payload []byte, from netip.AddrPort, exporter netip.Addr, receivedMs int64, out []flow.Flow, rep *Report) ([]flow.Flow, error) {
+	subAgent, seq, err := checkSFlow(payload)
+	if err != nil {
+		return out, err
+	}
+	msgs, err := goflowSFlow(payload)
+	if err != nil {
+		return out, err
+	}
+	if exp, err := d.exporter(from, receivedMs); err == nil {
+		exp.mu.Lock()
+		exp.lastSeenMs = receivedMs
+		rep.LostDatagrams += exp.sequenceGap(seqKey{sflowSeq, subAgent}, seq, 1)
+		exp.mu.Unlock()
+	}
+	for _, m := range msgs {
+		out = append(out, flow.Flow{
+			// sFlow samples packets: no flow times, the sample is "now".
+			TimeReceivedMs: receivedMs, StartMs: receivedMs, EndMs: receivedMs,
+			Exporter: exporter, ObservationDomain: subAgent,
+			SamplingRate: uint32(m.SamplingRate),
+			SrcAddr:      addrFrom(m.SrcAddr), DstAddr: addrFrom(m.DstAddr),
+			SrcPort: uint16(m.SrcPort), DstPort: uint16(m.DstPort),
+			Proto: uint8(m.Proto), TCPFlags: uint8(m.TCPFlags),
+			Bytes: m.Bytes, Packets: m.Packets, InIf: m.InIf, OutIf: m.OutIf,
+			Type: flow.TypeSFlow5,
+		})
+	}
+	return out, nil
+}
