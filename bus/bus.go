@@ -17,6 +17,10 @@ type Message struct {
 	Offset     int64
 	// Time is when the message was produced.
 	Time int64
+	// Origin names the writer (a collector instance and publisher) so
+	// that consumers can tell ordered streams apart; 0 when unknown.
+	// On Kafka it travels in the wormsign-origin header.
+	Origin uint64
 }
 
 // Producer publishes messages to one topic.

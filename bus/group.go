@@ -2,6 +2,7 @@ package bus
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -235,7 +236,26 @@ func (c *kafkaClaim) ReadBack(ctx context.Context, since time.Time, fn func(Mess
 }
 
 func fromKafka(m kafka.Message) Message {
-	return Message{Key: m.Key, Value: m.Value, Partition: m.Partition, Offset: m.Offset, Time: m.Time.UnixMilli()}
+	return Message{Key: m.Key, Value: m.Value, Partition: m.Partition, Offset: m.Offset, Time: m.Time.UnixMilli(),
+		Origin: originOf(m.Headers)}
+}
+
+const originHeader = "wormsign-origin"
+
+func originHeaders(origin uint64) []kafka.Header {
+	if origin == 0 {
+		return nil
+	}
+	return []kafka.Header{{Key: originHeader, Value: binary.BigEndian.AppendUint64(nil, origin)}}
+}
+
+func originOf(headers []kafka.Header) uint64 {
+	for _, h := range headers {
+		if h.Key == originHeader && len(h.Value) == 8 {
+			return binary.BigEndian.Uint64(h.Value)
+		}
+	}
+	return 0
 }
 
 func (c *kafkaClaim) Fetch(ctx context.Context) (Message, error) {

@@ -109,7 +109,7 @@ func (k *Kafka) Producer(topic string) (Producer, error) {
 func (p *kafkaProducer) Publish(ctx context.Context, msgs ...Message) error {
 	out := make([]kafka.Message, len(msgs))
 	for i, m := range msgs {
-		out[i] = kafka.Message{Key: m.Key, Value: m.Value}
+		out[i] = kafka.Message{Key: m.Key, Value: m.Value, Headers: originHeaders(m.Origin)}
 	}
 	if err := p.w.WriteMessages(ctx, out...); err != nil {
 		return fmt.Errorf("cannot write to %s: %w", p.w.Topic, err)
@@ -149,7 +149,7 @@ func (c *kafkaConsumer) Fetch(ctx context.Context) (Message, error) {
 		}
 		return Message{}, err
 	}
-	return Message{Key: m.Key, Value: m.Value, Partition: m.Partition, Offset: m.Offset, Time: m.Time.UnixMilli()}, nil
+	return fromKafka(m), nil
 }
 
 func (c *kafkaConsumer) Commit(ctx context.Context, msgs ...Message) error {

@@ -3,6 +3,7 @@ package bus
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"testing"
 	"time"
 
@@ -30,7 +31,7 @@ func TestKafkaPublishConsumeCommit(t *testing.T) {
 	const n = 30
 	var msgs []Message
 	for i := 0; i < n; i++ {
-		msgs = append(msgs, Message{Key: []byte(fmt.Sprintf("k%d", i%5)), Value: []byte(fmt.Sprintf("%d", i))})
+		msgs = append(msgs, Message{Key: []byte(fmt.Sprintf("k%d", i%5)), Value: []byte(fmt.Sprintf("%d", i)), Origin: uint64(i % 3)})
 	}
 	if err := p.Publish(ctx, msgs...); err != nil {
 		t.Fatal(err)
@@ -50,6 +51,9 @@ func TestKafkaPublishConsumeCommit(t *testing.T) {
 				t.Errorf("key %s in partitions %d and %d", m.Key, p, m.Partition)
 			}
 			partitionOf[string(m.Key)] = m.Partition
+			if v, _ := strconv.Atoi(string(m.Value)); m.Origin != uint64(v%3) {
+				t.Errorf("message %s has origin %d, want %d", m.Value, m.Origin, v%3)
+			}
 			byKey[string(m.Key)] = append(byKey[string(m.Key)], string(m.Value))
 			if i < 10 {
 				if err := c.Commit(ctx, m); err != nil {
