@@ -81,14 +81,31 @@ func Tool(t testing.TB, name string) string {
 }
 
 // Shared returns ../shared/<rel> as seen from the repository root. Tests
-// that need it skip where ../shared is absent and fail where it is present
-// but the file is not.
+// that need it skip where ../shared is absent when run by hand, and fail
+// where it is absent in CI (CI=true) or present without the file.
 func Shared(t testing.TB, rel string) string {
 	t.Helper()
 	root := RepoRoot(t)
+	if _, err := os.Stat(filepath.Join(root, "go.mod")); err != nil {
+		// Built with -trimpath, this file's path is not on disk: look
+		// for go.mod above the package directory the test runs in.
+		root = ""
+		for dir, _ := os.Getwd(); dir != ""; dir = filepath.Dir(dir) {
+			if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+				root = dir
+				break
+			}
+			if dir == filepath.Dir(dir) {
+				break
+			}
+		}
+		if root == "" {
+			t.Fatalf("cannot find the repository root (go.mod) to look for ../shared/%s from", rel)
+		}
+	}
 	shared := filepath.Join(root, "..", "shared")
-	if _, err := os.Stat(shared); err != nil {
-		t.Skipf("%s is absent", shared)
+	if fi, err := os.Stat(shared); err != nil || !fi.IsDir() {
+		Unavailable(t, "shared test data: %s is absent (want ../shared next to the repository, with %s)", shared, rel)
 	}
 	p := filepath.Join(shared, rel)
 	if _, err := os.Stat(p); err != nil {

@@ -1,6 +1,6 @@
-// Package evaluation replays labeled flow logs through the detector engine
-// and scores what it finds: per-host detections, false positives and time
-// to detect.
+// Package evaluation turns labeled flow logs into the IPFIX export a router
+// would have sent for them, for `wormsign replay`, whose alerts the tests
+// score: per-host detections, false positives, time to detect, determinism.
 package evaluation
 
 import (
@@ -17,8 +17,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/wormsign/wormsign/alert"
-	"github.com/wormsign/wormsign/detector"
 	"github.com/wormsign/wormsign/flow"
 )
 
@@ -173,72 +171,4 @@ func ExportOrder(recs []Record) {
 		}
 		return 0
 	})
-}
-
-// Detection is the first open of one kind for one host.
-type Detection struct {
-	Host    netip.Addr
-	Kind    string
-	Trigger string
-	AtMs    int64 // event time of the flow that opened it
-	Alerts  int   // events of that host and kind (open, update, resolved)
-	Score   float64
-	Label   string // "botnet", "normal" or "background"
-}
-
-// Result of one replay.
-type Result struct {
-	Detections []Detection
-	Flows      int
-	Late       uint64
-	Elapsed    time.Duration
-}
-
-// Replay feeds the records whose source is inside subscribers through one
-// engine and collects the first open per host and kind.
-func Replay(cfg detector.Configuration, recs []Record, subscribers netip.Prefix, labelOf func(netip.Addr) string) Result {
-	e := detector.NewEngine(cfg)
-	byKey := map[string]*Detection{}
-	var order []string
-	note := func(as []alert.Alert, atMs int64) {
-		for _, a := range as {
-			key := a.SubscriberIP + "|" + a.Kind
-			d := byKey[key]
-			if d == nil {
-				if a.State != alert.StateOpen {
-					continue
-				}
-				host := netip.MustParseAddr(a.SubscriberIP)
-				d = &Detection{Host: host, Kind: a.Kind, Trigger: a.Evidence.Trigger, AtMs: atMs, Score: a.Score, Label: labelOf(host)}
-				byKey[key] = d
-				order = append(order, key)
-			}
-			d.Alerts++
-		}
-	}
-	began := time.Now()
-	n := 0
-	for i := range recs {
-		f := &recs[i].Flow
-		if !subscribers.Contains(f.SrcAddr) {
-			continue
-		}
-		n++
-		note(e.Process(f), f.EndMs)
-	}
-	note(e.Flush(), e.Watermark())
-	res := Result{Flows: n, Late: e.Stats().LateFlows, Elapsed: time.Since(began)}
-	for _, k := range order {
-		res.Detections = append(res.Detections, *byKey[k])
-	}
-	return res
-}
-
-// Table prints detections, one line per host and kind.
-func (r Result) Table(w io.Writer, t0 int64) {
-	fmt.Fprintf(w, "%-16s %-12s %-19s %-11s %10s %7s %8s\n", "host", "kind", "trigger", "label", "at", "events", "score")
-	for _, d := range r.Detections {
-		fmt.Fprintf(w, "%-16s %-12s %-19s %-11s %10s %7d %8.2f\n", d.Host, d.Kind, d.Trigger, d.Label,
-			time.Duration(d.AtMs-t0)*time.Millisecond/time.Second*time.Second, d.Alerts, d.Score)
-	}
 }

@@ -29,7 +29,11 @@ func TestMain(m *testing.M) {
 		scan(spec)
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+	os.Exit(code)
 }
 
 // scan is the worm: one TCP connection attempt to port on each target,
