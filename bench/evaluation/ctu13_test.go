@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/wormsign/wormsign/alert"
-	"github.com/wormsign/wormsign/collector"
+	"github.com/wormsign/wormsign/collector/decode"
 	"github.com/wormsign/wormsign/flow"
 	"github.com/wormsign/wormsign/testenv"
 )
@@ -420,13 +420,13 @@ func TestReplayHeldBackExporter(t *testing.T) {
 // order, that end more than lateness before the newest subscriber flow
 // decoded before them: what one watermark over all exporters would drop.
 func lateUnderFastest(t *testing.T, dgs []Datagram, lateness time.Duration) int {
-	dec := collector.NewDecoderFrom(collector.DefaultConfiguration())
+	dec := decode.New(decode.DefaultConfiguration())
 	var newest int64
 	late := 0
 	var buf []flow.Flow
 	for i, d := range dgs {
 		var err error
-		buf, _, err = dec.Decode(collector.FamilyNetFlow, d.Src, d.Payload, d.TimeMs, buf[:0])
+		buf, _, err = dec.Decode(decode.FamilyNetFlow, d.Src, d.Payload, d.TimeMs, buf[:0])
 		if err != nil {
 			t.Fatalf("datagram %d: %v", i, err)
 		}

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wormsign/wormsign/collector"
+	"github.com/wormsign/wormsign/collector/decode"
 	"github.com/wormsign/wormsign/flow"
 )
 
@@ -38,7 +38,7 @@ func TestIPFIXExporter(t *testing.T) {
 	if x.SkippedIPv6 != 10 {
 		t.Errorf("%d IPv6 records skipped, want 10", x.SkippedIPv6)
 	}
-	dec := collector.NewDecoderFrom(collector.DefaultConfiguration())
+	dec := decode.New(decode.DefaultConfiguration())
 	var seq uint32
 	var decoded []flow.Flow
 	for i, d := range dgs {
@@ -62,7 +62,7 @@ func TestIPFIXExporter(t *testing.T) {
 		if hasTemplate != (i%10 == 0) {
 			t.Errorf("message %d: template set %v, want one in every 10th message from the first", i, hasTemplate)
 		}
-		flows, _, err := dec.Decode(collector.FamilyNetFlow, netip.AddrPortFrom(d.Src.Addr(), d.Src.Port()), p, d.TimeMs, nil)
+		flows, _, err := dec.Decode(decode.FamilyNetFlow, netip.AddrPortFrom(d.Src.Addr(), d.Src.Port()), p, d.TimeMs, nil)
 		if err != nil {
 			t.Fatalf("message %d: %v", i, err)
 		}
