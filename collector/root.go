@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"sync"
@@ -43,7 +44,12 @@ type Component struct {
 	exporters *network.Set // nil: every exporter is accepted
 	metrics   *metrics
 	decoder   *decode.Decoder
-	producer  bus.Producer
+	// origin tells this collector's publishers apart on the bus: a random
+	// instance number in the upper bits, the publisher in the low 16. Each
+	// publisher writes its flows in order; the detector keeps a watermark
+	// per origin and exporter.
+	origin   uint64
+	producer bus.Producer
 
 	conns   []*net.UDPConn
 	queue   chan []flow.Flow
@@ -79,6 +85,7 @@ func New(config Configuration, deps Dependencies) (*Component, error) {
 		deps:      deps,
 		metrics:   newMetrics(deps.Registry),
 		decoder:   decode.New(config.Decode),
+		origin:    rand.Uint64()<<16 | 1<<16,
 		producer:  producer,
 		queue:     make(chan []flow.Flow, config.QueueSize),
 		flushed:   make(chan struct{}),
@@ -362,7 +369,7 @@ func (c *Component) publish() {
 		go func() {
 			defer workers.Done()
 			for batch := range work[i] {
-				c.publishBatch(batch)
+				c.publishBatch(batch, c.origin|uint64(i))
 			}
 		}()
 	}
@@ -418,7 +425,7 @@ func keyHash(a netip.Addr) uint32 {
 
 // publishBatch writes one message per subscriber key of the batch, all
 // encoded into one buffer.
-func (c *Component) publishBatch(batch *shardBatch) {
+func (c *Component) publishBatch(batch *shardBatch, origin uint64) {
 	size := 0
 	for i := range batch.flows {
 		size += flow.BatchFlowSize(&batch.flows[i])
@@ -433,7 +440,7 @@ func (c *Component) publishBatch(batch *shardBatch) {
 		}
 		k := len(keys)
 		keys = append(keys, key.AsSlice()...)
-		msgs = append(msgs, bus.Message{Key: keys[k:len(keys):len(keys)], Value: buf[start:len(buf):len(buf)]})
+		msgs = append(msgs, bus.Message{Key: keys[k:len(keys):len(keys)], Value: buf[start:len(buf):len(buf)], Origin: origin})
 	}
 	flows := len(batch.flows)
 	batch.flows, batch.next = batch.flows[:0], batch.next[:0]

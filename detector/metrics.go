@@ -7,7 +7,7 @@ type metrics struct {
 	badMessages     prometheus.Counter
 	fetchErrors     prometheus.Counter
 	flows           prometheus.Counter
-	lateFlows       prometheus.Counter
+	lateFlows       *prometheus.CounterVec // exporter
 	invalidFlows    prometheus.Counter
 	futureFlows     prometheus.Counter
 	allowListed     prometheus.Counter
@@ -34,8 +34,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "wormsign_detector_fetch_errors_total", Help: "Failed reads of the flows topic (retried)."}),
 		flows: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wormsign_detector_flows_total", Help: "Subscriber flows evaluated."}),
-		lateFlows: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "wormsign_detector_late_flows_total", Help: "Flows older than the watermark minus the allowed lateness (dropped)."}),
+		lateFlows: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wormsign_detector_late_flows_total",
+			Help: "Flows older than the watermark minus the allowed lateness (dropped), by exporter (past a thousand exporters, the rest as \"other\")."},
+			[]string{"exporter"}),
 		invalidFlows: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wormsign_detector_invalid_flows_total", Help: "Flows without an end time or source (dropped)."}),
 		futureFlows: prometheus.NewCounter(prometheus.CounterOpts{

@@ -173,13 +173,16 @@ type partition struct {
 	flows  []flow.Flow
 	alerts []alert.Alert
 	prev   EngineStats
-	subs   int
-	label  string
+	// prevLate is the late flows per exporter at the last observe.
+	prevLate map[netip.Addr]uint64
+	subs     int
+	label    string
 }
 
 // consume runs one claimed partition: rebuild, then detect.
 func (c *Component) consume(ctx context.Context, claim bus.Claim) {
-	p := &partition{c: c, claim: claim, engine: NewEngine(c.config), label: strconv.Itoa(claim.Partition())}
+	p := &partition{c: c, claim: claim, engine: NewEngine(c.config), label: strconv.Itoa(claim.Partition()),
+		prevLate: map[netip.Addr]uint64{}}
 	p.engine.SetSubscriberIDs(c.subscriberID)
 	c.mu.Lock()
 	c.partitions[claim.Partition()] = p.engine
@@ -313,6 +316,7 @@ func (p *partition) run(ctx context.Context) {
 			lastFlowWall = time.Now()
 			uncommitted = append(uncommitted, msg)
 		case now := <-tick.C:
+			p.engine.SetWallClock(now.UnixMilli())
 			// Without traffic event time stands still and incidents would
 			// never resolve: let it follow the wall clock while idle.
 			if idle := now.Sub(lastFlowWall); idle >= c.config.IdleAdvance && p.engine.Watermark() > 0 {
@@ -362,11 +366,12 @@ func (p *partition) process(ctx context.Context, msg bus.Message, publish bool) 
 	// One write for the alerts of the whole message: each write waits for
 	// the brokers.
 	p.alerts = p.alerts[:0]
+	p.engine.SetWallClock(time.Now().UnixMilli())
 	for i := range p.flows {
 		if _, dir := c.deps.Subscribers.Of(p.flows[i].SrcAddr, p.flows[i].DstAddr); dir != network.Outbound {
 			continue
 		}
-		p.alerts = append(p.alerts, p.engine.Process(&p.flows[i])...)
+		p.alerts = append(p.alerts, p.engine.ProcessFrom(msg.Origin, &p.flows[i])...)
 	}
 	return !publish || c.emit(ctx, p.alerts)
 }
@@ -413,12 +418,21 @@ func (p *partition) observe() {
 	m := p.c.metrics
 	s := p.engine.Stats()
 	m.flows.Add(float64(s.Flows - p.prev.Flows))
-	m.lateFlows.Add(float64(s.LateFlows - p.prev.LateFlows))
 	m.invalidFlows.Add(float64(s.InvalidFlows - p.prev.InvalidFlows))
 	m.futureFlows.Add(float64(s.FutureFlows - p.prev.FutureFlows))
 	m.allowListed.Add(float64(s.AllowListed - p.prev.AllowListed))
 	m.evicted.Add(float64(s.Evicted - p.prev.Evicted))
 	p.prev = s
+	for exporter, n := range p.engine.LateByExporter() {
+		if d := n - p.prevLate[exporter]; d > 0 {
+			label := "other"
+			if exporter.IsValid() {
+				label = exporter.String()
+			}
+			m.lateFlows.WithLabelValues(label).Add(float64(d))
+			p.prevLate[exporter] = n
+		}
+	}
 	n := p.engine.Subscribers()
 	m.subscribers.Add(float64(n - p.subs))
 	p.subs = n
