@@ -122,8 +122,7 @@ func TestLabScenario(t *testing.T) {
 	// Let anything else that would be flagged arrive.
 	time.Sleep(2 * time.Second)
 	c.Stop()
-	mem.CloseTopic("flows")
-	d.Wait()
+	d.Drain()
 	d.Stop()
 	mem.CloseTopic("alerts")
 	for {
@@ -164,4 +163,3 @@ func keys(m map[string]alert.Alert) []string {
 	}
 	return out
 }
-
