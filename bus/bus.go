@@ -8,6 +8,9 @@ package bus
 import (
 	"context"
 	"errors"
+	"time"
+
+	"github.com/wormsign/wormsign/retry"
 )
 
 // Message is one record on a topic.
@@ -47,8 +50,61 @@ type Bus interface {
 	// Partitioned joins group for partition-aware consumption, for
 	// stages that keep state per partition (the detector).
 	Partitioned(topic, group string) (GroupConsumer, error)
+	// Durable tells whether the bus keeps messages across restarts and
+	// commits offsets (Kafka). The in-process bus does not: what its
+	// queues hold when the process ends is gone.
+	Durable() bool
+	// CloseTopic declares that nothing more will be published to topic.
+	// On a bus that is not durable its consumers then read what is
+	// queued and get ErrClosed, which is how a stage drains; a producer
+	// blocked on a full queue gets ErrClosed. A Kafka topic has no end: there it does
+	// nothing, and a stage stops by Stop alone.
+	CloseTopic(topic string)
 	Close() error
 }
 
 // ErrClosed is returned by a consumer or producer after Close.
 var ErrClosed = errors.New("bus closed")
+
+// Fetcher is what FetchRetrying and Feed read: a Consumer or a Claim.
+type Fetcher interface {
+	Fetch(ctx context.Context) (Message, error)
+}
+
+// FetchRetrying returns the next message of f, waiting out broker outages
+// with backoff: kafka-go reports a failed attempt to rejoin the group or
+// to reach a partition's leader as an error from Fetch but keeps trying
+// behind it, so only the end of the input (ErrClosed) or of ctx ends the
+// wait. onError (may be nil) hears of each failed fetch and the wait
+// before the next.
+func FetchRetrying(ctx context.Context, f Fetcher, backoff retry.Backoff, onError func(err error, wait time.Duration)) (Message, error) {
+	var msg Message
+	err := retry.Do(ctx, backoff, func(ctx context.Context) error {
+		var err error
+		msg, err = f.Fetch(ctx)
+		if errors.Is(err, ErrClosed) {
+			return retry.Permanent(err)
+		}
+		return err
+	}, onError)
+	return msg, err
+}
+
+// Feed sends the messages of f to out, fetching as FetchRetrying does,
+// until the input or ctx ends; then it closes out. It runs in a goroutine
+// of its own, so that a stage gathers and writes batches while the next
+// messages are fetched.
+func Feed(ctx context.Context, f Fetcher, backoff retry.Backoff, onError func(err error, wait time.Duration), out chan<- Message) {
+	defer close(out)
+	for {
+		msg, err := FetchRetrying(ctx, f, backoff, onError)
+		if err != nil {
+			return
+		}
+		select {
+		case out <- msg:
+		case <-ctx.Done():
+			return
+		}
+	}
+}

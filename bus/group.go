@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+
+	"github.com/wormsign/wormsign/retry"
 )
 
 // Claim is one partition of a topic that the consumer group gave to this
@@ -110,23 +112,20 @@ func (g *kafkaGroup) Close() error {
 func (g *kafkaGroup) Consume(ctx context.Context, handle func(context.Context, Claim)) error {
 	stop := context.AfterFunc(ctx, func() { g.Close() })
 	defer stop()
-	backoff := time.Second
 	for {
-		gen, err := g.cg.Next(ctx)
-		switch {
-		case ctx.Err() != nil || errors.Is(err, kafka.ErrGroupClosed):
-			return nil
-		case err != nil:
-			// The coordinator moved or the broker restarts: keep trying.
-			select {
-			case <-time.After(backoff):
-			case <-ctx.Done():
-				return nil
+		var gen *kafka.Generation
+		err := retry.Do(ctx, retry.Backoff{Min: time.Second, Max: 10 * time.Second}, func(ctx context.Context) error {
+			var err error
+			if gen, err = g.cg.Next(ctx); errors.Is(err, kafka.ErrGroupClosed) {
+				return retry.Permanent(err)
 			}
-			backoff = min(2*backoff, 10*time.Second)
-			continue
+			// Other errors: the coordinator moved or the broker
+			// restarts; keep trying.
+			return err
+		}, nil)
+		if err != nil || ctx.Err() != nil {
+			return nil // ctx ended or the group was closed
 		}
-		backoff = time.Second
 		for _, a := range gen.Assignments[g.topic] {
 			gen.Start(func(genCtx context.Context) {
 				hctx, cancel := context.WithCancel(ctx)

@@ -15,6 +15,11 @@ import (
 // Kafka is the bus on Apache Kafka brokers.
 type Kafka struct {
 	config Configuration
+	// client uses kafka-go's shared default transport, as the producers
+	// do: the transport refreshes its metadata cache when it creates a
+	// topic, so a producer on it finds the topics NewKafka created at
+	// once. A transport of its own leaves the producers' cache stale and
+	// their first writes fail with "Unknown Topic Or Partition".
 	client *kafka.Client
 }
 
@@ -133,7 +138,9 @@ func (k *Kafka) Consumer(topic, group string) (Consumer, error) {
 		MaxWait:        250 * time.Millisecond,
 		StartOffset:    kafka.FirstOffset,
 		CommitInterval: 0, // commit synchronously, after the work succeeded
-		// Not the default 5 s: a stage restarted by systemd rejoins quickly.
+		// Not kafka-go's default of 30 s: the partitions of a stage that
+		// died go to the others, or back to it when systemd restarts it,
+		// within 10 s.
 		SessionTimeout:    10 * time.Second,
 		RebalanceTimeout:  10 * time.Second,
 		HeartbeatInterval: time.Second,
@@ -175,7 +182,16 @@ func (c *kafkaConsumer) Commit(ctx context.Context, msgs ...Message) error {
 
 func (c *kafkaConsumer) Close() error { return c.r.Close() }
 
-// Close releases the admin client's connections.
+// Durable is true: Kafka keeps the messages and the committed offsets.
+func (k *Kafka) Durable() bool { return true }
+
+// CloseTopic does nothing: a Kafka topic has no end (see Bus).
+func (k *Kafka) CloseTopic(string) {}
+
+// Close does nothing: producers and consumers are closed by the stages
+// that made them, and the admin client's connections belong to kafka-go's
+// shared default transport (see Kafka.client), which the producers still
+// use.
 func (k *Kafka) Close() error { return nil }
 
 // Ping asks the brokers for metadata; /readyz uses it.

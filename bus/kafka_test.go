@@ -22,6 +22,10 @@ func TestKafkaPublishConsumeCommit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer k.Close()
+	if !k.Durable() {
+		t.Error("Kafka bus does not say it is durable")
+	}
 	// A second NewKafka finds the topics in place.
 	if _, err := NewKafka(ctx, cfg); err != nil {
 		t.Fatalf("second NewKafka: %v", err)

@@ -129,6 +129,9 @@ func (c *memoryConsumer) number(msg Message) Message {
 func (c *memoryConsumer) Commit(context.Context, ...Message) error { return nil }
 func (c *memoryConsumer) Close() error                             { return nil }
 
+// Durable is false: the queues live in this process only.
+func (m *Memory) Durable() bool { return false }
+
 // CloseTopic ends a topic: its producers fail with ErrClosed and its
 // consumers get ErrClosed once they have read what was queued.
 func (m *Memory) CloseTopic(name string) {

@@ -24,6 +24,7 @@ import (
 	"github.com/wormsign/wormsign/collector/decode"
 	"github.com/wormsign/wormsign/flow"
 	"github.com/wormsign/wormsign/network"
+	"github.com/wormsign/wormsign/retry"
 )
 
 // Dependencies of the collector.
@@ -454,22 +455,21 @@ func (c *Component) publishBatch(batch *shardBatch, origin uint64) {
 // publishWithRetry keeps trying: the queue in front of it is bounded, so a
 // bus outage turns into counted drops at the UDP edge, not lost batches here.
 func (c *Component) publishWithRetry(msgs []bus.Message, flows int) {
-	backoff := 100 * time.Millisecond
-	for {
-		err := c.producer.Publish(context.Background(), msgs...)
-		if err == nil {
-			c.metrics.published.Add(float64(flows))
-			return
-		}
+	err := retry.Do(context.Background(), retry.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second}, func(ctx context.Context) error {
+		err := c.producer.Publish(ctx, msgs...)
 		if errors.Is(err, bus.ErrClosed) {
-			c.metrics.dropped.WithLabelValues("bus_closed").Add(float64(flows))
-			return
+			return retry.Permanent(err)
 		}
+		return err
+	}, func(err error, wait time.Duration) {
 		c.metrics.publishErrors.Inc()
-		c.deps.Logger.Warn("cannot publish flows, retrying", "error", err, "backoff", backoff)
-		time.Sleep(backoff)
-		backoff = min(2*backoff, 5*time.Second)
+		c.deps.Logger.Warn("cannot publish flows, retrying", "error", err, "backoff", wait)
+	})
+	if err != nil { // only a closed bus ends the retries
+		c.metrics.dropped.WithLabelValues("bus_closed").Add(float64(flows))
+		return
 	}
+	c.metrics.published.Add(float64(flows))
 }
 
 func (c *Component) closeConns() {

@@ -103,8 +103,7 @@ func runDetector(t *testing.T, cfg Configuration, msgs []bus.Message, minutes []
 			t.Fatal(err)
 		}
 	}
-	mem.CloseTopic("flows")
-	d.Wait()
+	d.Drain()
 	mem.CloseTopic("alerts")
 	<-collected
 	d.Stop()

@@ -17,6 +17,7 @@ import (
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/flow"
 	"github.com/wormsign/wormsign/network"
+	"github.com/wormsign/wormsign/retry"
 )
 
 // Dependencies of the detector.
@@ -107,19 +108,29 @@ func (c *Component) Start() error {
 	return nil
 }
 
+// Drain, on a bus that is not durable, ends the flows topic and waits
+// until the detector has evaluated every flow queued in it and published
+// the alerts (resolving what is open with ResolveAtEnd): replay's output
+// is complete only then. Call it once the collector has stopped; Stop
+// follows. On Kafka it does nothing: a Kafka topic has no end, and what
+// Stop leaves uncommitted is re-delivered.
+func (c *Component) Drain() {
+	if c.deps.Bus.Durable() || c.cancel == nil {
+		return
+	}
+	c.deps.Bus.CloseTopic(c.deps.FlowsTopic)
+	<-c.done
+}
+
 // Stop ends consumption after the message in hand; uncommitted offsets are
 // re-delivered on the next start.
 func (c *Component) Stop() error {
 	if c.cancel != nil {
 		c.cancel()
-		c.Wait()
+		<-c.done
 	}
 	return errors.Join(c.group.Close(), c.producer.Close())
 }
-
-// Wait blocks until the detector has stopped, by Stop or because its input
-// ended (a closed in-process topic).
-func (c *Component) Wait() { <-c.done }
 
 // Partitions lists the partitions this instance holds.
 func (c *Component) Partitions() []int {
@@ -268,32 +279,12 @@ func (c *Component) openIncidents(ctx context.Context, h bus.History, generation
 func (p *partition) run(ctx context.Context) {
 	c := p.c
 	messages := make(chan bus.Message, 64)
-	go func() {
-		defer close(messages)
-		for {
-			msg, err := p.claim.Fetch(ctx)
-			if err != nil {
-				if ctx.Err() != nil || errors.Is(err, bus.ErrClosed) {
-					return
-				}
-				// Keep the partition: giving up would stall it until the
-				// next rebalance.
-				c.metrics.fetchErrors.Inc()
-				c.deps.Logger.Error("cannot fetch flows, retrying", "partition", p.claim.Partition(), "error", err)
-				select {
-				case <-time.After(time.Second):
-					continue
-				case <-ctx.Done():
-					return
-				}
-			}
-			select {
-			case messages <- msg:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
+	// Keep the partition through fetch errors: giving up would stall it
+	// until the next rebalance.
+	go bus.Feed(ctx, p.claim, retry.Backoff{Min: time.Second, Max: time.Second}, func(err error, _ time.Duration) {
+		c.metrics.fetchErrors.Inc()
+		c.deps.Logger.Error("cannot fetch flows, retrying", "partition", p.claim.Partition(), "error", err)
+	}, messages)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	var uncommitted []bus.Message
@@ -392,24 +383,17 @@ func (c *Component) emit(ctx context.Context, alerts []alert.Alert) bool {
 		msgs = append(msgs, bus.Message{Key: []byte(alerts[i].SubscriberIP), Value: b})
 		c.metrics.alerts.WithLabelValues(alerts[i].Kind, alerts[i].State).Inc()
 	}
-	backoff := 100 * time.Millisecond
-	for {
+	err := retry.Do(ctx, retry.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second}, func(ctx context.Context) error {
 		err := c.producer.Publish(ctx, msgs...)
-		if err == nil {
-			return true
+		if errors.Is(err, bus.ErrClosed) {
+			return retry.Permanent(err)
 		}
-		if ctx.Err() != nil || errors.Is(err, bus.ErrClosed) {
-			return false
-		}
+		return err
+	}, func(err error, _ time.Duration) {
 		c.metrics.publishErrs.Inc()
 		c.deps.Logger.Warn("cannot publish alerts, retrying", "error", err)
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
-			return false
-		}
-		backoff = min(2*backoff, 5*time.Second)
-	}
+	})
+	return err == nil
 }
 
 func (p *partition) observe() {

@@ -259,9 +259,7 @@ func TestFaultBackPressureInMemory(t *testing.T) {
 		t.Fatalf("published %d flows while ClickHouse was down without being held back", stream.next)
 	}
 	server.restart()
-	mem.CloseTopic("flows")
-	mem.CloseTopic("alerts")
-	s.Wait()
+	s.Drain()
 	s.Stop()
 	// The last Publish timed out part way: the flows it queued arrived,
 	// those it did not were never sent. Every flow that arrived must be

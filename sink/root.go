@@ -53,7 +53,7 @@ type Component struct {
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
-	// background holds the webhook and retention loops, which Wait does
+	// background holds the webhook and retention loops, which Drain does
 	// not wait for: they end on Stop.
 	background sync.WaitGroup
 }
@@ -68,10 +68,8 @@ func New(config Configuration, deps Dependencies) (*Component, error) {
 		return nil, errors.New("sink has nowhere to write: set clickhouse.addr, sink.stdout or sink.webhooks")
 	}
 	c := &Component{config: config, deps: deps, metrics: newMetrics(deps.Registry)}
-	durable := false
-	if _, ok := deps.Bus.(*bus.Kafka); ok {
-		durable = true
-	} else {
+	durable := deps.Bus.Durable()
+	if !durable {
 		c.offsetBase = uint64(time.Now().UnixMicro())
 	}
 	newPipeline := func(name, topic string, workers int, write func(context.Context, []bus.Message, attempt) error) error {
@@ -137,9 +135,21 @@ func (c *Component) Start() error {
 	return nil
 }
 
-// Wait blocks until the ClickHouse and stdout loops have ended (Stop, or
-// closed input topics).
-func (c *Component) Wait() { c.wg.Wait() }
+// Drain, on a bus that is not durable, ends the input topics and waits
+// until the ClickHouse and stdout pipelines have written what they read
+// (each within sink.drain_timeout): without it Stop would leave the
+// in-process queues unread, and nothing keeps them for a next start. Call
+// it once the stages feeding the sink have stopped; Stop follows. On
+// Kafka it does nothing: a Kafka topic has no end, and what Stop leaves
+// is re-delivered.
+func (c *Component) Drain() {
+	if c.deps.Bus.Durable() {
+		return
+	}
+	c.deps.Bus.CloseTopic(c.deps.FlowsTopic)
+	c.deps.Bus.CloseTopic(c.deps.AlertsTopic)
+	c.wg.Wait()
+}
 
 // Stop writes the batches in hand (within sink.drain_timeout) and stops.
 func (c *Component) Stop() error {

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"strconv"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/wormsign/wormsign/alert"
 	"github.com/wormsign/wormsign/bus"
+	"github.com/wormsign/wormsign/retry"
 )
 
 // Webhook request headers. The body is the alert's JSON exactly as the
@@ -100,7 +100,7 @@ func (w *webhookTarget) run(ctx context.Context) {
 		consumer = newBacklog(workCtx, w.consumer, w.backlog, w.metrics.webhookDropped.WithLabelValues(w.config.Name).Inc)
 	}
 	for {
-		msg, err := fetch(workCtx, consumer, w.logger)
+		msg, err := bus.FetchRetrying(workCtx, consumer, fetchBackoff, fetchWarning(w.logger))
 		if err != nil {
 			return
 		}
@@ -120,34 +120,31 @@ func (w *webhookTarget) run(ctx context.Context) {
 // deliver posts body until the target accepts it or ctx ends.
 func (w *webhookTarget) deliver(ctx context.Context, body []byte, id string) bool {
 	target := w.config.Name
-	backoff := w.minBackoff
-	for attempt := 1; ; attempt++ {
+	attempt := 0
+	result := ""
+	// Jitter: half the backoff plus a random part of the other half keeps
+	// many sinks from hammering a recovering receiver in step.
+	backoff := retry.Backoff{Min: w.minBackoff, Max: w.maxBackoff, Jitter: true}
+	err := retry.Do(ctx, backoff, func(ctx context.Context) error {
+		attempt++
 		start := time.Now()
-		result, err := w.post(ctx, body, id, attempt)
+		var err error
+		result, err = w.post(ctx, body, id, attempt)
 		w.metrics.webhookSeconds.WithLabelValues(target).Observe(time.Since(start).Seconds())
 		w.metrics.webhookAttempts.WithLabelValues(target, result).Inc()
-		if err == nil {
-			w.metrics.webhookDelivered.WithLabelValues(target).Inc()
-			w.metrics.webhookRetrying.WithLabelValues(target).Set(0)
-			w.metrics.webhookLastUnixOK.WithLabelValues(target).SetToCurrentTime()
-			return true
-		}
-		if ctx.Err() != nil {
-			return false
-		}
+		return err
+	}, func(err error, wait time.Duration) {
 		w.metrics.webhookRetrying.WithLabelValues(target).Set(1)
-		// Half the backoff plus a random part of the other half keeps
-		// many sinks from hammering a recovering receiver in step.
-		wait := backoff/2 + rand.N(backoff/2+1)
 		w.logger.Warn("webhook delivery failed, retrying", "alert", id, "attempt", attempt, "result", result,
 			"error", err, "retry_in", wait.Round(time.Millisecond))
-		select {
-		case <-time.After(wait):
-		case <-ctx.Done():
-			return false
-		}
-		backoff = min(2*backoff, w.maxBackoff)
+	})
+	if err != nil {
+		return false
 	}
+	w.metrics.webhookDelivered.WithLabelValues(target).Inc()
+	w.metrics.webhookRetrying.WithLabelValues(target).Set(0)
+	w.metrics.webhookLastUnixOK.WithLabelValues(target).SetToCurrentTime()
+	return true
 }
 
 // post makes one attempt and classifies its result for the metrics.
@@ -190,21 +187,10 @@ func (w *webhookTarget) post(ctx context.Context, body []byte, id string, attemp
 
 // commit records the delivery, retrying while Kafka is away.
 func (w *webhookTarget) commit(ctx context.Context, msg bus.Message) bool {
-	backoff := 100 * time.Millisecond
-	for {
-		err := w.consumer.Commit(ctx, msg)
-		if err == nil {
-			return true
-		}
-		if ctx.Err() != nil {
-			return false
-		}
-		w.logger.Warn("cannot commit webhook position, retrying", "error", err, "backoff", backoff)
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
-			return false
-		}
-		backoff = min(2*backoff, 10*time.Second)
-	}
+	err := retry.Do(ctx, retry.Backoff{Min: 100 * time.Millisecond, Max: 10 * time.Second}, func(ctx context.Context) error {
+		return w.consumer.Commit(ctx, msg)
+	}, func(err error, wait time.Duration) {
+		w.logger.Warn("cannot commit webhook position, retrying", "error", err, "backoff", wait)
+	})
+	return err == nil
 }

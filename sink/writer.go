@@ -4,13 +4,13 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"log/slog"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/wormsign/wormsign/bus"
+	"github.com/wormsign/wormsign/retry"
 )
 
 // pipeline reads one topic into batches bounded by messages, bytes and
@@ -75,21 +75,7 @@ func (p *pipeline) run(ctx context.Context) {
 	// A short hand-over: what the pipeline holds while ClickHouse is down
 	// is this, the batch being gathered and the workers' batches.
 	messages := make(chan bus.Message, 64)
-	go func() {
-		defer close(messages)
-		logger := p.logger.With("topic", p.name)
-		for {
-			msg, err := fetch(ctx, p.consumer, logger)
-			if err != nil {
-				return
-			}
-			select {
-			case messages <- msg:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
+	go bus.Feed(ctx, p.consumer, fetchBackoff, fetchWarning(p.logger.With("topic", p.name)), messages)
 
 	jobs := make(chan *job)               // unbuffered: a batch waits for a free worker
 	order := make(chan *job, p.workers+1) // batches in offset order, for the committer
@@ -165,31 +151,25 @@ func (p *pipeline) writeBatch(ctx context.Context, j *job) {
 	inflight := p.metrics.inflight.WithLabelValues(p.name)
 	inflight.Inc()
 	defer inflight.Dec()
-	backoff := 100 * time.Millisecond
-	try := attempt{batch: newBatchID()}
-	for ; ; try.n++ {
+	try := attempt{batch: newBatchID(), n: -1}
+	err := retry.Do(ctx, retry.Backoff{Min: 100 * time.Millisecond, Max: p.maxBackoff}, func(ctx context.Context) error {
 		start := time.Now()
-		if try.n == 0 {
+		if try.n++; try.n == 0 {
 			try.first = start
 		}
-		err := p.write(ctx, j.msgs, try)
-		if err == nil {
-			p.metrics.batchSeconds.WithLabelValues(p.name).Observe(time.Since(start).Seconds())
-			return
+		if err := p.write(ctx, j.msgs, try); err != nil {
+			p.metrics.writeErrors.WithLabelValues(p.name).Inc()
+			return err
 		}
-		p.metrics.writeErrors.WithLabelValues(p.name).Inc()
-		if ctx.Err() != nil {
-			j.err = err
-			p.logger.Error("gave up writing a batch at shutdown; Kafka re-delivers it on the next start",
-				"topic", p.name, "messages", len(j.msgs), "error", err)
-			return
-		}
-		p.logger.Warn("cannot write batch, retrying", "topic", p.name, "messages", len(j.msgs), "error", err, "backoff", backoff)
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
-		}
-		backoff = min(2*backoff, p.maxBackoff)
+		p.metrics.batchSeconds.WithLabelValues(p.name).Observe(time.Since(start).Seconds())
+		return nil
+	}, func(err error, wait time.Duration) {
+		p.logger.Warn("cannot write batch, retrying", "topic", p.name, "messages", len(j.msgs), "error", err, "backoff", wait)
+	})
+	if err != nil {
+		j.err = err
+		p.logger.Error("gave up writing a batch at shutdown; Kafka re-delivers it on the next start",
+			"topic", p.name, "messages", len(j.msgs), "error", err)
 	}
 }
 
@@ -206,47 +186,30 @@ func (p *pipeline) commitInOrder(ctx context.Context, order <-chan *job) {
 		if j.err != nil {
 			return
 		}
-		backoff := 100 * time.Millisecond
-		for {
+		// Only the commit is retried: the batch is in ClickHouse, and the
+		// ledger would keep a re-delivery out anyway.
+		err := retry.Do(ctx, retry.Backoff{Min: 100 * time.Millisecond, Max: p.maxBackoff}, func(ctx context.Context) error {
 			err := p.consumer.Commit(ctx, j.msgs...)
-			if err == nil {
-				break
+			if err != nil {
+				p.metrics.commitErrors.WithLabelValues(p.name).Inc()
 			}
-			p.metrics.commitErrors.WithLabelValues(p.name).Inc()
-			if ctx.Err() != nil {
-				return
-			}
-			// Only the commit is retried: the batch is in ClickHouse, and
-			// the ledger would keep a re-delivery out anyway.
-			p.logger.Warn("cannot commit offsets, retrying", "topic", p.name, "error", err, "backoff", backoff)
-			select {
-			case <-time.After(backoff):
-			case <-ctx.Done():
-				return
-			}
-			backoff = min(2*backoff, p.maxBackoff)
+			return err
+		}, func(err error, wait time.Duration) {
+			p.logger.Warn("cannot commit offsets, retrying", "topic", p.name, "error", err, "backoff", wait)
+		})
+		if err != nil {
+			return
 		}
 		p.metrics.committed.WithLabelValues(p.name).Add(float64(len(j.msgs)))
 	}
 }
 
-// fetch returns the next message, waiting out broker outages: kafka-go
-// reports a failed attempt to rejoin the group as an error from Fetch but
-// keeps trying behind it, so only a closed bus or the end of ctx ends the
-// input.
-func fetch(ctx context.Context, consumer bus.Consumer, logger *slog.Logger) (bus.Message, error) {
-	backoff := 100 * time.Millisecond
-	for {
-		msg, err := consumer.Fetch(ctx)
-		if err == nil || ctx.Err() != nil || errors.Is(err, bus.ErrClosed) {
-			return msg, err
-		}
-		logger.Warn("cannot fetch, retrying", "error", err, "backoff", backoff)
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
-			return msg, ctx.Err()
-		}
-		backoff = min(2*backoff, 5*time.Second)
+// fetchBackoff paces the sink's fetches while the brokers are away.
+var fetchBackoff = retry.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second}
+
+// fetchWarning logs a failed fetch that bus.FetchRetrying waits out.
+func fetchWarning(logger *slog.Logger) func(error, time.Duration) {
+	return func(err error, wait time.Duration) {
+		logger.Warn("cannot fetch, retrying", "error", err, "backoff", wait)
 	}
 }

@@ -126,8 +126,7 @@ func TestLabScenario(t *testing.T) {
 	// Let anything else that would be flagged arrive.
 	time.Sleep(2 * time.Second)
 	c.Stop()
-	mem.CloseTopic("flows")
-	d.Wait()
+	d.Drain()
 	d.Stop()
 	mem.CloseTopic("alerts")
 	for {

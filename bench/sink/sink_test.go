@@ -122,9 +122,7 @@ func BenchmarkSinkFlowsToClickHouse(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		mem.CloseTopic("flows")
-		mem.CloseTopic("alerts")
-		s.Wait()
+		s.Drain()
 		sinkSeconds += time.Since(start).Seconds()
 		b.StopTimer()
 		s.Stop()

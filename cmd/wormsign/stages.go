@@ -53,13 +53,11 @@ func runStages(ctx context.Context, cfg Configuration, logger *slog.Logger, stdo
 	defer http.Stop()
 
 	var b bus.Bus
-	var memory *bus.Memory
 	if len(cfg.Kafka.Brokers) == 0 {
 		if want != (stages{true, true, true}) {
 			return errors.New("kafka.brokers is empty: only `wormsign run` works without Kafka")
 		}
-		memory = bus.NewMemory(1024)
-		b = memory
+		b = bus.NewMemory(1024)
 		logger.Info("no kafka.brokers: stages connected in process")
 	} else {
 		k, err := bus.NewKafka(ctx, cfg.Kafka)
@@ -110,10 +108,7 @@ func runStages(ctx context.Context, cfg Configuration, logger *slog.Logger, stdo
 			return err
 		}
 		stops = append(stops, func() error {
-			if memory != nil {
-				memory.CloseTopic(cfg.Kafka.AlertsTopic)
-				s.Wait()
-			}
+			s.Drain()
 			return s.Stop()
 		})
 	}
@@ -132,11 +127,8 @@ func runStages(ctx context.Context, cfg Configuration, logger *slog.Logger, stdo
 			return err
 		}
 		stops = append(stops, func() error {
-			if memory != nil {
-				// Let the detector finish what the collector handed over.
-				memory.CloseTopic(cfg.Kafka.FlowsTopic)
-				d.Wait()
-			}
+			// Let the detector finish what the collector handed over.
+			d.Drain()
 			return d.Stop()
 		})
 	}
@@ -239,9 +231,8 @@ func replay(ctx context.Context, cfg Configuration, logger *slog.Logger, stdout 
 	// Drain stage by stage so that every flow read is evaluated and every
 	// alert printed before we return.
 	c.Stop()
-	memory.CloseTopic(cfg.Kafka.FlowsTopic)
-	d.Wait()
-	memory.CloseTopic(cfg.Kafka.AlertsTopic)
-	s.Wait()
-	return errors.Join(readErr, d.Stop(), s.Stop())
+	d.Drain()
+	dErr := d.Stop()
+	s.Drain()
+	return errors.Join(readErr, dErr, s.Stop())
 }
