@@ -236,21 +236,29 @@ func (c *kafkaClaim) ReadBack(ctx context.Context, since time.Time, fn func(Mess
 
 func fromKafka(m kafka.Message) Message {
 	return Message{Key: m.Key, Value: m.Value, Partition: m.Partition, Offset: m.Offset, Time: m.Time.UnixMilli(),
-		Origin: originOf(m.Headers)}
+		Origin: headerUint(m.Headers, originHeader), LowMs: int64(headerUint(m.Headers, lowHeader))}
 }
 
-const originHeader = "wormsign-origin"
+const (
+	originHeader = "wormsign-origin"
+	lowHeader    = "wormsign-low"
+)
 
-func originHeaders(origin uint64) []kafka.Header {
-	if origin == 0 {
-		return nil
+// headers carries a message's origin and progress, when it has them.
+func headers(m Message) []kafka.Header {
+	var out []kafka.Header
+	if m.Origin != 0 {
+		out = append(out, kafka.Header{Key: originHeader, Value: binary.BigEndian.AppendUint64(nil, m.Origin)})
 	}
-	return []kafka.Header{{Key: originHeader, Value: binary.BigEndian.AppendUint64(nil, origin)}}
+	if m.LowMs > 0 {
+		out = append(out, kafka.Header{Key: lowHeader, Value: binary.BigEndian.AppendUint64(nil, uint64(m.LowMs))})
+	}
+	return out
 }
 
-func originOf(headers []kafka.Header) uint64 {
+func headerUint(headers []kafka.Header, key string) uint64 {
 	for _, h := range headers {
-		if h.Key == originHeader && len(h.Value) == 8 {
+		if h.Key == key && len(h.Value) == 8 {
 			return binary.BigEndian.Uint64(h.Value)
 		}
 	}

@@ -114,7 +114,7 @@ func (k *Kafka) Producer(topic string) (Producer, error) {
 func (p *kafkaProducer) Publish(ctx context.Context, msgs ...Message) error {
 	out := make([]kafka.Message, len(msgs))
 	for i, m := range msgs {
-		out[i] = kafka.Message{Key: m.Key, Value: m.Value, Headers: originHeaders(m.Origin)}
+		out[i] = kafka.Message{Key: m.Key, Value: m.Value, Headers: headers(m)}
 	}
 	if err := p.w.WriteMessages(ctx, out...); err != nil {
 		return fmt.Errorf("cannot write to %s: %w", p.w.Topic, err)

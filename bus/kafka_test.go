@@ -35,7 +35,7 @@ func TestKafkaPublishConsumeCommit(t *testing.T) {
 	const n = 30
 	var msgs []Message
 	for i := 0; i < n; i++ {
-		msgs = append(msgs, Message{Key: []byte(fmt.Sprintf("k%d", i%5)), Value: []byte(fmt.Sprintf("%d", i)), Origin: uint64(i % 3)})
+		msgs = append(msgs, Message{Key: []byte(fmt.Sprintf("k%d", i%5)), Value: []byte(fmt.Sprintf("%d", i)), Origin: uint64(i % 3), LowMs: int64(1000 + i)})
 	}
 	if err := p.Publish(ctx, msgs...); err != nil {
 		t.Fatal(err)
@@ -57,6 +57,8 @@ func TestKafkaPublishConsumeCommit(t *testing.T) {
 			partitionOf[string(m.Key)] = m.Partition
 			if v, _ := strconv.Atoi(string(m.Value)); m.Origin != uint64(v%3) {
 				t.Errorf("message %s has origin %d, want %d", m.Value, m.Origin, v%3)
+			} else if m.LowMs != int64(1000+v) {
+				t.Errorf("message %s has low watermark %d, want %d", m.Value, m.LowMs, 1000+v)
 			}
 			byKey[string(m.Key)] = append(byKey[string(m.Key)], string(m.Value))
 			if i < 10 {

@@ -434,6 +434,14 @@ func (c *Component) publishBatch(batch *shardBatch, origin uint64) {
 	buf := make([]byte, 0, size)
 	keys := make([]byte, 0, 16*len(batch.keys))
 	msgs := make([]bus.Message, 0, len(batch.keys))
+	// The messages go out in map order, not in the order of their flows:
+	// each carries the batch's oldest flow end as the publisher's progress.
+	low := int64(0)
+	for i := range batch.flows {
+		if end := batch.flows[i].EndMs; end > 0 && (low == 0 || end < low) {
+			low = end
+		}
+	}
 	for key, ends := range batch.keys {
 		start := len(buf)
 		for i := ends[0]; i >= 0; i = batch.next[i] {
@@ -441,7 +449,7 @@ func (c *Component) publishBatch(batch *shardBatch, origin uint64) {
 		}
 		k := len(keys)
 		keys = append(keys, key.AsSlice()...)
-		msgs = append(msgs, bus.Message{Key: keys[k:len(keys):len(keys)], Value: buf[start:len(buf):len(buf)], Origin: origin})
+		msgs = append(msgs, bus.Message{Key: keys[k:len(keys):len(keys)], Value: buf[start:len(buf):len(buf)], Origin: origin, LowMs: low})
 	}
 	flows := len(batch.flows)
 	batch.flows, batch.next = batch.flows[:0], batch.next[:0]

@@ -213,10 +213,11 @@ func icmpError(f *flow.Flow) bool {
 }
 
 // Process is ProcessFrom for flows of a single origin (tests, tools).
-func (e *Engine) Process(f *flow.Flow) []alert.Alert { return e.ProcessFrom(0, f) }
+func (e *Engine) Process(f *flow.Flow) []alert.Alert { return e.ProcessFrom(0, 0, f) }
 
 // ProcessFrom accounts one flow whose source is a subscriber, written to
-// the bus by origin (a collector publisher), and returns the alerts it
+// the bus by origin (a collector publisher) in a message whose progress
+// is lowMs (bus.Message.LowMs, 0 when unknown), and returns the alerts it
 // causes, including those of incidents that event time resolves. It may
 // correct f.EndMs (a flow ending after it was received).
 //
@@ -225,7 +226,7 @@ func (e *Engine) Process(f *flow.Flow) []alert.Alert { return e.ProcessFrom(0, f
 // the watermark has not fired yet fires here when this flow's time has
 // passed it. So a replay gives the alerts of the live run, whatever the
 // number of publishers and partitions.
-func (e *Engine) ProcessFrom(origin uint64, f *flow.Flow) []alert.Alert {
+func (e *Engine) ProcessFrom(origin uint64, lowMs int64, f *flow.Flow) []alert.Alert {
 	e.stats.Flows++
 	if f.EndMs <= 0 || !f.SrcAddr.IsValid() {
 		e.stats.InvalidFlows++
@@ -237,7 +238,7 @@ func (e *Engine) ProcessFrom(origin uint64, f *flow.Flow) []alert.Alert {
 	}
 	// The source is recorded even when this flow is late: from now on it
 	// holds the watermark back, so its next flows are not.
-	if e.late(e.observeSource(origin, f), f.EndMs) {
+	if e.late(e.observeSource(origin, lowMs, f), f.EndMs) {
 		e.stats.LateFlows++
 		e.countLate(f.Exporter)
 		return nil

@@ -3,6 +3,7 @@ package detector
 import (
 	"math"
 	"net/netip"
+	"slices"
 )
 
 // entropyState keeps what dst_entropy needs of one subscriber: one record
@@ -139,8 +140,9 @@ type entropyStats struct {
 
 // scratch holds maps reused across evaluations, to spare the allocator.
 type scratch struct {
-	dsts  map[uint32]uint64
-	ports map[uint16]uint64
+	dsts   map[uint32]uint64
+	ports  map[uint16]uint64
+	counts []uint64
 }
 
 func (s *entropyState) evaluate(sc *scratch, scale uint64, sampleSize int) entropyStats {
@@ -162,8 +164,8 @@ func (s *entropyState) evaluate(sc *scratch, scale uint64, sampleSize int) entro
 	st.flows = st.rawFlows * st.thinning * scale
 	st.distinct = uint64(len(sc.dsts)) * st.thinning
 	st.ports = uint64(len(sc.ports))
-	st.addrH = normalisedEntropy(sc.dsts, st.rawFlows)
-	st.portH = normalisedEntropy(sc.ports, st.rawFlows)
+	st.addrH = normalisedEntropy(sc, sc.dsts, st.rawFlows)
+	st.portH = normalisedEntropy(sc, sc.ports, st.rawFlows)
 	var top uint64
 	for p, n := range sc.ports {
 		if n > top || (n == top && p < st.topPort) {
@@ -177,12 +179,20 @@ func (s *entropyState) evaluate(sc *scratch, scale uint64, sampleSize int) entro
 // normalisedEntropy is H/log2(total): 1 when every flow goes to a
 // different value, 0 when all go to one. Dividing by the flow count rather
 // than the number of distinct values keeps "two servers, evenly" low.
-func normalisedEntropy[K comparable](counts map[K]uint64, total uint64) float64 {
+// The terms are added in sorted order: floating-point addition depends on
+// the order, and map order differs from run to run, which would make a
+// replay's scores differ in the last digit.
+func normalisedEntropy[K comparable](sc *scratch, counts map[K]uint64, total uint64) float64 {
 	if total < 2 {
 		return 0
 	}
-	h := 0.0
+	sc.counts = sc.counts[:0]
 	for _, n := range counts {
+		sc.counts = append(sc.counts, n)
+	}
+	slices.Sort(sc.counts)
+	h := 0.0
+	for _, n := range sc.counts {
 		p := float64(n) / float64(total)
 		h -= p * math.Log2(p)
 	}

@@ -362,7 +362,7 @@ func (p *partition) process(ctx context.Context, msg bus.Message, publish bool) 
 		if _, dir := c.deps.Subscribers.Of(p.flows[i].SrcAddr, p.flows[i].DstAddr); dir != network.Outbound {
 			continue
 		}
-		p.alerts = append(p.alerts, p.engine.ProcessFrom(msg.Origin, &p.flows[i])...)
+		p.alerts = append(p.alerts, p.engine.ProcessFrom(msg.Origin, msg.LowMs, &p.flows[i])...)
 	}
 	return !publish || c.emit(ctx, p.alerts)
 }

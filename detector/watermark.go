@@ -21,7 +21,11 @@ type sourceKey struct {
 }
 
 type source struct {
-	maxEndMs   int64 // newest flow end seen from the source
+	maxEndMs int64 // newest flow end seen from the source
+	// progressMs is how far the source has come: the newest progress
+	// its messages announced (bus.Message.LowMs) or, without that, its
+	// newest flow end. The watermark is the least progress.
+	progressMs int64
 	lastWallMs int64 // wall clock when the partition last had one of its flows
 	// joined tells that the source has once been within the allowed
 	// lateness of the watermark. A source seen for the first time behind
@@ -43,7 +47,7 @@ const maxSources = 4096
 // that long are forgotten. Holding the watermark back never changes what
 // the engine decides, only when timers fire (see ProcessFrom), so a replay
 // at full speed, where no source idles, gives the alerts of the live run.
-func (e *Engine) observeSource(origin uint64, f *flow.Flow) sourceKey {
+func (e *Engine) observeSource(origin uint64, lowMs int64, f *flow.Flow) sourceKey {
 	key := sourceKey{origin, f.Exporter, f.ObservationDomain}
 	s := e.sources[key]
 	added := false
@@ -58,7 +62,12 @@ func (e *Engine) observeSource(origin uint64, f *flow.Flow) sourceKey {
 			added = true
 		}
 	}
-	advanced := f.EndMs > s.maxEndMs
+	progress := lowMs
+	if progress <= 0 {
+		progress = f.EndMs
+	}
+	advanced := progress > s.progressMs
+	s.progressMs = max(s.progressMs, progress)
 	s.maxEndMs = max(s.maxEndMs, f.EndMs)
 	s.lastWallMs = e.wallMs
 	e.newestMs = max(e.newestMs, f.EndMs)
@@ -92,18 +101,18 @@ func (e *Engine) rescanSources() {
 			}
 			continue
 		}
-		if e.newestMs-s.maxEndMs > e.keepMs {
+		if e.newestMs-s.progressMs > e.keepMs {
 			// So far behind that no window still holds its flows (a
 			// broken clock): it must not stall event time for everyone.
 			continue
 		}
-		if slowest == nil || s.maxEndMs < slowest.maxEndMs {
+		if slowest == nil || s.progressMs < slowest.progressMs {
 			slowest = s
 		}
 	}
 	e.slowest = slowest
-	if slowest != nil && slowest.maxEndMs > e.watermark {
-		e.watermark = slowest.maxEndMs
+	if slowest != nil && slowest.progressMs > e.watermark {
+		e.watermark = slowest.progressMs
 	}
 }
 
@@ -117,7 +126,7 @@ func (e *Engine) late(key sourceKey, endMs int64) bool {
 		s = e.sources[sourceKey{}]
 	}
 	if s != nil && !s.joined {
-		if s.maxEndMs >= e.watermark-lateness {
+		if s.progressMs >= e.watermark-lateness {
 			s.joined = true
 		} else {
 			return endMs < e.watermark-e.keepMs

@@ -115,7 +115,7 @@ func perIncident(t *testing.T, cfg Configuration, flows []sourced) (map[string][
 	}
 	for _, s := range flows {
 		f := s.f
-		rec(e.ProcessFrom(s.origin, &f))
+		rec(e.ProcessFrom(s.origin, 0, &f))
 	}
 	rec(e.Flush())
 	return out, e.Stats()
@@ -176,7 +176,7 @@ func TestIdleSourceStopsHoldingBack(t *testing.T) {
 		f := smtpFlow(user, 1, at(endMin), flow.TCPSyn|flow.TCPAck)
 		f.TimeReceivedMs = at(wallMin)
 		e.SetWallClock(at(wallMin))
-		e.ProcessFrom(origin, &f)
+		e.ProcessFrom(origin, 0, &f)
 	}
 	feed(1, 0, 0)
 	feed(2, 0, 0)
@@ -201,10 +201,10 @@ func TestIdleSourceStopsHoldingBack(t *testing.T) {
 	// minus the allowed lateness, is late and counted for its exporter;
 	// so is a new source's flow older than every window.
 	f := smtpFlow(user, 1, at(-1), flow.TCPSyn)
-	e.ProcessFrom(1, &f)
+	e.ProcessFrom(1, 0, &f)
 	g := smtpFlow(user, 1, at(-100), flow.TCPSyn)
 	g.Exporter = netip.MustParseAddr("192.0.2.9")
-	e.ProcessFrom(3, &g)
+	e.ProcessFrom(3, 0, &g)
 	want := map[netip.Addr]uint64{routerA: 1, g.Exporter: 1}
 	if diff := cmp.Diff(want, e.LateByExporter(), cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
 		t.Errorf("late flows by exporter (-want +got):\n%s", diff)

@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"sync"
@@ -14,7 +12,6 @@ import (
 
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/collector"
-	"github.com/wormsign/wormsign/collector/decode"
 	"github.com/wormsign/wormsign/detector"
 	"github.com/wormsign/wormsign/httpserver"
 	"github.com/wormsign/wormsign/network"
@@ -163,76 +160,4 @@ func migrate(ctx context.Context, cfg Configuration, logger *slog.Logger) error 
 	}
 	defer ch.Close()
 	return ch.Migrate(ctx, logger)
-}
-
-// replay feeds captures through the collector's decoder and, unless only
-// flows are wanted, through the collector's publishers, an in-process
-// detector and a stdout sink. With --flows only the decoder runs.
-func replay(ctx context.Context, cfg Configuration, logger *slog.Logger, stdout io.Writer, files []string, printFlows bool) error {
-	if printFlows {
-		enc := json.NewEncoder(stdout)
-		dec := decode.New(cfg.Collector.Decode)
-		for _, file := range files {
-			err := decode.ReadCapture(file, func(d decode.Datagram) error {
-				flows, _, err := dec.Decode(decode.Family(d.Payload), d.From, d.Payload, d.TimeMs, nil)
-				if err != nil {
-					logger.Warn("datagram dropped", "file", file, "from", d.From.String(), "error", err)
-				}
-				for _, f := range flows {
-					if err := enc.Encode(f); err != nil {
-						return fmt.Errorf("cannot print flow: %w", err)
-					}
-				}
-				return ctx.Err()
-			})
-			if err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-
-	reg := newRegistry()
-	memory := bus.NewMemory(1024)
-	s, err := sink.New(sink.Configuration{Group: "replay", BatchMessages: 1, FlushInterval: cfg.Sink.FlushInterval, Stdout: true},
-		sink.Dependencies{Logger: logger, Registry: reg, Bus: memory, FlowsTopic: cfg.Kafka.FlowsTopic,
-			AlertsTopic: cfg.Kafka.AlertsTopic, Stdout: stdout})
-	if err != nil {
-		return err
-	}
-	d, err := detector.New(cfg.Detector, detector.Dependencies{
-		Logger: logger, Registry: reg, Bus: memory, FlowsTopic: cfg.Kafka.FlowsTopic,
-		AlertsTopic: cfg.Kafka.AlertsTopic, Subscribers: network.NewSubscribers(cfg.SubscriberNetworks), ResolveAtEnd: true,
-	})
-	if err != nil {
-		return err
-	}
-	colCfg := cfg.Collector
-	colCfg.NetFlowListen, colCfg.SFlowListen = nil, nil
-	c, err := collector.New(colCfg, collector.Dependencies{
-		Logger: logger, Registry: reg, Bus: memory, Topic: cfg.Kafka.FlowsTopic, Subscribers: network.NewSubscribers(cfg.SubscriberNetworks),
-	})
-	if err != nil {
-		return err
-	}
-	s.Start()
-	d.Start()
-	c.Start()
-	var readErr error
-	for _, file := range files {
-		readErr = decode.ReadCapture(file, func(dg decode.Datagram) error {
-			c.Ingest(decode.Family(dg.Payload), dg.From, dg.Payload, dg.TimeMs, true)
-			return ctx.Err()
-		})
-		if readErr != nil {
-			break
-		}
-	}
-	// Drain stage by stage so that every flow read is evaluated and every
-	// alert printed before we return.
-	c.Stop()
-	d.Drain()
-	dErr := d.Stop()
-	s.Drain()
-	return errors.Join(readErr, dErr, s.Stop())
 }
