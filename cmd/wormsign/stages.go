@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/wormsign/wormsign/bus"
+	"github.com/wormsign/wormsign/clickhousedb"
 	"github.com/wormsign/wormsign/collector"
 	"github.com/wormsign/wormsign/detector"
 	"github.com/wormsign/wormsign/httpserver"
@@ -77,10 +78,10 @@ func runStages(ctx context.Context, cfg Configuration, logger *slog.Logger, stdo
 	}
 
 	if want.sink {
-		var ch *sink.ClickHouse
+		var ch *clickhousedb.DB
 		if cfg.ClickHouse.Addr != "" {
 			var err error
-			if ch, err = sink.OpenClickHouse(ctx, cfg.ClickHouse); err != nil {
+			if ch, err = clickhousedb.Open(ctx, cfg.ClickHouse); err != nil {
 				return err
 			}
 			defer ch.Close()
@@ -155,12 +156,12 @@ func migrate(ctx context.Context, cfg Configuration, logger *slog.Logger) error 
 	if cfg.ClickHouse.Addr == "" {
 		return errors.New("clickhouse.addr is empty: nothing to migrate")
 	}
-	ch, err := sink.OpenClickHouse(ctx, cfg.ClickHouse)
+	db, err := clickhousedb.Open(ctx, cfg.ClickHouse)
 	if err != nil {
 		return err
 	}
-	defer ch.Close()
-	return ch.Migrate(ctx, logger)
+	defer db.Close()
+	return db.Migrate(ctx, logger)
 }
 
 // replay feeds captures through the collector's decoder and, unless only

@@ -1,6 +1,6 @@
 -- Flows and alerts. Written for ClickHouse 18.16 (Debian's package) and
 -- current releases alike; what depends on the server's version is a
--- placeholder that the sink fills in at migrate time (see README.md here):
+-- placeholder filled in at migrate time (see README.md here):
 -- {ip} is IPv6 where the server has it and String on 18.16, {lc} is
 -- LowCardinality(String) where the server has it and String on 18.16.
 -- subscriber_ip stays String everywhere: it is the sort key the analysts
