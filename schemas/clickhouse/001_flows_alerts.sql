@@ -11,7 +11,9 @@
 -- this subscriber do, and when". sink_partition and sink_offset are the bus
 -- coordinates of the message the flow came in; the sink's ledger (migration
 -- 003) is built from them so that a retried or re-delivered batch is not
--- written twice.
+-- written twice. The columns are flow.Columns (flow/columns.go), which
+-- the sink's INSERT and the wire format follow; its tests compare it with
+-- this statement as rendered for both server generations.
 CREATE TABLE IF NOT EXISTS {db}.flows (
     date Date,
     time_received DateTime,
