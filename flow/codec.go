@@ -8,28 +8,9 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 )
 
-// Field numbers of schemas/flow.proto.
-const (
-	fieldBatchFlows = 1
-
-	fieldTimeReceived = 1
-	fieldStart        = 2
-	fieldEnd          = 3
-	fieldExporter     = 4
-	fieldObsDomain    = 5
-	fieldSampling     = 6
-	fieldSrcAddr      = 7
-	fieldDstAddr      = 8
-	fieldSrcPort      = 9
-	fieldDstPort      = 10
-	fieldProto        = 11
-	fieldTCPFlags     = 12
-	fieldBytes        = 13
-	fieldPackets      = 14
-	fieldInIf         = 15
-	fieldOutIf        = 16
-	fieldType         = 17
-)
+// fieldBatchFlows is FlowBatch.flows in schemas/flow.proto; the fields of
+// Flow are numbered in columns.go.
+const fieldBatchFlows protowire.Number = 1
 
 // AppendBatch appends the FlowBatch encoding of flows to b. It is written by
 // hand rather than generated so that the collector's hot path allocates
@@ -66,18 +47,18 @@ func addrSize(a netip.Addr) int {
 	return 16
 }
 
-func varintField(n int, v uint64) int {
+func varintField(n protowire.Number, v uint64) int {
 	if v == 0 {
 		return 0
 	}
-	return protowire.SizeTag(protowire.Number(n)) + protowire.SizeVarint(v)
+	return protowire.SizeTag(n) + protowire.SizeVarint(v)
 }
 
-func bytesField(n int, l int) int {
+func bytesField(n protowire.Number, l int) int {
 	if l == 0 {
 		return 0
 	}
-	return protowire.SizeTag(protowire.Number(n)) + protowire.SizeBytes(l)
+	return protowire.SizeTag(n) + protowire.SizeBytes(l)
 }
 
 func (f *Flow) size() int {
@@ -100,19 +81,19 @@ func (f *Flow) size() int {
 		varintField(fieldType, uint64(f.Type))
 }
 
-func appendVarint(b []byte, n int, v uint64) []byte {
+func appendVarint(b []byte, n protowire.Number, v uint64) []byte {
 	if v == 0 {
 		return b
 	}
-	b = protowire.AppendTag(b, protowire.Number(n), protowire.VarintType)
+	b = protowire.AppendTag(b, n, protowire.VarintType)
 	return protowire.AppendVarint(b, v)
 }
 
-func appendAddr(b []byte, n int, a netip.Addr) []byte {
+func appendAddr(b []byte, n protowire.Number, a netip.Addr) []byte {
 	if !a.IsValid() {
 		return b
 	}
-	b = protowire.AppendTag(b, protowire.Number(n), protowire.BytesType)
+	b = protowire.AppendTag(b, n, protowire.BytesType)
 	if a.Is4() {
 		a4 := a.As4()
 		return protowire.AppendBytes(b, a4[:])

@@ -15,6 +15,7 @@ import (
 
 	"github.com/wormsign/wormsign/alert"
 	"github.com/wormsign/wormsign/bus"
+	"github.com/wormsign/wormsign/clickhousedb"
 	"github.com/wormsign/wormsign/flow"
 	"github.com/wormsign/wormsign/schemas"
 	"github.com/wormsign/wormsign/testenv"
@@ -22,24 +23,24 @@ import (
 
 // openTestClickHouse connects to addr with a database of the test's own,
 // migrated, and dropped at cleanup.
-func openTestClickHouse(t *testing.T, addr string) *ClickHouse {
+func openTestClickHouse(t *testing.T, addr string) *clickhousedb.DB {
 	t.Helper()
 	return openTestClickHouseTimeout(t, addr, 20*time.Second)
 }
 
-func openTestClickHouseTimeout(t *testing.T, addr string, readTimeout time.Duration) *ClickHouse {
+func openTestClickHouseTimeout(t *testing.T, addr string, readTimeout time.Duration) *clickhousedb.DB {
 	t.Helper()
-	cfg := DefaultClickHouseConfiguration()
+	cfg := clickhousedb.DefaultConfiguration()
 	cfg.Addr = addr
 	cfg.Database = testenv.Name(t, "wst")
 	cfg.ReadTimeout = readTimeout
 	ctx := context.Background()
-	ch, err := OpenClickHouse(ctx, cfg)
+	ch, err := clickhousedb.Open(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		ch.conn.Exec(context.Background(), "DROP DATABASE IF EXISTS "+cfg.Database)
+		ch.Exec(context.Background(), "DROP DATABASE IF EXISTS "+cfg.Database)
 		ch.Close()
 	})
 	if err := ch.Migrate(ctx, slog.New(slog.DiscardHandler)); err != nil {
@@ -48,9 +49,9 @@ func openTestClickHouseTimeout(t *testing.T, addr string, readTimeout time.Durat
 	return ch
 }
 
-func queryStrings(t *testing.T, ch *ClickHouse, query string) []string {
+func queryStrings(t *testing.T, ch *clickhousedb.DB, query string) []string {
 	t.Helper()
-	rows, err := ch.conn.Query(context.Background(), query)
+	rows, err := ch.Query(context.Background(), query)
 	if err != nil {
 		t.Fatalf("%s: %v", query, err)
 	}
@@ -66,35 +67,39 @@ func queryStrings(t *testing.T, ch *ClickHouse, query string) []string {
 	return out
 }
 
-func count(t *testing.T, ch *ClickHouse, query string) uint64 {
+func count(t *testing.T, ch *clickhousedb.DB, query string) uint64 {
 	t.Helper()
 	var n uint64
-	if err := ch.conn.QueryRow(context.Background(), query).Scan(&n); err != nil {
+	if err := ch.QueryRow(context.Background(), query).Scan(&n); err != nil {
 		t.Fatalf("%s: %v", query, err)
 	}
 	return n
 }
 
-func TestMigrateTwice(t *testing.T) {
-	ch := openTestClickHouse(t, testenv.ClickHouseAddr(t))
-	if err := ch.Migrate(context.Background(), slog.New(slog.DiscardHandler)); err != nil {
-		t.Fatalf("second migrate: %v", err)
+// FlowRow is a flow with the subscriber it is keyed by and the bus
+// coordinates of the message it came in, for tests that write rows
+// without a bus.
+type FlowRow struct {
+	Subscriber string
+	Flow       flow.Flow
+	Partition  uint32
+	Offset     uint64
+}
+
+// insertFlows writes rows in one INSERT, through the block writeFlows
+// fills.
+func insertFlows(ctx context.Context, ch *clickhousedb.DB, rows []FlowRow) error {
+	l := &ledgerWriter{db: ch}
+	ipv6, err := l.ipv6Columns(ctx)
+	if err != nil {
+		return err
 	}
-	db := ch.config.Database
-	if n := count(t, ch, "SELECT count() FROM "+db+".schema_migrations"); n != 3 {
-		t.Errorf("schema_migrations has %d rows after two runs, want 3", n)
+	var block flowBlock
+	block.reserve(len(rows), ipv6)
+	for i := range rows {
+		block.add(rows[i].Subscriber, &rows[i].Flow, rows[i].Partition, rows[i].Offset, ipv6)
 	}
-	got := queryStrings(t, ch, "SELECT name FROM system.tables WHERE database = '"+db+"' ORDER BY name")
-	want := []string{"alerts", "alerts_ledger_mv", "flows", "flows_1m", "flows_1m_mv", "flows_ledger_mv", "schema_migrations", "sink_ledger"}
-	if diff := cmp.Diff(want, got); diff != "" {
-		t.Errorf("tables (-want +got):\n%s", diff)
-	}
-	// The address type follows the server's version.
-	f, _ := schemas.FeaturesOf(ch.Version())
-	typ := queryStrings(t, ch, "SELECT type FROM system.columns WHERE database = '"+db+"' AND table = 'flows' AND name = 'dst_addr'")
-	if diff := cmp.Diff([]string{f.IPType()}, typ); diff != "" {
-		t.Errorf("dst_addr type on %s (-want +got):\n%s", ch.Version(), diff)
-	}
+	return l.insertFlowBlock(ctx, &block, ipv6)
 }
 
 func smtpFlow(src, dst string, end time.Time, bytes uint64) flow.Flow {
@@ -109,7 +114,7 @@ func smtpFlow(src, dst string, end time.Time, bytes uint64) flow.Flow {
 func TestInsertRollupsAndAnalystQueries(t *testing.T) {
 	ch := openTestClickHouse(t, testenv.ClickHouseAddr(t))
 	ctx := context.Background()
-	db := ch.config.Database
+	db := ch.Database()
 	// Whole minutes ten minutes ago, so that every flow is inside "the
 	// last hour" and the timeline has two known minutes.
 	end := time.Now().UTC().Truncate(time.Minute).Add(-10 * time.Minute)
@@ -124,13 +129,13 @@ func TestInsertRollupsAndAnalystQueries(t *testing.T) {
 	for i := range 3 {
 		rows = append(rows, FlowRow{Subscriber: "203.0.113.20", Flow: smtpFlow("203.0.113.20", fmt.Sprintf("198.19.0.%d", i+1), end, 60), Offset: 31})
 	}
-	if err := ch.InsertFlows(ctx, rows); err != nil {
+	if err := insertFlows(ctx, ch, rows); err != nil {
 		t.Fatal(err)
 	}
 	var dst string
 	var dport uint16
 	var day time.Time
-	if err := ch.conn.QueryRow(ctx, "SELECT toString(dst_addr), dst_port, date FROM "+db+
+	if err := ch.QueryRow(ctx, "SELECT toString(dst_addr), dst_port, date FROM "+db+
 		".flows WHERE subscriber_ip = '203.0.113.10' AND dst_port = 443").Scan(&dst, &dport, &day); err != nil {
 		t.Fatal(err)
 	}
@@ -147,11 +152,11 @@ func TestInsertRollupsAndAnalystQueries(t *testing.T) {
 	resolved.State = alert.StateResolved
 	// The open event twice, as a re-delivery that bypassed the ledger
 	// would write it: FINAL must still count it once.
-	alerts := []AlertRow{{Alert: a, Offset: 1}, {Alert: update, Offset: 2}, {Alert: resolved, Offset: 3}}
-	if err := ch.InsertAlerts(ctx, alerts); err != nil {
+	alerts := []alertRow{{Alert: a, Offset: 1}, {Alert: update, Offset: 2}, {Alert: resolved, Offset: 3}}
+	if err := (&ledgerWriter{db: ch}).insertAlerts(ctx, alerts); err != nil {
 		t.Fatal(err)
 	}
-	if err := ch.InsertAlerts(ctx, alerts[:1]); err != nil {
+	if err := (&ledgerWriter{db: ch}).insertAlerts(ctx, alerts[:1]); err != nil {
 		t.Fatal(err)
 	}
 
@@ -165,7 +170,7 @@ func TestInsertRollupsAndAnalystQueries(t *testing.T) {
 			t.Fatalf("no analyst query %s", name)
 		}
 		q = strings.ReplaceAll(q, "wormsign.", db+".")
-		rows, err := ch.conn.Query(ctx, q)
+		rows, err := ch.Query(ctx, q)
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
@@ -212,18 +217,18 @@ func TestInsertRollupsAndAnalystQueries(t *testing.T) {
 func TestRetentionDropsOldPartitions(t *testing.T) {
 	ch := openTestClickHouse(t, testenv.ClickHouseAddr(t))
 	ctx := context.Background()
-	db := ch.config.Database
+	db := ch.Database()
 	now := time.Now().UTC()
 	var rows []FlowRow
 	for i, age := range []int{40, 31, 30, 1} {
 		end := now.AddDate(0, 0, -age)
 		rows = append(rows, FlowRow{Subscriber: "203.0.113.10", Flow: smtpFlow("203.0.113.10", "198.18.0.1", end, 60), Offset: uint64(i)})
 	}
-	if err := ch.InsertFlows(ctx, rows); err != nil {
+	if err := insertFlows(ctx, ch, rows); err != nil {
 		t.Fatal(err)
 	}
 	r := RetentionConfiguration{FlowsDays: 30, RollupDays: 400}
-	n, err := ch.DropExpired(ctx, now, r)
+	n, err := dropExpired(ctx, ch, now, r)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,10 +241,10 @@ func TestRetentionDropsOldPartitions(t *testing.T) {
 	if got := count(t, ch, "SELECT sum(flows) FROM "+db+".flows_1m"); got != 4 {
 		t.Errorf("flows_1m keeps %d flows, want 4 (longer retention)", got)
 	}
-	if n, err := ch.DropExpired(ctx, now, r); err != nil || n != 0 {
+	if n, err := dropExpired(ctx, ch, now, r); err != nil || n != 0 {
 		t.Errorf("second run dropped %d, %v; want 0, nil", n, err)
 	}
-	if err := ch.ApplyTTL(ctx, r); err != nil {
+	if err := applyTTL(ctx, ch, r); err != nil {
 		t.Errorf("ApplyTTL on %s: %v", ch.Version(), err)
 	}
 }
@@ -253,7 +258,7 @@ func flowMessage(subscriber string, flows []flow.Flow, partition int, offset int
 func TestLedgerKeepsRetriedBatchesOut(t *testing.T) {
 	ch := openTestClickHouse(t, testenv.ClickHouseAddr(t))
 	ctx := context.Background()
-	db := ch.config.Database
+	db := ch.Database()
 	c, err := New(Configuration{Group: "g", BatchMessages: 10, FlushInterval: time.Second}, Dependencies{
 		Logger: slog.New(slog.DiscardHandler), Registry: prometheus.NewRegistry(), Bus: bus.NewMemory(16),
 		FlowsTopic: "f", AlertsTopic: "a", ClickHouse: ch,
@@ -296,7 +301,7 @@ func TestLedgerKeepsRetriedBatchesOut(t *testing.T) {
 func TestRetryFindsFlowsTheLedgerMissed(t *testing.T) {
 	ch := openTestClickHouse(t, testenv.ClickHouseAddr(t))
 	ctx := context.Background()
-	db := ch.config.Database
+	db := ch.Database()
 	c, err := New(Configuration{Group: "g", BatchMessages: 10, FlushInterval: time.Second}, Dependencies{
 		Logger: slog.New(slog.DiscardHandler), Registry: prometheus.NewRegistry(), Bus: bus.NewMemory(16),
 		FlowsTopic: "f", AlertsTopic: "a", ClickHouse: ch,
@@ -323,16 +328,16 @@ func TestRetryFindsFlowsTheLedgerMissed(t *testing.T) {
 			if m.Offset == 0 && f.End().Day() != yesterday.Day() {
 				continue
 			}
-			p, o := c.coordinates("flows", m)
+			p, o := c.ledger.coordinates("flows", m)
 			landed = append(landed, FlowRow{Subscriber: "203.0.113.10", Flow: f, Partition: p, Offset: o})
 		}
 	}
-	if err := ch.InsertFlows(ctx, landed); err != nil {
+	if err := insertFlows(ctx, ch, landed); err != nil {
 		t.Fatal(err)
 	}
 	// As if the server died before the ledger part.
 	for _, d := range []time.Time{yesterday, today} {
-		if err := ch.conn.Exec(ctx, "ALTER TABLE "+db+".sink_ledger DROP PARTITION ID '"+d.Format("20060102")+"'"); err != nil {
+		if err := ch.Exec(ctx, "ALTER TABLE "+db+".sink_ledger DROP PARTITION ID '"+d.Format("20060102")+"'"); err != nil {
 			t.Fatal(err)
 		}
 	}

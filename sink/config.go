@@ -8,40 +8,6 @@ import (
 	"time"
 )
 
-// ClickHouseConfiguration says where the sink writes. An empty Addr means
-// no ClickHouse: `wormsign run` then prints alerts as JSON lines on stdout.
-type ClickHouseConfiguration struct {
-	Addr        string        `yaml:"addr"`
-	Database    string        `yaml:"database"`
-	Username    string        `yaml:"username"`
-	Password    string        `yaml:"password"`
-	DialTimeout time.Duration `yaml:"dial_timeout"`
-	// ReadTimeout bounds the wait for the server's answer to one INSERT
-	// or query; a server that hangs is then retried like one that is down.
-	ReadTimeout time.Duration `yaml:"read_timeout"`
-}
-
-// DefaultClickHouseConfiguration returns the documented defaults.
-func DefaultClickHouseConfiguration() ClickHouseConfiguration {
-	return ClickHouseConfiguration{Database: "wormsign", Username: "default", DialTimeout: 10 * time.Second, ReadTimeout: time.Minute}
-}
-
-var identifier = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-
-// Validate names the first bad key.
-func (c ClickHouseConfiguration) Validate() error {
-	if !identifier.MatchString(c.Database) {
-		return fmt.Errorf("clickhouse.database: %q is not a plain identifier", c.Database)
-	}
-	if c.DialTimeout <= 0 {
-		return fmt.Errorf("clickhouse.dial_timeout: %s, want > 0", c.DialTimeout)
-	}
-	if c.ReadTimeout < 0 {
-		return fmt.Errorf("clickhouse.read_timeout: %s, want >= 0 (0: the driver's default)", c.ReadTimeout)
-	}
-	return nil
-}
-
 // Configuration of the sink. Zero values of the keys added after the first
 // release (batch_bytes, workers, retry_max_backoff, webhook_*) mean their
 // default, so that a Configuration literal in code keeps working.

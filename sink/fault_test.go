@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wormsign/wormsign/bus"
+	"github.com/wormsign/wormsign/clickhousedb"
 	"github.com/wormsign/wormsign/flow"
 	"github.com/wormsign/wormsign/testenv"
 )
@@ -45,7 +46,7 @@ func faultLogger(t *testing.T) *slog.Logger {
 	return slog.New(slog.DiscardHandler)
 }
 
-func startSink(t *testing.T, cfg Configuration, k bus.Bus, kcfg bus.Configuration, ch *ClickHouse) *Component {
+func startSink(t *testing.T, cfg Configuration, k bus.Bus, kcfg bus.Configuration, ch *clickhousedb.DB) *Component {
 	t.Helper()
 	s, err := New(cfg, Dependencies{Logger: faultLogger(t), Registry: prometheus.NewRegistry(), Bus: k,
 		FlowsTopic: kcfg.FlowsTopic, AlertsTopic: kcfg.AlertsTopic, ClickHouse: ch})
@@ -59,9 +60,9 @@ func startSink(t *testing.T, cfg Configuration, k bus.Bus, kcfg bus.Configuratio
 // checkFlows asserts that flows holds each of 0..want-1 exactly once, and
 // that the rollup and the ledger agree, the rollup short by at most
 // maxShort flows.
-func checkFlows(t *testing.T, ch *ClickHouse, want, maxShort uint64) {
+func checkFlows(t *testing.T, ch *clickhousedb.DB, want, maxShort uint64) {
 	t.Helper()
-	db := ch.config.Database
+	db := ch.Database()
 	for _, q := range []struct{ what, query string }{
 		{"rows", "SELECT count() FROM " + db + ".flows"},
 		{"distinct flows", "SELECT uniqExact(bytes) FROM " + db + ".flows"},
@@ -84,11 +85,11 @@ func checkFlows(t *testing.T, ch *ClickHouse, want, maxShort uint64) {
 	}
 }
 
-func waitRows(t *testing.T, ch *ClickHouse, want uint64, timeout time.Duration) {
+func waitRows(t *testing.T, ch *clickhousedb.DB, want uint64, timeout time.Duration) {
 	t.Helper()
 	waitFor(t, fmt.Sprintf("%d flows in ClickHouse", want), timeout, func() bool {
 		var n uint64
-		err := ch.conn.QueryRow(context.Background(), "SELECT count() FROM "+ch.config.Database+".flows").Scan(&n)
+		err := ch.QueryRow(context.Background(), "SELECT count() FROM "+ch.Database()+".flows").Scan(&n)
 		return err == nil && n >= want
 	})
 }
@@ -192,7 +193,7 @@ func TestFaultKafkaRestart(t *testing.T) {
 	waitRows(t, ch, 1, time.Minute)
 	broker.kill()
 	var n uint64
-	if err := ch.conn.QueryRow(ctx, "SELECT count() FROM "+ch.config.Database+".flows").Scan(&n); err != nil {
+	if err := ch.QueryRow(ctx, "SELECT count() FROM "+ch.Database()+".flows").Scan(&n); err != nil {
 		t.Fatal(err)
 	}
 	if n >= stream.next {
@@ -264,7 +265,7 @@ func TestFaultBackPressureInMemory(t *testing.T) {
 	// The last Publish timed out part way: the flows it queued arrived,
 	// those it did not were never sent. Every flow that arrived must be
 	// there once, and they must be a prefix of the stream.
-	n := count(t, ch, "SELECT count() FROM "+ch.config.Database+".flows")
+	n := count(t, ch, "SELECT count() FROM "+ch.Database()+".flows")
 	if n == 0 || n > stream.next {
 		t.Fatalf("%d flows in ClickHouse, %d offered", n, stream.next)
 	}

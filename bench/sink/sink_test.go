@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wormsign/wormsign/bus"
+	"github.com/wormsign/wormsign/clickhousedb"
 	"github.com/wormsign/wormsign/flow"
 	"github.com/wormsign/wormsign/sink"
 	"github.com/wormsign/wormsign/testenv"
@@ -66,10 +67,10 @@ func workload() []bus.Message {
 	return msgs
 }
 
-func open(b *testing.B, addr, db string) *sink.ClickHouse {
-	cfg := sink.DefaultClickHouseConfiguration()
+func open(b *testing.B, addr, db string) *clickhousedb.DB {
+	cfg := clickhousedb.DefaultConfiguration()
 	cfg.Addr, cfg.Database = addr, db
-	ch, err := sink.OpenClickHouse(context.Background(), cfg)
+	ch, err := clickhousedb.Open(context.Background(), cfg)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/wormsign/wormsign/bus"
+	"github.com/wormsign/wormsign/clickhousedb"
 	"github.com/wormsign/wormsign/collector"
 	"github.com/wormsign/wormsign/config"
 	"github.com/wormsign/wormsign/detector"
@@ -20,13 +21,13 @@ type Configuration struct {
 	LogLevel string `yaml:"log_level"`
 	// SubscriberNetworks are the ISP's subscriber prefixes; empty means
 	// every source address is a subscriber.
-	SubscriberNetworks []network.Prefix             `yaml:"subscriber_networks"`
-	HTTP               httpserver.Configuration     `yaml:"http"`
-	Kafka              bus.Configuration            `yaml:"kafka"`
-	ClickHouse         sink.ClickHouseConfiguration `yaml:"clickhouse"`
-	Collector          collector.Configuration      `yaml:"collector"`
-	Detector           detector.Configuration       `yaml:"detector"`
-	Sink               sink.Configuration           `yaml:"sink"`
+	SubscriberNetworks []network.Prefix           `yaml:"subscriber_networks"`
+	HTTP               httpserver.Configuration   `yaml:"http"`
+	Kafka              bus.Configuration          `yaml:"kafka"`
+	ClickHouse         clickhousedb.Configuration `yaml:"clickhouse"`
+	Collector          collector.Configuration    `yaml:"collector"`
+	Detector           detector.Configuration     `yaml:"detector"`
+	Sink               sink.Configuration         `yaml:"sink"`
 }
 
 // DefaultConfiguration is the embedded default `wormsign run` starts with.
@@ -35,7 +36,7 @@ func DefaultConfiguration() Configuration {
 		LogLevel:   "info",
 		HTTP:       httpserver.DefaultConfiguration(),
 		Kafka:      bus.DefaultConfiguration(),
-		ClickHouse: sink.DefaultClickHouseConfiguration(),
+		ClickHouse: clickhousedb.DefaultConfiguration(),
 		Collector:  collector.DefaultConfiguration(),
 		Detector:   detector.DefaultConfiguration(),
 		Sink:       sink.DefaultConfiguration(),

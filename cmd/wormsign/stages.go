@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/wormsign/wormsign/bus"
+	"github.com/wormsign/wormsign/clickhousedb"
 	"github.com/wormsign/wormsign/collector"
 	"github.com/wormsign/wormsign/detector"
 	"github.com/wormsign/wormsign/httpserver"
@@ -76,10 +77,10 @@ func runStages(ctx context.Context, cfg Configuration, logger *slog.Logger, stdo
 	}
 
 	if want.sink {
-		var ch *sink.ClickHouse
+		var ch *clickhousedb.DB
 		if cfg.ClickHouse.Addr != "" {
 			var err error
-			if ch, err = sink.OpenClickHouse(ctx, cfg.ClickHouse); err != nil {
+			if ch, err = clickhousedb.Open(ctx, cfg.ClickHouse); err != nil {
 				return err
 			}
 			defer ch.Close()
@@ -154,10 +155,10 @@ func migrate(ctx context.Context, cfg Configuration, logger *slog.Logger) error 
 	if cfg.ClickHouse.Addr == "" {
 		return errors.New("clickhouse.addr is empty: nothing to migrate")
 	}
-	ch, err := sink.OpenClickHouse(ctx, cfg.ClickHouse)
+	db, err := clickhousedb.Open(ctx, cfg.ClickHouse)
 	if err != nil {
 		return err
 	}
-	defer ch.Close()
-	return ch.Migrate(ctx, logger)
+	defer db.Close()
+	return db.Migrate(ctx, logger)
 }

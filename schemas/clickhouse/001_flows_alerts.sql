@@ -1,6 +1,6 @@
 -- Flows and alerts. Written for ClickHouse 18.16 (Debian's package) and
 -- current releases alike; what depends on the server's version is a
--- placeholder that the sink fills in at migrate time (see README.md here):
+-- placeholder filled in at migrate time (see README.md here):
 -- {ip} is IPv6 where the server has it and String on 18.16, {lc} is
 -- LowCardinality(String) where the server has it and String on 18.16.
 -- subscriber_ip stays String everywhere: it is the sort key the analysts
@@ -11,7 +11,9 @@
 -- this subscriber do, and when". sink_partition and sink_offset are the bus
 -- coordinates of the message the flow came in; the sink's ledger (migration
 -- 003) is built from them so that a retried or re-delivered batch is not
--- written twice.
+-- written twice. The columns are flow.Columns (flow/columns.go), which
+-- the sink's INSERT and the wire format follow; its tests compare it with
+-- this statement as rendered for both server generations.
 CREATE TABLE IF NOT EXISTS {db}.flows (
     date Date,
     time_received DateTime,

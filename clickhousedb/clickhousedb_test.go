@@ -1,0 +1,167 @@
+package clickhousedb
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/wormsign/wormsign/config"
+	"github.com/wormsign/wormsign/schemas"
+	"github.com/wormsign/wormsign/testenv"
+)
+
+// openTest connects to the test ClickHouse with a database of the test's
+// own, migrated, and dropped at cleanup.
+func openTest(t *testing.T) *DB {
+	t.Helper()
+	cfg := DefaultConfiguration()
+	cfg.Addr = testenv.ClickHouseAddr(t)
+	cfg.Database = testenv.Name(t, "wsc")
+	ctx := context.Background()
+	db, err := Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		db.Exec(context.Background(), "DROP DATABASE IF EXISTS "+cfg.Database)
+		db.Close()
+	})
+	if err := db.Migrate(ctx, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatal(err)
+	}
+	return db
+}
+
+func queryStrings(t *testing.T, db *DB, query string, args ...any) []string {
+	t.Helper()
+	rows, err := db.Query(context.Background(), query, args...)
+	if err != nil {
+		t.Fatalf("%s: %v", query, err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+func TestMigrateTwice(t *testing.T) {
+	db := openTest(t)
+	ctx := context.Background()
+	if err := db.Migrate(ctx, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatalf("second migrate: %v", err)
+	}
+	name := db.Database()
+	var n uint64
+	if err := db.QueryRow(ctx, "SELECT count() FROM "+name+".schema_migrations").Scan(&n); err != nil || n != 3 {
+		t.Errorf("schema_migrations has %d rows after two runs (%v), want 3", n, err)
+	}
+	got := queryStrings(t, db, "SELECT name FROM system.tables WHERE database = ? ORDER BY name", name)
+	want := []string{"alerts", "alerts_ledger_mv", "flows", "flows_1m", "flows_1m_mv", "flows_ledger_mv", "schema_migrations", "sink_ledger"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("tables (-want +got):\n%s", diff)
+	}
+	// The address type follows the server's version.
+	f, _ := schemas.FeaturesOf(db.Version())
+	if diff := cmp.Diff(f, db.Features()); diff != "" {
+		t.Errorf("features of %s (-want +got):\n%s", db.Version(), diff)
+	}
+	typ := queryStrings(t, db, "SELECT type FROM system.columns WHERE database = ? AND table = 'flows' AND name = 'dst_addr'", name)
+	if diff := cmp.Diff([]string{f.IPType()}, typ); diff != "" {
+		t.Errorf("dst_addr type on %s (-want +got):\n%s", db.Version(), diff)
+	}
+}
+
+// The query surface other components use reads and writes wormsign's
+// tables on 18.16 too (batches, not bound VALUES).
+func TestQuerySurface(t *testing.T) {
+	db := openTest(t)
+	ctx := context.Background()
+	batch, err := db.PrepareBatch(ctx, "INSERT INTO "+db.Database()+".sink_ledger (source, sink_partition, first_offset, last_offset, rows, written_at)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := batch.Append("test", uint32(1), uint64(2), uint64(3), uint64(4), time.Now().UTC()); err != nil {
+		t.Fatal(err)
+	}
+	if err := batch.Send(); err != nil {
+		t.Fatal(err)
+	}
+	got := queryStrings(t, db, "SELECT concat(source, ':', toString(rows)) FROM "+db.Database()+".sink_ledger WHERE sink_partition = ?", uint32(1))
+	if diff := cmp.Diff([]string{"test:4"}, got); diff != "" {
+		t.Errorf("ledger rows (-want +got):\n%s", diff)
+	}
+	if err := db.Conn().Ping(ctx); err != nil {
+		t.Error(err)
+	}
+	if err := db.Exec(ctx, "ALTER TABLE "+db.Database()+".sink_ledger DROP PARTITION ID '"+time.Now().UTC().Format("20060102")+"'"); err != nil {
+		t.Error(err)
+	}
+}
+
+// The `clickhouse:` section keeps its keys, in the file and as
+// WORMSIGN_CLICKHOUSE_* in the environment.
+func TestConfigurationKeys(t *testing.T) {
+	type file struct {
+		ClickHouse Configuration `yaml:"clickhouse"`
+	}
+	yaml := "clickhouse:\n  addr: ch1:9000\n  database: ws\n  username: u\n  password: p\n  dial_timeout: 3s\n  read_timeout: 30s\n"
+	path := filepath.Join(t.TempDir(), "wormsign.yaml")
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	want := Configuration{Addr: "ch1:9000", Database: "ws", Username: "u", Password: "p", DialTimeout: 3 * time.Second, ReadTimeout: 30 * time.Second}
+	for name, load := range map[string]func(*file) error{
+		"yaml": func(f *file) error { return config.Load(f, path, nil) },
+		"environment": func(f *file) error {
+			return config.Load(f, "", []string{"WORMSIGN_CLICKHOUSE_ADDR=ch1:9000", "WORMSIGN_CLICKHOUSE_DATABASE=ws",
+				"WORMSIGN_CLICKHOUSE_USERNAME=u", "WORMSIGN_CLICKHOUSE_PASSWORD=p",
+				"WORMSIGN_CLICKHOUSE_DIAL_TIMEOUT=3s", "WORMSIGN_CLICKHOUSE_READ_TIMEOUT=30s"})
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			got := file{ClickHouse: DefaultConfiguration()}
+			if err := load(&got); err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(want, got.ClickHouse); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+			if err := got.ClickHouse.Validate(); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+}
+
+func TestValidate(t *testing.T) {
+	cases := []struct {
+		name    string
+		change  func(*Configuration)
+		wantErr string
+	}{
+		{"defaults", func(*Configuration) {}, ""},
+		{"database", func(c *Configuration) { c.Database = "ws; DROP" }, "clickhouse.database"},
+		{"dial timeout", func(c *Configuration) { c.DialTimeout = 0 }, "clickhouse.dial_timeout"},
+		{"read timeout", func(c *Configuration) { c.ReadTimeout = -time.Second }, "clickhouse.read_timeout"},
+	}
+	for _, tc := range cases {
+		c := DefaultConfiguration()
+		tc.change(&c)
+		err := c.Validate()
+		if (err == nil) != (tc.wantErr == "") || err != nil && !strings.Contains(err.Error(), tc.wantErr) {
+			t.Errorf("%s: Validate() = %v, want an error naming %q", tc.name, err, tc.wantErr)
+		}
+	}
+}

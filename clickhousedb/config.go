@@ -1,0 +1,44 @@
+package clickhousedb
+
+import (
+	"fmt"
+	"regexp"
+	"time"
+)
+
+// Configuration says where ClickHouse is: the `clickhouse:` section of the
+// configuration file (WORMSIGN_CLICKHOUSE_* in the environment). An empty
+// Addr means no ClickHouse: `wormsign run` then prints alerts as JSON lines
+// on stdout.
+type Configuration struct {
+	Addr        string        `yaml:"addr"`
+	Database    string        `yaml:"database"`
+	Username    string        `yaml:"username"`
+	Password    string        `yaml:"password"`
+	DialTimeout time.Duration `yaml:"dial_timeout"`
+	// ReadTimeout bounds the wait for the server's answer to one INSERT
+	// or query; a server that hangs is then retried like one that is down.
+	ReadTimeout time.Duration `yaml:"read_timeout"`
+}
+
+// DefaultConfiguration returns the documented defaults.
+func DefaultConfiguration() Configuration {
+	return Configuration{Database: "wormsign", Username: "default", DialTimeout: 10 * time.Second, ReadTimeout: time.Minute}
+}
+
+// identifier is what may be pasted into a statement as a database name.
+var identifier = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// Validate names the first bad key.
+func (c Configuration) Validate() error {
+	if !identifier.MatchString(c.Database) {
+		return fmt.Errorf("clickhouse.database: %q is not a plain identifier", c.Database)
+	}
+	if c.DialTimeout <= 0 {
+		return fmt.Errorf("clickhouse.dial_timeout: %s, want > 0", c.DialTimeout)
+	}
+	if c.ReadTimeout < 0 {
+		return fmt.Errorf("clickhouse.read_timeout: %s, want >= 0 (0: the driver's default)", c.ReadTimeout)
+	}
+	return nil
+}

@@ -1,0 +1,104 @@
+// Package clickhousedb is wormsign's connection to ClickHouse and its
+// schema: it opens the native-protocol connection, learns what the server
+// can do from its version, and applies the migrations of
+// schemas/clickhouse. The components that read or write tables (the sink,
+// the console, containment) share one DB and query it through the small
+// surface below; what they write stays theirs.
+package clickhousedb
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"github.com/wormsign/wormsign/schemas"
+)
+
+// DB is an open connection pool to one ClickHouse server and database.
+type DB struct {
+	config   Configuration
+	conn     driver.Conn
+	version  string
+	features schemas.Features
+}
+
+// Open connects and checks that the server answers.
+func Open(ctx context.Context, config Configuration) (*DB, error) {
+	if err := config.Validate(); err != nil {
+		return nil, err
+	}
+	conn, err := clickhouse.Open(&clickhouse.Options{
+		Addr: []string{config.Addr},
+		// Statements name their database: it may not exist before
+		// Migrate.
+		Auth:         clickhouse.Auth{Database: "default", Username: config.Username, Password: config.Password},
+		DialTimeout:  config.DialTimeout,
+		ReadTimeout:  config.ReadTimeout,
+		MaxOpenConns: 16,
+		Compression:  &clickhouse.Compression{Method: clickhouse.CompressionLZ4},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cannot open ClickHouse at %s (clickhouse.addr): %w", config.Addr, err)
+	}
+	pingCtx, cancel := context.WithTimeout(ctx, config.DialTimeout)
+	defer cancel()
+	if err := conn.Ping(pingCtx); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("cannot reach ClickHouse at %s (clickhouse.addr): %w", config.Addr, err)
+	}
+	db := &DB{config: config, conn: conn}
+	if err := conn.QueryRow(pingCtx, "SELECT version()").Scan(&db.version); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("cannot read ClickHouse version: %w", err)
+	}
+	if db.features, err = schemas.FeaturesOf(db.version); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return db, nil
+}
+
+// Close releases the connections.
+func (db *DB) Close() error { return db.conn.Close() }
+
+// Ping checks that the server answers.
+func (db *DB) Ping(ctx context.Context) error { return db.conn.Ping(ctx) }
+
+// Version is the server's version() text.
+func (db *DB) Version() string { return db.version }
+
+// Features are what the server can do beyond 18.16.
+func (db *DB) Features() schemas.Features { return db.features }
+
+// Database is the name of wormsign's database (clickhouse.database); a
+// statement names its tables as Database() + ".table".
+func (db *DB) Database() string { return db.config.Database }
+
+// Conn is the driver's connection pool, for what the helpers below do not
+// cover (e.g. columnar batches with their own options).
+func (db *DB) Conn() driver.Conn { return db.conn }
+
+// Exec runs a statement that returns no rows.
+func (db *DB) Exec(ctx context.Context, query string, args ...any) error {
+	return db.conn.Exec(ctx, query, args...)
+}
+
+// Query runs a SELECT; the caller closes the rows.
+func (db *DB) Query(ctx context.Context, query string, args ...any) (driver.Rows, error) {
+	return db.conn.Query(ctx, query, args...)
+}
+
+// QueryRow runs a SELECT of one row.
+func (db *DB) QueryRow(ctx context.Context, query string, args ...any) driver.Row {
+	return db.conn.QueryRow(ctx, query, args...)
+}
+
+// PrepareBatch starts an INSERT sent as one block. Name the columns in the
+// query: ClickHouse 18.16 needs them over the native protocol, and it does
+// not answer an INSERT with bound VALUES there, so batches are the way to
+// insert on every version.
+func (db *DB) PrepareBatch(ctx context.Context, query string) (driver.Batch, error) {
+	return db.conn.PrepareBatch(ctx, query)
+}
