@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wormsign/wormsign/testenv"
+	"github.com/wormsign/wormsign/internal/testenv"
 )
 
 func TestKafkaPublishConsumeCommit(t *testing.T) {

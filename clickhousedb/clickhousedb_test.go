@@ -11,9 +11,9 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/wormsign/wormsign/config"
+	"github.com/wormsign/wormsign/internal/config"
+	"github.com/wormsign/wormsign/internal/testenv"
 	"github.com/wormsign/wormsign/schemas"
-	"github.com/wormsign/wormsign/testenv"
 )
 
 // openTest connects to the test ClickHouse with a database of the test's

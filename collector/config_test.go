@@ -10,7 +10,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/wormsign/wormsign/collector/decode"
-	"github.com/wormsign/wormsign/config"
+	"github.com/wormsign/wormsign/internal/config"
 	"github.com/wormsign/wormsign/network"
 )
 

@@ -23,7 +23,7 @@ import (
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/collector/decode"
 	"github.com/wormsign/wormsign/flow"
-	"github.com/wormsign/wormsign/testenv"
+	"github.com/wormsign/wormsign/internal/testenv"
 )
 
 func TestMain(m *testing.M) {

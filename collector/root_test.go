@@ -17,8 +17,8 @@ import (
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/collector/decode"
 	"github.com/wormsign/wormsign/flow"
+	"github.com/wormsign/wormsign/internal/testenv"
 	"github.com/wormsign/wormsign/network"
-	"github.com/wormsign/wormsign/testenv"
 )
 
 // newTestComponent runs a collector without sockets on an in-process bus

@@ -9,7 +9,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/wormsign/wormsign/config"
+	"github.com/wormsign/wormsign/internal/config"
 )
 
 // TestConfigurationLoads checks the keys as an operator writes them, in

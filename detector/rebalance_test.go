@@ -17,7 +17,7 @@ import (
 	"github.com/wormsign/wormsign/alert"
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/flow"
-	"github.com/wormsign/wormsign/testenv"
+	"github.com/wormsign/wormsign/internal/testenv"
 )
 
 // seen is what the rebalance test compares of an alert.

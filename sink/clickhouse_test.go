@@ -17,8 +17,8 @@ import (
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/clickhousedb"
 	"github.com/wormsign/wormsign/flow"
+	"github.com/wormsign/wormsign/internal/testenv"
 	"github.com/wormsign/wormsign/schemas"
-	"github.com/wormsign/wormsign/testenv"
 )
 
 // openTestClickHouse connects to addr with a database of the test's own,

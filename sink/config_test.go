@@ -8,7 +8,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/wormsign/wormsign/config"
+	"github.com/wormsign/wormsign/internal/config"
 )
 
 // The keys as the README documents them, in YAML and in the environment.

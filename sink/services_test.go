@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wormsign/wormsign/testenv"
+	"github.com/wormsign/wormsign/internal/testenv"
 )
 
 // Fault tests stop and restart their services. The shared ones on 9092

@@ -16,7 +16,7 @@ import (
 
 	"github.com/wormsign/wormsign/alert"
 	"github.com/wormsign/wormsign/bus"
-	"github.com/wormsign/wormsign/testenv"
+	"github.com/wormsign/wormsign/internal/testenv"
 )
 
 // receiver is a webhook endpoint on loopback that checks signatures and

@@ -20,7 +20,7 @@ import (
 
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/collector"
-	"github.com/wormsign/wormsign/testenv"
+	"github.com/wormsign/wormsign/internal/testenv"
 )
 
 // BenchmarkCollectors sends the same generated NetFlow v9, IPFIX and

@@ -15,7 +15,7 @@ import (
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/detector"
 	"github.com/wormsign/wormsign/flow"
-	"github.com/wormsign/wormsign/testenv"
+	"github.com/wormsign/wormsign/internal/testenv"
 )
 
 // BenchmarkAlertLatency measures, on the real Kafka, the time from writing

@@ -18,7 +18,7 @@ import (
 	"github.com/wormsign/wormsign/alert"
 	"github.com/wormsign/wormsign/collector/decode"
 	"github.com/wormsign/wormsign/flow"
-	"github.com/wormsign/wormsign/testenv"
+	"github.com/wormsign/wormsign/internal/testenv"
 )
 
 // The evaluation goes through the product's own path: CTU-13 scenario 6 is

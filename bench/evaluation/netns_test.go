@@ -17,8 +17,8 @@ import (
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/collector"
 	"github.com/wormsign/wormsign/detector"
+	"github.com/wormsign/wormsign/internal/testenv"
 	"github.com/wormsign/wormsign/network"
-	"github.com/wormsign/wormsign/testenv"
 )
 
 const scanPeer = "WORMSIGN_EVAL_SCAN" // "from|port|target,target,..."

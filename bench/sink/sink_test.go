@@ -26,8 +26,8 @@ import (
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/clickhousedb"
 	"github.com/wormsign/wormsign/flow"
+	"github.com/wormsign/wormsign/internal/testenv"
 	"github.com/wormsign/wormsign/sink"
-	"github.com/wormsign/wormsign/testenv"
 )
 
 const (

@@ -9,9 +9,9 @@ import (
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/clickhousedb"
 	"github.com/wormsign/wormsign/collector"
-	"github.com/wormsign/wormsign/config"
 	"github.com/wormsign/wormsign/detector"
-	"github.com/wormsign/wormsign/httpserver"
+	"github.com/wormsign/wormsign/internal/config"
+	"github.com/wormsign/wormsign/internal/httpserver"
 	"github.com/wormsign/wormsign/network"
 	"github.com/wormsign/wormsign/sink"
 )

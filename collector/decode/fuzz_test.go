@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/wormsign/wormsign/flow"
-	"github.com/wormsign/wormsign/testenv"
+	"github.com/wormsign/wormsign/internal/testenv"
 )
 
 // Fuzz targets for every protocol entry point. Their corpus is seeded at
