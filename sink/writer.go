@@ -151,13 +151,12 @@ func (p *pipeline) writeBatch(ctx context.Context, j *job) {
 	inflight := p.metrics.inflight.WithLabelValues(p.name)
 	inflight.Inc()
 	defer inflight.Dec()
-	try := attempt{batch: newBatchID(), n: -1}
+	try := attempt{batch: newBatchID(), first: time.Now()}
 	err := retry.Do(ctx, retry.Backoff{Min: 100 * time.Millisecond, Max: p.maxBackoff}, func(ctx context.Context) error {
 		start := time.Now()
-		if try.n++; try.n == 0 {
-			try.first = start
-		}
-		if err := p.write(ctx, j.msgs, try); err != nil {
+		err := p.write(ctx, j.msgs, try)
+		try.n++
+		if err != nil {
 			p.metrics.writeErrors.WithLabelValues(p.name).Inc()
 			return err
 		}
