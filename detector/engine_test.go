@@ -359,17 +359,27 @@ func TestEngineInheritPublishedPastCommit(t *testing.T) {
 
 	// The new owner: state rebuilt from the flows up to the commit (30),
 	// without publishing, then the announced events, then the rest again.
-	second := &run{e: NewEngine(cfg)}
-	for i := range flows[:30] {
-		second.e.Process(&flows[i])
-	}
-	second.e.Inherit([]alert.Alert{last})
-	for i := range flows[30:] {
-		second.feed(flows[30+i])
-	}
-	for _, a := range second.all {
-		if a.ID == last.ID && a.State == alert.StateUpdate && a.DistinctDsts <= last.DistinctDsts {
-			t.Errorf("announced again: %s %s distinct %d (previous owner announced %d)", a.ID, a.State, a.DistinctDsts, last.DistinctDsts)
+	// A rebuild that starts part-way (lookback shorter than the incident)
+	// sees the incident open at another time, hence under another id.
+	for _, from := range []int{0, 10} {
+		second := &run{e: NewEngine(cfg)}
+		for i := range flows[from:30] {
+			second.e.Process(&flows[from+i])
+		}
+		second.e.Inherit([]alert.Alert{last})
+		for i := range flows[30:] {
+			second.feed(flows[30+i])
+		}
+		for _, a := range second.all {
+			switch {
+			case a.ID != last.ID:
+				t.Errorf("rebuilt from flow %d: %s under a new id %s, want the incident's %s", from, a.State, a.ID, last.ID)
+			case a.State == alert.StateOpen:
+				t.Errorf("rebuilt from flow %d: the incident opened again", from)
+			case a.State == alert.StateUpdate && a.DistinctDsts <= last.DistinctDsts:
+				t.Errorf("rebuilt from flow %d: announced again: %s %s distinct %d (previous owner announced %d)",
+					from, a.ID, a.State, a.DistinctDsts, last.DistinctDsts)
+			}
 		}
 	}
 }
