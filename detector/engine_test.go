@@ -342,14 +342,15 @@ func TestEngineFutureFlow(t *testing.T) {
 // without announcing it a second time.
 func TestEngineInheritPublishedPastCommit(t *testing.T) {
 	var flows []flow.Flow
-	for i := 0; i < 40; i++ {
+	for i := 0; i < 60; i++ {
 		flows = append(flows, smtpFlow(zombie, i, at(float64(i)*0.05), flow.TCPSyn|flow.TCPAck))
 	}
 	cfg := testConfig()
 	cfg.SMTPFanout.Sequential.Enabled = false
 	cfg.SMTPFanout.UpdateInterval = time.Second
+	// The previous owner announced up to flow 34 and committed up to 30.
 	first := &run{e: NewEngine(cfg)}
-	for i := range flows {
+	for i := range flows[:35] {
 		first.feed(flows[i])
 	}
 	if len(first.all) < 2 {
@@ -369,6 +370,9 @@ func TestEngineInheritPublishedPastCommit(t *testing.T) {
 		second.e.Inherit([]alert.Alert{last})
 		for i := range flows[30:] {
 			second.feed(flows[30+i])
+		}
+		if len(second.all) == 0 {
+			t.Errorf("rebuilt from flow %d: no update while the incident grew past what was announced", from)
 		}
 		for _, a := range second.all {
 			switch {
