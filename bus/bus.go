@@ -64,8 +64,8 @@ type Bus interface {
 	// CloseTopic declares that nothing more will be published to topic.
 	// On a bus that is not durable its consumers then read what is
 	// queued and get ErrClosed, which is how a stage drains; a producer
-	// blocked on a full queue gets ErrClosed. A Kafka topic has no end: there it does
-	// nothing, and a stage stops by Stop alone.
+	// blocked on a full queue gets ErrClosed. A Kafka topic has no end:
+	// there it does nothing, and a stage stops by Stop alone.
 	CloseTopic(topic string)
 	Close() error
 }
