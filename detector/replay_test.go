@@ -7,11 +7,13 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/wormsign/wormsign/alert"
 	"github.com/wormsign/wormsign/bus"
@@ -70,13 +72,13 @@ func scenario() (msgs []bus.Message, minutes []int) {
 // runDetector runs one detector on the in-process bus, publishing msgs
 // with pause(minutes) called before each new event minute, and returns the
 // alerts it published, in order.
-func runDetector(t *testing.T, cfg Configuration, msgs []bus.Message, minutes []int, pause func(minutes int)) []string {
+func runDetector(t *testing.T, cfg Configuration, msgs []bus.Message, minutes []int, pause func(d *Component, minutes int), clock Clock) ([]string, *Component) {
 	t.Helper()
 	mem := bus.NewMemory(16)
 	alertsIn, _ := mem.Consumer("alerts", "test")
 	d, err := New(cfg, Dependencies{
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Registry: prometheus.NewRegistry(), Bus: mem,
-		FlowsTopic: "flows", AlertsTopic: "alerts", ResolveAtEnd: true,
+		FlowsTopic: "flows", AlertsTopic: "alerts", ResolveAtEnd: true, Clock: clock,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -97,7 +99,7 @@ func runDetector(t *testing.T, cfg Configuration, msgs []bus.Message, minutes []
 	out, _ := mem.Producer("flows")
 	for i, m := range msgs {
 		if i > 0 && minutes[i] != minutes[i-1] {
-			pause(minutes[i] - minutes[i-1])
+			pause(d, minutes[i]-minutes[i-1])
 		}
 		if err := out.Publish(context.Background(), m); err != nil {
 			t.Fatal(err)
@@ -107,7 +109,7 @@ func runDetector(t *testing.T, cfg Configuration, msgs []bus.Message, minutes []
 	mem.CloseTopic("alerts")
 	<-collected
 	d.Stop()
-	return got
+	return got, d
 }
 
 // TestReplayEqualsLive feeds the same flows once paced (60 ms of wall
@@ -118,8 +120,8 @@ func TestReplayEqualsLive(t *testing.T) {
 	cfg := DefaultConfiguration()
 	cfg.AllowList = []network.Prefix{{Prefix: netip.PrefixFrom(relay, 32)}}
 	msgs, minutes := scenario()
-	live := runDetector(t, cfg, msgs, minutes, func(n int) { time.Sleep(time.Duration(n) * 60 * time.Millisecond) })
-	replay := runDetector(t, cfg, msgs, minutes, func(int) {})
+	live, _ := runDetector(t, cfg, msgs, minutes, func(_ *Component, n int) { time.Sleep(time.Duration(n) * 60 * time.Millisecond) }, nil)
+	replay, _ := runDetector(t, cfg, msgs, minutes, func(*Component, int) {}, nil)
 	if diff := cmp.Diff(live, replay); diff != "" {
 		t.Errorf("replay differs from the paced run (-live +replay):\n%s", diff)
 	}
@@ -139,6 +141,71 @@ func TestReplayEqualsLive(t *testing.T) {
 		if kinds[k] != 1 {
 			t.Errorf("%d %s events in the paced run, want 1 (all: %v)", kinds[k], k, kinds)
 		}
+	}
+}
+
+// fakeClock is a wall clock the test moves: each second it moves, it
+// ticks once and waits until the detector took the tick.
+type fakeClock struct {
+	mu    sync.Mutex
+	now   time.Time
+	ticks chan time.Time
+}
+
+func (f *fakeClock) Now() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.now
+}
+
+func (f *fakeClock) Ticker() (<-chan time.Time, func()) { return f.ticks, func() {} }
+
+func (f *fakeClock) advance(d time.Duration) {
+	for range int(d / time.Second) {
+		f.mu.Lock()
+		f.now = f.now.Add(time.Second)
+		now := f.now
+		f.mu.Unlock()
+		f.ticks <- now
+	}
+}
+
+// TestReplayEqualsLiveWallClock runs the scenario live against a wall
+// clock that moves a minute per event minute, so that through the
+// twenty quiet minutes event time follows the wall clock (idle_advance)
+// and the incidents resolve before any flow comes again. The replay at
+// full speed, where no wall clock passes, must print the same alerts.
+func TestReplayEqualsLiveWallClock(t *testing.T) {
+	cfg := DefaultConfiguration()
+	cfg.AllowList = []network.Prefix{{Prefix: netip.PrefixFrom(relay, 32)}}
+	msgs, minutes := scenario()
+	clock := &fakeClock{now: time.UnixMilli(t0), ticks: make(chan time.Time)}
+	var quietWatermark int64
+	live, _ := runDetector(t, cfg, msgs, minutes, func(d *Component, n int) {
+		clock.advance(time.Duration(n) * time.Minute)
+		if n > 1 { // the quiet part: what did the wall clock do to event time?
+			// One more tick: once it is taken, the previous ones are done.
+			clock.advance(time.Second)
+			quietWatermark = int64(testutil.ToFloat64(d.metrics.watermark.WithLabelValues("0")) * 1000)
+		}
+	}, clock)
+	replay, _ := runDetector(t, cfg, msgs, minutes, func(*Component, int) {}, nil)
+	if diff := cmp.Diff(live, replay); diff != "" {
+		t.Errorf("replay differs from the live run driven by the wall clock (-live +replay):\n%s", diff)
+	}
+	// The last flow before the quiet ends at minute 20; idle_advance (10 s)
+	// then lets event time follow the wall clock for the 18 quiet minutes.
+	if got := time.Duration(quietWatermark-t0) * time.Millisecond; got < 35*time.Minute {
+		t.Errorf("event time at the end of the quiet: %s after the start, want it moved by the wall clock to >= 35m", got)
+	}
+	resolved := 0
+	for _, s := range live {
+		if a, _ := alert.Unmarshal([]byte(s)); a.State == alert.StateResolved {
+			resolved++
+		}
+	}
+	if resolved < 2 {
+		t.Errorf("%d resolutions in the live run, want the zombie's and the worm's", resolved)
 	}
 }
 

@@ -1,6 +1,7 @@
 package detector
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -33,6 +34,9 @@ type Dependencies struct {
 	// ResolveAtEnd resolves every open incident when the flows topic ends,
 	// as replay wants at the end of its captures.
 	ResolveAtEnd bool
+	// Clock is the wall clock: what idle sources and idle partitions are
+	// judged by. Nil is the system clock; tests drive their own.
+	Clock Clock
 }
 
 // Component is the detector.
@@ -40,6 +44,7 @@ type Component struct {
 	config   Configuration
 	deps     Dependencies
 	metrics  *metrics
+	clock    Clock
 	group    bus.GroupConsumer
 	producer bus.Producer
 	mapping  atomic.Pointer[Mapping]
@@ -68,6 +73,7 @@ func New(config Configuration, deps Dependencies) (*Component, error) {
 		config:     config,
 		deps:       deps,
 		metrics:    newMetrics(deps.Registry),
+		clock:      cmp.Or[Clock](deps.Clock, systemClock{}),
 		done:       make(chan struct{}),
 		partitions: map[int]*Engine{},
 	}
@@ -285,10 +291,10 @@ func (p *partition) run(ctx context.Context) {
 		c.metrics.fetchErrors.Inc()
 		c.deps.Logger.Error("cannot fetch flows, retrying", "partition", p.claim.Partition(), "error", err)
 	}, messages)
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
+	ticks, stopTicks := c.clock.Ticker()
+	defer stopTicks()
 	var uncommitted []bus.Message
-	lastFlowWall, lastCommit := time.Now(), time.Now()
+	lastFlowWall, lastCommit := c.clock.Now(), time.Now()
 	// Whatever ends this loop, commit what was finished: on a rebalance
 	// the next owner starts exactly after it.
 	defer func() { p.commit(uncommitted) }()
@@ -304,9 +310,9 @@ func (p *partition) run(ctx context.Context) {
 			if !p.process(ctx, msg, true) {
 				return
 			}
-			lastFlowWall = time.Now()
+			lastFlowWall = c.clock.Now()
 			uncommitted = append(uncommitted, msg)
-		case now := <-tick.C:
+		case now := <-ticks:
 			p.engine.SetWallClock(now.UnixMilli())
 			// Without traffic event time stands still and incidents would
 			// never resolve: let it follow the wall clock while idle.
@@ -357,7 +363,7 @@ func (p *partition) process(ctx context.Context, msg bus.Message, publish bool) 
 	// One write for the alerts of the whole message: each write waits for
 	// the brokers.
 	p.alerts = p.alerts[:0]
-	p.engine.SetWallClock(time.Now().UnixMilli())
+	p.engine.SetWallClock(c.clock.Now().UnixMilli())
 	for i := range p.flows {
 		if _, dir := c.deps.Subscribers.Of(p.flows[i].SrcAddr, p.flows[i].DstAddr); dir != network.Outbound {
 			continue
