@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wormsign/wormsign/bus"
+	"github.com/wormsign/wormsign/clickhousedb"
 	"github.com/wormsign/wormsign/collector"
 	"github.com/wormsign/wormsign/collector/decode"
 	"github.com/wormsign/wormsign/detector"
@@ -26,7 +27,10 @@ import (
 
 // replay feeds captures through the whole pipeline at full speed: the
 // collector's decoder and publishers, the bus, the detector and the sink.
-// With printFlows it only decodes and prints each flow.
+// With ClickHouse configured it writes flows and alerts there as the sink
+// of `wormsign run` does (not to webhooks: old alerts are not news), once
+// per content of the captures. With printFlows it only decodes and prints
+// each flow.
 func replay(ctx context.Context, cfg Configuration, logger *slog.Logger, stdout io.Writer, files []string, printFlows bool) error {
 	if printFlows {
 		return printCaptureFlows(ctx, cfg, logger, stdout, files)
@@ -35,15 +39,51 @@ func replay(ctx context.Context, cfg Configuration, logger *slog.Logger, stdout 
 	memory := bus.NewMemory(1024)
 	subscribers := network.NewSubscribers(cfg.SubscriberNetworks)
 	alerts := &alertLines{}
-	s, err := sink.New(sink.Configuration{Group: "replay", BatchMessages: 1, FlushInterval: cfg.Sink.FlushInterval, Stdout: true},
-		sink.Dependencies{Logger: logger, Registry: reg, Bus: memory, FlowsTopic: cfg.Kafka.FlowsTopic,
-			AlertsTopic: cfg.Kafka.AlertsTopic, Stdout: alerts})
+	flowsTopic, alertsTopic := cfg.Kafka.FlowsTopic, cfg.Kafka.AlertsTopic
+	sinkCfg := sink.Configuration{Group: "replay", BatchMessages: 1, FlushInterval: cfg.Sink.FlushInterval, Stdout: true}
+	var target *replayTarget
+	if cfg.ClickHouse.Addr != "" {
+		db, err := clickhousedb.Open(ctx, cfg.ClickHouse)
+		if err != nil {
+			return err
+		}
+		defer db.Close()
+		if err := db.Migrate(ctx, logger); err != nil {
+			return err
+		}
+		if target, err = newReplayTarget(db, files); err != nil {
+			return err
+		}
+		switch done, err := target.done(ctx); {
+		case err != nil:
+			return err
+		case done:
+			logger.Info("these captures are in ClickHouse already: alerts on stdout only", "replay", target.id)
+			target = nil
+		default:
+			if err := target.clearPartial(ctx, logger); err != nil {
+				return err
+			}
+			flowsTopic, alertsTopic = target.flowsTopic, target.alertsTopic
+			sinkCfg = cfg.Sink
+			// Retention is the live sink's business: a replay of old
+			// captures must not start by dropping their days.
+			sinkCfg.Group, sinkCfg.Stdout, sinkCfg.Webhooks = "replay", true, nil
+			sinkCfg.Retention = sink.RetentionConfiguration{}
+		}
+	}
+	sinkDeps := sink.Dependencies{Logger: logger, Registry: reg, Bus: memory, FlowsTopic: flowsTopic,
+		AlertsTopic: alertsTopic, Stdout: alerts}
+	if target != nil {
+		sinkDeps.ClickHouse = target.db
+	}
+	s, err := sink.New(sinkCfg, sinkDeps)
 	if err != nil {
 		return err
 	}
 	d, err := detector.New(cfg.Detector, detector.Dependencies{
-		Logger: logger, Registry: reg, Bus: memory, FlowsTopic: cfg.Kafka.FlowsTopic,
-		AlertsTopic: cfg.Kafka.AlertsTopic, Subscribers: subscribers, ResolveAtEnd: true,
+		Logger: logger, Registry: reg, Bus: memory, FlowsTopic: flowsTopic,
+		AlertsTopic: alertsTopic, Subscribers: subscribers, ResolveAtEnd: true,
 	})
 	if err != nil {
 		return err
@@ -51,7 +91,7 @@ func replay(ctx context.Context, cfg Configuration, logger *slog.Logger, stdout 
 	colCfg := cfg.Collector
 	colCfg.NetFlowListen, colCfg.SFlowListen = nil, nil
 	c, err := collector.New(colCfg, collector.Dependencies{
-		Logger: logger, Registry: reg, Bus: memory, Topic: cfg.Kafka.FlowsTopic, Subscribers: subscribers,
+		Logger: logger, Registry: reg, Bus: memory, Topic: flowsTopic, Subscribers: subscribers,
 	})
 	if err != nil {
 		return err
@@ -80,10 +120,23 @@ func replay(ctx context.Context, cfg Configuration, logger *slog.Logger, stdout 
 	sErr := s.Stop()
 	progress.done()
 	n, printErr := alerts.printSorted(stdout)
+	var markErr error
+	if target != nil && readErr == nil && dErr == nil && sErr == nil && printErr == nil {
+		// Only a replay whose every flow and alert landed is marked: an
+		// interrupted one is cleared and written again next time.
+		rows := counterValue(reg, "wormsign_sink_rows_total", "table", "flows")
+		alertRows := counterValue(reg, "wormsign_sink_rows_total", "table", "alerts")
+		if rows == float64(progress.flows) && alertRows == float64(n) {
+			markErr = target.markDone(ctx, uint64(progress.flows), uint64(n))
+		} else {
+			markErr = fmt.Errorf("replay wrote %.0f of %d flows and %.0f of %d alerts to ClickHouse; run it again to complete it",
+				rows, progress.flows, alertRows, n)
+		}
+	}
 	logger.Info("replay done", "files", len(files), "datagrams", progress.datagrams, "flows", progress.flows,
 		"late_flows", counterSum(reg, "wormsign_detector_late_flows_total"), "alerts", n,
 		"duration", time.Since(progress.start).Round(time.Millisecond))
-	return errors.Join(readErr, dErr, sErr, printErr)
+	return errors.Join(readErr, dErr, sErr, printErr, markErr)
 }
 
 // printCaptureFlows prints every flow of the captures as a JSON line,
@@ -209,6 +262,27 @@ func (p *replayProgress) done() {
 	if p.printed {
 		fmt.Fprintln(os.Stderr)
 	}
+}
+
+// counterValue is the series of a counter in reg with the given label.
+func counterValue(reg *prometheus.Registry, name, label, value string) float64 {
+	families, err := reg.Gather()
+	if err != nil {
+		return 0
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == label && l.GetValue() == value {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
 }
 
 // counterSum adds up every series of a counter in reg.
