@@ -134,7 +134,7 @@ func replay(ctx context.Context, cfg Configuration, logger *slog.Logger, stdout 
 		}
 	}
 	logger.Info("replay done", "files", len(files), "datagrams", progress.datagrams, "flows", progress.flows,
-		"late_flows", counterSum(reg, "wormsign_detector_late_flows_total"), "alerts", n,
+		"late_flows", int64(counterSum(reg, "wormsign_detector_late_flows_total")), "alerts", n,
 		"duration", time.Since(progress.start).Round(time.Millisecond))
 	return errors.Join(readErr, dErr, sErr, printErr, markErr)
 }
