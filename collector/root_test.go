@@ -17,6 +17,7 @@ import (
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/collector/decode"
 	"github.com/wormsign/wormsign/flow"
+	"github.com/wormsign/wormsign/internal/nfbuild"
 	"github.com/wormsign/wormsign/internal/testenv"
 	"github.com/wormsign/wormsign/network"
 )
@@ -76,9 +77,9 @@ func TestTemplatesSurviveRestart(t *testing.T) {
 	from := netip.MustParseAddrPort("192.0.2.1:5000")
 	now := time.Now().UnixMilli()
 	secs := uint32(now / 1000)
-	templates := nf{version: 9, domain: 7, unixSecs: secs, uptimeMs: 100000, sets: [][]byte{set(0, tmpl256)}}.bytes()
-	data := nf{version: 9, domain: 7, unixSecs: secs, uptimeMs: 100000,
-		sets: [][]byte{set(256, rec256("203.0.113.5", "198.18.0.1", 25, 98500, 99750))}}.bytes()
+	templates := nfbuild.Message{Version: 9, Domain: 7, UnixSecs: secs, UptimeMs: 100000, Sets: [][]byte{nfbuild.Set(0, nfbuild.Template256)}}.Bytes()
+	data := nfbuild.Message{Version: 9, Domain: 7, UnixSecs: secs, UptimeMs: 100000,
+		Sets: [][]byte{nfbuild.Set(256, nfbuild.Record256("203.0.113.5", "198.18.0.1", 25, 98500, 99750))}}.Bytes()
 
 	c, _, _ := newTestComponent(t, cfg)
 	if n := c.Ingest(decode.FamilyNetFlow, from, templates, now, true); n != 0 {
@@ -111,15 +112,15 @@ func TestPublishersKeepSubscriberOrder(t *testing.T) {
 	subs := []string{"203.0.113.1", "203.0.113.2", "203.0.113.3", "203.0.113.4", "203.0.113.5"}
 	sent := 0
 	for i := range datagrams {
-		sets := [][]byte{set(0, tmpl256)}
+		sets := [][]byte{nfbuild.Set(0, nfbuild.Template256)}
 		var recs [][]byte
 		for j := range perDatagram {
 			n := uint32(i*perDatagram + j)
 			// The flow's number is its end time in uptime ms.
-			recs = append(recs, rec256(subs[int(n)%len(subs)], "198.18.0.1", 25, 1, 1+n))
+			recs = append(recs, nfbuild.Record256(subs[int(n)%len(subs)], "198.18.0.1", 25, 1, 1+n))
 		}
-		sets = append(sets, set(256, recs...))
-		dg := nf{version: 9, domain: 1, sequence: uint32(i), unixSecs: secs, uptimeMs: 1 << 30, sets: sets}.bytes()
+		sets = append(sets, nfbuild.Set(256, recs...))
+		dg := nfbuild.Message{Version: 9, Domain: 1, Sequence: uint32(i), UnixSecs: secs, UptimeMs: 1 << 30, Sets: sets}.Bytes()
 		sent += c.Ingest(decode.FamilyNetFlow, from, dg, secs*1000, true)
 	}
 	if err := c.Stop(); err != nil {
@@ -182,9 +183,9 @@ func TestExporterLimits(t *testing.T) {
 	cfg.Exporters = []network.Prefix{network.MustParsePrefix("192.0.2.0/24")}
 	c, consumer, mem := newTestComponent(t, cfg)
 	const secs = 1700000000
-	dg := nf{version: 9, domain: 1, unixSecs: secs, uptimeMs: 100000, sets: [][]byte{
-		set(0, tmpl256), set(256, rec256("203.0.113.5", "198.18.0.1", 25, 1, 2)),
-	}}.bytes()
+	dg := nfbuild.Message{Version: 9, Domain: 1, UnixSecs: secs, UptimeMs: 100000, Sets: [][]byte{
+		nfbuild.Set(0, nfbuild.Template256), nfbuild.Set(256, nfbuild.Record256("203.0.113.5", "198.18.0.1", 25, 1, 2)),
+	}}.Bytes()
 	if n := c.Ingest(decode.FamilyNetFlow, netip.MustParseAddrPort("198.51.100.1:9"), dg, secs*1000, true); n != 0 {
 		t.Errorf("a spoofed exporter got %d flows in", n)
 	}
@@ -233,7 +234,7 @@ func TestExportersBeyondCapShareALabel(t *testing.T) {
 	}
 	c.Start()
 	defer c.Stop()
-	dg := nf{version: 9, domain: 1, unixSecs: 1700000000, sets: [][]byte{set(0, tmpl256)}}.bytes()
+	dg := nfbuild.Message{Version: 9, Domain: 1, UnixSecs: 1700000000, Sets: [][]byte{nfbuild.Set(0, nfbuild.Template256)}}.Bytes()
 	for i := range 5 {
 		c.Ingest(decode.FamilyNetFlow, netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(i + 1)}), 9), dg, 1700000000000, true)
 	}
@@ -277,10 +278,10 @@ func TestQueueBoundsFlows(t *testing.T) {
 	var recs [][]byte
 	const perDatagram = 200 // tiny records: far more than 32 per datagram
 	for i := range perDatagram {
-		recs = append(recs, rec256("203.0.113.5", "198.18.0.1", 25, 1, uint32(2+i)))
+		recs = append(recs, nfbuild.Record256("203.0.113.5", "198.18.0.1", 25, 1, uint32(2+i)))
 	}
-	dg := nf{version: 9, domain: 1, unixSecs: 1700000000, uptimeMs: 100000,
-		sets: [][]byte{set(0, tmpl256), set(256, recs...)}}.bytes()
+	dg := nfbuild.Message{Version: 9, Domain: 1, UnixSecs: 1700000000, UptimeMs: 100000,
+		Sets: [][]byte{nfbuild.Set(0, nfbuild.Template256), nfbuild.Set(256, recs...)}}.Bytes()
 	accepted := 0
 	for range 1000 {
 		accepted += c.Ingest(decode.FamilyNetFlow, netip.MustParseAddrPort("192.0.2.1:9"), dg, 1700000000000, false)

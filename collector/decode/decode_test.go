@@ -11,6 +11,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/wormsign/wormsign/flow"
+	"github.com/wormsign/wormsign/internal/nfbuild"
 	"github.com/wormsign/wormsign/internal/testenv"
 )
 
@@ -96,60 +97,6 @@ func TestDecodeHostileInput(t *testing.T) {
 	}
 }
 
-// nf builds NetFlow v9 (version 9) or IPFIX (10) datagrams for tests.
-type nf struct {
-	version  uint16
-	domain   uint32
-	sequence uint32
-	unixSecs uint32
-	uptimeMs uint32
-	sets     [][]byte
-}
-
-func u16(v uint16) []byte { return binary.BigEndian.AppendUint16(nil, v) }
-func u32(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
-
-func cat(parts ...[]byte) []byte {
-	var out []byte
-	for _, p := range parts {
-		out = append(out, p...)
-	}
-	return out
-}
-
-// set wraps a set body with its header.
-func set(id uint16, body ...[]byte) []byte {
-	b := cat(body...)
-	return cat(u16(id), u16(uint16(4+len(b))), b)
-}
-
-// tmpl is a template record: id, then (type, length) pairs.
-func tmpl(id uint16, fields ...uint16) []byte {
-	b := cat(u16(id), u16(uint16(len(fields)/2)))
-	for _, f := range fields {
-		b = append(b, u16(f)...)
-	}
-	return b
-}
-
-func (n nf) bytes() []byte {
-	body := cat(n.sets...)
-	if n.version == 10 {
-		return cat(u16(10), u16(uint16(16+len(body))), u32(n.unixSecs), u32(n.sequence), u32(n.domain), body)
-	}
-	return cat(u16(9), u16(uint16(len(n.sets))), u32(n.uptimeMs), u32(n.unixSecs), u32(n.sequence), u32(n.domain), body)
-}
-
-// v4 record of the template 256 used below: src, dst, sport, dport,
-// proto, bytes, packets, first, last (uptime ms).
-var tmpl256 = tmpl(256, ieSrcIPv4, 4, ieDstIPv4, 4, ieSrcPort, 2, ieDstPort, 2, ieProtocol, 1,
-	ieOctetDelta, 4, iePacketDelta, 4, ieStartSysUpTime, 4, ieEndSysUpTime, 4)
-
-func rec256(src, dst string, dport uint16, first, last uint32) []byte {
-	s, d := netip.MustParseAddr(src).As4(), netip.MustParseAddr(dst).As4()
-	return cat(s[:], d[:], u16(40000), u16(dport), []byte{6}, u32(124), u32(2), u32(first), u32(last))
-}
-
 var cmpAddr = cmp.Comparer(func(a, b netip.Addr) bool { return a == b })
 
 func TestNetFlowV9Sets(t *testing.T) {
@@ -165,7 +112,7 @@ func TestNetFlowV9Sets(t *testing.T) {
 		}
 	}
 	// Uptime 100000 ms at secs: first 98500 ms is 1.5 s before export.
-	data := set(256, rec256("203.0.113.5", "198.18.0.1", 25, 98500, 99750))
+	data := nfbuild.Set(256, nfbuild.Record256("203.0.113.5", "198.18.0.1", 25, 98500, 99750))
 	cases := []struct {
 		name       string
 		datagrams  [][]byte
@@ -174,52 +121,52 @@ func TestNetFlowV9Sets(t *testing.T) {
 	}{
 		{
 			name: "data before its template in one datagram",
-			datagrams: [][]byte{nf{version: 9, domain: 7, unixSecs: secs, uptimeMs: 100000,
-				sets: [][]byte{data, set(0, tmpl256)}}.bytes()},
+			datagrams: [][]byte{nfbuild.Message{Version: 9, Domain: 7, UnixSecs: secs, UptimeMs: 100000,
+				Sets: [][]byte{data, nfbuild.Set(0, nfbuild.Template256)}}.Bytes()},
 			want:       []flow.Flow{want("198.18.0.1", 25, secs*1000-1500, secs*1000-250, 0)},
 			wantReport: Report{Protocol: "netflow9"},
 		},
 		{
 			name: "unknown template costs only its own set",
-			datagrams: [][]byte{nf{version: 9, domain: 7, unixSecs: secs, uptimeMs: 100000,
-				sets: [][]byte{set(0, tmpl256), set(300, make([]byte, 20)), data}}.bytes()},
+			datagrams: [][]byte{nfbuild.Message{Version: 9, Domain: 7, UnixSecs: secs, UptimeMs: 100000,
+				Sets: [][]byte{nfbuild.Set(0, nfbuild.Template256), nfbuild.Set(300, make([]byte, 20)), data}}.Bytes()},
 			want:       []flow.Flow{want("198.18.0.1", 25, secs*1000-1500, secs*1000-250, 0)},
 			wantReport: Report{Protocol: "netflow9", TemplateMisses: 1},
 		},
 		{
 			name: "templates are per observation domain",
 			datagrams: [][]byte{
-				nf{version: 9, domain: 8, unixSecs: secs, uptimeMs: 100000, sets: [][]byte{set(0, tmpl256)}}.bytes(),
-				nf{version: 9, domain: 7, unixSecs: secs, uptimeMs: 100000, sets: [][]byte{data}}.bytes(),
+				nfbuild.Message{Version: 9, Domain: 8, UnixSecs: secs, UptimeMs: 100000, Sets: [][]byte{nfbuild.Set(0, nfbuild.Template256)}}.Bytes(),
+				nfbuild.Message{Version: 9, Domain: 7, UnixSecs: secs, UptimeMs: 100000, Sets: [][]byte{data}}.Bytes(),
 			},
 			wantReport: Report{Protocol: "netflow9", TemplateMisses: 1},
 		},
 		{
 			name: "options sampling with a one-byte sampling interval",
-			datagrams: [][]byte{nf{version: 9, domain: 7, unixSecs: secs, uptimeMs: 100000, sets: [][]byte{
-				set(0, tmpl256),
+			datagrams: [][]byte{nfbuild.Message{Version: 9, Domain: 7, UnixSecs: secs, UptimeMs: 100000, Sets: [][]byte{
+				nfbuild.Set(0, nfbuild.Template256),
 				// options template 257: scope system (1) of 4 bytes; option
 				// sampling interval (34) in one byte, padded.
-				set(1, u16(257), u16(4), u16(4), u16(1), u16(4), u16(ieSamplingInterval), u16(1)),
-				set(257, u32(0), []byte{100}, []byte{0, 0, 0}),
+				nfbuild.Set(1, nfbuild.U16(257), nfbuild.U16(4), nfbuild.U16(4), nfbuild.U16(1), nfbuild.U16(4), nfbuild.U16(ieSamplingInterval), nfbuild.U16(1)),
+				nfbuild.Set(257, nfbuild.U32(0), []byte{100}, []byte{0, 0, 0}),
 				data,
-			}}.bytes()},
+			}}.Bytes()},
 			want:       []flow.Flow{want("198.18.0.1", 25, secs*1000-1500, secs*1000-250, 100)},
 			wantReport: Report{Protocol: "netflow9", OptionsRecords: 1},
 		},
 		{
 			name: "sequence gap counts lost datagrams",
 			datagrams: [][]byte{
-				nf{version: 9, domain: 7, sequence: 10, unixSecs: secs, uptimeMs: 100000, sets: [][]byte{set(0, tmpl256)}}.bytes(),
-				nf{version: 9, domain: 7, sequence: 14, unixSecs: secs, uptimeMs: 100000, sets: [][]byte{data}}.bytes(),
+				nfbuild.Message{Version: 9, Domain: 7, Sequence: 10, UnixSecs: secs, UptimeMs: 100000, Sets: [][]byte{nfbuild.Set(0, nfbuild.Template256)}}.Bytes(),
+				nfbuild.Message{Version: 9, Domain: 7, Sequence: 14, UnixSecs: secs, UptimeMs: 100000, Sets: [][]byte{data}}.Bytes(),
 			},
 			want:       []flow.Flow{want("198.18.0.1", 25, secs*1000-1500, secs*1000-250, 0)},
 			wantReport: Report{Protocol: "netflow9", LostDatagrams: 3},
 		},
 		{
 			name: "zero padding after the last set",
-			datagrams: [][]byte{cat(nf{version: 9, domain: 7, unixSecs: secs, uptimeMs: 100000,
-				sets: [][]byte{set(0, tmpl256), data}}.bytes(), make([]byte, 40))},
+			datagrams: [][]byte{nfbuild.Cat(nfbuild.Message{Version: 9, Domain: 7, UnixSecs: secs, UptimeMs: 100000,
+				Sets: [][]byte{nfbuild.Set(0, nfbuild.Template256), data}}.Bytes(), make([]byte, 40))},
 			want:       []flow.Flow{want("198.18.0.1", 25, secs*1000-1500, secs*1000-250, 0)},
 			wantReport: Report{Protocol: "netflow9"},
 		},
@@ -252,22 +199,22 @@ func TestIPFIXEnterpriseAndVariableLength(t *testing.T) {
 	// Template 400: src v4, an enterprise field (PEN 29305) of 4 bytes, a
 	// variable-length IANA field (application name, 96), dst port, and
 	// flowEndMilliseconds.
-	tpl := cat(u16(400), u16(5),
-		u16(ieSrcIPv4), u16(4),
-		u16(0x8000|12), u16(4), u32(29305),
-		u16(96), u16(variableLength),
-		u16(ieDstPort), u16(2),
-		u16(ieEndMilliseconds), u16(8))
+	tpl := nfbuild.Cat(nfbuild.U16(400), nfbuild.U16(5),
+		nfbuild.U16(ieSrcIPv4), nfbuild.U16(4),
+		nfbuild.U16(0x8000|12), nfbuild.U16(4), nfbuild.U32(29305),
+		nfbuild.U16(96), nfbuild.U16(variableLength),
+		nfbuild.U16(ieDstPort), nfbuild.U16(2),
+		nfbuild.U16(ieEndMilliseconds), nfbuild.U16(8))
 	src := netip.MustParseAddr("203.0.113.9").As4()
 	endMs := uint64(secs*1000 - 1234)
 	rec := func(name string) []byte {
-		return cat(src[:], u32(0xdeadbeef), []byte{byte(len(name))}, []byte(name), u16(25), binary.BigEndian.AppendUint64(nil, endMs))
+		return nfbuild.Cat(src[:], nfbuild.U32(0xdeadbeef), []byte{byte(len(name))}, []byte(name), nfbuild.U16(25), binary.BigEndian.AppendUint64(nil, endMs))
 	}
 	long := string(make([]byte, 300))
-	longRec := cat(src[:], u32(1), []byte{255}, u16(300), []byte(long), u16(25), binary.BigEndian.AppendUint64(nil, endMs))
-	msg := nf{version: 10, domain: 1, sequence: 0, unixSecs: secs, sets: [][]byte{
-		set(2, tpl), set(400, rec("smtp"), rec(""), longRec),
-	}}.bytes()
+	longRec := nfbuild.Cat(src[:], nfbuild.U32(1), []byte{255}, nfbuild.U16(300), []byte(long), nfbuild.U16(25), binary.BigEndian.AppendUint64(nil, endMs))
+	msg := nfbuild.Message{Version: 10, Domain: 1, Sequence: 0, UnixSecs: secs, Sets: [][]byte{
+		nfbuild.Set(2, tpl), nfbuild.Set(400, rec("smtp"), rec(""), longRec),
+	}}.Bytes()
 	d := newDecoder(false)
 	var rep Report
 	got, err := d.DecodeReport(FamilyNetFlow, from, msg, secs*1000, nil, &rep)
@@ -285,7 +232,7 @@ func TestIPFIXEnterpriseAndVariableLength(t *testing.T) {
 	}
 	// The next message's sequence number should be 3: 2 is one lost record.
 	rep = Report{}
-	next := nf{version: 10, domain: 1, sequence: 4, unixSecs: secs, sets: [][]byte{set(400, rec("x"))}}.bytes()
+	next := nfbuild.Message{Version: 10, Domain: 1, Sequence: 4, UnixSecs: secs, Sets: [][]byte{nfbuild.Set(400, rec("x"))}}.Bytes()
 	if _, err := d.DecodeReport(FamilyNetFlow, from, next, secs*1000, nil, &rep); err != nil {
 		t.Fatal(err)
 	}
@@ -301,13 +248,13 @@ func TestTemplateCapExpiryAndPersistence(t *testing.T) {
 	from := netip.MustParseAddrPort("192.0.2.3:2055")
 	other := netip.MustParseAddrPort("192.0.2.3:2056")
 	const t0 = int64(1700000000000)
-	templates := nf{version: 9, domain: 1, unixSecs: 1700000000, sets: [][]byte{
-		set(0, tmpl256, tmpl(257, ieSrcIPv4, 4), tmpl(258, ieDstIPv4, 4)),
-	}}.bytes()
-	data := nf{version: 9, domain: 1, unixSecs: 1700000000, uptimeMs: 100000, sets: [][]byte{
-		set(256, rec256("203.0.113.5", "198.18.0.1", 25, 1, 2)),
-		set(258, []byte{198, 18, 0, 2}),
-	}}.bytes()
+	templates := nfbuild.Message{Version: 9, Domain: 1, UnixSecs: 1700000000, Sets: [][]byte{
+		nfbuild.Set(0, nfbuild.Template256, nfbuild.Template(257, ieSrcIPv4, 4), nfbuild.Template(258, ieDstIPv4, 4)),
+	}}.Bytes()
+	data := nfbuild.Message{Version: 9, Domain: 1, UnixSecs: 1700000000, UptimeMs: 100000, Sets: [][]byte{
+		nfbuild.Set(256, nfbuild.Record256("203.0.113.5", "198.18.0.1", 25, 1, 2)),
+		nfbuild.Set(258, []byte{198, 18, 0, 2}),
+	}}.Bytes()
 	decode := func(d *Decoder, from netip.AddrPort, dg []byte, now int64) (int, Report) {
 		t.Helper()
 		var rep Report
@@ -367,8 +314,8 @@ func TestSamplingConfiguration(t *testing.T) {
 	d := New(cfg)
 	// A NetFlow v5 datagram with one record and sampling interval 0 or 50.
 	v5 := func(sampling uint16) []byte {
-		hdr := cat(u16(5), u16(1), u32(100000), u32(1700000000), u32(0), u32(0), []byte{0, 0}, u16(sampling))
-		return cat(hdr, make([]byte, 48))
+		hdr := nfbuild.Cat(nfbuild.U16(5), nfbuild.U16(1), nfbuild.U32(100000), nfbuild.U32(1700000000), nfbuild.U32(0), nfbuild.U32(0), []byte{0, 0}, nfbuild.U16(sampling))
+		return nfbuild.Cat(hdr, make([]byte, 48))
 	}
 	cases := []struct {
 		exporter string
@@ -402,11 +349,11 @@ func TestSamplingConfiguration(t *testing.T) {
 func TestNetFlowV5MillisecondTimes(t *testing.T) {
 	// Export at 1700000000.250 s with uptime 100000 ms; the record started
 	// at uptime 98000 and ended at 99900.
-	hdr := cat(u16(5), u16(1), u32(100000), u32(1700000000), u32(250_000_000), u32(0), []byte{0, 0}, u16(0))
+	hdr := nfbuild.Cat(nfbuild.U16(5), nfbuild.U16(1), nfbuild.U32(100000), nfbuild.U32(1700000000), nfbuild.U32(250_000_000), nfbuild.U32(0), []byte{0, 0}, nfbuild.U16(0))
 	rec := make([]byte, 48)
 	binary.BigEndian.PutUint32(rec[24:], 98000)
 	binary.BigEndian.PutUint32(rec[28:], 99900)
-	flows, _, err := newDecoder(false).Decode(FamilyNetFlow, netip.MustParseAddrPort("192.0.2.1:1"), cat(hdr, rec), 1, nil)
+	flows, _, err := newDecoder(false).Decode(FamilyNetFlow, netip.MustParseAddrPort("192.0.2.1:1"), nfbuild.Cat(hdr, rec), 1, nil)
 	if err != nil || len(flows) != 1 {
 		t.Fatalf("%d flows, %v", len(flows), err)
 	}

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/wormsign/wormsign/flow"
+	"github.com/wormsign/wormsign/internal/nfbuild"
 )
 
 // benchRecords is the records per benchmark datagram: routers pack 20-40
@@ -42,8 +43,8 @@ func benchFields(version uint16, varlen bool) []uint16 {
 func benchDatagrams(version uint16, varlen bool) (templates, data []byte) {
 	const secs = 1700000000
 	fields := benchFields(version, varlen)
-	templates = nf{version: version, domain: 1, unixSecs: secs, uptimeMs: 100000,
-		sets: [][]byte{set(map[uint16]uint16{9: 0, 10: 2}[version], tmpl(256, fields...))}}.bytes()
+	templates = nfbuild.Message{Version: version, Domain: 1, UnixSecs: secs, UptimeMs: 100000,
+		Sets: [][]byte{nfbuild.Set(map[uint16]uint16{9: 0, 10: 2}[version], nfbuild.Template(256, fields...))}}.Bytes()
 	var recs [][]byte
 	for i := range benchRecords {
 		var r []byte
@@ -73,8 +74,8 @@ func benchDatagrams(version uint16, varlen bool) (templates, data []byte) {
 		}
 		recs = append(recs, r)
 	}
-	data = nf{version: version, domain: 1, unixSecs: secs, uptimeMs: 100000,
-		sets: [][]byte{set(256, recs...)}}.bytes()
+	data = nfbuild.Message{Version: version, Domain: 1, UnixSecs: secs, UptimeMs: 100000,
+		Sets: [][]byte{nfbuild.Set(256, recs...)}}.Bytes()
 	return templates, data
 }
 
