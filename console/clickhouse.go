@@ -76,7 +76,7 @@ func (s *clickhouseStore) Acks(ctx context.Context, ids []string) (map[string][]
 		return out, nil
 	}
 	rows, err := s.db.Query(ctx, `SELECT incident_id, actor, note, at_ns FROM `+s.table("incident_actions")+`
-		WHERE action = 'ack' AND incident_id IN (?) ORDER BY incident_id, at_ns`, ids)
+		WHERE action = 'ack' AND has(?, incident_id) ORDER BY incident_id, at_ns`, ids)
 	if err != nil {
 		return nil, fmt.Errorf("cannot query incident_actions: %w", err)
 	}
