@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/chromedp/cdproto/log"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
@@ -293,4 +294,109 @@ func TestConsoleEmbeddedBrowser(t *testing.T) {
 	}
 	b.screenshot("top")
 	p.stop(t)
+}
+
+var httpAddrRe = regexp.MustCompile(`msg="http server listening" addr=(\S+)`)
+
+// `wormsign console` in a Kafka + ClickHouse deployment shows the incident
+// that a separate `wormsign detector` raised, and records acks in
+// ClickHouse; the configured token never shows in its log.
+func TestConsoleKafkaClickHouse(t *testing.T) {
+	brokers := strings.Join(testenv.KafkaBrokers(t), ",")
+	chAddr := testenv.ClickHouseAddr(t)
+	lab := testenv.NewLab(t, 2, 40)
+	port := testenv.FreeUDPPort(t)
+	db := testenv.Name(t, "wscon")
+	const token = "configured-console-token-1234"
+	env := []string{
+		"WORMSIGN_KAFKA_BROKERS=" + brokers,
+		"WORMSIGN_KAFKA_FLOWS_TOPIC=" + testenv.Name(t, "flows"),
+		"WORMSIGN_KAFKA_ALERTS_TOPIC=" + testenv.Name(t, "alerts"),
+		"WORMSIGN_CLICKHOUSE_ADDR=" + chAddr,
+		"WORMSIGN_CLICKHOUSE_DATABASE=" + db,
+		"WORMSIGN_DETECTOR_GROUP=" + testenv.Name(t, "detector"),
+		"WORMSIGN_SINK_GROUP=" + testenv.Name(t, "sink"),
+		"WORMSIGN_SUBSCRIBER_NETWORKS=203.0.113.0/24",
+		fmt.Sprintf("WORMSIGN_COLLECTOR_NETFLOW_LISTEN=127.0.0.1:%d", port),
+		"WORMSIGN_COLLECTOR_SFLOW_LISTEN=",
+		"WORMSIGN_HTTP_TOKEN=" + token,
+	}
+	t.Cleanup(func() {
+		cfg := clickhouse.Options{Addr: []string{chAddr}}
+		if conn, err := clickhouse.Open(&cfg); err == nil {
+			conn.Exec(context.Background(), "DROP DATABASE IF EXISTS "+db)
+			conn.Close()
+		}
+	})
+	sink := startWormsign(t, env, "sink")
+	waitLog(t, sink, "wormsign started")
+	con := startWormsign(t, env, "console")
+	waitLog(t, con, "wormsign started")
+	base := "http://" + logMatch(t, con, httpAddrRe)
+	detector := startWormsign(t, env, "detector")
+	waitLog(t, detector, "wormsign started")
+	collector := startWormsign(t, env, "collector")
+	waitLog(t, collector, "wormsign started")
+
+	b := newBrowser(t)
+	b.do("open the board", chromedp.Navigate(base+"/login?token="+token))
+	b.waitFor("board and live stream", `!!document.querySelector("#board") && document.querySelector("#live").classList.contains("on")`, 30*time.Second)
+	zombie := lab.Subscribers[0].String()
+	zombieScenario(t, lab, port)
+	// Live through the alerts topic, or at the latest on the board's
+	// minute refresh from ClickHouse.
+	b.waitFor("zombie on the board", fmt.Sprintf(`[...document.querySelectorAll("#board tbody tr")].some(r => r.textContent.includes(%q))`, zombie), 90*time.Second)
+	b.screenshot("board")
+
+	// The incident, from ClickHouse, and an ack recorded there.
+	api := func(method, path, body string) (int, []byte) {
+		req, _ := http.NewRequest(method, base+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+token)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var raw json.RawMessage
+		json.NewDecoder(resp.Body).Decode(&raw)
+		return resp.StatusCode, raw
+	}
+	var list struct {
+		Incidents []struct{ ID, Kind, SubscriberIP string }
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		_, raw := api("GET", "/api/v1/incidents?subscriber="+zombie, "")
+		if json.Unmarshal(raw, &list); len(list.Incidents) > 0 {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if len(list.Incidents) != 1 || list.Incidents[0].Kind != "smtp_fanout" {
+		t.Fatalf("incidents of the zombie from ClickHouse: %+v", list.Incidents)
+	}
+	if code, raw := api("POST", "/api/v1/incidents/"+list.Incidents[0].ID+"/ack", `{"by":"noc-2","note":"blocked"}`); code != 201 {
+		t.Fatalf("ack: %d %s", code, raw)
+	}
+	conn, err := clickhouse.Open(&clickhouse.Options{Addr: []string{chAddr}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var by string
+	if err := conn.QueryRow(context.Background(), "SELECT actor FROM "+db+".incident_actions WHERE incident_id = ?", list.Incidents[0].ID).Scan(&by); err != nil || by != "noc-2" {
+		t.Errorf("incident_actions: %q, %v; want the ack of noc-2", by, err)
+	}
+	b.do("reload", chromedp.Reload())
+	b.waitFor("ack on the board", `[...document.querySelectorAll("#board tbody tr")].some(r => r.textContent.includes("noc-2"))`, 30*time.Second)
+	b.screenshot("board-acked")
+
+	collector.stop(t)
+	detector.stop(t)
+	con.stop(t)
+	sink.stop(t)
+	if raw, _ := os.ReadFile(con.cmd.Stderr.(*os.File).Name()); strings.Contains(string(raw), token) {
+		t.Errorf("the configured token is in the console's log")
+	}
 }
