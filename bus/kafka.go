@@ -147,6 +147,25 @@ func (k *Kafka) Consumer(topic, group string) (Consumer, error) {
 	})}, nil
 }
 
+// Tail reads topic from its end as the only member of group, which should
+// be unique to the reader: nothing is committed, so a restart starts at the
+// end again. The console reads live alerts this way, every instance all of
+// them.
+func (k *Kafka) Tail(topic, group string) (Consumer, error) {
+	return &kafkaConsumer{r: kafka.NewReader(kafka.ReaderConfig{
+		Brokers:           k.config.Brokers,
+		GroupID:           group,
+		Topic:             topic,
+		MinBytes:          1,
+		MaxBytes:          16 << 20,
+		MaxWait:           250 * time.Millisecond,
+		StartOffset:       kafka.LastOffset,
+		SessionTimeout:    10 * time.Second,
+		RebalanceTimeout:  10 * time.Second,
+		HeartbeatInterval: time.Second,
+	})}, nil
+}
+
 func (c *kafkaConsumer) Fetch(ctx context.Context) (Message, error) {
 	m, err := c.r.FetchMessage(ctx)
 	if err != nil {

@@ -3,7 +3,7 @@
 # (softflowd, pmacct), an independent decoder (tshark), nfdump, capture and
 # namespace tools. Idempotent; skips what is already there.
 set -euo pipefail
-packages=(softflowd pmacct tshark nfdump tcpdump iproute2 clickhouse-server clickhouse-client)
+packages=(softflowd pmacct tshark nfdump tcpdump iproute2 clickhouse-server clickhouse-client chromium)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

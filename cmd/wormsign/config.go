@@ -9,6 +9,7 @@ import (
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/clickhousedb"
 	"github.com/wormsign/wormsign/collector"
+	"github.com/wormsign/wormsign/console"
 	"github.com/wormsign/wormsign/detector"
 	"github.com/wormsign/wormsign/internal/config"
 	"github.com/wormsign/wormsign/internal/httpserver"
@@ -28,6 +29,7 @@ type Configuration struct {
 	Collector          collector.Configuration    `yaml:"collector"`
 	Detector           detector.Configuration     `yaml:"detector"`
 	Sink               sink.Configuration         `yaml:"sink"`
+	Console            console.Configuration      `yaml:"console"`
 }
 
 // DefaultConfiguration is the embedded default `wormsign run` starts with.
@@ -40,6 +42,7 @@ func DefaultConfiguration() Configuration {
 		Collector:  collector.DefaultConfiguration(),
 		Detector:   detector.DefaultConfiguration(),
 		Sink:       sink.DefaultConfiguration(),
+		Console:    console.DefaultConfiguration(),
 	}
 }
 
@@ -51,7 +54,7 @@ func loadConfiguration(path string) (Configuration, error) {
 	if _, err := parseLevel(cfg.LogLevel); err != nil {
 		return cfg, err
 	}
-	for _, v := range []interface{ Validate() error }{cfg.Kafka, cfg.ClickHouse, cfg.Collector, cfg.Detector, cfg.Sink} {
+	for _, v := range []interface{ Validate() error }{cfg.Kafka, cfg.ClickHouse, cfg.Collector, cfg.Detector, cfg.Sink, cfg.Console} {
 		if err := v.Validate(); err != nil {
 			return cfg, err
 		}

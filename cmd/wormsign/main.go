@@ -23,6 +23,7 @@ commands:
   collector  receive NetFlow/IPFIX/sFlow and publish flows to Kafka
   detector   consume flows, publish alerts to Kafka
   sink       write flows and alerts from Kafka to ClickHouse
+  console    serve the NOC console and HTTP API from ClickHouse and the alerts topic
   replay     replay pcap/pcapng captures of export datagrams (--flows: print flows)
   migrate    create or upgrade the ClickHouse schema
   version    print the version
@@ -70,13 +71,15 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	logger := newLogger(cfg.LogLevel)
 	switch cmd {
 	case "run":
-		return runStages(ctx, cfg, logger, stdout, stages{collector: true, detector: true, sink: true})
+		return runStages(ctx, cfg, logger, stdout, stages{collector: true, detector: true, sink: true, console: true})
 	case "collector":
 		return runStages(ctx, cfg, logger, stdout, stages{collector: true})
 	case "detector":
 		return runStages(ctx, cfg, logger, stdout, stages{detector: true})
 	case "sink":
 		return runStages(ctx, cfg, logger, stdout, stages{sink: true})
+	case "console":
+		return runStages(ctx, cfg, logger, stdout, stages{console: true})
 	case "migrate":
 		return migrate(ctx, cfg, logger)
 	case "replay":

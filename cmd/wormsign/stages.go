@@ -3,8 +3,11 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"os"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -13,13 +16,14 @@ import (
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/clickhousedb"
 	"github.com/wormsign/wormsign/collector"
+	"github.com/wormsign/wormsign/console"
 	"github.com/wormsign/wormsign/detector"
 	"github.com/wormsign/wormsign/internal/httpserver"
 	"github.com/wormsign/wormsign/network"
 	"github.com/wormsign/wormsign/sink"
 )
 
-type stages struct{ collector, detector, sink bool }
+type stages struct{ collector, detector, sink, console bool }
 
 // lockedWriter lets several goroutines print whole lines.
 type lockedWriter struct {
@@ -52,7 +56,7 @@ func runStages(ctx context.Context, cfg Configuration, logger *slog.Logger, stdo
 
 	var b bus.Bus
 	if len(cfg.Kafka.Brokers) == 0 {
-		if want != (stages{true, true, true}) {
+		if want != (stages{true, true, true, true}) {
 			return errors.New("kafka.brokers is empty: only `wormsign run` works without Kafka")
 		}
 		b = bus.NewMemory(1024)
@@ -76,19 +80,31 @@ func runStages(ctx context.Context, cfg Configuration, logger *slog.Logger, stdo
 		return errors.Join(errs...)
 	}
 
-	if want.sink {
-		var ch *clickhousedb.DB
-		if cfg.ClickHouse.Addr != "" {
-			var err error
-			if ch, err = clickhousedb.Open(ctx, cfg.ClickHouse); err != nil {
-				return err
-			}
-			defer ch.Close()
-			if err := ch.Migrate(ctx, logger); err != nil {
-				return err
-			}
-			http.AddReadyCheck("clickhouse", func() error { return ch.Ping(context.Background()) })
+	var ch *clickhousedb.DB
+	if want.console && !want.sink && cfg.ClickHouse.Addr == "" {
+		return errors.New("clickhouse.addr is empty: `wormsign console` reads history from ClickHouse")
+	}
+	if (want.sink || want.console) && cfg.ClickHouse.Addr != "" {
+		var err error
+		if ch, err = clickhousedb.Open(ctx, cfg.ClickHouse); err != nil {
+			return err
 		}
+		defer ch.Close()
+		if err := ch.Migrate(ctx, logger); err != nil {
+			return err
+		}
+		http.AddReadyCheck("clickhouse", func() error { return ch.Ping(context.Background()) })
+	}
+	if want.console {
+		// First: on the in-process bus the console's queues must exist
+		// before the stages publish; stopped last.
+		stop, err := startConsole(cfg, logger, reg, http, b, ch)
+		if err != nil {
+			return err
+		}
+		stops = append(stops, stop)
+	}
+	if want.sink {
 		sinkCfg := cfg.Sink
 		if ch == nil {
 			logger.Info("no clickhouse.addr: alerts go to stdout as JSON lines")
@@ -161,4 +177,49 @@ func migrate(ctx context.Context, cfg Configuration, logger *slog.Logger) error 
 	}
 	defer db.Close()
 	return db.Migrate(ctx, logger)
+}
+
+// startConsole mounts the console on the HTTP server and starts it. Without
+// http.token it makes one up and prints the console's URL with it, once, on
+// stderr (stdout carries alerts); a configured token is never printed.
+func startConsole(cfg Configuration, logger *slog.Logger, reg *prometheus.Registry, http *httpserver.Component, b bus.Bus, ch *clickhousedb.DB) (func() error, error) {
+	token := cfg.HTTP.Token
+	generated := token == ""
+	if generated {
+		token = console.GenerateToken()
+	}
+	c, err := console.New(cfg.Console, console.Dependencies{
+		Logger: logger.With("component", "console"), Registry: reg, Bus: b,
+		AlertsTopic: cfg.Kafka.AlertsTopic, FlowsTopic: cfg.Kafka.FlowsTopic, ClickHouse: ch,
+		Subscribers: network.NewSubscribers(cfg.SubscriberNetworks), Token: token,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Start(); err != nil {
+		return nil, err
+	}
+	http.Handle("/", c.Handler())
+	if cfg.HTTP.Listen != "" {
+		url := consoleURL(http.Addr())
+		if generated {
+			fmt.Fprintf(os.Stderr, "\nwormsign console (no http.token configured, this one is made up for this run):\n    %slogin?token=%s\n\n", url, token)
+		} else {
+			logger.Info("console listening", "url", url)
+		}
+	}
+	return c.Stop, nil
+}
+
+// consoleURL is the console's address as a browser on this machine reaches
+// it.
+func consoleURL(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "http://" + addr + "/"
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		host = "localhost"
+	}
+	return "http://" + net.JoinHostPort(host, port) + "/"
 }

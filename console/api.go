@@ -1,0 +1,497 @@
+package console
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"mime"
+	"net/http"
+	"net/netip"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/wormsign/wormsign/alert"
+)
+
+type apiError struct {
+	Error string `json:"error"`
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, apiError{Error: msg})
+}
+
+// badRequest is a client mistake, answered 400 with its message.
+type badRequest struct{ msg string }
+
+func (e badRequest) Error() string { return e.msg }
+
+func badf(format string, args ...any) error { return badRequest{fmt.Sprintf(format, args...)} }
+
+// fail answers err: 400 for a client mistake, 404 for an unknown
+// incident, 503 for a store that does not answer (logged and counted).
+func (c *Component) fail(w http.ResponseWriter, err error) {
+	var bad badRequest
+	switch {
+	case errors.As(err, &bad):
+		writeError(w, http.StatusBadRequest, bad.msg)
+	case errors.Is(err, errNotFound):
+		writeError(w, http.StatusNotFound, "no such incident")
+	default:
+		c.metrics.storeErrors.Inc()
+		c.deps.Logger.Warn("console store failed", "error", err)
+		writeError(w, http.StatusServiceUnavailable, "the store does not answer: "+err.Error())
+	}
+}
+
+// params checks that a request names only known parameters, each once.
+func params(r *http.Request, known ...string) error {
+	q := r.URL.Query()
+	for k, v := range q {
+		ok := false
+		for _, kk := range known {
+			ok = ok || k == kk
+		}
+		if !ok {
+			return badf("unknown parameter %q (known: %s)", k, strings.Join(known, ", "))
+		}
+		if len(v) > 1 {
+			return badf("parameter %q given %d times", k, len(v))
+		}
+	}
+	return nil
+}
+
+func intParam(r *http.Request, name string, def, min, max int) (int, error) {
+	s := r.URL.Query().Get(name)
+	if s == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < min || n > max {
+		return 0, badf("%s: %q, want an integer from %d to %d", name, s, min, max)
+	}
+	return n, nil
+}
+
+func durationParam(r *http.Request, name string, def, min, max time.Duration) (time.Duration, error) {
+	s := r.URL.Query().Get(name)
+	if s == "" {
+		return def, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < min || d > max {
+		return 0, badf("%s: %q, want a duration from %s to %s, e.g. 1h or 30m", name, s, min, max)
+	}
+	return d, nil
+}
+
+var kindPattern = regexp.MustCompile(`^[a-z][a-z0-9_]{0,31}$`)
+
+// incidentQuery is what GET /api/v1/incidents asks.
+type incidentQuery struct {
+	state      string
+	kind       string
+	subscriber netip.Addr
+	since      time.Time
+	limit      int
+	after      *alert.Alert // the cursor's place
+}
+
+type cursor struct {
+	Open  bool      `json:"o"`
+	Score float64   `json:"s"`
+	End   time.Time `json:"e"`
+	ID    string    `json:"i"`
+}
+
+func encodeCursor(a *alert.Alert) string {
+	b, _ := json.Marshal(cursor{Open: isOpen(a), Score: a.Score, End: a.WindowEnd, ID: a.ID})
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func decodeCursor(s string) (*alert.Alert, error) {
+	raw, err := base64.RawURLEncoding.DecodeString(s)
+	var cur cursor
+	if err == nil {
+		err = json.Unmarshal(raw, &cur)
+	}
+	if err != nil || cur.ID == "" || math.IsNaN(cur.Score) {
+		return nil, badf("cursor: %q is not a next_cursor of this API", s)
+	}
+	a := &alert.Alert{ID: cur.ID, Score: cur.Score, WindowEnd: cur.End, State: alert.StateOpen}
+	if !cur.Open {
+		a.State = alert.StateResolved
+	}
+	return a, nil
+}
+
+func (c *Component) parseIncidentQuery(r *http.Request) (incidentQuery, error) {
+	q := incidentQuery{}
+	if err := params(r, "state", "kind", "subscriber", "since", "limit", "cursor"); err != nil {
+		return q, err
+	}
+	v := r.URL.Query()
+	switch q.state = v.Get("state"); q.state {
+	case "":
+		q.state = "open"
+	case "open", "resolved", "any":
+	default:
+		return q, badf("state: %q, want open, resolved or any", q.state)
+	}
+	if q.kind = v.Get("kind"); q.kind != "" && !kindPattern.MatchString(q.kind) {
+		return q, badf("kind: %q, want an alert kind such as smtp_fanout", q.kind)
+	}
+	if s := v.Get("subscriber"); s != "" {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return q, badf("subscriber: %q is not an IP address", s)
+		}
+		q.subscriber = a.Unmap()
+	}
+	q.since = c.now().Add(-c.config.Lookback)
+	if s := v.Get("since"); s != "" {
+		if t, err := time.Parse(time.RFC3339, s); err == nil {
+			q.since = t
+		} else if d, err := time.ParseDuration(s); err == nil && d > 0 {
+			q.since = c.now().Add(-d)
+		} else {
+			return q, badf("since: %q, want an RFC 3339 time (2026-11-27T05:00:00Z) or a duration back from now (24h)", s)
+		}
+	}
+	var err error
+	if q.limit, err = intParam(r, "limit", 100, 1, 1000); err != nil {
+		return q, err
+	}
+	if s := v.Get("cursor"); s != "" {
+		if q.after, err = decodeCursor(s); err != nil {
+			return q, err
+		}
+	}
+	return q, nil
+}
+
+type incidentList struct {
+	Incidents  []Incident     `json:"incidents"`
+	NextCursor *string        `json:"next_cursor"`
+	Counts     map[string]int `json:"counts"`
+}
+
+// serveIncidents is GET /api/v1/incidents.
+func (c *Component) serveIncidents(w http.ResponseWriter, r *http.Request) {
+	q, err := c.parseIncidentQuery(r)
+	if err != nil {
+		c.fail(w, err)
+		return
+	}
+	events, err := c.store.Events(r.Context(), q.since)
+	if err != nil {
+		c.fail(w, err)
+		return
+	}
+	var matching []alert.Alert
+	counts := map[string]int{}
+	for _, a := range latest(events) {
+		switch {
+		case q.state == "open" && !isOpen(&a), q.state == "resolved" && isOpen(&a),
+			q.subscriber.IsValid() && a.SubscriberIP != q.subscriber.String(),
+			a.WindowEnd.Before(q.since):
+			continue
+		}
+		counts[a.Kind]++
+		if q.kind != "" && a.Kind != q.kind {
+			continue
+		}
+		if q.after != nil && !before(q.after, &a) {
+			continue
+		}
+		matching = append(matching, a)
+	}
+	sortIncidents(matching)
+	out := incidentList{Incidents: []Incident{}, Counts: counts}
+	if len(matching) > q.limit {
+		next := encodeCursor(&matching[q.limit-1])
+		out.NextCursor = &next
+		matching = matching[:q.limit]
+	}
+	if out.Incidents, err = c.withAcks(r, matching); err != nil {
+		c.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func sortIncidents(as []alert.Alert) {
+	// Insertion into a sorted order would do; the lists are small.
+	for i := 1; i < len(as); i++ {
+		for j := i; j > 0 && before(&as[j], &as[j-1]); j-- {
+			as[j], as[j-1] = as[j-1], as[j]
+		}
+	}
+}
+
+// withAcks attaches each incident's latest acknowledgement.
+func (c *Component) withAcks(r *http.Request, as []alert.Alert) ([]Incident, error) {
+	ids := make([]string, len(as))
+	for i := range as {
+		ids[i] = as[i].ID
+	}
+	acks, err := c.store.Acks(r.Context(), ids)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Incident, len(as))
+	for i, a := range as {
+		out[i] = Incident{Alert: a}
+		if l := acks[a.ID]; len(l) > 0 {
+			ack := l[len(l)-1]
+			out[i].Ack = &ack
+		}
+	}
+	return out, nil
+}
+
+type incidentDetail struct {
+	Incident Incident      `json:"incident"`
+	Events   []alert.Alert `json:"events"`
+	Acks     []Ack         `json:"acks"`
+}
+
+func (c *Component) incidentDetail(r *http.Request, id string) (incidentDetail, error) {
+	var d incidentDetail
+	if id == "" || len(id) > 128 {
+		return d, badf("incident id: %q is not an incident id", id)
+	}
+	events, err := c.store.IncidentEvents(r.Context(), id)
+	if err != nil {
+		return d, err
+	}
+	sortEvents(events)
+	incs, err := c.withAcks(r, events[len(events)-1:])
+	if err != nil {
+		return d, err
+	}
+	acks, err := c.store.Acks(r.Context(), []string{id})
+	if err != nil {
+		return d, err
+	}
+	d = incidentDetail{Incident: incs[0], Events: events, Acks: acks[id]}
+	if d.Acks == nil {
+		d.Acks = []Ack{}
+	}
+	return d, nil
+}
+
+// serveIncident is GET /api/v1/incidents/{id}.
+func (c *Component) serveIncident(w http.ResponseWriter, r *http.Request) {
+	if err := params(r); err != nil {
+		c.fail(w, err)
+		return
+	}
+	d, err := c.incidentDetail(r, r.PathValue("id"))
+	if err != nil {
+		c.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, d)
+}
+
+type ackRequest struct {
+	By   string `json:"by"`
+	Note string `json:"note"`
+}
+
+// serveAck is POST /api/v1/incidents/{id}/ack.
+func (c *Component) serveAck(w http.ResponseWriter, r *http.Request) {
+	// A JSON body cannot come from a cross-site form without a CORS
+	// preflight, which this server never grants.
+	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/json" {
+		writeError(w, http.StatusUnsupportedMediaType, `send the ack as JSON (Content-Type: application/json): {"by":"...","note":"..."}`)
+		return
+	}
+	id := r.PathValue("id")
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 16<<10))
+	dec.DisallowUnknownFields()
+	var req ackRequest
+	if err := dec.Decode(&req); err != nil {
+		c.fail(w, badf("body: %v; want {\"by\":\"...\",\"note\":\"...\"}", err))
+		return
+	}
+	if dec.Decode(&struct{}{}) != io.EOF {
+		c.fail(w, badf("body: want one JSON object"))
+		return
+	}
+	req.By, req.Note = strings.TrimSpace(req.By), strings.TrimSpace(req.Note)
+	switch {
+	case req.By == "":
+		c.fail(w, badf("by: who acknowledges must be given"))
+		return
+	case len(req.By) > 100:
+		c.fail(w, badf("by: at most 100 bytes"))
+		return
+	case len(req.Note) > 2000:
+		c.fail(w, badf("note: at most 2000 bytes"))
+		return
+	}
+	if _, err := c.store.IncidentEvents(r.Context(), id); err != nil {
+		c.fail(w, err)
+		return
+	}
+	ack := Ack{By: req.By, Note: req.Note, At: c.now().UTC()}
+	if err := c.store.AddAck(r.Context(), id, ack); err != nil {
+		c.fail(w, err)
+		return
+	}
+	c.metrics.acks.Inc()
+	c.deps.Logger.Info("incident acknowledged", "id", id, "by", ack.By)
+	writeJSON(w, http.StatusCreated, struct {
+		ID  string `json:"id"`
+		Ack Ack    `json:"ack"`
+	}{id, ack})
+}
+
+type subscriberView struct {
+	SubscriberIP string     `json:"subscriber_ip"`
+	SubscriberID string     `json:"subscriber_id"`
+	From         time.Time  `json:"from"`
+	To           time.Time  `json:"to"`
+	Series       []Point    `json:"series"`
+	Incidents    []Incident `json:"incidents"`
+}
+
+func (c *Component) parseSubscriber(r *http.Request, extra ...string) (netip.Addr, int, error) {
+	if err := params(r, append([]string{"hours"}, extra...)...); err != nil {
+		return netip.Addr{}, 0, err
+	}
+	s := r.PathValue("ip")
+	ip, err := netip.ParseAddr(s)
+	if err != nil {
+		return ip, 0, badf("subscriber: %q is not an IP address", s)
+	}
+	hours, err := intParam(r, "hours", 24, 1, int(c.maxHistory()/time.Hour))
+	return ip.Unmap(), hours, err
+}
+
+// maxHistory is how far back subscriber series go.
+func (c *Component) maxHistory() time.Duration {
+	if c.memory != nil {
+		return c.config.History
+	}
+	return 31 * 24 * time.Hour
+}
+
+// serveSubscriber is GET /api/v1/subscribers/{ip}.
+func (c *Component) serveSubscriber(w http.ResponseWriter, r *http.Request) {
+	ip, hours, err := c.parseSubscriber(r)
+	if err != nil {
+		c.fail(w, err)
+		return
+	}
+	to := c.now().UTC().Truncate(time.Minute).Add(time.Minute)
+	from := to.Add(-time.Duration(hours) * time.Hour)
+	v := subscriberView{SubscriberIP: ip.String(), From: from, To: to, Series: []Point{}, Incidents: []Incident{}}
+	series, err := c.store.Series(r.Context(), ip, from, to)
+	if err != nil {
+		c.fail(w, err)
+		return
+	}
+	if series != nil {
+		v.Series = series
+	}
+	since := c.now().Add(-max(c.config.Lookback, time.Duration(hours)*time.Hour))
+	events, err := c.store.Events(r.Context(), since)
+	if err != nil {
+		c.fail(w, err)
+		return
+	}
+	var mine []alert.Alert
+	for _, a := range latest(events) {
+		if a.SubscriberIP == v.SubscriberIP {
+			mine = append(mine, a)
+			if a.SubscriberID != "" {
+				v.SubscriberID = a.SubscriberID
+			}
+		}
+	}
+	sortIncidents(mine)
+	if v.Incidents, err = c.withAcks(r, mine); err != nil {
+		c.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
+}
+
+// serveChart is GET /api/v1/subscribers/{ip}/chart.svg: one series of the
+// subscriber as an SVG line chart, drawn here so the console needs no
+// chart library.
+func (c *Component) serveChart(w http.ResponseWriter, r *http.Request) {
+	ip, hours, err := c.parseSubscriber(r, "metric")
+	if err != nil {
+		c.fail(w, err)
+		return
+	}
+	metric := r.URL.Query().Get("metric")
+	if metric == "" {
+		metric = "flows"
+	}
+	if _, ok := chartMetrics[metric]; !ok {
+		c.fail(w, badf("metric: %q, want flows, smtp_flows, destinations or smtp_destinations", metric))
+		return
+	}
+	to := c.now().UTC().Truncate(time.Minute).Add(time.Minute)
+	from := to.Add(-time.Duration(hours) * time.Hour)
+	series, err := c.store.Series(r.Context(), ip, from, to)
+	if err != nil {
+		c.fail(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "image/svg+xml")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Write(drawChart(series, metric, from, to))
+}
+
+// serveTopSMTP is GET /api/v1/top/smtp.
+func (c *Component) serveTopSMTP(w http.ResponseWriter, r *http.Request) {
+	if err := params(r, "window", "limit"); err != nil {
+		c.fail(w, err)
+		return
+	}
+	window, err := durationParam(r, "window", time.Hour, time.Minute, c.maxHistory())
+	if err != nil {
+		c.fail(w, err)
+		return
+	}
+	limit, err := intParam(r, "limit", 20, 1, 1000)
+	if err != nil {
+		c.fail(w, err)
+		return
+	}
+	from := c.now().UTC().Add(-window).Truncate(time.Minute)
+	talkers, err := c.store.TopSMTP(r.Context(), from, limit)
+	if err != nil {
+		c.fail(w, err)
+		return
+	}
+	if talkers == nil {
+		talkers = []Talker{}
+	}
+	writeJSON(w, http.StatusOK, struct {
+		Window  string    `json:"window"`
+		From    time.Time `json:"from"`
+		Talkers []Talker  `json:"talkers"`
+	}{window.String(), from, talkers})
+}
