@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/wormsign/wormsign/schemas"
@@ -55,6 +56,46 @@ func (db *DB) Migrate(ctx context.Context, logger *slog.Logger) error {
 			return fmt.Errorf("cannot record migration %s: %w", m.Name, err)
 		}
 		logger.Info("applied clickhouse migration", "name", m.Name, "database", name, "server", db.version)
+	}
+	return db.applyDeduplication(ctx)
+}
+
+// DeduplicationWindow is how many recent INSERT blocks of flows and alerts
+// a server with insert deduplication for non-replicated tables remembers,
+// by a hash of their content, so that it drops a block identical to one of
+// them: a retry racing the earlier try it repeats, or two sink instances
+// writing the same batch at once. The sink's ledger keeps re-deliveries
+// out on every version; this closes what the ledger cannot see (see
+// schemas/clickhouse/README.md).
+const DeduplicationWindow = 10000
+
+// deduplicatedTables are the tables the sink writes from bus messages and
+// the targets of their views: a current server passes a block it dropped
+// as a duplicate on to the views all the same, each target deduplicating
+// by its own window (the view's block id derives from the source block's
+// with deduplicate_blocks_in_dependent_materialized_views, see
+// InsertContext).
+var deduplicatedTables = []string{"flows", "alerts", "flows_1m", "sink_ledger"}
+
+// applyDeduplication sets non_replicated_deduplication_window on the
+// tables where the server knows it (not 18.16), unless already set.
+func (db *DB) applyDeduplication(ctx context.Context) error {
+	if !db.insertDeduplication {
+		return nil
+	}
+	setting := fmt.Sprintf("non_replicated_deduplication_window = %d", DeduplicationWindow)
+	for _, table := range deduplicatedTables {
+		var engine string
+		if err := db.conn.QueryRow(ctx, "SELECT engine_full FROM system.tables WHERE database = ? AND name = ?",
+			db.config.Database, table).Scan(&engine); err != nil {
+			return fmt.Errorf("cannot read the engine of %s: %w", table, err)
+		}
+		if strings.Contains(engine, setting) {
+			continue
+		}
+		if err := db.conn.Exec(ctx, "ALTER TABLE "+db.config.Database+"."+table+" MODIFY SETTING "+setting); err != nil {
+			return fmt.Errorf("cannot set the insert deduplication window of %s: %w", table, err)
+		}
 	}
 	return nil
 }

@@ -22,6 +22,10 @@ type DB struct {
 	conn     driver.Conn
 	version  string
 	features schemas.Features
+	// insertDeduplication: the server can drop an INSERT block identical
+	// to a recent one in a non-replicated table (setting
+	// non_replicated_deduplication_window), asked of the server itself.
+	insertDeduplication bool
 }
 
 // Open connects and checks that the server answers.
@@ -57,6 +61,13 @@ func Open(ctx context.Context, config Configuration) (*DB, error) {
 		conn.Close()
 		return nil, err
 	}
+	var n uint64
+	if err := conn.QueryRow(pingCtx, "SELECT (SELECT count() FROM system.merge_tree_settings WHERE name = 'non_replicated_deduplication_window')"+
+		" + (SELECT count() FROM system.settings WHERE name = 'deduplicate_blocks_in_dependent_materialized_views')").Scan(&n); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("cannot read ClickHouse's settings: %w", err)
+	}
+	db.insertDeduplication = n == 2
 	return db, nil
 }
 
@@ -71,6 +82,27 @@ func (db *DB) Version() string { return db.version }
 
 // Features are what the server can do beyond 18.16.
 func (db *DB) Features() schemas.Features { return db.features }
+
+// InsertDeduplication tells whether Migrate gives flows and alerts a
+// window of DeduplicationWindow blocks in which the server drops an INSERT
+// block identical to an earlier one (not on 18.16).
+func (db *DB) InsertDeduplication() bool { return db.insertDeduplication }
+
+// InsertContext returns ctx with the settings of an INSERT into flows or
+// alerts: where the server deduplicates, identical blocks are dropped in
+// the table and in the targets of its views alike (the views' blocks are
+// identified by the source block, not by their own content, which two
+// different batches could share in the rollup). It replaces any settings
+// ctx carries.
+func (db *DB) InsertContext(ctx context.Context) context.Context {
+	if !db.insertDeduplication {
+		return ctx
+	}
+	return clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{
+		"insert_deduplicate": 1,
+		"deduplicate_blocks_in_dependent_materialized_views": 1,
+	}))
+}
 
 // Database is the name of wormsign's database (clickhouse.database); a
 // statement names its tables as Database() + ".table".

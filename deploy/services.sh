@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # Installs and runs the real services wormsign talks to, on loopback, for
 # development and tests: a single-node Apache Kafka in KRaft mode (jars from
-# Maven Central, run with the machine's Java) and a ClickHouse server (the
-# Debian package). Everything they write lives under $SERVICES_DIR.
+# Maven Central, run with the machine's Java), a ClickHouse server (the
+# Debian package, 18.16) and a current ClickHouse (the engine of PyPI's
+# chdb-core, installed with pip into a virtual environment, serving the
+# native and HTTP protocols as clickhouse-local). Everything they write lives
+# under $SERVICES_DIR.
 #
-#   deploy/services.sh up      install what is missing, start, wait until both answer
-#   deploy/services.sh down    stop both
+#   deploy/services.sh up      install what is missing, start, wait until all answer
+#   deploy/services.sh down    stop them
 #   deploy/services.sh status  say what runs
 #
-# Where WORMSIGN_KAFKA_BROKERS or WORMSIGN_CLICKHOUSE_ADDR point at existing
-# services, that service is left alone. Idempotent: `up` twice is harmless.
+# Where WORMSIGN_KAFKA_BROKERS, WORMSIGN_CLICKHOUSE_ADDR or
+# WORMSIGN_TEST_CLICKHOUSE_MODERN_ADDR point at existing services, that
+# service is left alone; so is a current ClickHouse already answering on its
+# port (e.g. started from another checkout). Idempotent: `up` twice is
+# harmless.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -21,6 +27,9 @@ kafka_port=${SERVICES_KAFKA_PORT:-9092}
 kafka_controller_port=$((kafka_port + 1))
 ch_port=${SERVICES_CLICKHOUSE_PORT:-9000}
 ch_http_port=${SERVICES_CLICKHOUSE_HTTP_PORT:-8123}
+chm_port=${SERVICES_CLICKHOUSE_MODERN_PORT:-9100}
+chm_http_port=${SERVICES_CLICKHOUSE_MODERN_HTTP_PORT:-8124}
+chdb_version=${SERVICES_CHDB_VERSION:-26.9.0}
 
 log() { printf 'services: %s\n' "$*" >&2; }
 
@@ -106,6 +115,47 @@ clickhouse_up() {
 
 clickhouse_ready() { clickhouse-client --port "$ch_port" -q 'SELECT 1' >/dev/null 2>&1; }
 
+# The current ClickHouse: chdb-core's clickhouse-local, started by
+# deploy/clickhouse-modern/serve.py in a directory holding its config.xml.
+clickhouse_modern_up() {
+	local dir=$state/clickhouse-modern
+	mkdir -p "$dir/data" "$dir/log"
+	if running "$dir/pid"; then return 0; fi
+	if clickhouse_modern_ready; then
+		log "a ClickHouse already answers on 127.0.0.1:$chm_http_port; using it"
+		return 0
+	fi
+	if [ ! -f "$dir/venv/.chdb-$chdb_version" ]; then
+		python3 -c 'import ensurepip' 2>/dev/null || apt_install python3-venv
+		log "installing chdb-core $chdb_version from PyPI into $dir/venv"
+		rm -rf "$dir/venv"
+		python3 -m venv "$dir/venv"
+		# Only the engine: numpy, pandas and pyarrow serve chdb's Python
+		# API, not the server.
+		"$dir/venv/bin/pip" install -q --disable-pip-version-check --no-deps \
+			"chdb-core==$chdb_version" >"$dir/pip.log" 2>&1 || { cat "$dir/pip.log"; exit 1; }
+		touch "$dir/venv/.chdb-$chdb_version"
+	fi
+	sed -e "s|@DIR@|$dir|g" -e "s|@PORT@|$chm_port|g" -e "s|@HTTP_PORT@|$chm_http_port|g" \
+		"$here/clickhouse-modern/config.xml" >"$dir/config.xml"
+	cp "$here/clickhouse-modern/users.xml" "$here/clickhouse-modern/serve.py" "$dir/"
+	log "starting ClickHouse $chdb_version (chdb-core) on 127.0.0.1:$chm_port"
+	(cd "$dir" && exec nohup "$dir/venv/bin/python" serve.py "$dir/data" \
+		>"$dir/log/stdout.log" 2>&1 </dev/null) &
+	echo $! >"$dir/pid"
+	wait_for clickhouse-modern 60 clickhouse_modern_ready ||
+		{ tail -50 "$dir/log/stdout.log" "$dir/log/server.err.log" 2>/dev/null; exit 1; }
+}
+
+# Ready when the HTTP port answers /ping: the ports open only once the
+# engine has loaded its tables.
+clickhouse_modern_ready() {
+	local reply
+	reply=$( (exec 3<>"/dev/tcp/127.0.0.1/$chm_http_port" &&
+		printf 'GET /ping HTTP/1.0\r\n\r\n' >&3 && timeout 5 cat <&3) 2>/dev/null) || return 1
+	[[ $reply == *"Ok."* ]]
+}
+
 stop() { # name pidfile
 	local pidfile=$2
 	if running "$pidfile"; then
@@ -123,15 +173,23 @@ case ${1:-} in
 up)
 	if [ -z "${WORMSIGN_KAFKA_BROKERS:-}" ]; then kafka_up; else log "using Kafka at $WORMSIGN_KAFKA_BROKERS"; fi
 	if [ -z "${WORMSIGN_CLICKHOUSE_ADDR:-}" ]; then clickhouse_up; else log "using ClickHouse at $WORMSIGN_CLICKHOUSE_ADDR"; fi
+	if [ -z "${WORMSIGN_TEST_CLICKHOUSE_MODERN_ADDR:-}" ]; then
+		clickhouse_modern_up
+	else
+		log "using the current ClickHouse at $WORMSIGN_TEST_CLICKHOUSE_MODERN_ADDR"
+	fi
 	log "ready"
 	;;
 down)
 	stop kafka "$state/kafka/pid"
 	stop clickhouse "$state/clickhouse/pid"
+	stop clickhouse-modern "$state/clickhouse-modern/pid"
 	;;
 status)
 	running "$state/kafka/pid" && echo "kafka: running (127.0.0.1:$kafka_port)" || echo "kafka: stopped"
 	running "$state/clickhouse/pid" && echo "clickhouse: running (127.0.0.1:$ch_port)" || echo "clickhouse: stopped"
+	running "$state/clickhouse-modern/pid" && echo "clickhouse-modern: running (127.0.0.1:$chm_port, HTTP $chm_http_port)" ||
+		echo "clickhouse-modern: stopped"
 	;;
 *)
 	echo "usage: $0 up|down|status" >&2

@@ -109,7 +109,10 @@ func TestFaultClickHouseRestart(t *testing.T) {
 	if testing.Short() {
 		t.Skip("fault test")
 	}
-	server, addr := startPrivateClickHouse(t)
+	forEachPrivateClickHouse(t, testFaultClickHouseRestart)
+}
+
+func testFaultClickHouseRestart(t *testing.T, server *privateService, addr string) {
 	// A short read timeout, so that a frozen server fails writes fast.
 	ch := openTestClickHouseTimeout(t, addr, 2*time.Second)
 	kcfg := bus.DefaultConfiguration()
@@ -168,7 +171,11 @@ func TestFaultKafkaRestart(t *testing.T) {
 	if testing.Short() {
 		t.Skip("fault test")
 	}
-	ch := openTestClickHouse(t, testenv.ClickHouseAddr(t))
+	testenv.ForEachClickHouse(t, testFaultKafkaRestart)
+}
+
+func testFaultKafkaRestart(t *testing.T, chAddr string) {
+	ch := openTestClickHouse(t, chAddr)
 	broker, addr := startPrivateKafka(t)
 	kcfg := bus.DefaultConfiguration()
 	kcfg.Brokers = []string{addr}
@@ -229,7 +236,10 @@ func TestFaultBackPressureInMemory(t *testing.T) {
 	if testing.Short() {
 		t.Skip("fault test")
 	}
-	server, addr := startPrivateClickHouse(t)
+	forEachPrivateClickHouse(t, testFaultBackPressureInMemory)
+}
+
+func testFaultBackPressureInMemory(t *testing.T, server *privateService, addr string) {
 	ch := openTestClickHouseTimeout(t, addr, 2*time.Second)
 	mem := bus.NewMemory(16)
 	cfg := faultSinkConfig(t)

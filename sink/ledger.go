@@ -371,6 +371,7 @@ func (l *ledgerWriter) insertFlowBlock(ctx context.Context, block *flowBlock, ip
 	if block.rows() == 0 {
 		return nil
 	}
+	ctx = l.db.InsertContext(ctx)
 	batch, err := l.db.PrepareBatch(ctx, "INSERT INTO "+l.db.Database()+".flows ("+flowColumns+")")
 	if err != nil {
 		return fmt.Errorf("cannot prepare flows insert: %w", err)
@@ -392,6 +393,7 @@ func (l *ledgerWriter) insertAlerts(ctx context.Context, alerts []alertRow) erro
 	if len(alerts) == 0 {
 		return nil
 	}
+	ctx = l.db.InsertContext(ctx)
 	batch, err := l.db.PrepareBatch(ctx, "INSERT INTO "+l.db.Database()+".alerts ("+alertColumns+")")
 	if err != nil {
 		return fmt.Errorf("cannot prepare alerts insert: %w", err)

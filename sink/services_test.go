@@ -144,6 +144,69 @@ func startPrivateClickHouse(t *testing.T) (*privateService, string) {
 	return s, "127.0.0.1:" + strconv.Itoa(port)
 }
 
+// startPrivateClickHouseModern runs the current ClickHouse that
+// deploy/services.sh installed (chdb-core's clickhouse-local, serving
+// through deploy/clickhouse-modern/serve.py) with that directory's
+// configuration on free ports, and returns it with its native address. A
+// restart serves the same data directory again.
+func startPrivateClickHouseModern(t *testing.T) (*privateService, string) {
+	t.Helper()
+	root := testenv.RepoRoot(t)
+	python := filepath.Join(root, ".services", "clickhouse-modern", "venv", "bin", "python")
+	if _, err := os.Stat(python); err != nil {
+		if out, err := exec.Command(filepath.Join(root, "deploy", "services.sh"), "up").CombinedOutput(); err != nil {
+			t.Logf("deploy/services.sh up: %v\n%s", err, out)
+		}
+		if _, err := os.Stat(python); err != nil {
+			testenv.Unavailable(t, "chdb-core missing in %s (deploy/services.sh up installs it)", python)
+		}
+	}
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "log"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	port, httpPort := freePort(t), freePort(t)
+	raw, err := os.ReadFile(filepath.Join(root, "deploy/clickhouse-modern/config.xml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	config := strings.NewReplacer("@DIR@", dir, "@PORT@", strconv.Itoa(port), "@HTTP_PORT@", strconv.Itoa(httpPort)).Replace(string(raw))
+	if err := os.WriteFile(filepath.Join(dir, "config.xml"), []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"users.xml", "serve.py"} {
+		b, err := os.ReadFile(filepath.Join(root, "deploy/clickhouse-modern", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := &privateService{t: t, name: "clickhouse (chdb-core)", dir: dir, log: filepath.Join(dir, "log", "stdout.log"),
+		args:  []string{python, "serve.py", filepath.Join(dir, "data")},
+		ready: func() bool { return portOpen(port) }}
+	s.start()
+	t.Cleanup(s.kill)
+	return s, "127.0.0.1:" + strconv.Itoa(port)
+}
+
+// forEachPrivateClickHouse runs test once per server of
+// testenv.ClickHouseServers, each started privately for the test to kill
+// or freeze, as subtests named like testenv.ForEachClickHouse's.
+func forEachPrivateClickHouse(t *testing.T, test func(t *testing.T, server *privateService, addr string)) {
+	t.Helper()
+	start := map[string]func(*testing.T) (*privateService, string){
+		"18.16": startPrivateClickHouse, "modern": startPrivateClickHouseModern,
+	}
+	for _, srv := range testenv.ClickHouseServers() {
+		t.Run(srv.Name, func(t *testing.T) {
+			server, addr := start[srv.Name](t)
+			test(t, server, addr)
+		})
+	}
+}
+
 // startPrivateKafka runs a single-node KRaft broker from the jars that
 // deploy/services.sh fetched, with deploy/kafka's configuration on free
 // ports, and returns it with its bootstrap address.

@@ -185,9 +185,13 @@ func TestEmbeddedRunAlertsOnStdout(t *testing.T) {
 	}
 }
 
+// The three stages over Kafka, into each ClickHouse the tests run on.
 func TestKafkaClickHousePipeline(t *testing.T) {
+	testenv.ForEachClickHouse(t, testKafkaClickHousePipeline)
+}
+
+func testKafkaClickHousePipeline(t *testing.T, chAddr string) {
 	brokers := strings.Join(testenv.KafkaBrokers(t), ",")
-	chAddr := testenv.ClickHouseAddr(t)
 	lab := testenv.NewLab(t, 2, 40)
 	port := testenv.FreeUDPPort(t)
 	db := testenv.Name(t, "wse2e")
@@ -231,7 +235,7 @@ func TestKafkaClickHousePipeline(t *testing.T) {
 	}
 	if flows != uint64(exported) {
 		t.Errorf("ClickHouse has %d flow rows, softflowd exported %d", flows, exported)
-		rows, err := conn.Query(ctx, "SELECT src_addr, dst_addr, src_port, dst_port, count() AS n FROM "+db+
+		rows, err := conn.Query(ctx, "SELECT toString(src_addr), toString(dst_addr), src_port, dst_port, count() AS n FROM "+db+
 			".flows GROUP BY src_addr, dst_addr, src_port, dst_port HAVING n > 1")
 		if err == nil {
 			for rows.Next() {

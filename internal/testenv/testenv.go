@@ -1,7 +1,8 @@
 // Package testenv finds the real services and tools that wormsign's tests
-// run against: Kafka and ClickHouse started by deploy/services.sh (or the
-// ones WORMSIGN_KAFKA_BROKERS / WORMSIGN_CLICKHOUSE_ADDR point at), root
-// for network namespaces, exporters such as softflowd. A missing service
+// run against: Kafka and the two ClickHouse servers started by
+// deploy/services.sh (or the ones WORMSIGN_KAFKA_BROKERS,
+// WORMSIGN_CLICKHOUSE_ADDR and WORMSIGN_TEST_CLICKHOUSE_MODERN_ADDR point
+// at), root for network namespaces, exporters such as softflowd. A missing service
 // skips the test when run by hand and fails it when CI=true: CI must never
 // pass by skipping.
 package testenv
@@ -50,14 +51,52 @@ func KafkaBrokers(t testing.TB) []string {
 	return brokers
 }
 
-// ClickHouseAddr returns the native-protocol address of the test ClickHouse.
+// ClickHouseAddr returns the native-protocol address of the test
+// ClickHouse 18.16 (Debian's package), the oldest release wormsign
+// supports. Tests that run on every server use ForEachClickHouse.
 func ClickHouseAddr(t testing.TB) string {
 	t.Helper()
-	addr := envOr("WORMSIGN_CLICKHOUSE_ADDR", "127.0.0.1:9000")
+	return ClickHouseServers()[0].Addr(t)
+}
+
+// ClickHouseServer is one ClickHouse the tests run against.
+type ClickHouseServer struct {
+	// Name is the subtest's name: "18.16" for Debian's package, "modern"
+	// for the current release (chdb-core's engine, 26.9 as installed by
+	// deploy/services.sh).
+	Name string
+	// Env names the variable that points at an existing server instead
+	// of the one deploy/services.sh starts on Default.
+	Env, Default string
+}
+
+// ClickHouseServers returns the servers every ClickHouse test runs
+// against: the oldest supported release and a current one.
+func ClickHouseServers() []ClickHouseServer {
+	return []ClickHouseServer{
+		{Name: "18.16", Env: "WORMSIGN_CLICKHOUSE_ADDR", Default: "127.0.0.1:9000"},
+		{Name: "modern", Env: "WORMSIGN_TEST_CLICKHOUSE_MODERN_ADDR", Default: "127.0.0.1:9100"},
+	}
+}
+
+// Addr returns the server's native-protocol address; a server that does
+// not answer skips the test, or fails it in CI.
+func (s ClickHouseServer) Addr(t testing.TB) string {
+	t.Helper()
+	addr := envOr(s.Env, s.Default)
 	if !reachable(addr) {
-		Unavailable(t, "ClickHouse at %s does not answer", addr)
+		Unavailable(t, "ClickHouse %s at %s does not answer (%s)", s.Name, addr, s.Env)
 	}
 	return addr
+}
+
+// ForEachClickHouse runs test once per server of ClickHouseServers, as a
+// subtest named after the server, with the server's address.
+func ForEachClickHouse(t *testing.T, test func(t *testing.T, addr string)) {
+	t.Helper()
+	for _, s := range ClickHouseServers() {
+		t.Run(s.Name, func(t *testing.T) { test(t, s.Addr(t)) })
+	}
 }
 
 // Root requires root (network namespaces, raw capture).
