@@ -1,5 +1,6 @@
 // Package httpserver serves /metrics, /healthz and /readyz for whichever
-// stages run in the process.
+// stages run in the process, and whatever else a component mounts (the
+// console at "/"). Those three stay open; http.token guards the console.
 package httpserver
 
 import (
@@ -21,6 +22,10 @@ import (
 // Configuration of the HTTP server.
 type Configuration struct {
 	Listen string `yaml:"listen"`
+	// Token guards the console and /api/ (not /metrics, /healthz,
+	// /readyz). Empty: `wormsign run` and `wormsign console` generate one
+	// at start and print the console's URL with it once.
+	Token string `yaml:"token"`
 }
 
 // DefaultConfiguration listens on every address, port 8080.
@@ -35,6 +40,7 @@ type Component struct {
 	logger   *slog.Logger
 	registry *prometheus.Registry
 	server   *http.Server
+	mux      *http.ServeMux
 	listener net.Listener
 
 	mu     sync.Mutex
@@ -48,9 +54,14 @@ func New(logger *slog.Logger, config Configuration, registry *prometheus.Registr
 	mux.Handle("/metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{Registry: registry}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("/readyz", c.ready)
+	c.mux = mux
 	c.server = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	return c
 }
+
+// Handle serves pattern with h, next to /metrics, /healthz and /readyz
+// (which stay as they are: the most specific pattern wins).
+func (c *Component) Handle(pattern string, h http.Handler) { c.mux.Handle(pattern, h) }
 
 // AddReadyCheck makes /readyz depend on check.
 func (c *Component) AddReadyCheck(name string, check ReadyFunc) {
