@@ -9,6 +9,7 @@ import (
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/clickhousedb"
 	"github.com/wormsign/wormsign/collector"
+	"github.com/wormsign/wormsign/containment"
 	"github.com/wormsign/wormsign/detector"
 	"github.com/wormsign/wormsign/internal/config"
 	"github.com/wormsign/wormsign/internal/httpserver"
@@ -28,18 +29,20 @@ type Configuration struct {
 	Collector          collector.Configuration    `yaml:"collector"`
 	Detector           detector.Configuration     `yaml:"detector"`
 	Sink               sink.Configuration         `yaml:"sink"`
+	Containment        containment.Configuration  `yaml:"containment"`
 }
 
 // DefaultConfiguration is the embedded default `wormsign run` starts with.
 func DefaultConfiguration() Configuration {
 	return Configuration{
-		LogLevel:   "info",
-		HTTP:       httpserver.DefaultConfiguration(),
-		Kafka:      bus.DefaultConfiguration(),
-		ClickHouse: clickhousedb.DefaultConfiguration(),
-		Collector:  collector.DefaultConfiguration(),
-		Detector:   detector.DefaultConfiguration(),
-		Sink:       sink.DefaultConfiguration(),
+		LogLevel:    "info",
+		HTTP:        httpserver.DefaultConfiguration(),
+		Kafka:       bus.DefaultConfiguration(),
+		ClickHouse:  clickhousedb.DefaultConfiguration(),
+		Collector:   collector.DefaultConfiguration(),
+		Detector:    detector.DefaultConfiguration(),
+		Sink:        sink.DefaultConfiguration(),
+		Containment: containment.DefaultConfiguration(),
 	}
 }
 
@@ -51,7 +54,7 @@ func loadConfiguration(path string) (Configuration, error) {
 	if _, err := parseLevel(cfg.LogLevel); err != nil {
 		return cfg, err
 	}
-	for _, v := range []interface{ Validate() error }{cfg.Kafka, cfg.ClickHouse, cfg.Collector, cfg.Detector, cfg.Sink} {
+	for _, v := range []interface{ Validate() error }{cfg.Kafka, cfg.ClickHouse, cfg.Collector, cfg.Detector, cfg.Sink, cfg.Containment} {
 		if err := v.Validate(); err != nil {
 			return cfg, err
 		}

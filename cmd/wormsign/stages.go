@@ -13,6 +13,7 @@ import (
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/clickhousedb"
 	"github.com/wormsign/wormsign/collector"
+	"github.com/wormsign/wormsign/containment"
 	"github.com/wormsign/wormsign/detector"
 	"github.com/wormsign/wormsign/internal/httpserver"
 	"github.com/wormsign/wormsign/network"
@@ -76,8 +77,8 @@ func runStages(ctx context.Context, cfg Configuration, logger *slog.Logger, stdo
 		return errors.Join(errs...)
 	}
 
+	var ch *clickhousedb.DB
 	if want.sink {
-		var ch *clickhousedb.DB
 		if cfg.ClickHouse.Addr != "" {
 			var err error
 			if ch, err = clickhousedb.Open(ctx, cfg.ClickHouse); err != nil {
@@ -109,6 +110,14 @@ func runStages(ctx context.Context, cfg Configuration, logger *slog.Logger, stdo
 			s.Drain()
 			return s.Stop()
 		})
+	}
+	if want.sink && cfg.Containment.Enabled {
+		c, err := startContainment(cfg, logger, reg, b, ch, http)
+		if err != nil {
+			stopAll()
+			return err
+		}
+		stops = append(stops, c.Stop)
 	}
 	if want.detector {
 		d, err := detector.New(cfg.Detector, detector.Dependencies{
@@ -161,4 +170,34 @@ func migrate(ctx context.Context, cfg Configuration, logger *slog.Logger) error 
 	}
 	defer db.Close()
 	return db.Migrate(ctx, logger)
+}
+
+// startContainment runs the block list policy next to the sink and mounts
+// its API, guarded by http.token.
+func startContainment(cfg Configuration, logger *slog.Logger, reg *prometheus.Registry, b bus.Bus,
+	ch *clickhousedb.DB, http *httpserver.Component) (*containment.Component, error) {
+	groups := map[string][]network.Prefix{}
+	for _, g := range cfg.Detector.Groups {
+		groups[g.Name] = g.Networks
+	}
+	token := cfg.HTTP.Token
+	if token == "" {
+		token = generateToken()
+		logger.Warn("no http.token: generated one for the block list API", "token", token)
+	}
+	c, err := containment.New(cfg.Containment, containment.Dependencies{
+		Logger: logger.With("component", "containment"), Registry: reg, Bus: b,
+		AlertsTopic: cfg.Kafka.AlertsTopic, ClickHouse: ch, Webhooks: cfg.Sink.Webhooks,
+		DetectorAllowList: cfg.Detector.AllowList, DetectorGroups: groups,
+		Authorize: bearer(token),
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Start(); err != nil {
+		return nil, err
+	}
+	http.Handle("/api/v1/blocklist", c.Handler())
+	http.Handle("/api/v1/blocklist/", c.Handler())
+	return c, nil
 }
