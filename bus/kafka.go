@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -236,4 +237,116 @@ func (k *Kafka) DeleteTopics(ctx context.Context, topics ...string) error {
 		}
 	}
 	return nil
+}
+
+// EnsureTopic creates topic when it is missing, with the given topic
+// configuration (e.g. cleanup.policy=compact); an existing topic is left
+// as it is.
+func (k *Kafka) EnsureTopic(ctx context.Context, topic string, partitions int, configs map[string]string) error {
+	tc := kafka.TopicConfig{Topic: topic, NumPartitions: partitions, ReplicationFactor: k.config.ReplicationFactor}
+	for name, value := range configs {
+		tc.ConfigEntries = append(tc.ConfigEntries, kafka.ConfigEntry{ConfigName: name, ConfigValue: value})
+	}
+	resp, err := k.client.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{tc}})
+	if err != nil {
+		return fmt.Errorf("cannot create topic %s: %w", topic, err)
+	}
+	if err := resp.Errors[topic]; err != nil && !errors.Is(err, kafka.TopicAlreadyExists) {
+		return fmt.Errorf("cannot create topic %s: %w", topic, err)
+	}
+	return nil
+}
+
+// Follow calls fn for every message of topic, partition by partition in
+// order, from the oldest retained on, and then for each new one until ctx
+// ends, without a consumer group: every caller reads everything. caughtUp
+// (may be nil) is called once every partition has been read up to where
+// it ended when Follow was called. fn is never called concurrently.
+func (k *Kafka) Follow(ctx context.Context, topic string, fn func(Message) error, caughtUp func()) error {
+	meta, err := k.client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
+	if err != nil {
+		return fmt.Errorf("cannot list partitions of %s: %w", topic, err)
+	}
+	var mu sync.Mutex
+	var pending int
+	var once sync.Once
+	done := func() {
+		if caughtUp != nil {
+			once.Do(caughtUp)
+		}
+	}
+	type part struct {
+		id         int
+		first, end int64
+	}
+	var parts []part
+	for _, t := range meta.Topics {
+		if t.Error != nil {
+			return fmt.Errorf("cannot list partitions of %s: %w", topic, t.Error)
+		}
+		for _, p := range t.Partitions {
+			var conn *kafka.Conn
+			for _, b := range k.config.Brokers {
+				if conn, err = kafka.DialLeader(ctx, "tcp", b, topic, p.ID); err == nil {
+					break
+				}
+			}
+			if err != nil {
+				return fmt.Errorf("cannot reach the leader of %s/%d: %w", topic, p.ID, err)
+			}
+			first, end, err := conn.ReadOffsets()
+			conn.Close()
+			if err != nil {
+				return fmt.Errorf("cannot find offsets in %s/%d: %w", topic, p.ID, err)
+			}
+			parts = append(parts, part{p.ID, first, end})
+			if end > first {
+				pending++
+			}
+		}
+	}
+	if pending == 0 {
+		done()
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, len(parts))
+	for _, p := range parts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := kafka.NewReader(kafka.ReaderConfig{
+				Brokers: k.config.Brokers, Topic: topic, Partition: p.id,
+				MinBytes: 1, MaxBytes: 16 << 20, MaxWait: 250 * time.Millisecond,
+			})
+			defer r.Close()
+			if err := r.SetOffset(p.first); err != nil {
+				errs <- fmt.Errorf("cannot seek %s/%d: %w", topic, p.id, err)
+				return
+			}
+			for {
+				m, err := r.FetchMessage(ctx)
+				if err != nil {
+					if ctx.Err() == nil {
+						errs <- fmt.Errorf("cannot read %s/%d: %w", topic, p.id, err)
+					}
+					return
+				}
+				mu.Lock()
+				err = fn(fromKafka(m))
+				if m.Offset == p.end-1 {
+					if pending--; pending == 0 {
+						done()
+					}
+				}
+				mu.Unlock()
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
 }

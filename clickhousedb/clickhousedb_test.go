@@ -71,7 +71,7 @@ func testMigrateTwice(t *testing.T, addr string) {
 		t.Errorf("schema_migrations has %d rows after two runs (%v), want 5", n, err)
 	}
 	got := queryStrings(t, db, "SELECT name FROM system.tables WHERE database = ? ORDER BY name", name)
-	want := []string{"alerts", "alerts_ledger_mv", "flows", "flows_1m", "flows_1m_mv", "flows_ledger_mv", "incident_actions", "replays", "schema_migrations", "sink_ledger"}
+	want := []string{"alerts", "alerts_ledger_mv", "containment_actions", "flows", "flows_1m", "flows_1m_mv", "flows_ledger_mv", "incident_actions", "replays", "schema_migrations", "sink_ledger"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("tables (-want +got):\n%s", diff)
 	}

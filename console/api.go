@@ -313,6 +313,9 @@ func (c *Component) serveIncident(w http.ResponseWriter, r *http.Request) {
 type ackRequest struct {
 	By   string `json:"by"`
 	Note string `json:"note"`
+	// Hold asks containment to hold the incident's block (postpone it
+	// within the grace, lift it when active) while the desk works.
+	Hold bool `json:"hold"`
 }
 
 // serveAck is POST /api/v1/incidents/{id}/ack.
@@ -346,6 +349,9 @@ func (c *Component) serveAck(w http.ResponseWriter, r *http.Request) {
 	case len(req.Note) > 2000:
 		c.fail(w, badf("note: at most 2000 bytes"))
 		return
+	case req.Hold && c.deps.Holder == nil:
+		c.fail(w, badf("hold: containment is not enabled here (containment.enabled)"))
+		return
 	}
 	if _, err := c.store.IncidentEvents(r.Context(), id); err != nil {
 		c.fail(w, err)
@@ -356,8 +362,14 @@ func (c *Component) serveAck(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, err)
 		return
 	}
+	if req.Hold {
+		if err := c.deps.Holder.Hold(r.Context(), id, req.By, req.Note); err != nil {
+			c.fail(w, badf("hold: %v", err))
+			return
+		}
+	}
 	c.metrics.acks.Inc()
-	c.deps.Logger.Info("incident acknowledged", "id", id, "by", ack.By)
+	c.deps.Logger.Info("incident acknowledged", "id", id, "by", ack.By, "hold", req.Hold)
 	writeJSON(w, http.StatusCreated, struct {
 		ID  string `json:"id"`
 		Ack Ack    `json:"ack"`

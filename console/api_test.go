@@ -295,6 +295,7 @@ func TestPaginationAndAck(t *testing.T) {
 		{"inc03", "application/json", `{"by":"ann","extra":1}`, 400},
 		{"inc03", "application/json", `not json`, 400},
 		{"inc03", "application/x-www-form-urlencoded", `by=ann`, 415},
+		{"inc03", "application/json", `{"by":"ann","hold":true}`, 400}, // no containment here
 		{"nope", "application/json", `{"by":"ann"}`, 404},
 		{"inc03", "application/json", `{"by":"ann","note":"called the customer"}`, 201},
 	} {
@@ -466,3 +467,36 @@ func TestMemorySubscriberAndTop(t *testing.T) {
 }
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// fakeHolder records the holds the console passes on.
+type fakeHolder struct{ holds []string }
+
+func (f *fakeHolder) Hold(_ context.Context, id, by, note string) error {
+	f.holds = append(f.holds, id+" "+by+" "+note)
+	return nil
+}
+
+// TestAckHold: an ack with hold reaches containment, one without does not.
+func TestAckHold(t *testing.T) {
+	c, srv, publish := newTestConsole(t)
+	holder := &fakeHolder{}
+	c.deps.Holder = holder
+	publish(testAlert("h1", alert.StateOpen, 2, -1))
+	waitIncidents(t, c, 1)
+	for _, body := range []string{`{"by":"ann","note":"calling"}`, `{"by":"ann","note":"customer cleans the PC","hold":true}`} {
+		req, _ := http.NewRequest("POST", srv.URL+"/api/v1/incidents/h1/ack", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+testToken)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 201 {
+			t.Fatalf("ack %s: %d", body, resp.StatusCode)
+		}
+	}
+	if diff := cmp.Diff([]string{"h1 ann customer cleans the PC"}, holder.holds); diff != "" {
+		t.Errorf("holds (-want +got):\n%s", diff)
+	}
+}

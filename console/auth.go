@@ -26,8 +26,10 @@ func GenerateToken() string {
 	return hex.EncodeToString(b)
 }
 
-func (c *Component) sessionValue() string {
-	m := hmac.New(sha256.New, []byte(c.deps.Token))
+func (c *Component) sessionValue() string { return sessionValue(c.deps.Token) }
+
+func sessionValue(token string) string {
+	m := hmac.New(sha256.New, []byte(token))
 	m.Write([]byte("wormsign console session v1"))
 	return hex.EncodeToString(m.Sum(nil))
 }
@@ -40,15 +42,24 @@ func equal(a, b string) bool {
 
 // authorized tells whether r carries the token (Authorization: Bearer) or
 // the session cookie.
-func (c *Component) authorized(r *http.Request) bool {
-	if h := r.Header.Get("Authorization"); h != "" {
-		scheme, token, ok := strings.Cut(h, " ")
-		return ok && strings.EqualFold(scheme, "Bearer") && equal(strings.TrimSpace(token), c.deps.Token)
+func (c *Component) authorized(r *http.Request) bool { return Authorizer(c.deps.Token)(r) }
+
+// Authorizer checks requests as the console does: the token in
+// Authorization: Bearer, or the session cookie its login form sets. Other
+// APIs on the same server (the block list) use it, so that one login
+// serves them all.
+func Authorizer(token string) func(*http.Request) bool {
+	session := sessionValue(token)
+	return func(r *http.Request) bool {
+		if h := r.Header.Get("Authorization"); h != "" {
+			scheme, t, ok := strings.Cut(h, " ")
+			return ok && strings.EqualFold(scheme, "Bearer") && equal(strings.TrimSpace(t), token)
+		}
+		if ck, err := r.Cookie(sessionCookie); err == nil {
+			return equal(ck.Value, session)
+		}
+		return false
 	}
-	if ck, err := r.Cookie(sessionCookie); err == nil {
-		return equal(ck.Value, c.sessionValue())
-	}
-	return false
 }
 
 // requireAPI answers 401 in JSON to a request without the token.

@@ -54,8 +54,16 @@ type Dependencies struct {
 	// Token guards the console and /api/ (http.token); it must not be
 	// empty: cmd generates one when none is configured.
 	Token string
+	// Holder, when containment runs in this process, takes the acks that
+	// ask to hold an incident's block; nil answers such acks with 400.
+	Holder Holder
 	// Now is the clock (nil: time.Now); tests set it.
 	Now func() time.Time
+}
+
+// Holder postpones or lifts the block of an incident (containment).
+type Holder interface {
+	Hold(ctx context.Context, incidentID, by, note string) error
 }
 
 // tailer is a bus that can read a topic from its end in a consumer group

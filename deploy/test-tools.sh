@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite runs against: real exporters
 # (softflowd, pmacct), an independent decoder (tshark), nfdump, capture and
-# namespace tools. Idempotent; skips what is already there.
+# namespace tools, the edge tools containment exports to (nftables, ipset,
+# exabgp). Idempotent; skips what is already there.
 set -euo pipefail
-packages=(softflowd pmacct tshark nfdump tcpdump iproute2 clickhouse-server clickhouse-client chromium)
+packages=(softflowd pmacct tshark nfdump tcpdump iproute2 clickhouse-server clickhouse-client nftables ipset exabgp chromium)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -47,7 +47,6 @@ type Engine struct {
 	sources     map[sourceKey]*source
 	slowest     *source
 	wallMs      int64 // wall clock, for idle sources only (SetWallClock)
-	newestMs    int64 // newest flow end seen
 	scannedAtMs int64 // wallMs at the last rescan of the sources
 	lastSweep   int64 // minute of the last sweep
 	// lateByExporter counts late flows per exporter, for the metric that

@@ -22,6 +22,10 @@ type sourceKey struct {
 
 type source struct {
 	maxEndMs int64 // newest flow end seen from the source
+	// lagMs is how long before the collector received them the source's
+	// newest flows ended: hours for an exporter whose clock is wrong,
+	// seconds for any other, however far behind it runs.
+	lagMs int64
 	// progressMs is how far the source has come: the newest progress
 	// its messages announced (bus.Message.LowMs) or, without that, its
 	// newest flow end. The watermark is the least progress.
@@ -69,8 +73,10 @@ func (e *Engine) observeSource(origin uint64, lowMs int64, f *flow.Flow) sourceK
 	advanced := progress > s.progressMs
 	s.progressMs = max(s.progressMs, progress)
 	s.maxEndMs = max(s.maxEndMs, f.EndMs)
+	if f.TimeReceivedMs > 0 && f.EndMs == s.maxEndMs {
+		s.lagMs = f.TimeReceivedMs - f.EndMs
+	}
 	s.lastWallMs = e.wallMs
-	e.newestMs = max(e.newestMs, f.EndMs)
 	// The minimum can only rise when the slowest source advances, and an
 	// idle source can only drop out as the wall clock moves on: rescan then.
 	if added || (advanced && s == e.slowest) || e.slowest == nil || e.wallMs-e.scannedAtMs >= 1000 {
@@ -101,9 +107,11 @@ func (e *Engine) rescanSources() {
 			}
 			continue
 		}
-		if e.newestMs-s.progressMs > e.keepMs {
-			// So far behind that no window still holds its flows (a
-			// broken clock): it must not stall event time for everyone.
+		if s.lagMs > e.keepMs {
+			// Its flows end longer before they are received than any
+			// window lasts: a broken exporter clock must not stall event
+			// time for everyone. (A source merely behind the others, or
+			// a capture with hours of silence, is not that.)
 			continue
 		}
 		if slowest == nil || s.progressMs < slowest.progressMs {

@@ -10,6 +10,7 @@ import (
 	"github.com/wormsign/wormsign/clickhousedb"
 	"github.com/wormsign/wormsign/collector"
 	"github.com/wormsign/wormsign/console"
+	"github.com/wormsign/wormsign/containment"
 	"github.com/wormsign/wormsign/detector"
 	"github.com/wormsign/wormsign/internal/config"
 	"github.com/wormsign/wormsign/internal/httpserver"
@@ -30,19 +31,21 @@ type Configuration struct {
 	Detector           detector.Configuration     `yaml:"detector"`
 	Sink               sink.Configuration         `yaml:"sink"`
 	Console            console.Configuration      `yaml:"console"`
+	Containment        containment.Configuration  `yaml:"containment"`
 }
 
 // DefaultConfiguration is the embedded default `wormsign run` starts with.
 func DefaultConfiguration() Configuration {
 	return Configuration{
-		LogLevel:   "info",
-		HTTP:       httpserver.DefaultConfiguration(),
-		Kafka:      bus.DefaultConfiguration(),
-		ClickHouse: clickhousedb.DefaultConfiguration(),
-		Collector:  collector.DefaultConfiguration(),
-		Detector:   detector.DefaultConfiguration(),
-		Sink:       sink.DefaultConfiguration(),
-		Console:    console.DefaultConfiguration(),
+		LogLevel:    "info",
+		HTTP:        httpserver.DefaultConfiguration(),
+		Kafka:       bus.DefaultConfiguration(),
+		ClickHouse:  clickhousedb.DefaultConfiguration(),
+		Collector:   collector.DefaultConfiguration(),
+		Detector:    detector.DefaultConfiguration(),
+		Sink:        sink.DefaultConfiguration(),
+		Containment: containment.DefaultConfiguration(),
+		Console:     console.DefaultConfiguration(),
 	}
 }
 
@@ -54,7 +57,7 @@ func loadConfiguration(path string) (Configuration, error) {
 	if _, err := parseLevel(cfg.LogLevel); err != nil {
 		return cfg, err
 	}
-	for _, v := range []interface{ Validate() error }{cfg.Kafka, cfg.ClickHouse, cfg.Collector, cfg.Detector, cfg.Sink, cfg.Console} {
+	for _, v := range []interface{ Validate() error }{cfg.Kafka, cfg.ClickHouse, cfg.Collector, cfg.Detector, cfg.Sink, cfg.Console, cfg.Containment} {
 		if err := v.Validate(); err != nil {
 			return cfg, err
 		}

@@ -25,6 +25,7 @@ commands:
   sink       write flows and alerts from Kafka to ClickHouse
   console    serve the NOC console and HTTP API from ClickHouse and the alerts topic
   replay     replay pcap/pcapng captures of export datagrams (--flows: print flows)
+  blocklist  print the containment block list (--format json|plain|nftables|ipset|exabgp|exabgp-conf)
   migrate    create or upgrade the ClickHouse schema
   version    print the version
 `
@@ -61,6 +62,10 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	if cmd == "replay" {
 		fs.BoolVar(&printFlows, "flows", false, "print each decoded flow as a JSON line instead of detecting")
 	}
+	format := "plain"
+	if cmd == "blocklist" {
+		fs.StringVar(&format, "format", "plain", "json, plain, nftables, ipset, exabgp or exabgp-conf")
+	}
 	if err := fs.Parse(args); err != nil {
 		return usageError{err.Error()}
 	}
@@ -82,6 +87,8 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		return runStages(ctx, cfg, logger, stdout, stages{console: true})
 	case "migrate":
 		return migrate(ctx, cfg, logger)
+	case "blocklist":
+		return blocklist(ctx, cfg, stdout, format)
 	case "replay":
 		if fs.NArg() == 0 {
 			return usageError{"replay needs at least one capture file"}

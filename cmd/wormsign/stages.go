@@ -17,6 +17,7 @@ import (
 	"github.com/wormsign/wormsign/clickhousedb"
 	"github.com/wormsign/wormsign/collector"
 	"github.com/wormsign/wormsign/console"
+	"github.com/wormsign/wormsign/containment"
 	"github.com/wormsign/wormsign/detector"
 	"github.com/wormsign/wormsign/internal/httpserver"
 	"github.com/wormsign/wormsign/network"
@@ -95,14 +96,35 @@ func runStages(ctx context.Context, cfg Configuration, logger *slog.Logger, stdo
 		}
 		http.AddReadyCheck("clickhouse", func() error { return ch.Ping(context.Background()) })
 	}
+	// One token guards the console and the block list API; made up for
+	// this run when none is configured.
+	token, generated := cfg.HTTP.Token, false
+	var cont *containment.Component
+	if want.console || (want.sink && cfg.Containment.Enabled) {
+		if token == "" {
+			token, generated = console.GenerateToken(), true
+		}
+	}
+	if want.sink && cfg.Containment.Enabled {
+		var err error
+		if cont, err = newContainment(cfg, logger, reg, b, ch, http, token); err != nil {
+			return err
+		}
+	}
 	if want.console {
 		// First: on the in-process bus the console's queues must exist
 		// before the stages publish; stopped last.
-		stop, err := startConsole(cfg, logger, reg, http, b, ch)
+		var holder console.Holder
+		if cont != nil {
+			holder = cont
+		}
+		stop, err := startConsole(cfg, logger, reg, http, b, ch, token, generated, holder)
 		if err != nil {
 			return err
 		}
 		stops = append(stops, stop)
+	} else if generated {
+		fmt.Fprintf(os.Stderr, "\nwormsign block list API (no http.token configured, this one is made up for this run): %s\n\n", token)
 	}
 	if want.sink {
 		sinkCfg := cfg.Sink
@@ -125,6 +147,13 @@ func runStages(ctx context.Context, cfg Configuration, logger *slog.Logger, stdo
 			s.Drain()
 			return s.Stop()
 		})
+	}
+	if cont != nil {
+		if err := cont.Start(); err != nil {
+			stopAll()
+			return err
+		}
+		stops = append(stops, cont.Stop)
 	}
 	if want.detector {
 		d, err := detector.New(cfg.Detector, detector.Dependencies{
@@ -179,19 +208,15 @@ func migrate(ctx context.Context, cfg Configuration, logger *slog.Logger) error 
 	return db.Migrate(ctx, logger)
 }
 
-// startConsole mounts the console on the HTTP server and starts it. Without
-// http.token it makes one up and prints the console's URL with it, once, on
-// stderr (stdout carries alerts); a configured token is never printed.
-func startConsole(cfg Configuration, logger *slog.Logger, reg *prometheus.Registry, http *httpserver.Component, b bus.Bus, ch *clickhousedb.DB) (func() error, error) {
-	token := cfg.HTTP.Token
-	generated := token == ""
-	if generated {
-		token = console.GenerateToken()
-	}
+// startConsole mounts the console on the HTTP server and starts it; a
+// made-up token is printed once, with the console's URL, on stderr (stdout
+// carries alerts); a configured token is never printed.
+func startConsole(cfg Configuration, logger *slog.Logger, reg *prometheus.Registry, http *httpserver.Component, b bus.Bus,
+	ch *clickhousedb.DB, token string, generated bool, holder console.Holder) (func() error, error) {
 	c, err := console.New(cfg.Console, console.Dependencies{
 		Logger: logger.With("component", "console"), Registry: reg, Bus: b,
 		AlertsTopic: cfg.Kafka.AlertsTopic, FlowsTopic: cfg.Kafka.FlowsTopic, ClickHouse: ch,
-		Subscribers: network.NewSubscribers(cfg.SubscriberNetworks), Token: token,
+		Subscribers: network.NewSubscribers(cfg.SubscriberNetworks), Token: token, Holder: holder,
 	})
 	if err != nil {
 		return nil, err
@@ -222,4 +247,27 @@ func consoleURL(addr string) string {
 		host = "localhost"
 	}
 	return "http://" + net.JoinHostPort(host, port) + "/"
+}
+
+// newContainment prepares the block list policy that runs next to the sink
+// and mounts its API on the HTTP server, guarded like the console's (the
+// token, or the console's login cookie).
+func newContainment(cfg Configuration, logger *slog.Logger, reg *prometheus.Registry, b bus.Bus,
+	ch *clickhousedb.DB, http *httpserver.Component, token string) (*containment.Component, error) {
+	groups := map[string][]network.Prefix{}
+	for _, g := range cfg.Detector.Groups {
+		groups[g.Name] = g.Networks
+	}
+	c, err := containment.New(cfg.Containment, containment.Dependencies{
+		Logger: logger.With("component", "containment"), Registry: reg, Bus: b,
+		AlertsTopic: cfg.Kafka.AlertsTopic, ClickHouse: ch, Webhooks: cfg.Sink.Webhooks,
+		DetectorAllowList: cfg.Detector.AllowList, DetectorGroups: groups,
+		Authorize: console.Authorizer(token),
+	})
+	if err != nil {
+		return nil, err
+	}
+	http.Handle("/api/v1/blocklist", c.Handler())
+	http.Handle("/api/v1/blocklist/", c.Handler())
+	return c, nil
 }

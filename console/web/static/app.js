@@ -249,9 +249,11 @@
     const who = el("input", { id: "ack-by", name: "by", required: true, maxlength: "100", autocomplete: "name", value: localStorage.getItem("wormsign-ack-by") || "" });
     const note = el("textarea", { id: "ack-note", name: "note", rows: "2", maxlength: "2000" });
     const status = el("p", { id: "ack-status", role: "status" });
+    const hold = el("input", { id: "ack-hold", name: "hold", type: "checkbox" });
     const form = el("form", { id: "ack-form", class: "ack-form" },
       el("label", { for: "ack-by" }, "Your name"), who,
       el("label", { for: "ack-note" }, "Note"), note,
+      el("label", { for: "ack-hold", title: "where containment runs: postpone or lift this incident's block while you work on it" }, hold, " Hold the block"),
       el("button", { type: "submit", id: "ack-submit" }, a.ack ? "Acknowledge again" : "Acknowledge"), status);
     form.addEventListener("submit", async function (e) {
       e.preventDefault();
@@ -259,7 +261,7 @@
       try {
         await api("/api/v1/incidents/" + encodeURIComponent(id) + "/ack", {
           method: "POST", headers: { "Content-Type": "application/json", "Accept": "application/json" },
-          body: JSON.stringify({ by: who.value, note: note.value }),
+          body: JSON.stringify({ by: who.value, note: note.value, hold: hold.checked }),
         });
         incidentPage(id);
       } catch (err) {

@@ -1,0 +1,247 @@
+package containment
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/wormsign/wormsign/network"
+)
+
+// What an entry on the block list does to a subscriber's traffic.
+const (
+	// ActionBlockSMTP drops the subscriber's outbound TCP/25.
+	ActionBlockSMTP = "block_smtp"
+	// ActionQuarantine drops everything but DNS and quarantine_allow.
+	ActionQuarantine = "quarantine"
+	// ActionNone: the kind leads to no entry.
+	ActionNone = "none"
+)
+
+// Configuration of containment: the policy that turns incidents into a
+// port-25 block list, and where the list lives.
+type Configuration struct {
+	// Enabled switches containment on; off by default.
+	Enabled bool `yaml:"enabled"`
+	// DryRun computes and audits every decision but exports an empty list.
+	DryRun bool `yaml:"dry_run"`
+	// Actions maps each alert kind to block_smtp, quarantine or none.
+	Actions ActionsConfiguration `yaml:"actions"`
+	// Grace is the event time from an incident's open to its block, so the
+	// abuse desk can call first; 0 blocks at once.
+	Grace time.Duration `yaml:"grace"`
+	// Hold is how long a hold (an ack with hold in the console, or
+	// POST /api/v1/blocklist/hold) keeps an incident's subscriber off the
+	// list.
+	Hold time.Duration `yaml:"hold"`
+	// Duration is how long a block lasts past the incident's last activity
+	// (the last_seen of its latest alert); extended while it stays active.
+	Duration time.Duration `yaml:"duration"`
+	// MaxEntries bounds the list; beyond it new blocks are refused (and
+	// audited as such).
+	MaxEntries int `yaml:"max_entries"`
+	// QuarantineAllow lists what quarantined subscribers may still reach
+	// besides DNS: "tcp/443", "udp/123".
+	QuarantineAllow []PortRule `yaml:"quarantine_allow"`
+	// AllowList is added to detector.allow_list: never contained.
+	AllowList []network.Prefix `yaml:"allow_list"`
+	// WidestPrefixV4 and WidestPrefixV6 bound manual entries: a prefix
+	// shorter than this is refused.
+	WidestPrefixV4 int `yaml:"widest_prefix_v4"`
+	WidestPrefixV6 int `yaml:"widest_prefix_v6"`
+	// Topic is the compacted Kafka topic holding the list.
+	Topic string `yaml:"topic"`
+	// Group is the consumer group of the instances that decide on alerts;
+	// webhooks and ClickHouse use <group>-audit.
+	Group string `yaml:"group"`
+	// StateFile keeps the list across restarts without Kafka. Empty: in
+	// memory only.
+	StateFile string `yaml:"state_file"`
+	// Tick is how often the wall clock advances containment's time
+	// (grace ends, expiries) in live operation.
+	Tick time.Duration `yaml:"tick"`
+	// Nftables tunes the nftables export.
+	Nftables NftablesConfiguration `yaml:"nftables"`
+	// Groups switch containment off or change actions per subscriber
+	// group. YAML only.
+	Groups []GroupConfiguration `yaml:"groups"`
+}
+
+// ActionsConfiguration is the action per alert kind.
+type ActionsConfiguration struct {
+	SMTPFanout    string `yaml:"smtp_fanout"`
+	DstEntropy    string `yaml:"dst_entropy"`
+	Darknet       string `yaml:"darknet"`
+	RelayAbuse    string `yaml:"relay_abuse"`
+	OutboundFlood string `yaml:"outbound_flood"`
+}
+
+// For returns the action for kind; unknown kinds lead to none.
+func (a ActionsConfiguration) For(kind string) string {
+	var s string
+	switch kind {
+	case "smtp_fanout":
+		s = a.SMTPFanout
+	case "dst_entropy":
+		s = a.DstEntropy
+	case "darknet":
+		s = a.Darknet
+	case "relay_abuse":
+		s = a.RelayAbuse
+	case "outbound_flood":
+		s = a.OutboundFlood
+	}
+	if s == "" {
+		return ActionNone
+	}
+	return s
+}
+
+func (a ActionsConfiguration) validate(key string) error {
+	for k, v := range map[string]string{"smtp_fanout": a.SMTPFanout, "dst_entropy": a.DstEntropy,
+		"darknet": a.Darknet, "relay_abuse": a.RelayAbuse, "outbound_flood": a.OutboundFlood} {
+		switch v {
+		case "", ActionBlockSMTP, ActionQuarantine, ActionNone:
+		default:
+			return fmt.Errorf("%s.%s: %q, want block_smtp, quarantine or none", key, k, v)
+		}
+	}
+	return nil
+}
+
+// NftablesConfiguration tunes the nftables script.
+type NftablesConfiguration struct {
+	// Table is the name of the inet table the script (re)creates.
+	Table string `yaml:"table"`
+	// Interfaces, when set, limits the forward chain to packets coming in
+	// on these interfaces (the subscriber-facing ones).
+	Interfaces []string `yaml:"interfaces"`
+}
+
+// GroupConfiguration changes containment for a group of subscribers: those
+// in Networks, or, when Networks is empty, those of the detector group of
+// the same name.
+type GroupConfiguration struct {
+	Name     string           `yaml:"name"`
+	Networks []network.Prefix `yaml:"networks"`
+	// Disable switches containment off for the group.
+	Disable bool `yaml:"disable"`
+	// Actions replace the global ones for the kinds they name.
+	Actions ActionsConfiguration `yaml:"actions"`
+}
+
+// PortRule is a protocol and port, written "tcp/443" or "udp/123".
+type PortRule struct {
+	Proto string
+	Port  uint16
+}
+
+// UnmarshalText reads "tcp/443".
+func (p *PortRule) UnmarshalText(b []byte) error {
+	proto, port, ok := strings.Cut(strings.ToLower(strings.TrimSpace(string(b))), "/")
+	n, err := strconv.ParseUint(port, 10, 16)
+	if !ok || (proto != "tcp" && proto != "udp") || err != nil || n == 0 {
+		return fmt.Errorf("%q: want tcp/PORT or udp/PORT", b)
+	}
+	*p = PortRule{Proto: proto, Port: uint16(n)}
+	return nil
+}
+
+// MarshalText writes "tcp/443".
+func (p PortRule) MarshalText() ([]byte, error) {
+	return []byte(p.Proto + "/" + strconv.Itoa(int(p.Port))), nil
+}
+
+// DefaultConfiguration returns the defaults documented in the README.
+func DefaultConfiguration() Configuration {
+	return Configuration{
+		Actions: ActionsConfiguration{
+			SMTPFanout:    ActionBlockSMTP,
+			DstEntropy:    ActionQuarantine,
+			Darknet:       ActionQuarantine,
+			OutboundFlood: ActionQuarantine,
+			// relay_abuse goes through the ISP's own submission servers
+			// on 587 with stolen credentials: a port-25 block does not
+			// touch it; the abuse desk revokes the mailbox password.
+			RelayAbuse: ActionNone,
+		},
+		Grace:          30 * time.Minute,
+		Hold:           24 * time.Hour,
+		Duration:       24 * time.Hour,
+		MaxEntries:     10000,
+		WidestPrefixV4: 32,
+		WidestPrefixV6: 64,
+		Topic:          "wormsign-containment-v1",
+		Group:          "wormsign-containment",
+		Tick:           10 * time.Second,
+		Nftables:       NftablesConfiguration{Table: "wormsign"},
+	}
+}
+
+// Validate names the first bad key.
+func (c Configuration) Validate() error {
+	switch {
+	case c.Grace < 0:
+		return fmt.Errorf("containment.grace: %s, want >= 0", c.Grace)
+	case c.Hold <= 0:
+		return fmt.Errorf("containment.hold: %s, want > 0", c.Hold)
+	case c.Duration < time.Minute:
+		return fmt.Errorf("containment.duration: %s, want >= 1m", c.Duration)
+	case c.MaxEntries < 1:
+		return fmt.Errorf("containment.max_entries: %d, want >= 1", c.MaxEntries)
+	case c.WidestPrefixV4 < 0 || c.WidestPrefixV4 > 32:
+		return fmt.Errorf("containment.widest_prefix_v4: %d, want 0..32", c.WidestPrefixV4)
+	case c.WidestPrefixV6 < 0 || c.WidestPrefixV6 > 128:
+		return fmt.Errorf("containment.widest_prefix_v6: %d, want 0..128", c.WidestPrefixV6)
+	case c.Topic == "":
+		return fmt.Errorf("containment.topic must not be empty")
+	case c.Group == "":
+		return fmt.Errorf("containment.group must not be empty")
+	case c.Tick <= 0:
+		return fmt.Errorf("containment.tick: %s, want > 0", c.Tick)
+	case !validName(c.Nftables.Table):
+		return fmt.Errorf("containment.nftables.table: %q, want letters, digits and _", c.Nftables.Table)
+	}
+	for _, i := range c.Nftables.Interfaces {
+		if !validIfname(i) {
+			return fmt.Errorf("containment.nftables.interfaces: %q is not an interface name", i)
+		}
+	}
+	if err := c.Actions.validate("containment.actions"); err != nil {
+		return err
+	}
+	for i, g := range c.Groups {
+		if g.Name == "" {
+			return fmt.Errorf("containment.groups[%d].name must not be empty", i)
+		}
+		if err := g.Actions.validate(fmt.Sprintf("containment.groups[%d].actions", i)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func validName(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for _, r := range s {
+		if !(r == '_' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+func validIfname(s string) bool {
+	if s == "" || len(s) > 15 {
+		return false
+	}
+	for _, r := range s {
+		if !(r == '_' || r == '-' || r == '.' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9') {
+			return false
+		}
+	}
+	return true
+}

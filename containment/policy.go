@@ -1,0 +1,459 @@
+package containment
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/wormsign/wormsign/alert"
+	"github.com/wormsign/wormsign/network"
+)
+
+// Entry states.
+const (
+	// StatePending: the incident's grace runs; exported once it ends.
+	StatePending = "pending"
+	// StateActive: on the list, exported until Expires.
+	StateActive = "active"
+	// StateHeld: a person asked to hold; back to the policy at HeldUntil.
+	StateHeld = "held"
+	// StateReleased: off the list.
+	StateReleased = "released"
+)
+
+// Change types, the audit trail's vocabulary.
+const (
+	ChangeSchedule = "schedule" // a pending block, grace running
+	ChangeAdd      = "add"      // on the list (also: an upgrade to quarantine)
+	ChangeExtend   = "extend"   // expiry moved on by new activity
+	ChangeHold     = "hold"     // held by a person, off the list meanwhile
+	ChangeRelease  = "release"  // off the list: expired, by hand, or resolved while held
+	ChangeRefuse   = "refuse"   // max_entries reached: not added
+)
+
+// PolicyActor is the actor of the policy's own decisions.
+const PolicyActor = "policy"
+
+// Entry is one subscriber prefix on (or scheduled for, or held off, or
+// released from) the block list.
+type Entry struct {
+	Prefix       netip.Prefix `json:"prefix"`
+	State        string       `json:"state"`
+	Action       string       `json:"action"`
+	SubscriberID string       `json:"subscriber_id"`
+	// The reason: the incident and its kind ("manual" for a person's add).
+	IncidentID string `json:"incident_id"`
+	Kind       string `json:"kind"`
+	// Who put it there, and why.
+	Actor string `json:"actor"`
+	Note  string `json:"note,omitempty"`
+	// Since is when it went on the list, Expires when it comes off.
+	Since   time.Time `json:"since,omitzero"`
+	Expires time.Time `json:"expires,omitzero"`
+	// BlockAt is when a pending entry's grace ends; HeldUntil when a hold
+	// ends.
+	BlockAt   time.Time `json:"block_at,omitzero"`
+	HeldUntil time.Time `json:"held_until,omitzero"`
+	// Seq counts the entry's changes; of two records of one prefix the
+	// higher Seq wins.
+	Seq uint64 `json:"seq"`
+}
+
+// Change is one audited change to the list: what happened, by whom, and the
+// entry as it is after it. It is the record on the containment topic, the
+// row in ClickHouse containment_actions and the body of a webhook.
+type Change struct {
+	// ID is derived from the change, so that instances that make the same
+	// decision record the same id.
+	ID     string    `json:"id"`
+	Event  string    `json:"event"` // always "containment", to tell webhook bodies from alerts
+	Type   string    `json:"type"`
+	At     time.Time `json:"at"`
+	Actor  string    `json:"actor"`
+	Note   string    `json:"note,omitempty"`
+	DryRun bool      `json:"dry_run"`
+	Entry  Entry     `json:"entry"`
+}
+
+// Errors of manual changes; the API answers them with 4xx.
+var (
+	ErrBadInput   = errors.New("bad input")
+	ErrAllowed    = errors.New("on the allow list")
+	ErrFull       = errors.New("block list full (containment.max_entries)")
+	ErrNotFound   = errors.New("not found")
+	ErrNotBlocked = errors.New("not on the list")
+)
+
+// Policy is containment's state machine. It is pure: every decision takes
+// its time from its input (an alert's last_seen, or the time given to
+// Advance and the manual calls), never from a clock, so the same inputs
+// give the same list and the same changes. Not safe for concurrent use.
+type Policy struct {
+	config  Configuration
+	allow   *network.Set
+	groups  *network.Table[*GroupConfiguration]
+	entries map[netip.Prefix]*Entry
+	now     time.Time
+}
+
+// NewPolicy makes an empty list. detectorAllow is the detector's allow
+// list; detectorGroups maps detector group names to their networks, for
+// containment groups that name one without networks of their own.
+func NewPolicy(config Configuration, detectorAllow []network.Prefix, detectorGroups map[string][]network.Prefix) *Policy {
+	p := &Policy{
+		config:  config,
+		allow:   network.NewSet(append(slices.Clone(detectorAllow), config.AllowList...)...),
+		groups:  network.NewTable[*GroupConfiguration](),
+		entries: map[netip.Prefix]*Entry{},
+	}
+	for i := range config.Groups {
+		g := &config.Groups[i]
+		nets := g.Networks
+		if len(nets) == 0 {
+			nets = detectorGroups[g.Name]
+		}
+		for _, n := range nets {
+			p.groups.Insert(n.Prefix, g)
+		}
+	}
+	return p
+}
+
+// Now is the policy's time: the latest time it was given.
+func (p *Policy) Now() time.Time { return p.now }
+
+func (p *Policy) advanceTo(t time.Time) {
+	if t.After(p.now) {
+		p.now = t.UTC()
+	}
+}
+
+// actionFor applies the allow list and the groups to an alert's kind.
+func (p *Policy) actionFor(addr netip.Addr, kind string) string {
+	if p.allow.Contains(addr) {
+		return ActionNone
+	}
+	if g, ok := p.groups.Lookup(addr); ok {
+		if g.Disable {
+			return ActionNone
+		}
+		if a := g.Actions.For(kind); a != ActionNone || groupNames(g.Actions, kind) {
+			return a
+		}
+	}
+	return p.config.Actions.For(kind)
+}
+
+// groupNames tells whether a group's actions name kind (an explicit none).
+func groupNames(a ActionsConfiguration, kind string) bool {
+	switch kind {
+	case "smtp_fanout":
+		return a.SMTPFanout != ""
+	case "dst_entropy":
+		return a.DstEntropy != ""
+	case "darknet":
+		return a.Darknet != ""
+	case "relay_abuse":
+		return a.RelayAbuse != ""
+	case "outbound_flood":
+		return a.OutboundFlood != ""
+	}
+	return false
+}
+
+func stronger(a, b string) bool { return a == ActionQuarantine && b == ActionBlockSMTP }
+
+func eventTime(a alert.Alert) time.Time {
+	if !a.LastSeen.IsZero() {
+		return a.LastSeen
+	}
+	return a.WindowEnd
+}
+
+// change records a change of e and returns it.
+func (p *Policy) change(e *Entry, typ, actor, note string) Change {
+	return p.changeAt(e, typ, actor, note, p.now)
+}
+
+// changeAt records a change made at a timer's time: every instance that
+// runs the timer records the same change under the same id.
+func (p *Policy) changeAt(e *Entry, typ, actor, note string, at time.Time) Change {
+	e.Seq++
+	h := sha256.New()
+	fmt.Fprintf(h, "%s|%s|%d|%s|%s|%s", e.Prefix, typ, e.Seq, e.IncidentID, at.Format(time.RFC3339Nano), actor)
+	return Change{
+		ID: hex.EncodeToString(h.Sum(nil)[:16]), Event: "containment", Type: typ, At: at,
+		Actor: actor, Note: note, DryRun: p.config.DryRun, Entry: *e,
+	}
+}
+
+// Apply takes an alert: the timers up to its event time run first, then
+// the alert may schedule, add, upgrade or extend an entry.
+func (p *Policy) Apply(a alert.Alert) []Change {
+	t := eventTime(a)
+	out := p.Advance(t)
+	addr, err := netip.ParseAddr(a.SubscriberIP)
+	if err != nil {
+		return out
+	}
+	addr = addr.Unmap()
+	pfx := netip.PrefixFrom(addr, addr.BitLen())
+	action := p.actionFor(addr, a.Kind)
+	e := p.entries[pfx]
+	if a.State == alert.StateResolved {
+		// A held entry whose incident ends is released; a pending one
+		// still blocks when its grace ends, an active one runs out.
+		if e != nil && e.State == StateHeld && e.IncidentID == a.ID {
+			e.State = StateReleased
+			out = append(out, p.change(e, ChangeRelease, PolicyActor, "incident resolved while held"))
+		}
+		return out
+	}
+	if action == ActionNone {
+		return out
+	}
+	switch {
+	case e == nil || e.State == StateReleased:
+		if e != nil && e.IncidentID == a.ID {
+			return out // released by hand or expired: not again for this incident
+		}
+		if e == nil {
+			e = &Entry{Prefix: pfx}
+			p.entries[pfx] = e
+		}
+		*e = Entry{Prefix: pfx, Action: action, SubscriberID: a.SubscriberID, IncidentID: a.ID, Kind: a.Kind,
+			Actor: PolicyActor, Seq: e.Seq}
+		if p.config.Grace == 0 {
+			out = append(out, p.activate(e, t, "")...)
+		} else {
+			e.State, e.BlockAt = StatePending, t.Add(p.config.Grace)
+			out = append(out, p.change(e, ChangeSchedule, PolicyActor, "grace "+p.config.Grace.String()))
+		}
+	case e.State == StateActive:
+		if stronger(action, e.Action) {
+			e.Action, e.IncidentID, e.Kind = action, a.ID, a.Kind
+			e.Expires = laterOf(e.Expires, t.Add(p.config.Duration))
+			out = append(out, p.change(e, ChangeAdd, PolicyActor, "upgraded by "+a.Kind))
+		} else if exp := t.Add(p.config.Duration); exp.Sub(e.Expires) >= time.Minute {
+			e.Expires = exp
+			out = append(out, p.change(e, ChangeExtend, PolicyActor, a.Kind+" "+a.State))
+		}
+	case e.State == StatePending:
+		if stronger(action, e.Action) {
+			e.Action, e.IncidentID, e.Kind = action, a.ID, a.Kind
+		}
+	}
+	return out
+}
+
+func laterOf(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+// activate puts e on the list at t, unless the list is full.
+func (p *Policy) activate(e *Entry, t time.Time, note string) []Change {
+	if p.countActive() >= p.config.MaxEntries {
+		e.State = StateReleased
+		return []Change{p.changeAt(e, ChangeRefuse, PolicyActor, "max_entries "+strconv.Itoa(p.config.MaxEntries)+" reached", t)}
+	}
+	e.State, e.Since, e.Expires, e.BlockAt, e.HeldUntil = StateActive, t, t.Add(p.config.Duration), time.Time{}, time.Time{}
+	return []Change{p.changeAt(e, ChangeAdd, PolicyActor, note, t)}
+}
+
+func (p *Policy) countActive() int {
+	n := 0
+	for _, e := range p.entries {
+		if e.State == StateActive {
+			n++
+		}
+	}
+	return n
+}
+
+// Advance runs the timers up to t: grace ends, holds end, blocks expire, in
+// the order of their times (then of prefixes).
+func (p *Policy) Advance(t time.Time) []Change {
+	p.advanceTo(t)
+	var out []Change
+	for {
+		var next *Entry
+		var at time.Time
+		for _, e := range p.entries {
+			var when time.Time
+			switch e.State {
+			case StatePending:
+				when = e.BlockAt
+			case StateHeld:
+				when = e.HeldUntil
+			case StateActive:
+				when = e.Expires
+			default:
+				continue
+			}
+			if when.After(p.now) {
+				continue
+			}
+			if next == nil || when.Before(at) || when.Equal(at) && e.Prefix.Addr().Less(next.Prefix.Addr()) {
+				next, at = e, when
+			}
+		}
+		if next == nil {
+			return out
+		}
+		switch next.State {
+		case StatePending:
+			out = append(out, p.activate(next, at, "grace ended")...)
+		case StateHeld:
+			out = append(out, p.activate(next, at, "hold ended")...)
+		case StateActive:
+			next.State = StateReleased
+			out = append(out, p.changeAt(next, ChangeRelease, PolicyActor, "expired", at))
+		}
+	}
+}
+
+// Add puts prefix on the list by hand at t, for d (the configured duration
+// when 0).
+func (p *Policy) Add(pfx netip.Prefix, action, actor, note string, d time.Duration, t time.Time) (Change, error) {
+	if err := p.checkPrefix(pfx); err != nil {
+		return Change{}, err
+	}
+	if action == "" {
+		action = ActionBlockSMTP
+	}
+	if action != ActionBlockSMTP && action != ActionQuarantine {
+		return Change{}, fmt.Errorf("%w: action %q, want block_smtp or quarantine", ErrBadInput, action)
+	}
+	if actor == "" {
+		return Change{}, fmt.Errorf("%w: by: who adds must be given", ErrBadInput)
+	}
+	if d < 0 {
+		return Change{}, fmt.Errorf("%w: duration %s, want > 0", ErrBadInput, d)
+	}
+	if d == 0 {
+		d = p.config.Duration
+	}
+	pfx = pfx.Masked()
+	if p.allow.Contains(pfx.Addr()) {
+		return Change{}, fmt.Errorf("%s: %w", pfx, ErrAllowed)
+	}
+	p.Advance(t)
+	e := p.entries[pfx]
+	if (e == nil || e.State != StateActive) && p.countActive() >= p.config.MaxEntries {
+		return Change{}, ErrFull
+	}
+	if e == nil {
+		e = &Entry{Prefix: pfx}
+		p.entries[pfx] = e
+	}
+	*e = Entry{Prefix: pfx, State: StateActive, Action: action, SubscriberID: e.SubscriberID, Kind: "manual",
+		Actor: actor, Note: note, Since: p.now, Expires: p.now.Add(d), Seq: e.Seq}
+	return p.change(e, ChangeAdd, actor, note), nil
+}
+
+func (p *Policy) checkPrefix(pfx netip.Prefix) error {
+	if !pfx.IsValid() {
+		return fmt.Errorf("%w: not an address or prefix", ErrBadInput)
+	}
+	widest := p.config.WidestPrefixV4
+	if pfx.Addr().Is6() {
+		widest = p.config.WidestPrefixV6
+	}
+	if pfx.Bits() < widest {
+		return fmt.Errorf("%w: %s is wider than /%d (containment.widest_prefix_v%d)", ErrBadInput, pfx,
+			widest, map[bool]int{true: 6, false: 4}[pfx.Addr().Is6()])
+	}
+	return nil
+}
+
+// Release takes prefix off the list by hand at t. A pending or held entry
+// is released too, so that its incident does not put it back.
+func (p *Policy) Release(pfx netip.Prefix, actor, note string, t time.Time) (Change, error) {
+	if !pfx.IsValid() {
+		return Change{}, fmt.Errorf("%w: not an address or prefix", ErrBadInput)
+	}
+	if actor == "" {
+		return Change{}, fmt.Errorf("%w: by: who releases must be given", ErrBadInput)
+	}
+	p.Advance(t)
+	e := p.entries[pfx.Masked()]
+	if e == nil || e.State == StateReleased {
+		return Change{}, fmt.Errorf("%s: %w", pfx, ErrNotBlocked)
+	}
+	e.State = StateReleased
+	return p.change(e, ChangeRelease, actor, note), nil
+}
+
+// Hold keeps the subscriber of incident off the list until t plus the
+// configured hold: a pending block waits, an active one is lifted. When the
+// hold ends and the incident has not resolved, the block comes (back).
+func (p *Policy) Hold(incidentID, actor, note string, t time.Time) (Change, error) {
+	if incidentID == "" || actor == "" {
+		return Change{}, fmt.Errorf("%w: incident id and by must be given", ErrBadInput)
+	}
+	p.Advance(t)
+	for _, e := range p.entries {
+		if e.IncidentID != incidentID {
+			continue
+		}
+		if e.State == StateReleased {
+			return Change{}, fmt.Errorf("incident %s: %w", incidentID, ErrNotBlocked)
+		}
+		e.State, e.HeldUntil, e.BlockAt = StateHeld, p.now.Add(p.config.Hold), time.Time{}
+		return p.change(e, ChangeHold, actor, note), nil
+	}
+	return Change{}, fmt.Errorf("incident %s: %w", incidentID, ErrNotFound)
+}
+
+// Restore takes a recorded change (from the topic or the state file) into
+// the list. In log order (the topic, read in order) the last record of a
+// prefix wins, whatever its Seq, so every reader of the log ends with the
+// same list; otherwise the record with the highest Seq wins, so reading
+// the same records again, or a duplicate, changes nothing.
+func (p *Policy) Restore(c Change, logOrder bool) bool {
+	e := p.entries[c.Entry.Prefix]
+	if !logOrder && e != nil && e.Seq >= c.Entry.Seq {
+		return false
+	}
+	entry := c.Entry
+	p.entries[entry.Prefix] = &entry
+	p.advanceTo(c.At)
+	return true
+}
+
+// Entries returns every entry not released, sorted by prefix.
+func (p *Policy) Entries() []Entry {
+	out := make([]Entry, 0, len(p.entries))
+	for _, e := range p.entries {
+		if e.State != StateReleased {
+			out = append(out, *e)
+		}
+	}
+	slices.SortFunc(out, func(a, b Entry) int { return comparePrefix(a.Prefix, b.Prefix) })
+	return out
+}
+
+// Records returns every entry including released ones, for the state file.
+func (p *Policy) Records() []Entry {
+	out := make([]Entry, 0, len(p.entries))
+	for _, e := range p.entries {
+		out = append(out, *e)
+	}
+	slices.SortFunc(out, func(a, b Entry) int { return comparePrefix(a.Prefix, b.Prefix) })
+	return out
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
+}

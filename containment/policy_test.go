@@ -1,0 +1,223 @@
+package containment
+
+import (
+	"errors"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/wormsign/wormsign/alert"
+	"github.com/wormsign/wormsign/network"
+)
+
+var t0 = time.Date(2026, 11, 27, 5, 0, 0, 0, time.UTC)
+
+func at(min int) time.Time { return t0.Add(time.Duration(min) * time.Minute) }
+
+func mkAlert(id, kind, state, ip string, lastSeen time.Time) alert.Alert {
+	return alert.Alert{ID: id, Kind: kind, State: state, SubscriberIP: ip, SubscriberID: "cust-" + ip,
+		WindowEnd: lastSeen, LastSeen: lastSeen}
+}
+
+func testConfig() Configuration {
+	c := DefaultConfiguration()
+	c.Enabled = true
+	c.Grace = 30 * time.Minute
+	c.Hold = 2 * time.Hour
+	c.Duration = 4 * time.Hour
+	return c
+}
+
+// step is one input to the policy and what must follow.
+type step struct {
+	alert   *alert.Alert
+	advance time.Time
+	hold    string // incident id
+	release string // prefix
+	add     string
+	at      time.Time
+	want    []string // change types
+	active  []string // exported addresses after the step
+}
+
+func runSteps(t *testing.T, p *Policy, steps []step) {
+	t.Helper()
+	for i, s := range steps {
+		var got []Change
+		now := s.at
+		switch {
+		case s.alert != nil:
+			got = p.Apply(*s.alert)
+			now = eventTime(*s.alert)
+		case s.hold != "":
+			ch, err := p.Hold(s.hold, "alice", "customer called", s.at)
+			if err != nil {
+				t.Fatalf("step %d: hold: %v", i, err)
+			}
+			got = []Change{ch}
+		case s.release != "":
+			ch, err := p.Release(netip.MustParsePrefix(s.release), "bob", "fixed", s.at)
+			if err != nil {
+				t.Fatalf("step %d: release: %v", i, err)
+			}
+			got = []Change{ch}
+		case s.add != "":
+			ch, err := p.Add(network.MustParsePrefix(s.add).Prefix, "", "carol", "complaint", 0, s.at)
+			if err != nil {
+				t.Fatalf("step %d: add: %v", i, err)
+			}
+			got = []Change{ch}
+		default:
+			got = p.Advance(s.advance)
+			now = s.advance
+		}
+		types := []string{}
+		for _, c := range got {
+			types = append(types, c.Type)
+		}
+		want := s.want
+		if want == nil {
+			want = []string{}
+		}
+		if diff := cmp.Diff(want, types); diff != "" {
+			t.Errorf("step %d: changes (-want +got):\n%s", i, diff)
+		}
+		active := []string{}
+		for _, e := range MakeList(p.Entries(), now, false).Active {
+			active = append(active, e.Action+" "+entryText(e))
+		}
+		wantActive := s.active
+		if wantActive == nil {
+			wantActive = []string{}
+		}
+		if diff := cmp.Diff(wantActive, active); diff != "" {
+			t.Errorf("step %d: list (-want +got):\n%s", i, diff)
+		}
+	}
+}
+
+func ptr(a alert.Alert) *alert.Alert { return &a }
+
+func TestPolicyOnEventTime(t *testing.T) {
+	const z = "203.0.113.2"
+	blocked := []string{"block_smtp " + z}
+	for _, tc := range []struct {
+		name  string
+		grace time.Duration
+		steps []step
+	}{
+		{"grace then block, extend while open, expire after last activity", 30 * time.Minute, []step{
+			{alert: ptr(mkAlert("i1", "smtp_fanout", "open", z, at(0))), want: []string{"schedule"}},
+			{advance: at(29)},
+			{alert: ptr(mkAlert("i1", "smtp_fanout", "update", z, at(29)))},
+			{advance: at(30), want: []string{"add"}, active: blocked},
+			// Block lasts duration (4h) from the block; an update at 60
+			// moves the expiry to 60+4h.
+			{alert: ptr(mkAlert("i1", "smtp_fanout", "update", z, at(60))), want: []string{"extend"}, active: blocked},
+			{alert: ptr(mkAlert("i1", "smtp_fanout", "resolved", z, at(70))), active: blocked},
+			{advance: at(60 + 239), active: blocked},
+			{advance: at(60 + 240), want: []string{"release"}},
+			// The same incident does not come back; a new one does.
+			{alert: ptr(mkAlert("i1", "smtp_fanout", "update", z, at(301)))},
+			{alert: ptr(mkAlert("i2", "smtp_fanout", "open", z, at(400))), want: []string{"schedule"}},
+		}},
+		{"grace 0 blocks at once", 0, []step{
+			{alert: ptr(mkAlert("i1", "smtp_fanout", "open", z, at(0))), want: []string{"add"}, active: blocked},
+			{advance: at(240), want: []string{"release"}},
+		}},
+		{"hold postpones the block; it comes when the hold ends", 30 * time.Minute, []step{
+			{alert: ptr(mkAlert("i1", "smtp_fanout", "open", z, at(0))), want: []string{"schedule"}},
+			{hold: "i1", at: at(10), want: []string{"hold"}},
+			{advance: at(129)},
+			{advance: at(130), want: []string{"add"}, active: blocked},
+		}},
+		{"hold lifts an active block; resolved while held releases", 0, []step{
+			{alert: ptr(mkAlert("i1", "smtp_fanout", "open", z, at(0))), want: []string{"add"}, active: blocked},
+			{hold: "i1", at: at(5), want: []string{"hold"}},
+			{alert: ptr(mkAlert("i1", "smtp_fanout", "resolved", z, at(20))), want: []string{"release"}},
+			{advance: at(200)},
+		}},
+		{"manual release; the incident does not put it back", 0, []step{
+			{alert: ptr(mkAlert("i1", "smtp_fanout", "open", z, at(0))), want: []string{"add"}, active: blocked},
+			{release: z + "/32", at: at(3), want: []string{"release"}},
+			{alert: ptr(mkAlert("i1", "smtp_fanout", "update", z, at(4)))},
+		}},
+		{"quarantine upgrades a block", 0, []step{
+			{alert: ptr(mkAlert("i1", "smtp_fanout", "open", z, at(0))), want: []string{"add"}, active: blocked},
+			{alert: ptr(mkAlert("i2", "dst_entropy", "open", z, at(1))), want: []string{"add"}, active: []string{"quarantine " + z}},
+			{alert: ptr(mkAlert("i3", "relay_abuse", "open", "203.0.113.9", at(2))), active: []string{"quarantine " + z}},
+		}},
+		{"manual add expires after duration", 0, []step{
+			{add: "203.0.113.8", at: at(0), want: []string{"add"}, active: []string{"block_smtp 203.0.113.8"}},
+			{advance: at(240), want: []string{"release"}},
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testConfig()
+			cfg.Grace = tc.grace
+			runSteps(t, NewPolicy(cfg, nil, nil), tc.steps)
+		})
+	}
+}
+
+func TestPolicyAllowListGroupsMaxEntries(t *testing.T) {
+	cfg := testConfig()
+	cfg.Grace = 0
+	cfg.MaxEntries = 2
+	cfg.Groups = []GroupConfiguration{
+		{Name: "business", Disable: true}, // networks from the detector group
+		{Name: "lab", Networks: []network.Prefix{network.MustParsePrefix("203.0.113.64/28")},
+			Actions: ActionsConfiguration{SMTPFanout: ActionQuarantine}},
+	}
+	p := NewPolicy(cfg, []network.Prefix{network.MustParsePrefix("203.0.113.25")},
+		map[string][]network.Prefix{"business": {network.MustParsePrefix("198.51.100.0/24")}})
+	runSteps(t, p, []step{
+		{alert: ptr(mkAlert("a", "smtp_fanout", "open", "203.0.113.25", at(0)))}, // allow list
+		{alert: ptr(mkAlert("b", "smtp_fanout", "open", "198.51.100.7", at(1)))}, // group disabled
+		{alert: ptr(mkAlert("c", "smtp_fanout", "open", "203.0.113.66", at(2))), want: []string{"add"},
+			active: []string{"quarantine 203.0.113.66"}},
+		{alert: ptr(mkAlert("d", "smtp_fanout", "open", "203.0.113.2", at(3))), want: []string{"add"},
+			active: []string{"block_smtp 203.0.113.2", "quarantine 203.0.113.66"}},
+		{alert: ptr(mkAlert("e", "smtp_fanout", "open", "203.0.113.3", at(4))), want: []string{"refuse"},
+			active: []string{"block_smtp 203.0.113.2", "quarantine 203.0.113.66"}},
+	})
+	if _, err := p.Add(netip.MustParsePrefix("203.0.113.4/32"), "", "carol", "", 0, at(5)); !errors.Is(err, ErrFull) {
+		t.Errorf("manual add beyond max_entries: %v, want ErrFull", err)
+	}
+	if _, err := p.Add(netip.MustParsePrefix("203.0.113.25/32"), "", "carol", "", 0, at(5)); !errors.Is(err, ErrAllowed) {
+		t.Errorf("manual add of an allow-listed address: %v, want ErrAllowed", err)
+	}
+	if _, err := p.Add(netip.MustParsePrefix("203.0.113.0/24"), "", "carol", "", 0, at(5)); !errors.Is(err, ErrBadInput) {
+		t.Errorf("manual add of a /24 with widest_prefix_v4 32: %v, want ErrBadInput", err)
+	}
+}
+
+// TestPolicyRestore: a second policy fed the first one's changes, in order,
+// holds the same list; records read twice change nothing.
+func TestPolicyRestore(t *testing.T) {
+	cfg := testConfig()
+	a := NewPolicy(cfg, nil, nil)
+	var log []Change
+	log = append(log, a.Apply(mkAlert("i1", "smtp_fanout", "open", "203.0.113.2", at(0)))...)
+	log = append(log, a.Apply(mkAlert("i2", "dst_entropy", "open", "203.0.113.3", at(1)))...)
+	log = append(log, a.Advance(at(40))...)
+	ch, err := a.Hold("i2", "alice", "", at(41))
+	if err != nil {
+		t.Fatal(err)
+	}
+	log = append(log, ch)
+	b := NewPolicy(cfg, nil, nil)
+	for _, c := range append(log, log...) {
+		b.Restore(c, false)
+	}
+	if diff := cmp.Diff(a.Entries(), b.Entries(), cmp.Comparer(func(x, y netip.Prefix) bool { return x == y })); diff != "" {
+		t.Errorf("restored list (-want +got):\n%s", diff)
+	}
+	// Timers on both give the same changes, with the same ids.
+	ca, cb := a.Advance(at(300)), b.Advance(at(300))
+	if diff := cmp.Diff(ca, cb, cmp.Comparer(func(x, y netip.Prefix) bool { return x == y })); diff != "" {
+		t.Errorf("timer changes differ (-a +b):\n%s", diff)
+	}
+}
