@@ -295,8 +295,8 @@ func DefaultConfiguration() Configuration {
 		},
 		OutboundFlood: OutboundFloodConfiguration{
 			Enabled:           true,
-			MaxPPS:            10_000,
-			MaxBPS:            200_000_000,
+			MaxPPS:            20_000,
+			MaxBPS:            1_000_000_000,
 			MaxFlowsPerMinute: 6_000,
 			MinMinutes:        1,
 			BaselineAlpha:     0.05,

@@ -270,13 +270,19 @@ func (floodRule) process(e *Engine, c *ruleCtx, f *flow.Flow) (alert.Alert, bool
 }
 
 // learn steps the baselines with the minute that ended; frozen (an open
-// incident) it forgets that minute instead.
+// incident) it forgets that minute instead. A minute that would have been
+// a departure is not learned either: a flood's first minute, before it
+// has lasted min_minutes, must not raise the bar it is measured against.
 func (st *floodState) learn(cfg OutboundFloodConfiguration, frozen bool) {
 	for k := range floodClasses {
 		if !st.seen[k] || frozen {
 			continue
 		}
 		x := st.busiest[k]
+		if cfg.BaselineFactor > 0 && int(st.steps[k]) >= cfg.BaselineWarmup &&
+			x >= float64(cfg.BaselineMinPPS) && x >= cfg.BaselineFactor*st.mean[k] {
+			continue
+		}
 		if st.steps[k] == 0 {
 			st.mean[k] = x
 		} else {
