@@ -72,7 +72,7 @@ type setResult struct {
 	span         time.Duration
 	found        map[string]time.Duration // "host kind" → open's last_seen after the host's first flow
 	trigger      map[string]string
-	fp           map[string][]string      // kind → unlabelled hosts alerted
+	fp           map[string][]string // kind → unlabelled hosts alerted
 	alerts       []alert.Alert
 }
 
