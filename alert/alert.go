@@ -11,9 +11,15 @@ import (
 
 // Kinds of alert.
 const (
-	KindSMTPFanout = "smtp_fanout"
-	KindDstEntropy = "dst_entropy"
+	KindSMTPFanout    = "smtp_fanout"
+	KindDstEntropy    = "dst_entropy"
+	KindDarknet       = "darknet"
+	KindRelayAbuse    = "relay_abuse"
+	KindOutboundFlood = "outbound_flood"
 )
+
+// Kinds lists every alert kind.
+var Kinds = []string{KindSMTPFanout, KindDstEntropy, KindDarknet, KindRelayAbuse, KindOutboundFlood}
 
 // States of an incident's lifecycle.
 const (
@@ -60,7 +66,10 @@ type Evidence struct {
 	Saturated bool `json:"saturated,omitempty"`
 	// Trigger names what opened or keeps the incident: threshold,
 	// slow_window, sequential (smtp_fanout); worm_pattern,
-	// baseline_departure (dst_entropy).
+	// baseline_departure (dst_entropy); min_dsts (darknet);
+	// max_connections, max_bytes, baseline_departure (relay_abuse);
+	// max_pps, max_bps, max_flows_per_minute, baseline_departure
+	// (outbound_flood).
 	Trigger string `json:"trigger,omitempty"`
 	// SamplingRate is the exporter's 1:N sampling (0 or 1: unsampled).
 	// Flow counts are scaled by it; distinct counts are as observed.
@@ -71,6 +80,58 @@ type Evidence struct {
 	Sequential *Sequential `json:"sequential,omitempty"`
 	// Entropy backs dst_entropy alerts.
 	Entropy *Entropy `json:"entropy,omitempty"`
+	// Darknet backs darknet alerts; SampleDsts lists dark destinations.
+	Darknet *Darknet `json:"darknet,omitempty"`
+	// Relay backs relay_abuse alerts.
+	Relay *Relay `json:"relay,omitempty"`
+	// Flood backs outbound_flood alerts.
+	Flood *Flood `json:"flood,omitempty"`
+}
+
+// Darknet is what a subscriber sent into dark space within the window.
+type Darknet struct {
+	// Ports are the destination ports seen (ICMP: type<<8|code), sorted,
+	// at most 16; Protocols likewise.
+	Ports     []uint16 `json:"ports"`
+	Protocols []string `json:"protocols"`
+	// FirstContact is the end time of the first dark contact still in
+	// the window.
+	FirstContact time.Time `json:"first_contact"`
+}
+
+// Relay is a subscriber's use of the ISP's mail submission servers within
+// the window, counts scaled by sampling.
+type Relay struct {
+	Connections uint64   `json:"connections"`
+	Bytes       uint64   `json:"bytes"`
+	Relays      []string `json:"relays"`
+	Ports       []uint16 `json:"ports"`
+	// The subscriber's own baseline: connections expected in a window,
+	// their standard deviation, and minutes learned.
+	BaselineConnections float64 `json:"baseline_connections"`
+	BaselineStdDev      float64 `json:"baseline_stddev"`
+	BaselineSteps       uint64  `json:"baseline_steps"`
+}
+
+// Flood is a subscriber's traffic toward one target, as rates over the
+// seconds it covered within the window, scaled by sampling.
+type Flood struct {
+	Target   string `json:"target"`
+	Protocol string `json:"protocol"`
+	// Traffic is the kind the baseline is kept for: icmp, udp, tcp_syn
+	// (TCP without ACK), tcp, other.
+	Traffic        string   `json:"traffic"`
+	Ports          []uint16 `json:"ports"`
+	PPS            float64  `json:"pps"`
+	BPS            float64  `json:"bps"`
+	FlowsPerMinute float64  `json:"flows_per_minute"`
+	Seconds        float64  `json:"seconds"`
+	Packets        uint64   `json:"packets"`
+	Bytes          uint64   `json:"bytes"`
+	// The subscriber's busiest target's usual packet rate for this kind
+	// of traffic, and minutes learned.
+	BaselinePPS   float64 `json:"baseline_pps"`
+	BaselineSteps uint64  `json:"baseline_steps"`
 }
 
 // Sequential is the Threshold Random Walk over first-contact TCP/25

@@ -49,8 +49,9 @@ type Component struct {
 	// instance number in the upper bits, the publisher in the low 16. Each
 	// publisher writes its flows in order; the detector keeps a watermark
 	// per origin and exporter.
-	origin   uint64
-	producer bus.Producer
+	origin      uint64
+	unpublished unpublishedBatches
+	producer    bus.Producer
 
 	conns   []*net.UDPConn
 	queue   chan []flow.Flow
@@ -329,6 +330,11 @@ type shardBatch struct {
 	flows []flow.Flow
 	next  []int32
 	keys  map[netip.Addr][2]int32 // first and last flow of the key
+	low   int64                   // oldest flow end, 0 when none has one
+	// id and progress are set at hand-off: progress is the collector's,
+	// stamped on the batch's messages (bus.Message.LowMs).
+	id       uint64
+	progress int64
 }
 
 var shardBatches = sync.Pool{New: func() any {
@@ -336,6 +342,9 @@ var shardBatches = sync.Pool{New: func() any {
 }}
 
 func (b *shardBatch) add(key netip.Addr, f *flow.Flow) {
+	if f.EndMs > 0 && (b.low == 0 || f.EndMs < b.low) {
+		b.low = f.EndMs
+	}
 	i := int32(len(b.flows))
 	b.flows = append(b.flows, *f)
 	b.next = append(b.next, -1)
@@ -378,7 +387,18 @@ func (c *Component) publish() {
 		if len(pending[i].flows) == 0 {
 			return
 		}
-		work[i] <- pending[i]
+		b := pending[i]
+		// The collector's progress: no flow it has yet to publish ends
+		// before this, so a consumer that takes it for every publisher
+		// of this collector never finds one publisher's flows late
+		// because another wrote first.
+		b.progress = c.unpublished.add(b)
+		for j := range n {
+			if low := pending[j].low; j != i && low > 0 && low < b.progress {
+				b.progress = low
+			}
+		}
+		work[i] <- b
 		pending[i] = shardBatches.Get().(*shardBatch)
 	}
 	timer := time.NewTicker(c.config.Linger)
@@ -435,13 +455,8 @@ func (c *Component) publishBatch(batch *shardBatch, origin uint64) {
 	keys := make([]byte, 0, 16*len(batch.keys))
 	msgs := make([]bus.Message, 0, len(batch.keys))
 	// The messages go out in map order, not in the order of their flows:
-	// each carries the batch's oldest flow end as the publisher's progress.
-	low := int64(0)
-	for i := range batch.flows {
-		if end := batch.flows[i].EndMs; end > 0 && (low == 0 || end < low) {
-			low = end
-		}
-	}
+	// each carries the collector's progress at hand-off instead.
+	low, id := batch.progress, batch.id
 	for key, ends := range batch.keys {
 		start := len(buf)
 		for i := ends[0]; i >= 0; i = batch.next[i] {
@@ -452,12 +467,46 @@ func (c *Component) publishBatch(batch *shardBatch, origin uint64) {
 		msgs = append(msgs, bus.Message{Key: keys[k:len(keys):len(keys)], Value: buf[start:len(buf):len(buf)], Origin: origin, LowMs: low})
 	}
 	flows := len(batch.flows)
-	batch.flows, batch.next = batch.flows[:0], batch.next[:0]
+	batch.flows, batch.next, batch.low = batch.flows[:0], batch.next[:0], 0
 	clear(batch.keys)
 	shardBatches.Put(batch)
 	c.publishWithRetry(msgs, flows)
+	c.unpublished.remove(id)
 	c.queued.Add(-int64(flows))
 	c.metrics.queueFlows.Sub(float64(flows))
+}
+
+// unpublishedBatches holds the oldest flow end of every batch handed to a
+// publisher and not yet written to the bus.
+type unpublishedBatches struct {
+	mu     sync.Mutex
+	nextID uint64
+	lows   map[uint64]int64
+}
+
+// add records b and returns the oldest flow end of all batches unwritten.
+func (u *unpublishedBatches) add(b *shardBatch) int64 {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.lows == nil {
+		u.lows = map[uint64]int64{}
+	}
+	u.nextID++
+	b.id = u.nextID
+	u.lows[b.id] = b.low
+	oldest := b.low
+	for _, low := range u.lows {
+		if low > 0 && (oldest == 0 || low < oldest) {
+			oldest = low
+		}
+	}
+	return oldest
+}
+
+func (u *unpublishedBatches) remove(id uint64) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	delete(u.lows, id)
 }
 
 // publishWithRetry keeps trying: the queue in front of it is bounded, so a

@@ -3,8 +3,10 @@ package collector
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/netip"
 	"path/filepath"
 	"testing"
@@ -313,4 +315,64 @@ func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
 		}
 	}
 	return sum
+}
+
+// TestProgressStamps: every message carries the collector's progress at
+// the moment its batch was handed off, and no message written after it
+// holds a flow that ends earlier, whichever publisher writes it: what the
+// detector's watermark relies on.
+func TestProgressStamps(t *testing.T) {
+	cfg := DefaultConfiguration()
+	cfg.Publishers, cfg.BatchFlows = 8, 5
+	c, consumer, mem := newTestComponent(t, cfg)
+	from := netip.MustParseAddrPort("192.0.2.1:5000")
+	const secs, datagrams, perDatagram = 1700000000, 300, 10
+	for i := range datagrams {
+		var recs [][]byte
+		for j := range perDatagram {
+			n := uint32(i*perDatagram + j)
+			// Many subscribers, so that every publisher has some.
+			sub := fmt.Sprintf("203.0.113.%d", n%97)
+			recs = append(recs, nfbuild.Record256(sub, "198.18.0.1", 25, 1, 1+n))
+		}
+		dg := nfbuild.Message{Version: 9, Domain: 1, Sequence: uint32(i), UnixSecs: secs, UptimeMs: 1 << 30,
+			Sets: [][]byte{nfbuild.Set(0, nfbuild.Template256), nfbuild.Set(256, recs...)}}.Bytes()
+		c.Ingest(decode.FamilyNetFlow, from, dg, secs*1000, true)
+	}
+	if err := c.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	mem.CloseTopic("flows")
+	var msgs []bus.Message
+	var ends [][]int64
+	for {
+		m, err := consumer.Fetch(context.Background())
+		if err != nil {
+			break
+		}
+		flows, err := flow.DecodeBatch(nil, m.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var e []int64
+		for _, f := range flows {
+			e = append(e, f.EndMs)
+		}
+		msgs, ends = append(msgs, m), append(ends, e)
+	}
+	origins := map[uint64]bool{}
+	oldestAfter := int64(math.MaxInt64)
+	for i := len(msgs) - 1; i >= 0; i-- {
+		origins[msgs[i].Origin] = true
+		for _, e := range ends[i] {
+			oldestAfter = min(oldestAfter, e)
+		}
+		if msgs[i].LowMs <= 0 || msgs[i].LowMs > oldestAfter {
+			t.Fatalf("message %d of %d stamps progress %d, but it or a later message holds a flow ending at %d",
+				i, len(msgs), msgs[i].LowMs, oldestAfter)
+		}
+	}
+	if len(origins) < 4 {
+		t.Errorf("%d publishers wrote, want most of 8", len(origins))
+	}
 }

@@ -6,7 +6,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/wormsign/wormsign/alert"
 	"github.com/wormsign/wormsign/network"
 )
 
@@ -49,8 +48,11 @@ type Configuration struct {
 	// SubscriberMapReload is how often the map file is checked for changes.
 	SubscriberMapReload time.Duration `yaml:"subscriber_map_reload"`
 
-	SMTPFanout SMTPFanoutConfiguration `yaml:"smtp_fanout"`
-	DstEntropy DstEntropyConfiguration `yaml:"dst_entropy"`
+	SMTPFanout    SMTPFanoutConfiguration    `yaml:"smtp_fanout"`
+	DstEntropy    DstEntropyConfiguration    `yaml:"dst_entropy"`
+	Darknet       DarknetConfiguration       `yaml:"darknet"`
+	RelayAbuse    RelayAbuseConfiguration    `yaml:"relay_abuse"`
+	OutboundFlood OutboundFloodConfiguration `yaml:"outbound_flood"`
 	// Groups override rule settings for subscribers in their networks
 	// (longest prefix wins). A zero or omitted field inherits the global
 	// value. YAML only: groups cannot be set from the environment.
@@ -62,13 +64,16 @@ type Configuration struct {
 type GroupConfiguration struct {
 	Name     string           `yaml:"name"`
 	Networks []network.Prefix `yaml:"networks"`
-	// Disable lists rule kinds (smtp_fanout, dst_entropy) that never alert
-	// for this group.
+	// Disable lists rule kinds (smtp_fanout, dst_entropy, darknet,
+	// relay_abuse, outbound_flood) that never alert for this group.
 	Disable []string `yaml:"disable"`
 	// The rules' settings for the group: keys it names replace the
 	// global ones, the others are inherited.
-	SMTPFanout Override[SMTPFanoutConfiguration] `yaml:"smtp_fanout"`
-	DstEntropy Override[DstEntropyConfiguration] `yaml:"dst_entropy"`
+	SMTPFanout    Override[SMTPFanoutConfiguration]    `yaml:"smtp_fanout"`
+	DstEntropy    Override[DstEntropyConfiguration]    `yaml:"dst_entropy"`
+	Darknet       Override[DarknetConfiguration]       `yaml:"darknet"`
+	RelayAbuse    Override[RelayAbuseConfiguration]    `yaml:"relay_abuse"`
+	OutboundFlood Override[OutboundFloodConfiguration] `yaml:"outbound_flood"`
 }
 
 // SMTPFanoutConfiguration tunes the smtp_fanout rule.
@@ -149,6 +154,78 @@ type DstEntropyConfiguration struct {
 	SampleSize     int           `yaml:"sample_size"`
 }
 
+// DarknetConfiguration tunes the darknet rule: contacts to the ISP's
+// unused address space and honeypots.
+type DarknetConfiguration struct {
+	// Networks are the dark prefixes and addresses; empty turns the rule
+	// off.
+	Networks []network.Prefix `yaml:"networks"`
+	// MinDsts distinct dark addresses within Window open an incident.
+	MinDsts        int           `yaml:"min_dsts"`
+	Window         time.Duration `yaml:"window"`
+	UpdateInterval time.Duration `yaml:"update_interval"`
+	Cooldown       time.Duration `yaml:"cooldown"`
+	SampleSize     int           `yaml:"sample_size"`
+}
+
+// RelayAbuseConfiguration tunes the relay_abuse rule: connections to the
+// ISP's own mail submission servers per subscriber.
+type RelayAbuseConfiguration struct {
+	// Relays are the ISP's MSAs and smarthosts; empty turns the rule off.
+	Relays []network.Prefix `yaml:"relays"`
+	// Ports of the relays that count (TCP).
+	Ports []uint16 `yaml:"ports"`
+	// MaxConnections within Window open an incident; MaxBytes (0: no
+	// ceiling) does too.
+	MaxConnections int           `yaml:"max_connections"`
+	MaxBytes       int64         `yaml:"max_bytes"`
+	Window         time.Duration `yaml:"window"`
+	// Baseline: an exponentially weighted mean and variance of the
+	// subscriber's connections per minute (BaselineAlpha the weight of the
+	// newest minute, minutes without connections included). After
+	// BaselineWarmup minutes a window with at least
+	// BaselineMinConnections connections and more than the baseline's
+	// expectation plus BaselineDeviation standard deviations opens an
+	// incident. BaselineDeviation 0 turns the baseline check off.
+	BaselineAlpha          float64       `yaml:"baseline_alpha"`
+	BaselineWarmup         int           `yaml:"baseline_warmup"`
+	BaselineDeviation      float64       `yaml:"baseline_deviation"`
+	BaselineMinConnections int           `yaml:"baseline_min_connections"`
+	UpdateInterval         time.Duration `yaml:"update_interval"`
+	Cooldown               time.Duration `yaml:"cooldown"`
+}
+
+// OutboundFloodConfiguration tunes the outbound_flood rule: packets,
+// bytes and flows per subscriber toward one target.
+type OutboundFloodConfiguration struct {
+	Enabled bool `yaml:"enabled"`
+	// Ceilings toward one target (address and protocol), as rates over
+	// the last min_minutes (plus the minute in progress) of its traffic.
+	MaxPPS            int   `yaml:"max_pps"`
+	MaxBPS            int64 `yaml:"max_bps"`
+	MaxFlowsPerMinute int   `yaml:"max_flows_per_minute"`
+	// MinMinutes the traffic toward the target must have lasted.
+	MinMinutes int `yaml:"min_minutes"`
+	// EstablishedTCP also counts TCP flows in which the subscriber sent
+	// an ACK (the target answered): bulk uploads and backups live there,
+	// so it is off by default.
+	EstablishedTCP bool `yaml:"established_tcp"`
+	// Baseline: an exponentially weighted mean of the subscriber's
+	// busiest target's packet rate per minute, per kind of traffic (ICMP,
+	// UDP, TCP without ACK, TCP). After BaselineWarmup minutes, a rate
+	// of at least BaselineMinPPS and BaselineFactor times the mean opens
+	// an incident. BaselineFactor 0 turns the baseline check off.
+	BaselineAlpha  float64 `yaml:"baseline_alpha"`
+	BaselineWarmup int     `yaml:"baseline_warmup"`
+	BaselineFactor float64 `yaml:"baseline_factor"`
+	BaselineMinPPS int     `yaml:"baseline_min_pps"`
+	// MaxTargets caps the targets followed per subscriber; past it the
+	// one with the least traffic gives way.
+	MaxTargets     int           `yaml:"max_targets"`
+	UpdateInterval time.Duration `yaml:"update_interval"`
+	Cooldown       time.Duration `yaml:"cooldown"`
+}
+
 // DefaultConfiguration returns the defaults documented in the README (Detection).
 func DefaultConfiguration() Configuration {
 	return Configuration{
@@ -198,6 +275,38 @@ func DefaultConfiguration() Configuration {
 			Cooldown:          10 * time.Minute,
 			SampleSize:        10,
 		},
+		Darknet: DarknetConfiguration{
+			MinDsts:        3,
+			Window:         10 * time.Minute,
+			UpdateInterval: time.Minute,
+			Cooldown:       10 * time.Minute,
+			SampleSize:     10,
+		},
+		RelayAbuse: RelayAbuseConfiguration{
+			Ports:                  []uint16{25, 465, 587},
+			MaxConnections:         100,
+			Window:                 10 * time.Minute,
+			BaselineAlpha:          0.05,
+			BaselineWarmup:         60,
+			BaselineDeviation:      6,
+			BaselineMinConnections: 30,
+			UpdateInterval:         time.Minute,
+			Cooldown:               10 * time.Minute,
+		},
+		OutboundFlood: OutboundFloodConfiguration{
+			Enabled:           true,
+			MaxPPS:            20_000,
+			MaxBPS:            1_000_000_000,
+			MaxFlowsPerMinute: 6_000,
+			MinMinutes:        1,
+			BaselineAlpha:     0.05,
+			BaselineWarmup:    30,
+			BaselineFactor:    10,
+			BaselineMinPPS:    1_000,
+			MaxTargets:        64,
+			UpdateInterval:    time.Minute,
+			Cooldown:          5 * time.Minute,
+		},
 	}
 }
 
@@ -227,6 +336,15 @@ func (c Configuration) Validate() error {
 	if err := c.DstEntropy.validate("detector.dst_entropy"); err != nil {
 		return err
 	}
+	if err := c.Darknet.validate("detector.darknet"); err != nil {
+		return err
+	}
+	if err := c.RelayAbuse.validate("detector.relay_abuse"); err != nil {
+		return err
+	}
+	if err := c.OutboundFlood.validate("detector.outbound_flood"); err != nil {
+		return err
+	}
 	for i, g := range c.Groups {
 		name := fmt.Sprintf("detector.groups[%d]", i)
 		if g.Name == "" {
@@ -236,7 +354,7 @@ func (c Configuration) Validate() error {
 			return fmt.Errorf("%s (%s).networks must not be empty", name, g.Name)
 		}
 		for _, k := range g.Disable {
-			if k != alert.KindSMTPFanout && k != alert.KindDstEntropy {
+			if kindOf(k) < 0 {
 				return fmt.Errorf("%s (%s).disable: unknown rule %q", name, g.Name, k)
 			}
 		}
@@ -248,6 +366,15 @@ func (c Configuration) Validate() error {
 			return err
 		}
 		if err := r.entropy.validate(name + ".dst_entropy"); err != nil {
+			return err
+		}
+		if err := r.darknet.validate(name + ".darknet"); err != nil {
+			return err
+		}
+		if err := r.relay.validate(name + ".relay_abuse"); err != nil {
+			return err
+		}
+		if err := r.flood.validate(name + ".outbound_flood"); err != nil {
 			return err
 		}
 	}
@@ -316,16 +443,85 @@ func (e DstEntropyConfiguration) validate(key string) error {
 	return nil
 }
 
+func (d DarknetConfiguration) validate(key string) error {
+	switch {
+	case d.MinDsts < 1:
+		return fmt.Errorf("%s.min_dsts: %d, want >= 1", key, d.MinDsts)
+	case !wholeMinutes(d.Window) || d.Window > 24*time.Hour:
+		return fmt.Errorf("%s.window: %s, want whole minutes up to 24h", key, d.Window)
+	case d.UpdateInterval < 0:
+		return fmt.Errorf("%s.update_interval: %s, want >= 0", key, d.UpdateInterval)
+	case d.Cooldown < Bucket:
+		return fmt.Errorf("%s.cooldown: %s, want >= 1m", key, d.Cooldown)
+	case d.SampleSize < 0:
+		return fmt.Errorf("%s.sample_size: %d, want >= 0", key, d.SampleSize)
+	}
+	return nil
+}
+
+func (r RelayAbuseConfiguration) validate(key string) error {
+	switch {
+	case len(r.Relays) > 0 && len(r.Ports) == 0:
+		return fmt.Errorf("%s.ports: empty, want the relays' ports", key)
+	case r.MaxConnections < 1:
+		return fmt.Errorf("%s.max_connections: %d, want >= 1", key, r.MaxConnections)
+	case r.MaxBytes < 0:
+		return fmt.Errorf("%s.max_bytes: %d, want >= 0", key, r.MaxBytes)
+	case !wholeMinutes(r.Window) || r.Window > 24*time.Hour:
+		return fmt.Errorf("%s.window: %s, want whole minutes up to 24h", key, r.Window)
+	case r.BaselineAlpha <= 0 || r.BaselineAlpha > 1:
+		return fmt.Errorf("%s.baseline_alpha: %g, want in (0,1]", key, r.BaselineAlpha)
+	case r.BaselineWarmup < 1 || r.BaselineWarmup > math.MaxUint16:
+		return fmt.Errorf("%s.baseline_warmup: %d, want 1..65535", key, r.BaselineWarmup)
+	case r.BaselineDeviation < 0 || r.BaselineMinConnections < 0:
+		return fmt.Errorf("%s: baseline_deviation and baseline_min_connections want >= 0", key)
+	case r.UpdateInterval < 0:
+		return fmt.Errorf("%s.update_interval: %s, want >= 0", key, r.UpdateInterval)
+	case r.Cooldown < Bucket:
+		return fmt.Errorf("%s.cooldown: %s, want >= 1m", key, r.Cooldown)
+	}
+	return nil
+}
+
+func (o OutboundFloodConfiguration) validate(key string) error {
+	switch {
+	case o.MaxPPS < 1 || o.MaxBPS < 1 || o.MaxFlowsPerMinute < 1:
+		return fmt.Errorf("%s: max_pps %d, max_bps %d, max_flows_per_minute %d, want >= 1", key, o.MaxPPS, o.MaxBPS, o.MaxFlowsPerMinute)
+	case o.MinMinutes < 1 || o.MinMinutes > 60:
+		return fmt.Errorf("%s.min_minutes: %d, want 1..60", key, o.MinMinutes)
+	case o.BaselineAlpha <= 0 || o.BaselineAlpha > 1:
+		return fmt.Errorf("%s.baseline_alpha: %g, want in (0,1]", key, o.BaselineAlpha)
+	case o.BaselineWarmup < 1 || o.BaselineWarmup > math.MaxUint16:
+		return fmt.Errorf("%s.baseline_warmup: %d, want 1..65535", key, o.BaselineWarmup)
+	case o.BaselineFactor < 0 || o.BaselineMinPPS < 1:
+		return fmt.Errorf("%s: baseline_factor %g and baseline_min_pps %d, want >= 0 and >= 1", key, o.BaselineFactor, o.BaselineMinPPS)
+	case o.MaxTargets < 1 || o.MaxTargets > 4096:
+		return fmt.Errorf("%s.max_targets: %d, want 1..4096", key, o.MaxTargets)
+	case o.UpdateInterval < 0:
+		return fmt.Errorf("%s.update_interval: %s, want >= 0", key, o.UpdateInterval)
+	case o.Cooldown < Bucket:
+		return fmt.Errorf("%s.cooldown: %s, want >= 1m", key, o.Cooldown)
+	}
+	return nil
+}
+
 // ruleSet is the effective rule configuration of one subscriber group.
 type ruleSet struct {
 	name     string
 	smtp     SMTPFanoutConfiguration
 	entropy  DstEntropyConfiguration
-	smtpOn   bool
-	entOn    bool
-	smtpMins int // short window, minutes
+	darknet  DarknetConfiguration
+	relay    RelayAbuseConfiguration
+	flood    OutboundFloodConfiguration
+	on       [kinds]bool // the rule runs for the group
+	smtpMins int         // short window, minutes
 	slowMins int
 	entMins  int
+	dark     *network.Set // darknet.networks
+	relays   *network.Set // relay_abuse.relays
+	// floodGate is the packets per minute of flood-like traffic below
+	// which outbound_flood keeps no state for a subscriber.
+	floodGate uint32
 }
 
 // rules merges a group's overrides onto the global rule settings.
@@ -338,14 +534,34 @@ func (c Configuration) rules(g GroupConfiguration) (ruleSet, error) {
 	if err != nil {
 		return ruleSet{}, fmt.Errorf("dst_entropy: %w", err)
 	}
-	return ruleSet{
+	gd, err := g.Darknet.apply(c.Darknet)
+	if err != nil {
+		return ruleSet{}, fmt.Errorf("darknet: %w", err)
+	}
+	gr, err := g.RelayAbuse.apply(c.RelayAbuse)
+	if err != nil {
+		return ruleSet{}, fmt.Errorf("relay_abuse: %w", err)
+	}
+	gf, err := g.OutboundFlood.apply(c.OutboundFlood)
+	if err != nil {
+		return ruleSet{}, fmt.Errorf("outbound_flood: %w", err)
+	}
+	r := ruleSet{
 		name:     g.Name,
 		smtp:     gs,
 		entropy:  ge,
-		smtpOn:   gs.Enabled && !slices.Contains(g.Disable, alert.KindSMTPFanout),
-		entOn:    ge.Enabled && !slices.Contains(g.Disable, alert.KindDstEntropy),
+		darknet:  gd,
+		relay:    gr,
+		flood:    gf,
 		smtpMins: int(gs.Window / Bucket),
 		slowMins: int(gs.SlowWindow / Bucket),
 		entMins:  int(ge.Window / Bucket),
-	}, nil
+		dark:     network.NewSet(gd.Networks...),
+		relays:   network.NewSet(gr.Relays...),
+	}
+	r.floodGate = floodGateOf(gf)
+	for k, ru := range ruleTable {
+		r.on[k] = ru.enabled(&r) && !slices.Contains(g.Disable, kindNames[k])
+	}
+	return r, nil
 }

@@ -65,7 +65,7 @@ detector:
 		t.Errorf("loaded (-want +got):\n%s", diff)
 	}
 	business, dsl := mustRules(c, c.Groups[0]), mustRules(c, c.Groups[1])
-	gotRules := []any{business.smtp.Threshold, business.smtp.SlowThreshold, business.entOn, business.smtpOn,
+	gotRules := []any{business.smtp.Threshold, business.smtp.SlowThreshold, business.on[kindEntropy], business.on[kindSMTP],
 		dsl.smtp.Threshold, dsl.smtp.SlowThreshold, dsl.smtp.Window, dsl.entropy.MinFlows}
 	wantRules := []any{200, 100, false, true, 5, 20, 5 * time.Minute, 500}
 	if diff := cmp.Diff(wantRules, gotRules); diff != "" {

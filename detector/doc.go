@@ -34,6 +34,34 @@
 // destination port, as NetFlow exporters write it) are left out: they
 // answer traffic the subscriber received.
 //
+// darknet counts distinct destinations inside darknet.networks (one bart
+// lookup per flow) over window; min_dsts of them open an incident. Dark
+// addresses are counted as observed, never scaled by sampling.
+//
+// relay_abuse counts TCP connections and bytes to relay_abuse.relays on
+// its ports per subscriber over window (scaled by sampling) against
+// max_connections (and max_bytes) and against an exponentially weighted
+// baseline of connections per minute, quiet minutes included, learned on
+// the subscriber's own relay flows and frozen while an incident is open.
+//
+// outbound_flood keeps, per subscriber and target (address and kind of
+// traffic), per-minute packets, bytes and flows over min_minutes plus the
+// minute in progress, and rates over the time those flows covered (their
+// earliest start to their newest end). It opens at max_pps, max_bps or
+// max_flows_per_minute once the traffic has lasted min_minutes, or at
+// baseline_factor times the busiest target's usual rate for that kind of
+// traffic. TCP the subscriber ACKs is left out unless established_tcp.
+// A subscriber gets flood state only past an inline gate of flood-like
+// packets per minute.
+//
+// Every rule is one file (rule_*.go) behind the rule interface (rule.go):
+// which flows it wants, its per-subscriber state (behind subscriber.more,
+// allocated by the rule), its evaluation and evidence, its cool-down and
+// how long its state matters. Process dispatches in ruleTable order; the
+// engine keeps incidents, their lifecycle and the timers. Every rule works
+// on the flow's own event time only, so the event-time guarantees below
+// hold for each.
+//
 // # Lifecycle
 //
 // One incident per subscriber and kind: open on crossing, update at most

@@ -80,33 +80,18 @@ const shards = 16
 
 func shardOf(a netip.Addr) int { return int(hashAddr(a) % shards) }
 
-const (
-	kindSMTP = iota
-	kindEntropy
-	kinds
-)
-
-var kindNames = [kinds]string{alert.KindSMTPFanout, alert.KindDstEntropy}
-
+// subscriber is what the engine keeps of one subscriber. A quiet one (a
+// few flows, no incident) is this struct and its dst_entropy records; the
+// other rules' state and the incidents are behind more, allocated only
+// when needed.
 type subscriber struct {
-	lastMs    int64 // last flow of any kind
-	smtp      *smtpState
-	ent       entropyState
-	incidents [kinds]*incident
-	sampling  uint32 // sampling rate of the last flow
-	exporter  uint16 // index in Engine.exporters
-	group     uint16 // index in Engine.rules
-}
-
-// smtpState is allocated only for subscribers that send to TCP/25.
-type smtpState struct {
-	fanout
-	firstMs int64 // first TCP/25 flow still in the slow window
-	// The sequential test: log-odds of "infected" over first contacts.
-	llr           float64
-	firstContacts uint32
-	firstFailed   uint32
-	infected      bool
+	lastMs   int64 // last flow of any kind
+	ent      entropyState
+	more     *ruleStates
+	gate     floodGate // outbound_flood's per-minute volume, before it keeps state
+	sampling uint32    // sampling rate of the last flow
+	exporter uint16    // index in Engine.exporters
+	group    uint16    // index in Engine.rules
 }
 
 type incident struct {
@@ -153,7 +138,9 @@ func NewEngine(config Configuration) *Engine {
 	e.allow = network.NewSet(config.AllowList...)
 	longest := time.Duration(0)
 	for _, r := range e.rules {
-		longest = max(longest, r.smtp.SlowWindow, r.entropy.Window)
+		for _, ru := range ruleTable {
+			longest = max(longest, ru.keep(&r))
+		}
 	}
 	e.keepMs = (longest + config.AllowedLateness).Milliseconds()
 	return e
@@ -183,16 +170,6 @@ func (e *Engine) exporter(a netip.Addr) uint16 {
 	e.exporters = append(e.exporters, a)
 	e.exporterIdx[a] = uint16(len(e.exporters) - 1)
 	return uint16(len(e.exporters) - 1)
-}
-
-// failedAttempt tells a TCP/25 attempt that never became an SMTP session:
-// no ACK from the subscriber, or (when flags are not exported, unsampled)
-// three packets or fewer.
-func failedAttempt(f *flow.Flow) bool {
-	if f.TCPFlags != 0 {
-		return f.TCPFlags&flow.TCPAck == 0
-	}
-	return f.Scale() == 1 && f.Packets <= 3
 }
 
 const minuteMs = int64(Bucket / time.Millisecond)
@@ -248,15 +225,25 @@ func (e *Engine) ProcessFrom(origin uint64, lowMs int64, f *flow.Flow) []alert.A
 		e.stats.AllowListed++
 		return out
 	}
-	isSMTP := f.Proto == flow.ProtoTCP && f.DstPort == 25
 	s := e.lookup(src)
 	if s != nil {
 		s, out = e.catchUp(src, s, f.EndMs, out)
 	}
+	g := 0
+	if s != nil {
+		g = int(s.group)
+	} else {
+		g, _ = e.groups.Lookup(src)
+	}
+	r := &e.rules[g]
+	var want [kinds]bool
+	any := false
+	for k, ru := range ruleTable {
+		want[k] = r.on[k] && ru.wants(r, f)
+		any = any || want[k]
+	}
 	if s == nil {
-		g, _ := e.groups.Lookup(src)
-		r := &e.rules[g]
-		if !r.entOn && !(r.smtpOn && isSMTP) {
+		if !any {
 			return out // nothing would use the state
 		}
 		s = &subscriber{group: uint16(g)}
@@ -269,85 +256,20 @@ func (e *Engine) ProcessFrom(origin uint64, lowMs int64, f *flow.Flow) []alert.A
 			}
 		}
 	}
-	r := &e.rules[s.group]
 	s.lastMs = max(s.lastMs, f.EndMs)
 	s.exporter = e.exporter(f.Exporter)
 	s.sampling = f.SamplingRate
-	minute := f.EndMs / minuteMs
-	if r.entOn && !icmpError(f) {
-		if !f.DstAddr.Is4() {
-			s.ent.hasV6 = true
+	for k, ru := range ruleTable {
+		if !want[k] {
+			continue
 		}
-		oldest := s.lastMs/minuteMs - int64(r.entMins) + 1
-		s.ent.add(dst32(f.DstAddr), f.DstPort, uint32(minute), uint32(oldest), r.entropy.MaxRecords)
-		// The first flow of each event-time minute evaluates the window
-		// and steps the baseline: once a minute, spread over the minute
-		// instead of a sweep that would stall on every busy subscriber at
-		// once. Between those, evaluate on arrival so that a worm is
-		// flagged within seconds; waiting for new flows as many as a
-		// quarter of the records keeps the cost per flow constant.
-		now := uint32(s.lastMs / minuteMs)
-		step := s.ent.evalMinute != now && s.ent.scaledFlows(s.sampling) >= uint64(r.entropy.MinFlows)
-		if step || s.ent.since >= uint32(max(r.entropy.MinFlows/4, len(s.ent.recs)/4)) {
-			if step {
-				s.ent.evalMinute = now
-			}
-			if a, ok := e.evaluateEntropy(src, s, r, f.EndMs, step); ok {
-				out = append(out, a)
-			}
+		c := ruleCtx{addr: src, s: s, r: r, kind: k}
+		if a, ok := ru.process(e, &c, f); ok {
+			out = append(out, a)
 		}
-	}
-	if !isSMTP || !r.smtpOn {
-		return out
-	}
-	if s.smtp == nil {
-		s.smtp = &smtpState{fanout: *newFanout(r.slowMins)}
-	}
-	m := s.smtp
-	if m.empty() {
-		m.firstMs = f.EndMs
-	}
-	failed := failedAttempt(f)
-	first, ok := m.addFirst(f.DstAddr, minute, failed, f.Scale(), r.smtp.MaxDestinations, r.smtp.SampleSize)
-	if !ok {
-		// Older than the longest window: it can change no count.
-		return out
-	}
-	if first && r.smtp.Sequential.Enabled {
-		m.step(failed, r.smtp.Sequential)
-	}
-	if a, ok := e.evaluateSMTP(src, s, r, f.EndMs); ok {
-		out = append(out, a)
 	}
 	return out
 }
-
-func (q SequentialConfiguration) bounds() (infected, benign float64) {
-	return math.Log(q.DetectionProbability / q.FalseAlarmProbability),
-		math.Log((1 - q.DetectionProbability) / (1 - q.FalseAlarmProbability))
-}
-
-// step moves the random walk by one first contact.
-func (m *smtpState) step(failed bool, q SequentialConfiguration) {
-	m.firstContacts++
-	if failed {
-		m.firstFailed++
-		m.llr += math.Log((1 - q.SuccessInfected) / (1 - q.SuccessBenign))
-	} else {
-		m.llr += math.Log(q.SuccessInfected / q.SuccessBenign)
-	}
-	up, down := q.bounds()
-	switch {
-	case m.llr >= up && int(m.firstContacts) >= q.MinFirstContacts:
-		m.infected = true
-	case m.llr <= down:
-		// Decided benign: restart the walk, so that a later infection of
-		// the same host is still caught.
-		m.llr, m.firstContacts, m.firstFailed = 0, 0, 0
-	}
-}
-
-func (m *smtpState) resetWalk() { m.llr, m.firstContacts, m.firstFailed, m.infected = 0, 0, 0, false }
 
 // Triggers of smtp_fanout, in the evidence.
 const (
@@ -358,40 +280,16 @@ const (
 	TriggerBaseline   = "baseline_departure"
 )
 
-func (e *Engine) evaluateSMTP(addr netip.Addr, s *subscriber, r *ruleSet, nowMs int64) (alert.Alert, bool) {
-	cfg := r.smtp
-	m := s.smtp
-	// Past the cap each count merges up to an hour of sketches; once the
-	// incident is open, once a second of event time is enough.
-	if inc := s.incidents[kindSMTP]; inc != nil && m.saturated && nowMs >= inc.lastAboveMs && nowMs-inc.lastAboveMs < 1000 {
-		inc.lastSeenMs = max(inc.lastSeenMs, s.lastMs)
-		return alert.Alert{}, false
-	}
-	distinct, flows, failed := m.window(r.smtpMins)
-	slowDistinct, _, _ := m.window(r.slowMins)
-	var trigger string
-	switch {
-	case distinct >= uint64(cfg.Threshold):
-		trigger = TriggerThreshold
-	case slowDistinct >= uint64(cfg.SlowThreshold):
-		trigger = TriggerSlowWindow
-	case m.infected:
-		trigger = TriggerSequential
-	default:
-		return alert.Alert{}, false
-	}
-	inc, state := e.incident(addr, s, kindSMTP, nowMs, m.firstMs)
-	a := e.smtpAlert(addr, s, r, inc, trigger, distinct, flows, failed, slowDistinct)
-	return e.emit(inc, state, a, distinct, nowMs, cfg.UpdateInterval)
-}
-
 // incident returns the open incident of kind, opening one if needed.
 func (e *Engine) incident(addr netip.Addr, s *subscriber, kind int, nowMs, firstSeenMs int64) (*incident, string) {
-	inc := s.incidents[kind]
+	inc := s.incidentOf(kind)
 	state := alert.StateUpdate
 	if inc == nil {
 		inc = &incident{id: incidentID(addr, kindNames[kind], nowMs), firstSeenMs: firstSeenMs}
-		s.incidents[kind] = inc
+		if s.more == nil {
+			s.more = &ruleStates{}
+		}
+		s.more.incidents[kind] = inc
 		state = alert.StateOpen
 		e.active[addr] = s
 	}
@@ -434,55 +332,6 @@ func (e *Engine) base(addr netip.Addr, s *subscriber, inc *incident, kind int, w
 	a.Evidence.SamplingRate = s.sampling
 	if s.group > 0 {
 		a.Evidence.Group = e.rules[s.group].name
-	}
-	return a
-}
-
-func (e *Engine) smtpAlert(addr netip.Addr, s *subscriber, r *ruleSet, inc *incident, trigger string, distinct, flows, failed, slowDistinct uint64) alert.Alert {
-	cfg := r.smtp
-	m := s.smtp
-	share := 0.0
-	if flows > 0 {
-		share = float64(failed) / float64(flows)
-	}
-	sample := make([]string, len(m.sample))
-	for i, d := range m.sample {
-		sample[i] = d.String()
-	}
-	a := e.base(addr, s, inc, kindSMTP, (m.latest+1)*minuteMs, cfg.Window)
-	a.DistinctDsts = distinct
-	a.Flows = flows
-	// Past the threshold, every failed attempt adds weight: a zombie
-	// hammering dead or refusing MX hosts scores up to twice as high as
-	// a busy but successful sender of the same fan-out. The sequential
-	// test scores by how far its odds are past the decision bound.
-	strength := float64(distinct) / float64(cfg.Threshold)
-	decision := "pending"
-	if m.infected {
-		decision = "infected"
-	}
-	up, _ := cfg.Sequential.bounds()
-	if cfg.Sequential.Enabled && m.llr > 0 {
-		strength = max(strength, m.llr/up)
-	}
-	a.Score = strength * (1 + share)
-	a.Evidence.SampleDsts = sample
-	a.Evidence.FailedAttempts = failed
-	a.Evidence.CompletedAttempts = flows - failed
-	a.Evidence.FailedShare = share
-	a.Evidence.Threshold = uint64(cfg.Threshold)
-	a.Evidence.Window = cfg.Window.String()
-	a.Evidence.DistinctDsts60m = slowDistinct
-	a.Evidence.Saturated = m.saturated
-	a.Evidence.Trigger = trigger
-	if cfg.Sequential.Enabled {
-		a.Evidence.Sequential = &alert.Sequential{
-			Decision:      decision,
-			Odds:          math.Exp(min(m.llr, 700)),
-			Bound:         math.Exp(up),
-			FirstContacts: uint64(m.firstContacts),
-			FirstFailed:   uint64(m.firstFailed),
-		}
 	}
 	return a
 }
@@ -531,7 +380,7 @@ func (e *Engine) catchUp(addr netip.Addr, s *subscriber, endMs int64, out []aler
 		out = e.resolveQuiet(addr, s, boundary, out)
 		sortAlerts(out[first:])
 	}
-	if s.incidents == [kinds]*incident{} && boundary-s.lastMs > e.keepMs {
+	if !s.hasIncident() && boundary-s.lastMs > e.keepMs {
 		delete(e.shards[shardOf(addr)], addr)
 		e.nsubs--
 		e.stats.Evicted++
@@ -544,23 +393,19 @@ func (e *Engine) catchUp(addr netip.Addr, s *subscriber, endMs int64, out []aler
 // cool-down at nowMs.
 func (e *Engine) resolveQuiet(addr netip.Addr, s *subscriber, nowMs int64, out []alert.Alert) []alert.Alert {
 	r := &e.rules[s.group]
-	for k, inc := range s.incidents {
-		if inc == nil {
-			continue
-		}
-		cooldown := r.smtp.Cooldown
-		if k == kindEntropy {
-			cooldown = r.entropy.Cooldown
-		}
-		if nowMs-inc.lastAboveMs >= cooldown.Milliseconds() {
-			out = append(out, resolved(inc))
-			s.incidents[k] = nil
-			if k == kindSMTP && s.smtp != nil {
-				s.smtp.resetWalk()
+	if s.more != nil {
+		for k, inc := range s.more.incidents {
+			if inc == nil {
+				continue
+			}
+			if nowMs-inc.lastAboveMs >= ruleTable[k].cooldown(r).Milliseconds() {
+				out = append(out, resolved(inc))
+				s.more.incidents[k] = nil
+				ruleTable[k].resolved(s)
 			}
 		}
 	}
-	if s.incidents == [kinds]*incident{} {
+	if !s.hasIncident() {
 		delete(e.active, addr)
 	}
 	return out
@@ -590,7 +435,7 @@ func (e *Engine) Inherit(last []alert.Alert) {
 		if err != nil || a.State == alert.StateResolved {
 			continue
 		}
-		k := slices.Index(kindNames[:], a.Kind)
+		k := kindOf(a.Kind)
 		if k < 0 {
 			continue
 		}
@@ -607,11 +452,14 @@ func (e *Engine) Inherit(last []alert.Alert) {
 
 func (e *Engine) attach(addr netip.Addr, s *subscriber, k int, a alert.Alert) {
 	e.active[addr] = s
-	inc := s.incidents[k]
+	inc := s.incidentOf(k)
 	switch {
 	case inc == nil:
 		lastMs := a.LastSeen.UnixMilli()
-		s.incidents[k] = &incident{
+		if s.more == nil {
+			s.more = &ruleStates{}
+		}
+		s.more.incidents[k] = &incident{
 			id: a.ID, firstSeenMs: a.FirstSeen.UnixMilli(), lastSeenMs: lastMs, lastAboveMs: lastMs,
 			lastEmitMs: lastMs, lastEmitDistinct: a.DistinctDsts, last: a,
 		}
@@ -637,10 +485,11 @@ func (e *Engine) Flush() []alert.Alert {
 	var out []alert.Alert
 	for _, sh := range e.shards {
 		for addr, s := range sh {
-			for k, inc := range s.incidents {
-				if inc != nil {
-					out = append(out, resolved(inc))
-					s.incidents[k] = nil
+			if s.more != nil {
+				for _, inc := range s.more.incidents {
+					if inc != nil {
+						out = append(out, resolved(inc))
+					}
 				}
 			}
 			delete(sh, addr)
@@ -674,7 +523,7 @@ func (e *Engine) sweep(nowMs, prevMinute int64) []alert.Alert {
 			}
 			r := &e.rules[s.group]
 			s.ent.expire(uint32(minute - int64(r.entMins) + 1))
-			if s.incidents == [kinds]*incident{} && nowMs-s.lastMs > e.keepMs {
+			if !s.hasIncident() && nowMs-s.lastMs > e.keepMs {
 				delete(sh, addr)
 				e.nsubs--
 				e.stats.Evicted++
@@ -684,64 +533,6 @@ func (e *Engine) sweep(nowMs, prevMinute int64) []alert.Alert {
 	sortAlerts(out)
 	return out
 }
-
-// evaluateEntropy checks the window for the worm pattern and for a
-// departure from the baseline; at minute sweeps (step) the baseline then
-// learns from it, so that it moves once a minute whatever the traffic.
-func (e *Engine) evaluateEntropy(addr netip.Addr, s *subscriber, r *ruleSet, nowMs int64, step bool) (alert.Alert, bool) {
-	cfg := r.entropy
-	s.ent.since = 0
-	// Idle subscribers' records are expired only when their shard is
-	// visited; drop what left the window before counting.
-	s.ent.expire(uint32(s.lastMs/minuteMs - int64(r.entMins) + 1))
-	if s.ent.scaledFlows(s.sampling) < uint64(cfg.MinFlows) {
-		return alert.Alert{}, false
-	}
-	scale := uint64(max(s.sampling, 1))
-	st := s.ent.evaluate(&e.scratch, scale, cfg.SampleSize)
-	if st.flows < uint64(cfg.MinFlows) {
-		return alert.Alert{}, false
-	}
-	worm := st.distinct >= uint64(cfg.WormMinDsts) && st.addrH >= cfg.WormAddrEntropy && st.portH <= cfg.WormPortEntropy
-	open := s.incidents[kindEntropy] != nil
-	baseMean := s.ent.mean
-	delta, departed := s.ent.departure(st, cfg, open || !step)
-	var trigger string
-	switch {
-	case worm:
-		trigger = TriggerWorm
-	case departed:
-		trigger = TriggerBaseline
-	default:
-		return alert.Alert{}, false
-	}
-	inc, state := e.incident(addr, s, kindEntropy, nowMs, int64(st.firstMinute)*minuteMs)
-	a := e.base(addr, s, inc, kindEntropy, (nowMs/minuteMs+1)*minuteMs, cfg.Window)
-	a.DistinctDsts = st.distinct
-	a.Flows = st.flows
-	if worm {
-		a.Score = float64(st.distinct) / float64(cfg.WormMinDsts) * (st.addrH - st.portH)
-	} else {
-		a.Score = delta / max(cfg.BaselineMinDelta, 1e-9)
-	}
-	a.Evidence.SampleDsts = st.sample
-	a.Evidence.Window = cfg.Window.String()
-	a.Evidence.Trigger = trigger
-	a.Evidence.Entropy = &alert.Entropy{
-		DstAddr:         round3(st.addrH),
-		DstPort:         round3(st.portH),
-		DistinctPorts:   st.ports,
-		TopPort:         st.topPort,
-		TopPortShare:    round3(st.topPortShare),
-		BaselineDstAddr: round3(float64(baseMean[0])),
-		BaselineDstPort: round3(float64(baseMean[1])),
-		BaselineSteps:   uint64(s.ent.evals),
-		Thinning:        st.thinning,
-	}
-	return e.emit(inc, state, a, st.distinct, nowMs, cfg.UpdateInterval)
-}
-
-func round3(x float64) float64 { return math.Round(x*1000) / 1000 }
 
 func resolved(inc *incident) alert.Alert {
 	a := inc.last

@@ -53,6 +53,23 @@ func reorderScenario() [][]sourced {
 				all = append(all, f)
 			}
 		}
+		// darknet, relay_abuse and outbound_flood, each in two bursts
+		// further apart than their cool-downs.
+		if burst := minute % 40; burst < 5 {
+			dark := netip.AddrFrom4([4]byte{203, 0, 113, 60})
+			for i := range 3 {
+				all = append(all, darkFlow(dark, minute*3+i, at(float64(minute)+float64(i)/3)))
+			}
+			abuser := netip.AddrFrom4([4]byte{203, 0, 113, 61})
+			for i := range 40 {
+				all = append(all, relayFlow(abuser, 587, at(float64(minute)+float64(i)/40)))
+			}
+			flooder := netip.AddrFrom4([4]byte{203, 0, 113, 62})
+			for s := range 60 {
+				from := float64(minute) + float64(s)/60
+				all = append(all, floodFlow(flooder, 17, at(from), at(from+1.0/60), 30_000))
+			}
+		}
 		for u := range 6 {
 			user := netip.AddrFrom4([4]byte{203, 0, 113, byte(100 + u)})
 			f := smtpFlow(user, rng.IntN(5), at(float64(minute)+rng.Float64()), flow.TCPSyn|flow.TCPAck)
@@ -129,6 +146,8 @@ func TestWatermarkSurvivesReordering(t *testing.T) {
 	cfg.SMTPFanout.Cooldown = 5 * time.Minute
 	cfg.DstEntropy.MinFlows = 20
 	cfg.DstEntropy.WormMinDsts = 20
+	cfg.Darknet.Networks = darkConfig().Darknet.Networks
+	cfg.RelayAbuse.Relays = relayConfig().RelayAbuse.Relays
 	srcs := reorderScenario()
 	want, st := perIncident(t, cfg, interleave(srcs, 0, 0, 0))
 	if st.LateFlows != 0 {
@@ -140,7 +159,12 @@ func TestWatermarkSurvivesReordering(t *testing.T) {
 			reopened += strings.Count(strings.Join(evs, "\n"), "open ") - 1
 		}
 	}
-	if reopened < 4 || len(want) < 5 {
+	for _, k := range []string{"203.0.113.60 darknet", "203.0.113.61 relay_abuse", "203.0.113.62 outbound_flood"} {
+		if n := strings.Count(strings.Join(want[k], "\n"), "open "); n < 2 {
+			t.Fatalf("scenario too weak: %s opened %d times, want 2 or more: %v", k, n, want[k])
+		}
+	}
+	if reopened < 4 || len(want) < 8 {
 		t.Fatalf("scenario too weak: %d incidents, %d reopenings: %v", len(want), reopened, want)
 	}
 	for _, tc := range []struct {

@@ -3,6 +3,7 @@ package schemas
 import (
 	"encoding/json"
 	"os"
+	"slices"
 	"testing"
 	"time"
 
@@ -72,5 +73,69 @@ func TestAlertMatchesSchema(t *testing.T) {
 		if _, ok := schema.Properties["evidence"].Properties[name]; !ok {
 			t.Errorf("alert evidence emits %q, which the schema does not describe", name)
 		}
+	}
+	checkNestedEvidence(t, raw)
+}
+
+// checkNestedEvidence: for every kind, an alert with all its evidence
+// objects filled emits only keys the schema describes, at every level,
+// and its kind and trigger are among the schema's values.
+func checkNestedEvidence(t *testing.T, raw []byte) {
+	t.Helper()
+	type node struct {
+		Enum       []string        `json:"enum"`
+		Properties map[string]node `json:"properties"`
+	}
+	var schema node
+	if err := json.Unmarshal(raw, &schema); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 11, 27, 5, 0, 0, 0, time.UTC)
+	ev := alert.Evidence{SampleDsts: []string{"198.18.0.1"}, Saturated: true, SamplingRate: 10, Group: "g",
+		Sequential: &alert.Sequential{Decision: "infected"}, Entropy: &alert.Entropy{Thinning: 2},
+		Darknet: &alert.Darknet{Ports: []uint16{23}, Protocols: []string{"tcp"}, FirstContact: now},
+		Relay:   &alert.Relay{Connections: 1, Relays: []string{"198.18.0.25"}, Ports: []uint16{587}},
+		Flood:   &alert.Flood{Target: "198.18.0.7", Protocol: "udp", Traffic: "udp", Ports: []uint16{80}}}
+	triggers := map[string][]string{
+		alert.KindSMTPFanout: {"threshold", "slow_window", "sequential"}, alert.KindDstEntropy: {"worm_pattern", "baseline_departure"},
+		alert.KindDarknet: {"min_dsts"}, alert.KindRelayAbuse: {"max_connections", "max_bytes", "baseline_departure"},
+		alert.KindOutboundFlood: {"max_pps", "max_bps", "max_flows_per_minute", "baseline_departure"},
+	}
+	var check func(path string, v any, n node)
+	check = func(path string, v any, n node) {
+		m, ok := v.(map[string]any)
+		if !ok {
+			return
+		}
+		for k, sub := range m {
+			d, ok := n.Properties[k]
+			if !ok {
+				t.Errorf("alert emits %s.%s, which the schema does not describe", path, k)
+				continue
+			}
+			check(path+"."+k, sub, d)
+		}
+	}
+	for _, kind := range alert.Kinds {
+		if !slices.Contains(schema.Properties["kind"].Enum, kind) {
+			t.Errorf("kind %q is not in the schema's enum", kind)
+		}
+		for _, trig := range triggers[kind] {
+			if !slices.Contains(schema.Properties["evidence"].Properties["trigger"].Enum, trig) {
+				t.Errorf("trigger %q of %s is not in the schema's enum", trig, kind)
+			}
+		}
+		e := ev
+		e.Trigger = triggers[kind][0]
+		a := alert.Alert{ID: "x", Kind: kind, State: alert.StateOpen, WindowStart: now, WindowEnd: now, FirstSeen: now, LastSeen: now, Evidence: e}
+		b, err := a.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got map[string]any
+		if err := json.Unmarshal(b, &got); err != nil {
+			t.Fatal(err)
+		}
+		check("alert", got, schema)
 	}
 }

@@ -40,7 +40,7 @@ func TestCTU13ReplayIntoClickHouse(t *testing.T) {
 	plain := replay(t, path)
 	env := []string{"WORMSIGN_CLICKHOUSE_ADDR=" + addr, "WORMSIGN_CLICKHOUSE_DATABASE=" + database}
 	for run := 1; run <= 2; run++ {
-		r := replayWith(t, env, path)
+		r := replayWith(t, replayEnv(env...), path)
 		if string(r.stdout) != string(plain.stdout) {
 			t.Errorf("run %d into ClickHouse prints other alerts than a replay without it: %s", run, firstDifference(plain.lines, r.lines))
 		}

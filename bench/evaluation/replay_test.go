@@ -79,14 +79,14 @@ var lateFlows = regexp.MustCompile(`\blate_flows=(\d+)`)
 // replay runs `wormsign replay [args] capture` and parses its alerts.
 func replay(tb testing.TB, capture string, args ...string) replayRun {
 	tb.Helper()
-	return replayWith(tb, nil, capture, args...)
+	return replayWith(tb, replayEnv(), capture, args...)
 }
 
-// replayWith is replay with more WORMSIGN_ settings in its environment.
+// replayWith is replay in the environment env.
 func replayWith(tb testing.TB, env []string, capture string, args ...string) replayRun {
 	tb.Helper()
 	cmd := exec.Command(wormsignBinary(tb), append(append([]string{"replay"}, args...), capture)...)
-	cmd.Env = replayEnv(env...)
+	cmd.Env = env
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	began := time.Now()

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -27,7 +28,12 @@ func RunPeer() {
 	var err error
 	switch role {
 	case "smtp-server":
-		err = smtpServer(strings.Split(os.Getenv("TESTENV_ADDRS"), ","))
+		err = smtpServer(strings.Split(os.Getenv("TESTENV_ADDRS"), ","), envOr("TESTENV_PORT", "25"))
+	case "smtp-submit":
+		n, _ := strconv.Atoi(os.Getenv("TESTENV_COUNT"))
+		err = smtpSubmit(os.Getenv("TESTENV_FROM"), os.Getenv("TESTENV_TARGET"), n)
+	case "udp-sender":
+		err = udpSender(os.Getenv("TESTENV_FROM"), os.Getenv("TESTENV_TARGET"), os.Getenv("TESTENV_RATE"), os.Getenv("TESTENV_DURATION"))
 	case "smtp-client":
 		err = smtpClient(os.Getenv("TESTENV_FROM"), strings.Split(os.Getenv("TESTENV_TARGETS"), ","))
 	default:
@@ -42,9 +48,9 @@ func RunPeer() {
 
 // smtpServer answers like a mail server on port 25 of each address, until
 // killed: banner, a reply per command, close on QUIT.
-func smtpServer(addrs []string) error {
+func smtpServer(addrs []string, port string) error {
 	for _, a := range addrs {
-		l, err := net.Listen("tcp", net.JoinHostPort(a, "25"))
+		l, err := net.Listen("tcp", net.JoinHostPort(a, port))
 		if err != nil {
 			return err
 		}
@@ -104,6 +110,72 @@ func smtpClient(from string, targets []string) error {
 	return nil
 }
 
+// smtpSubmit sends n mails from `from` through the submission server
+// target (host:port), one full session each: EHLO, AUTH, MAIL, RCPT,
+// DATA with a short message, QUIT. It prints how many were answered.
+func smtpSubmit(from, target string, n int) error {
+	local, err := net.ResolveTCPAddr("tcp", net.JoinHostPort(from, "0"))
+	if err != nil {
+		return err
+	}
+	d := net.Dialer{LocalAddr: local, Timeout: 2 * time.Second}
+	ok := 0
+	for i := range n {
+		conn, err := d.Dial("tcp", target)
+		if err != nil {
+			continue
+		}
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(conn, "EHLO pc.example\r\nAUTH PLAIN AHVzZXIAcGFzcw==\r\nMAIL FROM:<user@example.net>\r\n"+
+			"RCPT TO:<rcpt%d@example.org>\r\nDATA\r\nSubject: hello %d\r\n\r\nA short message.\r\n.\r\nQUIT\r\n", i, i)
+		io.Copy(io.Discard, conn)
+		conn.Close()
+		ok++
+	}
+	fmt.Printf("%d sessions\n", ok)
+	return nil
+}
+
+// udpSender sends small UDP datagrams from `from` to target (host:port)
+// at rate per second for duration, each from a new socket (a new source
+// port, so a new flow), as a flood with random source ports does, or as a
+// resolver client does for its queries.
+func udpSender(from, target, rate, duration string) error {
+	r, err := strconv.Atoi(rate)
+	if err != nil || r < 1 {
+		return fmt.Errorf("bad rate %q", rate)
+	}
+	dur, err := time.ParseDuration(duration)
+	if err != nil {
+		return err
+	}
+	local, err := net.ResolveUDPAddr("udp", net.JoinHostPort(from, "0"))
+	if err != nil {
+		return err
+	}
+	remote, err := net.ResolveUDPAddr("udp", target)
+	if err != nil {
+		return err
+	}
+	payload := make([]byte, 64)
+	began := time.Now()
+	sent := 0
+	for time.Since(began) < dur {
+		for sent < int(time.Since(began).Seconds()*float64(r)) {
+			c, err := net.DialUDP("udp", local, remote)
+			if err != nil {
+				return err
+			}
+			c.Write(payload)
+			c.Close()
+			sent++
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	fmt.Printf("%d datagrams\n", sent)
+	return nil
+}
+
 func (l *Lab) peer(role string, ns string, env ...string) *exec.Cmd {
 	cmd := l.Command(ns, os.Args[0])
 	cmd.Env = append(os.Environ(), append([]string{peerEnv + "=" + role}, env...)...)
@@ -122,7 +194,12 @@ func joinAddrs(as []netip.Addr) string {
 // until cleanup. Other addresses of the internet namespace refuse.
 func (l *Lab) StartSMTPServers(t testing.TB, addrs []netip.Addr) {
 	t.Helper()
-	cmd := l.peer("smtp-server", l.Internet, "TESTENV_ADDRS="+joinAddrs(addrs))
+	l.startSMTPServers(t, addrs, "25")
+}
+
+func (l *Lab) startSMTPServers(t testing.TB, addrs []netip.Addr, port string) {
+	t.Helper()
+	cmd := l.peer("smtp-server", l.Internet, "TESTENV_ADDRS="+joinAddrs(addrs), "TESTENV_PORT="+port)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -139,6 +216,53 @@ func (l *Lab) StartSMTPServers(t testing.TB, addrs []netip.Addr) {
 	if err != nil || strings.TrimSpace(line) != "ready" {
 		t.Fatalf("smtp servers did not start: %q %v", line, err)
 	}
+}
+
+// StartSMTPServersOn is StartSMTPServers on another port (a submission
+// server on 587).
+func (l *Lab) StartSMTPServersOn(t testing.TB, addrs []netip.Addr, port int) {
+	t.Helper()
+	l.startSMTPServers(t, addrs, strconv.Itoa(port))
+}
+
+// SMTPSubmit has subscriber `from` send n mails through the submission
+// server at target:port, one full session each, and returns how many were
+// answered.
+func (l *Lab) SMTPSubmit(t testing.TB, from, target netip.Addr, port, n int) int {
+	t.Helper()
+	cmd := l.peer("smtp-submit", l.Subscriber, "TESTENV_FROM="+from.String(),
+		"TESTENV_TARGET="+netip.AddrPortFrom(target, uint16(port)).String(), "TESTENV_COUNT="+strconv.Itoa(n))
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("smtp submit: %v", err)
+	}
+	var got int
+	if _, err := fmt.Sscanf(string(out), "%d sessions", &got); err != nil {
+		t.Fatalf("smtp submit said %q", out)
+	}
+	return got
+}
+
+// StartUDPSender starts subscriber `from` sending rate datagrams a second
+// to target:port for duration, each from a new source port. Wait on the
+// returned command; it is killed at cleanup.
+func (l *Lab) StartUDPSender(t testing.TB, from, target netip.Addr, port, rate int, duration time.Duration) *exec.Cmd {
+	t.Helper()
+	cmd := l.peer("udp-sender", l.Subscriber, "TESTENV_FROM="+from.String(),
+		"TESTENV_TARGET="+netip.AddrPortFrom(target, uint16(port)).String(),
+		"TESTENV_RATE="+strconv.Itoa(rate), "TESTENV_DURATION="+duration.String())
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("cannot start udp sender: %v", err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	})
+	return cmd
 }
 
 // SMTPSessions has subscriber `from` open an SMTP session to each target
