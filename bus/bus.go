@@ -24,12 +24,12 @@ type Message struct {
 	// that consumers can tell ordered streams apart; 0 when unknown.
 	// On Kafka it travels in the wormsign-origin header.
 	Origin uint64
-	// LowMs is the writer's progress in event time (Unix ms): the oldest
-	// flow end of the batch the message was written with. A publisher
-	// writes its batches in order but the messages of one batch in no
-	// particular order, so a consumer takes this, not the flows' own
-	// times, for the writer's progress; 0 when unknown. On Kafka it
-	// travels in the wormsign-low header.
+	// LowMs is the writer's progress in event time (Unix ms): no flow
+	// the writer (a collector, over all its publishers) has yet to write
+	// ends before it. Publishers write concurrently and the messages of a
+	// batch in no particular order, so a consumer takes this, not the
+	// flows' own times, for the writer's progress; 0 when unknown. On
+	// Kafka it travels in the wormsign-low header.
 	LowMs int64
 }
 
