@@ -206,12 +206,16 @@ func (d *Decoder) DecodeReport(family string, exporter netip.AddrPort, payload [
 			if version == 10 {
 				rep.Protocol = "ipfix"
 			}
+			h, body, herr := parseNFHeader(payload)
+			if herr != nil {
+				return out, herr
+			}
 			exp, r, ok := d.exporter(exporter, receivedMs)
 			if !ok {
 				rep.Refused[r]++
 				return out, refusedExporter(r)
 			}
-			out, _, err = d.decodeNetFlowV9(payload, exp, exporterAddr, receivedMs, out, rep)
+			out, _, err = d.decodeNetFlowV9(h, body, exp, exporterAddr, receivedMs, out, rep)
 		default:
 			return out, &DecodeError{Kind: "version", Err: fmt.Errorf("unsupported NetFlow version %d", version)}
 		}

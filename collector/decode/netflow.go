@@ -111,31 +111,39 @@ type dataSet struct {
 	data []byte
 }
 
-// decodeNetFlowV9 decodes one NetFlow v9 or IPFIX message.
-func (d *Decoder) decodeNetFlowV9(payload []byte, exp *exporterState, exporter netip.Addr, receivedMs int64, out []flow.Flow, rep *Report) ([]flow.Flow, uint32, error) {
+// parseNFHeader reads a NetFlow v9 or IPFIX header and returns the
+// message (an IPFIX message may be shorter than its datagram). It runs
+// before any state is kept for the exporter: a truncated datagram costs
+// nothing.
+func parseNFHeader(payload []byte) (nfHeader, []byte, error) {
 	var h nfHeader
 	h.version = be16(payload)
 	body := payload
 	switch h.version {
 	case 9:
 		if len(payload) < 20 {
-			return out, 0, &DecodeError{Kind: "truncated", Err: fmt.Errorf("NetFlow v9 datagram of %d bytes", len(payload))}
+			return h, nil, &DecodeError{Kind: "truncated", Err: fmt.Errorf("NetFlow v9 datagram of %d bytes", len(payload))}
 		}
 		h.uptimeMs, h.unixSecs, h.sequence, h.domain = be32(payload[4:]), be32(payload[8:]), be32(payload[12:]), be32(payload[16:])
 		h.headerSize = 20
 	case 10:
 		if len(payload) < 16 {
-			return out, 0, &DecodeError{Kind: "truncated", Err: fmt.Errorf("IPFIX message of %d bytes", len(payload))}
+			return h, nil, &DecodeError{Kind: "truncated", Err: fmt.Errorf("IPFIX message of %d bytes", len(payload))}
 		}
 		length := int(be16(payload[2:]))
 		if length < 16 || length > len(payload) {
-			return out, 0, &DecodeError{Kind: "truncated", Err: fmt.Errorf("IPFIX message length %d in a datagram of %d bytes", length, len(payload))}
+			return h, nil, &DecodeError{Kind: "truncated", Err: fmt.Errorf("IPFIX message length %d in a datagram of %d bytes", length, len(payload))}
 		}
 		body = payload[:length]
 		h.unixSecs, h.sequence, h.domain = be32(payload[4:]), be32(payload[8:]), be32(payload[12:])
 		h.headerSize = 16
 	}
+	return h, body, nil
+}
 
+// decodeNetFlowV9 decodes one NetFlow v9 or IPFIX message whose header
+// parseNFHeader read.
+func (d *Decoder) decodeNetFlowV9(h nfHeader, body []byte, exp *exporterState, exporter netip.Addr, receivedMs int64, out []flow.Flow, rep *Report) ([]flow.Flow, uint32, error) {
 	exp.mu.Lock()
 	defer exp.mu.Unlock()
 	exp.lastSeenMs = receivedMs
