@@ -28,12 +28,14 @@ test: build
 	$(GO) test -count=1 -timeout 40m ./...
 	$(MAKE) fuzz
 
-# Fuzz the decoder's protocol entry points, FUZZTIME each; seeds come from
-# the vendor captures in ../shared and collector/decode/testdata/fuzz.
+# Fuzz the decoder's protocol entry points and the configuration loader,
+# FUZZTIME each; decoder seeds come from the vendor captures in ../shared
+# and collector/decode/testdata/fuzz.
 FUZZTIME ?= 45s
 fuzz:
 	for t in FuzzNetFlowV5 FuzzNetFlowV9 FuzzIPFIX FuzzSFlow; do \
 		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./collector/decode/ || exit 1; done
+	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) ./internal/config/
 
 bench: build
 	deploy/services.sh up

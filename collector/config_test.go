@@ -33,6 +33,8 @@ collector:
   publishers: 4
   correct_clock_skew: false
   max_templates_per_exporter: 64
+  decoder_budget_bytes: 33554432
+  max_state_per_address: 65536
   max_exporters: 100
   template_ttl: 30m
   template_file: /var/lib/wormsign/templates.json
@@ -56,6 +58,8 @@ collector:
 		"WORMSIGN_COLLECTOR_PUBLISHERS=4",
 		"WORMSIGN_COLLECTOR_CORRECT_CLOCK_SKEW=false",
 		"WORMSIGN_COLLECTOR_MAX_TEMPLATES_PER_EXPORTER=64",
+		"WORMSIGN_COLLECTOR_DECODER_BUDGET_BYTES=33554432",
+		"WORMSIGN_COLLECTOR_MAX_STATE_PER_ADDRESS=65536",
 		"WORMSIGN_COLLECTOR_MAX_EXPORTERS=100",
 		"WORMSIGN_COLLECTOR_TEMPLATE_TTL=30m",
 		"WORMSIGN_COLLECTOR_TEMPLATE_FILE=/var/lib/wormsign/templates.json",
@@ -75,7 +79,8 @@ collector:
 		Exporters: []network.Prefix{network.MustParsePrefix("192.0.2.0/24")}, ReceiveBuffer: 1 << 20,
 		QueueSize: 1024, BatchFlows: 512, Linger: 20 * time.Millisecond, Publishers: 4,
 		Decode: decode.Configuration{
-			CorrectClockSkew: false, MaxTemplatesPerExporter: 64, MaxExporters: 100, TemplateTTL: 30 * time.Minute,
+			CorrectClockSkew: false, MaxTemplatesPerExporter: 64, MaxExporters: 100,
+			DecoderBudgetBytes: 32 << 20, MaxStatePerAddress: 64 << 10, TemplateTTL: 30 * time.Minute,
 			DefaultSamplingRate:  []decode.SamplingRate{rate("192.0.2.0/24=1000")},
 			OverrideSamplingRate: []decode.SamplingRate{rate("192.0.2.1=512")},
 		},

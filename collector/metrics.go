@@ -22,6 +22,7 @@ type metrics struct {
 	publishErrors    prometheus.Counter
 	queueFlows       prometheus.Gauge
 	templateSaves    *prometheus.CounterVec // result
+	refusals         *prometheus.CounterVec // reason
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -42,7 +43,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		templateMisses: perExporter("template_misses_total",
 			"NetFlow v9/IPFIX data sets skipped because their template is unknown (other sets of the datagram still decode)."),
 		templatesRefused: perExporter("templates_refused_total",
-			"Templates not stored because the exporter reached collector.max_templates_per_exporter."),
+			"Templates not stored: over collector.max_templates_per_exporter, collector.max_state_per_address or collector.decoder_budget_bytes (reasons in decoder_refusals_total)."),
 		lostDatagrams: perExporter("lost_datagrams_total",
 			"Export datagrams lost between exporter and collector, from NetFlow v9 and sFlow sequence numbers."),
 		lostRecords: perExporter("lost_records_total",
@@ -68,11 +69,37 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		templateSaves: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wormsign_collector_template_saves_total", Help: "Writes of collector.template_file, by result.",
 		}, []string{"result"}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wormsign_collector_decoder_refusals_total",
+			Help: "Decoder state not kept (templates, exporters, per-domain sampling rates, sequence numbers, system init times), by reason.",
+		}, []string{"reason"}),
+	}
+	// Every reason is exported from the start, at 0.
+	for _, r := range decode.RefusalReasons {
+		m.refusals.WithLabelValues(r)
 	}
 	reg.MustRegister(m.datagrams, m.flows, m.decodeErrors, m.templateMisses, m.templatesRefused,
 		m.lostDatagrams, m.lostRecords, m.enterprise, m.variableLength, m.optionsRecords,
-		m.dropped, m.published, m.publishErrors, m.queueFlows, m.templateSaves)
+		m.dropped, m.published, m.publishErrors, m.queueFlows, m.templateSaves, m.refusals)
 	return m
+}
+
+// registerDecoder exports the decoder's budget and what it holds.
+func registerDecoder(reg prometheus.Registerer, d *decode.Decoder) {
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "wormsign_collector_decoder_state_bytes",
+			Help: "Decoder state (templates, fields, sampling rates, per-domain entries, exporters) charged against collector.decoder_budget_bytes.",
+		}, func() float64 { return float64(d.StateBytes()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "wormsign_collector_decoder_budget_bytes",
+			Help: "collector.decoder_budget_bytes.",
+		}, func() float64 { return float64(d.BudgetBytes()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "wormsign_collector_decoder_exporters",
+			Help: "Exporters (address and port) the decoder holds state for.",
+		}, func() float64 { n, _ := d.Exporters(); return float64(n) }),
+	)
 }
 
 // report adds what decoding one datagram found to the per-exporter
@@ -90,6 +117,11 @@ func (m *metrics) report(exporter string, r *decode.Report) {
 	add(m.enterprise, float64(r.EnterpriseRecords))
 	add(m.variableLength, float64(r.VariableLengthRecords))
 	add(m.optionsRecords, float64(r.OptionsRecords))
+	for i, n := range r.Refused {
+		if n != 0 {
+			m.refusals.WithLabelValues(decode.RefusalReasons[i]).Add(float64(n))
+		}
+	}
 	if r.SetErrors != 0 {
 		m.decodeErrors.WithLabelValues(exporter, r.Protocol, "malformed_set").Add(float64(r.SetErrors))
 	}

@@ -45,6 +45,7 @@ type Component struct {
 	exporters *network.Set // nil: every exporter is accepted
 	metrics   *metrics
 	decoder   *decode.Decoder
+	labels    *exporterLabels
 	// origin tells this collector's publishers apart on the bus: a random
 	// instance number in the upper bits, the publisher in the low 16. Each
 	// publisher writes its flows in order; the detector keeps a watermark
@@ -81,12 +82,16 @@ func New(config Configuration, deps Dependencies) (*Component, error) {
 	if len(config.Exporters) > 0 {
 		exporters = network.NewSet(config.Exporters...)
 	}
+	decoder := decode.New(config.Decode)
+	m := newMetrics(deps.Registry)
+	registerDecoder(deps.Registry, decoder)
 	return &Component{
 		exporters: exporters,
 		config:    config,
 		deps:      deps,
-		metrics:   newMetrics(deps.Registry),
-		decoder:   decode.New(config.Decode),
+		metrics:   m,
+		decoder:   decoder,
+		labels:    newExporterLabels(config.Decode.MaxExporters),
 		origin:    rand.Uint64()<<16 | 1<<16,
 		producer:  producer,
 		queue:     make(chan []flow.Flow, config.QueueSize),
@@ -249,19 +254,17 @@ func (c *Component) read(family string, conn *net.UDPConn) {
 // true (replay) it waits, since a file can always be read more slowly.
 // It reports how many flows were queued.
 func (c *Component) Ingest(family string, from netip.AddrPort, payload []byte, receivedMs int64, block bool) int {
-	exporter := from.Addr().Unmap().String()
-	if !c.allowed(from.Addr().Unmap()) {
+	addr := from.Addr().Unmap()
+	if !c.allowed(addr) {
 		c.metrics.dropped.WithLabelValues("exporter_not_allowed").Inc()
 		return 0
 	}
 	var rep decode.Report
 	buf := datagramFlows.Get().(*[]flow.Flow)
 	flows, err := c.decoder.DecodeReport(family, from, payload, receivedMs, (*buf)[:0], &rep)
-	if errors.Is(err, decode.ErrTooManyExporters) {
-		// Beyond collector.max_exporters, exporters share one label so
-		// that spoofed sources cannot grow the metrics without bound.
-		exporter = "other"
-	}
+	// Beyond collector.max_exporters addresses, exporters share one label
+	// so that spoofed sources cannot grow the metrics without bound.
+	exporter := c.labels.label(addr)
 	c.metrics.datagrams.WithLabelValues(exporter, rep.Protocol).Inc()
 	c.metrics.report(exporter, &rep)
 	if err != nil {

@@ -21,6 +21,15 @@ type Configuration struct {
 	// one exporter (address and port, all observation domains together);
 	// templates beyond it are refused and counted.
 	MaxTemplatesPerExporter int `yaml:"max_templates_per_exporter"`
+	// DecoderBudgetBytes is the one budget of all decoder state: every
+	// exporter's templates and their fields, learned sampling rates,
+	// sequence numbers and system init times, estimated in bytes of Go
+	// heap. State beyond it is refused and counted.
+	DecoderBudgetBytes int64 `yaml:"decoder_budget_bytes"`
+	// MaxStatePerAddress caps the decoder state of one exporter address,
+	// all its ports and observation domains together, so that one host
+	// cannot take the whole budget.
+	MaxStatePerAddress int64 `yaml:"max_state_per_address"`
 	// MaxExporters caps how many exporters (address and port) the decoder
 	// keeps state for; datagrams from more are dropped and counted.
 	MaxExporters int `yaml:"max_exporters"`
@@ -43,7 +52,17 @@ func DefaultConfiguration() Configuration {
 		CorrectClockSkew:        true,
 		MaxTemplatesPerExporter: 1024,
 		MaxExporters:            10000,
-		TemplateTTL:             2 * time.Hour,
+		// 256 MiB: 10,000 exporters of ~25 templates of ~30 fields need
+		// ~100 MB; the rest of a 4 GB collector holds the queue
+		// (~250 MB of flows at queue_size), the publishers, the Go
+		// collector's headroom (the heap may reach twice what is live)
+		// and the page cache.
+		DecoderBudgetBytes: 256 << 20,
+		// 1 MiB: a router with several exporting processes and line
+		// cards (domains) uses ~100 KB; 256 hosts are needed to spend
+		// the budget.
+		MaxStatePerAddress: 1 << 20,
+		TemplateTTL:        2 * time.Hour,
 	}
 }
 
@@ -54,6 +73,10 @@ func (c Configuration) Validate() error {
 		return fmt.Errorf("collector.max_templates_per_exporter: %d, want >= 1", c.MaxTemplatesPerExporter)
 	case c.MaxExporters < 1:
 		return fmt.Errorf("collector.max_exporters: %d, want >= 1", c.MaxExporters)
+	case c.MaxStatePerAddress < 16384:
+		return fmt.Errorf("collector.max_state_per_address: %d, want >= 16384", c.MaxStatePerAddress)
+	case c.DecoderBudgetBytes < c.MaxStatePerAddress:
+		return fmt.Errorf("collector.decoder_budget_bytes: %d, want >= collector.max_state_per_address (%d)", c.DecoderBudgetBytes, c.MaxStatePerAddress)
 	case c.TemplateTTL <= 0:
 		return fmt.Errorf("collector.template_ttl: %s, want > 0", c.TemplateTTL)
 	}

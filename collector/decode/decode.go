@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 
 	"github.com/wormsign/wormsign/flow"
 	"github.com/wormsign/wormsign/network"
@@ -40,9 +41,12 @@ type Report struct {
 	// TemplateMisses counts data sets skipped because their template is
 	// unknown (not yet received, expired or refused).
 	TemplateMisses int
-	// TemplatesRefused counts templates not stored because the exporter
-	// has reached collector.max_templates_per_exporter.
+	// TemplatesRefused counts templates not stored, for any of the
+	// reasons in Refused.
 	TemplatesRefused int
+	// Refused counts state the decoder did not keep (templates,
+	// exporters, per-domain entries), by reason.
+	Refused [NumRefusals]int
 	// SetErrors counts malformed sets or records; the datagram's other
 	// sets are still decoded.
 	SetErrors int
@@ -73,8 +77,13 @@ type Decoder struct {
 	defaultRates *network.Table[uint32]
 	overrides    *network.Table[uint32]
 
+	budget         budget
+	reclaimEveryMs int64
+	lastReclaimMs  atomic.Int64
+
 	mu        sync.RWMutex
 	exporters map[netip.AddrPort]*exporterState
+	addrs     map[netip.Addr]*addrUsage // under mu
 }
 
 // New returns a decoder following the template, sampling and clock
@@ -88,6 +97,14 @@ func New(c Configuration) *Decoder {
 		defaultRates: rateTable(c.DefaultSamplingRate),
 		overrides:    rateTable(c.OverrideSamplingRate),
 		exporters:    map[netip.AddrPort]*exporterState{},
+		addrs:        map[netip.Addr]*addrUsage{},
+		budget: budget{
+			limit:   max(c.DecoderBudgetBytes, 1),
+			perAddr: max(c.MaxStatePerAddress, 1),
+		},
+		// Exporters sweep their own expired state when they send; what
+		// went silent is reclaimed this often.
+		reclaimEveryMs: max(min(c.TemplateTTL.Milliseconds()/8, 60_000), 1),
 	}
 }
 
@@ -96,39 +113,65 @@ func New(c Configuration) *Decoder {
 // collector.max_exporters.
 var ErrTooManyExporters = errors.New("too many exporters (collector.max_exporters)")
 
-// exporter returns the state of addr, creating it within the cap. At the
-// cap, exporters silent for longer than the template TTL are forgotten
-// first.
-func (d *Decoder) exporter(addr netip.AddrPort, nowMs int64) (*exporterState, error) {
+// exporter returns the state of addr, creating it within the caps and the
+// budget. At max_exporters, exporters silent for longer than the template
+// TTL are forgotten first.
+func (d *Decoder) exporter(addr netip.AddrPort, nowMs int64) (*exporterState, Refusal, bool) {
 	d.mu.RLock()
 	s := d.exporters[addr]
 	d.mu.RUnlock()
 	if s != nil {
-		return s, nil
+		return s, 0, true
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if s = d.exporters[addr]; s != nil {
-		return s, nil
+		return s, 0, true
 	}
 	if len(d.exporters) >= d.maxExporters {
-		for a, e := range d.exporters {
-			e.mu.Lock()
-			idle := nowMs-e.lastSeenMs > d.templateTTL
-			e.mu.Unlock()
-			if idle {
-				delete(d.exporters, a)
-			}
+		for a := range d.exporters {
+			d.removeIdleLocked(a, nowMs)
 		}
 		if len(d.exporters) >= d.maxExporters {
-			return nil, ErrTooManyExporters
+			return nil, RefusedTooManyExporters, false
 		}
 	}
-	s = newExporterState()
+	ip := addr.Addr().Unmap()
+	a := d.addrs[ip]
+	cost := int64(costExporter)
+	if a == nil {
+		a = &addrUsage{}
+		cost += costAddress
+	}
+	if r, ok := d.budget.charge(a, cost); !ok {
+		return nil, r, false
+	}
+	if a.exporters == 0 {
+		d.addrs[ip] = a
+		// The address's own cost is credited with its last exporter.
+		cost -= costAddress
+	}
+	a.exporters++
+	s = newExporterState(&d.budget, a)
+	s.used = cost
 	s.lastSeenMs, s.lastSweepMs = nowMs, nowMs
 	d.exporters[addr] = s
-	return s, nil
+	return s, 0, true
 }
+
+// refusedExporter is the error of a datagram whose exporter the decoder
+// cannot keep state for.
+func refusedExporter(r Refusal) error {
+	if r == RefusedTooManyExporters {
+		return &DecodeError{Kind: r.String(), Err: ErrTooManyExporters}
+	}
+	return &DecodeError{Kind: r.String(), Err: fmt.Errorf("%w: %s", ErrRefused, r)}
+}
+
+// ErrRefused is the error (inside a *DecodeError whose kind is the
+// reason) for a NetFlow v9/IPFIX datagram of an exporter the budget or
+// its address's cap has no room for.
+var ErrRefused = errors.New("decoder state refused")
 
 // Decode appends the flows in payload, received from exporter at receivedMs
 // (Unix ms), to out. The protocol is told by family and the version field.
@@ -142,6 +185,7 @@ func (d *Decoder) Decode(family string, exporter netip.AddrPort, payload []byte,
 // DecodeReport is Decode that also fills rep.
 func (d *Decoder) DecodeReport(family string, exporter netip.AddrPort, payload []byte, receivedMs int64, out []flow.Flow, rep *Report) ([]flow.Flow, error) {
 	rep.Protocol = family
+	d.maybeReclaim(receivedMs)
 	start := len(out)
 	exporterAddr := exporter.Addr().Unmap()
 	var err error
@@ -162,11 +206,16 @@ func (d *Decoder) DecodeReport(family string, exporter netip.AddrPort, payload [
 			if version == 10 {
 				rep.Protocol = "ipfix"
 			}
-			exp, xerr := d.exporter(exporter, receivedMs)
-			if xerr != nil {
-				return out, &DecodeError{Kind: "too_many_exporters", Err: xerr}
+			h, body, herr := parseNFHeader(payload)
+			if herr != nil {
+				return out, herr
 			}
-			out, _, err = d.decodeNetFlowV9(payload, exp, exporterAddr, receivedMs, out, rep)
+			exp, r, ok := d.exporter(exporter, receivedMs)
+			if !ok {
+				rep.Refused[r]++
+				return out, refusedExporter(r)
+			}
+			out, _, err = d.decodeNetFlowV9(h, body, exp, exporterAddr, receivedMs, out, rep)
 		default:
 			return out, &DecodeError{Kind: "version", Err: fmt.Errorf("unsupported NetFlow version %d", version)}
 		}

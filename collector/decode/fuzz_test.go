@@ -60,7 +60,11 @@ func version16(p []byte) uint16 {
 // checkDecode decodes the datagrams in order with a fresh decoder and
 // fails on a decoder panic or an impossible result.
 func checkDecode(t *testing.T, family string, datagrams ...[]byte) {
-	d := newDecoder(true)
+	// Small caps, so that refusals are walked too; a vendor capture's
+	// templates fit.
+	c := DefaultConfiguration()
+	c.DecoderBudgetBytes, c.MaxStatePerAddress, c.MaxTemplatesPerExporter = 64<<10, 64<<10, 64
+	d := New(c)
 	from := netip.MustParseAddrPort("192.0.2.1:2055")
 	for _, p := range datagrams {
 		var rep Report
@@ -78,6 +82,43 @@ func checkDecode(t *testing.T, family string, datagrams ...[]byte) {
 		if _, err := flow.DecodeBatch(nil, flow.AppendBatch(nil, flows)); err != nil {
 			t.Fatalf("flows do not round-trip: %v", err)
 		}
+		checkBudget(t, d)
+	}
+	// Everything is given back once the exporter is silent for the TTL.
+	d.Reclaim(1700000000000 + d.templateTTL + 1)
+	if got := d.StateBytes(); got != 0 {
+		t.Fatalf("state of %d bytes left after the TTL", got)
+	}
+}
+
+// checkBudget recounts the decoder's state from its maps: the budget's
+// account must match it exactly and stay within the limits.
+func checkBudget(t *testing.T, d *Decoder) {
+	t.Helper()
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	want := int64(len(d.addrs)) * costAddress
+	perAddr := map[*addrUsage]int64{}
+	for _, e := range d.exporters {
+		e.mu.Lock()
+		n := int64(costExporter) + int64(len(e.rates))*costRate + int64(len(e.sequences))*costSequence + int64(len(e.systemInit))*costInit
+		for _, tp := range e.templates {
+			n += templateCost(tp)
+		}
+		if n != e.used {
+			t.Fatalf("exporter charged %d bytes, holds %d", e.used, n)
+		}
+		e.mu.Unlock()
+		perAddr[e.addr] += n
+		want += n
+	}
+	for a, n := range perAddr {
+		if got := a.used.Load(); got != n+costAddress || got > d.budget.perAddr {
+			t.Fatalf("address charged %d bytes, holds %d (cap %d)", got, n+costAddress, d.budget.perAddr)
+		}
+	}
+	if got := d.StateBytes(); got != want || got > d.budget.limit {
+		t.Fatalf("decoder charged %d bytes, holds %d (budget %d)", got, want, d.budget.limit)
 	}
 }
 

@@ -111,31 +111,39 @@ type dataSet struct {
 	data []byte
 }
 
-// decodeNetFlowV9 decodes one NetFlow v9 or IPFIX message.
-func (d *Decoder) decodeNetFlowV9(payload []byte, exp *exporterState, exporter netip.Addr, receivedMs int64, out []flow.Flow, rep *Report) ([]flow.Flow, uint32, error) {
+// parseNFHeader reads a NetFlow v9 or IPFIX header and returns the
+// message (an IPFIX message may be shorter than its datagram). It runs
+// before any state is kept for the exporter: a truncated datagram costs
+// nothing.
+func parseNFHeader(payload []byte) (nfHeader, []byte, error) {
 	var h nfHeader
 	h.version = be16(payload)
 	body := payload
 	switch h.version {
 	case 9:
 		if len(payload) < 20 {
-			return out, 0, &DecodeError{Kind: "truncated", Err: fmt.Errorf("NetFlow v9 datagram of %d bytes", len(payload))}
+			return h, nil, &DecodeError{Kind: "truncated", Err: fmt.Errorf("NetFlow v9 datagram of %d bytes", len(payload))}
 		}
 		h.uptimeMs, h.unixSecs, h.sequence, h.domain = be32(payload[4:]), be32(payload[8:]), be32(payload[12:]), be32(payload[16:])
 		h.headerSize = 20
 	case 10:
 		if len(payload) < 16 {
-			return out, 0, &DecodeError{Kind: "truncated", Err: fmt.Errorf("IPFIX message of %d bytes", len(payload))}
+			return h, nil, &DecodeError{Kind: "truncated", Err: fmt.Errorf("IPFIX message of %d bytes", len(payload))}
 		}
 		length := int(be16(payload[2:]))
 		if length < 16 || length > len(payload) {
-			return out, 0, &DecodeError{Kind: "truncated", Err: fmt.Errorf("IPFIX message length %d in a datagram of %d bytes", length, len(payload))}
+			return h, nil, &DecodeError{Kind: "truncated", Err: fmt.Errorf("IPFIX message length %d in a datagram of %d bytes", length, len(payload))}
 		}
 		body = payload[:length]
 		h.unixSecs, h.sequence, h.domain = be32(payload[4:]), be32(payload[8:]), be32(payload[12:])
 		h.headerSize = 16
 	}
+	return h, body, nil
+}
 
+// decodeNetFlowV9 decodes one NetFlow v9 or IPFIX message whose header
+// parseNFHeader read.
+func (d *Decoder) decodeNetFlowV9(h nfHeader, body []byte, exp *exporterState, exporter netip.Addr, receivedMs int64, out []flow.Flow, rep *Report) ([]flow.Flow, uint32, error) {
 	exp.mu.Lock()
 	defer exp.mu.Unlock()
 	exp.lastSeenMs = receivedMs
@@ -181,7 +189,7 @@ func (d *Decoder) decodeNetFlowV9(payload []byte, exp *exporterState, exporter n
 	dc := flowContext{h: h, exp: exp, exporter: exporter, receivedMs: receivedMs, ttlMs: d.templateTTL,
 		skewMs: d.skew(receivedMs, h.unixSecs)}
 	dc.domainRate = exp.rate(samplerKey{h.version, h.domain, 0}, receivedMs, d.templateTTL)
-	dc.systemInitMs = exp.systemInit[domainKey{h.version, h.domain}]
+	dc.systemInitMs = exp.systemInit[domainKey{h.version, h.domain}].ms
 	for _, s := range sets {
 		t := exp.template(tmplKey{h.version, h.domain, s.id}, receivedMs, d.templateTTL)
 		switch {
@@ -196,14 +204,14 @@ func (d *Decoder) decodeNetFlowV9(payload []byte, exp *exporterState, exporter n
 
 	switch {
 	case h.version == 9:
-		rep.LostDatagrams += exp.sequenceGap(seqKey{9, h.domain}, h.sequence, 1)
+		rep.LostDatagrams += exp.sequenceGap(seqKey{9, h.domain}, h.sequence, 1, receivedMs, rep)
 	case rep.TemplateMisses > missesBefore:
 		// IPFIX sequence numbers count data records, and the records of
 		// a set without template are unknown: start over with the next
 		// message rather than count them as lost.
 		exp.resetSequence(seqKey{10, h.domain})
 	default:
-		rep.LostRecords += exp.sequenceGap(seqKey{10, h.domain}, h.sequence, uint32(records))
+		rep.LostRecords += exp.sequenceGap(seqKey{10, h.domain}, h.sequence, uint32(records), receivedMs, rep)
 	}
 	return out, h.unixSecs, nil
 }
@@ -290,8 +298,9 @@ func (d *Decoder) learnTemplates(exp *exporterState, h *nfHeader, data []byte, o
 		}
 		t.ReceivedMs = receivedMs
 		t.prepare()
-		if !exp.addTemplate(key, &t, d.maxTemplates) {
+		if r, ok := exp.addTemplate(key, &t, d.maxTemplates); !ok {
 			rep.TemplatesRefused++
+			rep.Refused[r]++
 		}
 	}
 }
@@ -369,10 +378,14 @@ func (d *Decoder) decodeOptions(exp *exporterState, h *nfHeader, t *template, da
 			rate = (interval + space) / interval
 		}
 		if rate > 0 && rate <= 1<<32-1 {
-			exp.setRate(samplerKey{h.version, h.domain, sampler}, uint32(rate), receivedMs)
+			if r, ok := exp.setRate(samplerKey{h.version, h.domain, sampler}, uint32(rate), receivedMs); !ok {
+				rep.Refused[r]++
+			}
 		}
-		if _, known := exp.systemInit[domainKey{h.version, h.domain}]; initMs > 0 && (known || len(exp.systemInit) < maxRatesPerExporter) {
-			exp.systemInit[domainKey{h.version, h.domain}] = int64(initMs)
+		if initMs > 0 && initMs < 1<<62 {
+			if r, ok := exp.setSystemInit(domainKey{h.version, h.domain}, int64(initMs), receivedMs); !ok {
+				rep.Refused[r]++
+			}
 		}
 	}
 	return n

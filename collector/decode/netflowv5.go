@@ -67,12 +67,17 @@ func (d *Decoder) decodeNetFlowV5(payload []byte, from netip.AddrPort, exporter 
 	uptime := packet.SysUptime
 	exportMs := int64(packet.UnixSecs)*1000 + int64(packet.UnixNSecs/1e6)
 	skewMs := d.skew(receivedMs, packet.UnixSecs)
-	if exp, err := d.exporter(from, receivedMs); err == nil {
+	// Without room for the exporter's state its flows still decode; only
+	// its sequence numbers are not followed.
+	if exp, r, ok := d.exporter(from, receivedMs); ok {
 		exp.mu.Lock()
 		exp.lastSeenMs = receivedMs
+		exp.sweep(receivedMs, d.templateTTL)
 		domain := uint32(packet.EngineType)<<8 | uint32(packet.EngineId)
-		rep.LostRecords += exp.sequenceGap(seqKey{5, domain}, packet.FlowSequence, uint32(count))
+		rep.LostRecords += exp.sequenceGap(seqKey{5, domain}, packet.FlowSequence, uint32(count), receivedMs, rep)
 		exp.mu.Unlock()
+	} else {
+		rep.Refused[r]++
 	}
 	for i, m := range msgs {
 		r := payload[v5HeaderSize+i*v5RecordSize:]

@@ -121,11 +121,16 @@ func (d *Decoder) decodeSFlow(payload []byte, from netip.AddrPort, exporter neti
 	if err != nil {
 		return out, err
 	}
-	if exp, err := d.exporter(from, receivedMs); err == nil {
+	// Without room for the exporter's state its flows still decode; only
+	// its sequence numbers are not followed.
+	if exp, r, ok := d.exporter(from, receivedMs); ok {
 		exp.mu.Lock()
 		exp.lastSeenMs = receivedMs
-		rep.LostDatagrams += exp.sequenceGap(seqKey{sflowSeq, subAgent}, seq, 1)
+		exp.sweep(receivedMs, d.templateTTL)
+		rep.LostDatagrams += exp.sequenceGap(seqKey{sflowSeq, subAgent}, seq, 1, receivedMs, rep)
 		exp.mu.Unlock()
+	} else {
+		rep.Refused[r]++
 	}
 	for _, m := range msgs {
 		out = append(out, flow.Flow{

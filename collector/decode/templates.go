@@ -76,29 +76,57 @@ type learnedRate struct {
 }
 
 type seqState struct {
-	next  uint32
-	valid bool
+	next   uint32
+	valid  bool
+	seenMs int64
+}
+
+type initState struct {
+	ms         int64
+	receivedMs int64
 }
 
 // exporterState is what the decoder keeps for one exporter (address and
-// port): templates, learned sampling rates and sequence numbers.
+// port): templates, learned sampling rates, system init times and
+// sequence numbers. Everything it holds is charged to used, its address's
+// cap and the global budget (budget.go), under mu.
 type exporterState struct {
 	mu          sync.Mutex
 	templates   map[tmplKey]*template
 	rates       map[samplerKey]learnedRate
-	systemInit  map[domainKey]int64
+	systemInit  map[domainKey]initState
 	sequences   map[seqKey]seqState
 	lastSeenMs  int64
 	lastSweepMs int64
+
+	budget  *budget
+	addr    *addrUsage
+	used    int64 // bytes charged for this exporter, its own cost included
+	removed bool  // forgotten by the decoder: charges nothing more
 }
 
-func newExporterState() *exporterState {
+func newExporterState(b *budget, a *addrUsage) *exporterState {
 	return &exporterState{
 		templates:  map[tmplKey]*template{},
 		rates:      map[samplerKey]learnedRate{},
-		systemInit: map[domainKey]int64{},
+		systemInit: map[domainKey]initState{},
 		sequences:  map[seqKey]seqState{},
+		budget:     b,
+		addr:       a,
 	}
+}
+
+// charge takes n bytes (or gives back -n) from the budget for this
+// exporter.
+func (e *exporterState) charge(n int64) (Refusal, bool) {
+	if e.removed || n == 0 {
+		return 0, true
+	}
+	r, ok := e.budget.charge(e.addr, n)
+	if ok {
+		e.used += n
+	}
+	return r, ok
 }
 
 // template returns the template for key, or nil when unknown or expired.
@@ -108,33 +136,52 @@ func (e *exporterState) template(key tmplKey, nowMs, ttlMs int64) *template {
 		return nil
 	}
 	if nowMs-t.ReceivedMs > ttlMs {
-		delete(e.templates, key)
+		e.withdraw(key)
 		return nil
 	}
 	return t
 }
 
-// addTemplate stores t unless that would pass the cap. A template that
-// replaces one of the same ID always fits.
-func (e *exporterState) addTemplate(key tmplKey, t *template, max int) bool {
-	if _, ok := e.templates[key]; !ok && len(e.templates) >= max {
-		return false
+// addTemplate stores t unless that would pass a cap or the budget. A
+// template that replaces one of the same ID and size costs nothing; one
+// that grows and does not fit is refused and the one it replaced
+// withdrawn, as it no longer describes the exporter's data.
+func (e *exporterState) addTemplate(key tmplKey, t *template, max int) (Refusal, bool) {
+	old := e.templates[key]
+	if old == nil && len(e.templates) >= max {
+		return RefusedTemplatesPerExporter, false
+	}
+	delta := templateCost(t)
+	if old != nil {
+		delta -= templateCost(old)
+	}
+	if r, ok := e.charge(delta); !ok {
+		e.withdraw(key)
+		return r, false
 	}
 	e.templates[key] = t
-	return true
+	return 0, true
 }
 
-func (e *exporterState) withdraw(key tmplKey) { delete(e.templates, key) }
+func (e *exporterState) withdraw(key tmplKey) {
+	if t := e.templates[key]; t != nil {
+		delete(e.templates, key)
+		e.charge(-templateCost(t))
+	}
+}
 
-func (e *exporterState) setRate(key samplerKey, rate uint32, nowMs int64) {
-	if _, ok := e.rates[key]; !ok && len(e.rates) >= maxRatesPerExporter {
-		return
+func (e *exporterState) setRate(key samplerKey, rate uint32, nowMs int64) (Refusal, bool) {
+	if _, ok := e.rates[key]; !ok {
+		if len(e.rates) >= maxDomainEntries {
+			return RefusedDomainsPerExporter, false
+		}
+		if r, ok := e.charge(costRate); !ok {
+			return r, false
+		}
 	}
 	e.rates[key] = learnedRate{rate, nowMs}
+	return 0, true
 }
-
-// maxRatesPerExporter bounds learned sampler rates like templates are.
-const maxRatesPerExporter = 1024
 
 func (e *exporterState) rate(key samplerKey, nowMs, ttlMs int64) uint32 {
 	r, ok := e.rates[key]
@@ -143,13 +190,28 @@ func (e *exporterState) rate(key samplerKey, nowMs, ttlMs int64) uint32 {
 	}
 	if nowMs-r.ReceivedMs > ttlMs {
 		delete(e.rates, key)
+		e.charge(-costRate)
 		return 0
 	}
 	return r.Rate
 }
 
+func (e *exporterState) setSystemInit(key domainKey, ms, nowMs int64) (Refusal, bool) {
+	if _, ok := e.systemInit[key]; !ok {
+		if len(e.systemInit) >= maxDomainEntries {
+			return RefusedDomainsPerExporter, false
+		}
+		if r, ok := e.charge(costInit); !ok {
+			return r, false
+		}
+	}
+	e.systemInit[key] = initState{ms, nowMs}
+	return 0, true
+}
+
 // sweep drops expired state now and then, so that templates nobody looks
-// up any more do not stay forever.
+// up any more do not stay forever, nor the per-domain entries of
+// observation domains that went quiet.
 func (e *exporterState) sweep(nowMs, ttlMs int64) {
 	if nowMs-e.lastSweepMs < ttlMs/8 {
 		return
@@ -157,12 +219,25 @@ func (e *exporterState) sweep(nowMs, ttlMs int64) {
 	e.lastSweepMs = nowMs
 	for k, t := range e.templates {
 		if nowMs-t.ReceivedMs > ttlMs {
-			delete(e.templates, k)
+			e.withdraw(k)
 		}
 	}
 	for k, r := range e.rates {
 		if nowMs-r.ReceivedMs > ttlMs {
 			delete(e.rates, k)
+			e.charge(-costRate)
+		}
+	}
+	for k, s := range e.systemInit {
+		if nowMs-s.receivedMs > ttlMs {
+			delete(e.systemInit, k)
+			e.charge(-costInit)
+		}
+	}
+	for k, s := range e.sequences {
+		if nowMs-s.seenMs > ttlMs {
+			delete(e.sequences, k)
+			e.charge(-costSequence)
 		}
 	}
 }
@@ -170,28 +245,44 @@ func (e *exporterState) sweep(nowMs, ttlMs int64) {
 // sequenceGap records sequence number seq of a datagram that advances the
 // counter by inc and returns how many units were lost before it. Late or
 // repeated datagrams count nothing; a jump of more than a million is taken
-// for an exporter restart, not a loss.
-func (e *exporterState) sequenceGap(key seqKey, seq, inc uint32) uint64 {
-	s := e.sequences[key]
+// for an exporter restart, not a loss. A domain beyond the caps is not
+// tracked: refused is set.
+func (e *exporterState) sequenceGap(key seqKey, seq, inc uint32, nowMs int64, rep *Report) uint64 {
+	s, known := e.sequences[key]
 	var lost uint64
-	if s.valid {
+	if known {
 		diff := int32(seq - s.next)
 		switch {
 		case diff > 0 && diff < 1<<20:
 			lost = uint64(diff)
 		case diff < 0 && diff > -(1<<20):
-			return 0 // late or repeated: keep waiting for what comes next
+			// late or repeated: keep waiting for what comes next
+			s.seenMs = nowMs
+			e.sequences[key] = s
+			return 0
+		}
+	} else {
+		r, ok := Refusal(RefusedDomainsPerExporter), len(e.sequences) < maxDomainEntries
+		if ok {
+			r, ok = e.charge(costSequence)
+		}
+		if !ok {
+			rep.Refused[r]++
+			return 0
 		}
 	}
-	if len(e.sequences) < maxRatesPerExporter || s.valid {
-		e.sequences[key] = seqState{next: seq + inc, valid: true}
-	}
+	e.sequences[key] = seqState{next: seq + inc, valid: true, seenMs: nowMs}
 	return lost
 }
 
 // resetSequence forgets where key's sequence was: the next datagram
 // starts over without counting a gap.
-func (e *exporterState) resetSequence(key seqKey) { delete(e.sequences, key) }
+func (e *exporterState) resetSequence(key seqKey) {
+	if _, ok := e.sequences[key]; ok {
+		delete(e.sequences, key)
+		e.charge(-costSequence)
+	}
+}
 
 // savedState is the template file's content.
 type savedState struct {
@@ -249,8 +340,8 @@ func (d *Decoder) SaveTemplates(path string) error {
 		for k, r := range e.rates {
 			se.Rates = append(se.Rates, savedRate{k, r})
 		}
-		for k, ms := range e.systemInit {
-			se.SystemInit = append(se.SystemInit, savedInit{k, ms})
+		for k, si := range e.systemInit {
+			se.SystemInit = append(se.SystemInit, savedInit{k, si.ms})
 		}
 		e.mu.Unlock()
 		if len(se.Templates)+len(se.Rates)+len(se.SystemInit) == 0 {
@@ -329,9 +420,10 @@ func (d *Decoder) LoadTemplates(path string, nowMs int64) (int, error) {
 		if err != nil {
 			return loaded, fmt.Errorf("template file %s: exporter %q: %w", path, se.Exporter, err)
 		}
-		e, err := d.exporter(addr, nowMs)
-		if err != nil {
-			return loaded, err
+		e, r, ok := d.exporter(addr, nowMs)
+		if !ok {
+			// Beyond the caps: the rest of the file is not loaded.
+			return loaded, fmt.Errorf("template file %s: exporter %s: %s", path, addr, r)
 		}
 		e.mu.Lock()
 		for _, st := range se.Templates {
@@ -340,7 +432,7 @@ func (d *Decoder) LoadTemplates(path string, nowMs int64) (int, error) {
 				continue
 			}
 			t.prepare()
-			if e.addTemplate(st.tmplKey, &t, d.maxTemplates) {
+			if _, ok := e.addTemplate(st.tmplKey, &t, d.maxTemplates); ok {
 				loaded++
 			}
 		}
@@ -350,7 +442,7 @@ func (d *Decoder) LoadTemplates(path string, nowMs int64) (int, error) {
 			}
 		}
 		for _, si := range se.SystemInit {
-			e.systemInit[si.domainKey] = si.Ms
+			e.setSystemInit(si.domainKey, si.Ms, nowMs)
 		}
 		e.mu.Unlock()
 	}
