@@ -19,12 +19,16 @@ services:
 services-down:
 	deploy/services.sh down
 
+# staticcheck from the module proxy, at a version that knows this Go.
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
 # The whole test suite on the real services, which it installs and starts,
 # then every decoder fuzz target for a bounded time.
 test: build
 	deploy/test-tools.sh
 	deploy/services.sh up
 	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
 	$(GO) test -count=1 -timeout 40m ./...
 	$(MAKE) fuzz
 

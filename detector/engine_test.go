@@ -38,7 +38,6 @@ type event struct {
 type run struct {
 	e      *Engine
 	events []event
-	ids    map[string]string // subscriber|kind|incident# → id
 	all    []alert.Alert
 }
 

@@ -121,8 +121,7 @@ func TestWebhookRetriesWithoutBlockingOthers(t *testing.T) {
 	const n = 12
 	msgs, bodies := testAlerts(n)
 	steady := newReceiver(t, "s3cret-a", nil)
-	var flaky *receiver
-	flaky = newReceiver(t, "s3cret-b", func(try int) string {
+	flaky := newReceiver(t, "s3cret-b", func(try int) string {
 		switch {
 		case len(steady.received()) < n:
 			return "fail" // down until the other target has everything

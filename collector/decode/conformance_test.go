@@ -296,7 +296,7 @@ func runTshark(t *testing.T, path string, dgs []captureDatagram) []tsharkFrame {
 			missing, setsShown, tmplLeft, version, v5Count, pdus = nil, 0, 0, "", 0, 0
 			continue
 		}
-		switch m := (func() []string { return nil })(); {
+		switch {
 		case reIP.MatchString(line):
 			src = reIP.FindStringSubmatch(line)[1]
 		case reUDP.MatchString(line):
@@ -315,7 +315,7 @@ func runTshark(t *testing.T, path string, dgs []captureDatagram) []tsharkFrame {
 		case reFlowSet.MatchString(line):
 			endSet()
 			setsShown++
-			m = reFlowSet.FindStringSubmatch(line)
+			m := reFlowSet.FindStringSubmatch(line)
 			id, rest := m[1], m[2]
 			switch {
 			case strings.Contains(rest, "(Options Template):"):
@@ -339,7 +339,7 @@ func runTshark(t *testing.T, path string, dgs []captureDatagram) []tsharkFrame {
 		case set != nil && reNoTmpl.MatchString(line):
 			set.noTemplate = true
 		case reTemplate.MatchString(line):
-			m = reTemplate.FindStringSubmatch(line)
+			m := reTemplate.FindStringSubmatch(line)
 			tmplID = key(m[1])
 			tmplLeft, _ = strconv.Atoi(m[2])
 			sizes[tmplID] = 0
