@@ -3,6 +3,8 @@ package bus
 import (
 	"fmt"
 	"time"
+
+	"github.com/wormsign/wormsign/internal/tlsconfig"
 )
 
 // Configuration of the Kafka transport. Without brokers, `wormsign run` uses
@@ -19,6 +21,21 @@ type Configuration struct {
 	BatchBytes int `yaml:"batch_bytes"`
 	// Linger is how long a producer waits to fill a batch.
 	Linger time.Duration `yaml:"linger"`
+	// TLS encrypts every connection to the brokers and checks their
+	// certificates; SASL authenticates wormsign to them.
+	TLS  tlsconfig.Configuration `yaml:"tls"`
+	SASL SASLConfiguration       `yaml:"sasl"`
+}
+
+// SASLConfiguration is how wormsign authenticates to the brokers.
+type SASLConfiguration struct {
+	// Mechanism is PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; empty: none.
+	Mechanism string `yaml:"mechanism"`
+	Username  string `yaml:"username"`
+	// Password, or PasswordFile: a file holding it (read at start, one
+	// trailing newline dropped), e.g. a systemd credential.
+	Password     string `yaml:"password"`
+	PasswordFile string `yaml:"password_file"`
 }
 
 // DefaultConfiguration returns the defaults documented in the README.
@@ -51,6 +68,24 @@ func (c Configuration) Validate() error {
 	}
 	if _, err := compressionCodec(c.Compression); err != nil {
 		return fmt.Errorf("kafka.compression: %w", err)
+	}
+	if err := c.TLS.Validate("kafka.tls"); err != nil {
+		return err
+	}
+	switch c.SASL.Mechanism {
+	case "":
+		if c.SASL.Username != "" || c.SASL.Password != "" {
+			return fmt.Errorf("kafka.sasl.mechanism: empty but kafka.sasl.username or password is set; want PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+		}
+	case "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512":
+		if c.SASL.Username == "" {
+			return fmt.Errorf("kafka.sasl.username: empty, needed by kafka.sasl.mechanism %s", c.SASL.Mechanism)
+		}
+		if c.SASL.Mechanism == "PLAIN" && !c.TLS.Enabled {
+			return fmt.Errorf("kafka.sasl.mechanism: PLAIN sends the password in clear text; enable kafka.tls")
+		}
+	default:
+		return fmt.Errorf("kafka.sasl.mechanism: %q, want PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", c.SASL.Mechanism)
 	}
 	return nil
 }

@@ -82,6 +82,7 @@ func (k *Kafka) Partitioned(topic, group string) (GroupConsumer, error) {
 	cg, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
 		ID:                group,
 		Brokers:           k.config.Brokers,
+		Dialer:            k.dialer,
 		Topics:            []string{topic},
 		StartOffset:       kafka.FirstOffset,
 		SessionTimeout:    10 * time.Second,
@@ -153,6 +154,7 @@ func (g *kafkaGroup) Consume(ctx context.Context, handle func(context.Context, C
 func (g *kafkaGroup) claim(gen *kafka.Generation, a kafka.PartitionAssignment) *kafkaClaim {
 	r := kafka.NewReader(kafka.ReaderConfig{
 		Brokers:   g.k.config.Brokers,
+		Dialer:    g.k.dialer,
 		Topic:     g.topic,
 		Partition: a.ID,
 		MinBytes:  1,
@@ -188,7 +190,7 @@ func (c *kafkaClaim) ReadBack(ctx context.Context, since time.Time, fn func(Mess
 	var conn *kafka.Conn
 	var err error
 	for _, b := range c.g.k.config.Brokers {
-		if conn, err = kafka.DialLeader(ctx, "tcp", b, c.g.topic, c.partition); err == nil {
+		if conn, err = c.g.k.dialer.DialLeader(ctx, "tcp", b, c.g.topic, c.partition); err == nil {
 			break
 		}
 	}
@@ -210,7 +212,7 @@ func (c *kafkaClaim) ReadBack(ctx context.Context, since time.Time, fn func(Mess
 		return nil
 	}
 	r := kafka.NewReader(kafka.ReaderConfig{
-		Brokers: c.g.k.config.Brokers, Topic: c.g.topic, Partition: c.partition,
+		Brokers: c.g.k.config.Brokers, Dialer: c.g.k.dialer, Topic: c.g.topic, Partition: c.partition,
 		MinBytes: 1, MaxBytes: 16 << 20, MaxWait: 250 * time.Millisecond,
 	})
 	defer r.Close()
@@ -323,7 +325,7 @@ func (k *Kafka) readPartitionSince(ctx context.Context, topic string, partition 
 	var conn *kafka.Conn
 	var err error
 	for _, b := range k.config.Brokers {
-		if conn, err = kafka.DialLeader(ctx, "tcp", b, topic, partition); err == nil {
+		if conn, err = k.dialer.DialLeader(ctx, "tcp", b, topic, partition); err == nil {
 			break
 		}
 	}
@@ -347,7 +349,7 @@ func (k *Kafka) readPartitionSince(ctx context.Context, topic string, partition 
 		return nil
 	}
 	r := kafka.NewReader(kafka.ReaderConfig{
-		Brokers: k.config.Brokers, Topic: topic, Partition: partition,
+		Brokers: k.config.Brokers, Dialer: k.dialer, Topic: topic, Partition: partition,
 		MinBytes: 1, MaxBytes: 16 << 20, MaxWait: 250 * time.Millisecond,
 	})
 	defer r.Close()

@@ -11,6 +11,11 @@ import (
 
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/compress"
+	"github.com/segmentio/kafka-go/sasl"
+	"github.com/segmentio/kafka-go/sasl/plain"
+	"github.com/segmentio/kafka-go/sasl/scram"
+
+	"github.com/wormsign/wormsign/internal/tlsconfig"
 )
 
 // Kafka is the bus on Apache Kafka brokers.
@@ -21,7 +26,61 @@ type Kafka struct {
 	// topic, so a producer on it finds the topics NewKafka created at
 	// once. A transport of its own leaves the producers' cache stale and
 	// their first writes fail with "Unknown Topic Or Partition".
+	// With TLS or SASL the client and the producers share a transport of
+	// this bus instead (transport), for the same reason.
 	client *kafka.Client
+	// transport carries kafka.tls and kafka.sasl for the client and the
+	// producers; nil (kafka-go's default) without them.
+	transport *kafka.Transport
+	// dialer carries them for readers, consumer groups and the
+	// connections to partition leaders.
+	dialer *kafka.Dialer
+}
+
+// mechanism is kafka-go's SASL mechanism for kafka.sasl, nil without.
+func (c Configuration) mechanism() (sasl.Mechanism, error) {
+	switch c.SASL.Mechanism {
+	case "":
+		return nil, nil
+	case "PLAIN":
+		return plain.Mechanism{Username: c.SASL.Username, Password: c.SASL.Password}, nil
+	case "SCRAM-SHA-256", "SCRAM-SHA-512":
+		algo := scram.SHA256
+		if c.SASL.Mechanism == "SCRAM-SHA-512" {
+			algo = scram.SHA512
+		}
+		m, err := scram.Mechanism(algo, c.SASL.Username, c.SASL.Password)
+		if err != nil {
+			// Never wrap the library's error: it could quote the password.
+			return nil, fmt.Errorf("kafka.sasl.password: cannot be used for %s", c.SASL.Mechanism)
+		}
+		return m, nil
+	}
+	return nil, fmt.Errorf("kafka.sasl.mechanism: %q, want PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", c.SASL.Mechanism)
+}
+
+// explain adds to err the key it is about: kafka.sasl.* when the brokers
+// refused the credentials, kafka.tls.* when the handshake failed.
+func (c Configuration) explain(err error) string {
+	if err == nil {
+		return ""
+	}
+	msg := err.Error()
+	switch {
+	case errors.Is(err, kafka.SASLAuthenticationFailed), strings.Contains(msg, "SASL Authentication Failed"):
+		return "; check kafka.sasl.username and kafka.sasl.password (the brokers refused them)"
+	case errors.Is(err, kafka.UnsupportedSASLMechanism), errors.Is(err, kafka.IllegalSASLState):
+		return "; check kafka.sasl.mechanism (the brokers do not accept " + c.SASL.Mechanism + " here)"
+	}
+	if c.TLS.Enabled {
+		if why := tlsconfig.Explain("kafka.tls", err); why != "" {
+			return "; " + why
+		}
+	}
+	if !c.TLS.Enabled && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
+		return "; the brokers closed the connection: do they want kafka.tls or kafka.sasl?"
+	}
+	return ""
 }
 
 // NewKafka checks that the brokers answer and creates the flows and alerts
@@ -30,15 +89,37 @@ func NewKafka(ctx context.Context, config Configuration) (*Kafka, error) {
 	if len(config.Brokers) == 0 {
 		return nil, errors.New("kafka.brokers is empty")
 	}
+	tlsConfig, err := config.TLS.Build("kafka.tls")
+	if err != nil {
+		return nil, err
+	}
+	mechanism, err := config.mechanism()
+	if err != nil {
+		return nil, err
+	}
 	k := &Kafka{
 		config: config,
-		client: &kafka.Client{Addr: kafka.TCP(config.Brokers...), Timeout: config.ConnectTimeout},
+		dialer: &kafka.Dialer{Timeout: config.ConnectTimeout, DualStack: true, TLS: tlsConfig, SASLMechanism: mechanism},
 	}
+	if tlsConfig != nil || mechanism != nil {
+		k.transport = &kafka.Transport{DialTimeout: config.ConnectTimeout, TLS: tlsConfig, SASL: mechanism}
+	}
+	k.client = &kafka.Client{Addr: kafka.TCP(config.Brokers...), Timeout: config.ConnectTimeout, Transport: k.roundTripper()}
 	ctx, cancel := context.WithTimeout(ctx, config.ConnectTimeout)
 	defer cancel()
 	if _, err := k.client.Metadata(ctx, &kafka.MetadataRequest{}); err != nil {
-		return nil, fmt.Errorf("cannot reach Kafka brokers %s (kafka.brokers): %w",
-			strings.Join(config.Brokers, ","), err)
+		// kafka-go's transport retries a failed handshake until the
+		// deadline and reports the deadline; one direct connection tells
+		// what went wrong.
+		if why := config.explain(err); why == "" && ctx.Err() != nil {
+			if conn, derr := k.dialer.DialContext(context.WithoutCancel(ctx), "tcp", config.Brokers[0]); derr != nil {
+				err = fmt.Errorf("%w (%v)", err, derr)
+			} else {
+				conn.Close()
+			}
+		}
+		return nil, fmt.Errorf("cannot reach Kafka brokers %s (kafka.brokers): %w%s",
+			strings.Join(config.Brokers, ","), err, config.explain(err))
 	}
 	for _, topic := range []string{config.FlowsTopic, config.AlertsTopic} {
 		if err := k.ensureTopic(ctx, topic); err != nil {
@@ -101,6 +182,7 @@ func (k *Kafka) Producer(topic string) (Producer, error) {
 	}
 	return &kafkaProducer{w: &kafka.Writer{
 		Addr:         kafka.TCP(k.config.Brokers...),
+		Transport:    k.roundTripper(),
 		Topic:        topic,
 		Balancer:     &kafka.Murmur2Balancer{}, // same partition for a key as the Java client
 		Compression:  codec,
@@ -132,6 +214,7 @@ type kafkaConsumer struct{ r *kafka.Reader }
 func (k *Kafka) Consumer(topic, group string) (Consumer, error) {
 	return &kafkaConsumer{r: kafka.NewReader(kafka.ReaderConfig{
 		Brokers:        k.config.Brokers,
+		Dialer:         k.dialer,
 		GroupID:        group,
 		Topic:          topic,
 		MinBytes:       1,
@@ -155,6 +238,7 @@ func (k *Kafka) Consumer(topic, group string) (Consumer, error) {
 func (k *Kafka) Tail(topic, group string) (Consumer, error) {
 	return &kafkaConsumer{r: kafka.NewReader(kafka.ReaderConfig{
 		Brokers:           k.config.Brokers,
+		Dialer:            k.dialer,
 		GroupID:           group,
 		Topic:             topic,
 		MinBytes:          1,
@@ -287,7 +371,7 @@ func (k *Kafka) Follow(ctx context.Context, topic string, fn func(Message) error
 		for _, p := range t.Partitions {
 			var conn *kafka.Conn
 			for _, b := range k.config.Brokers {
-				if conn, err = kafka.DialLeader(ctx, "tcp", b, topic, p.ID); err == nil {
+				if conn, err = k.dialer.DialLeader(ctx, "tcp", b, topic, p.ID); err == nil {
 					break
 				}
 			}
@@ -315,7 +399,7 @@ func (k *Kafka) Follow(ctx context.Context, topic string, fn func(Message) error
 		go func() {
 			defer wg.Done()
 			r := kafka.NewReader(kafka.ReaderConfig{
-				Brokers: k.config.Brokers, Topic: topic, Partition: p.id,
+				Brokers: k.config.Brokers, Dialer: k.dialer, Topic: topic, Partition: p.id,
 				MinBytes: 1, MaxBytes: 16 << 20, MaxWait: 250 * time.Millisecond,
 			})
 			defer r.Close()
@@ -349,4 +433,13 @@ func (k *Kafka) Follow(ctx context.Context, topic string, fn func(Message) error
 	wg.Wait()
 	close(errs)
 	return <-errs
+}
+
+// roundTripper is the transport of the client and the producers: kafka-go's
+// shared default without TLS and SASL (see Kafka.client).
+func (k *Kafka) roundTripper() kafka.RoundTripper {
+	if k.transport == nil {
+		return nil
+	}
+	return k.transport
 }

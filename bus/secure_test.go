@@ -1,0 +1,153 @@
+package bus
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/wormsign/wormsign/internal/testenv"
+	"github.com/wormsign/wormsign/internal/tlsconfig"
+)
+
+// TestKafkaSASLSSL runs the bus through a private broker's SASL_SSL
+// listener with each mechanism: topics created, messages published and
+// read back by a consumer, a consumer group and Follow; then a wrong
+// password and an untrusted certificate fail NewKafka with errors that
+// name the setting and not the password.
+func TestKafkaSASLSSL(t *testing.T) {
+	const password = "kafka-pw-7f3c1e9a"
+	pki := testenv.NewPKI(t)
+	broker := testenv.StartSecureKafka(t, pki, "wormsign", password)
+	secure := func(mechanism string) Configuration {
+		cfg := DefaultConfiguration()
+		cfg.Brokers = []string{broker.Secure}
+		cfg.FlowsTopic = testenv.Name(t, "flows")
+		cfg.AlertsTopic = testenv.Name(t, "alerts")
+		cfg.Partitions = 2
+		cfg.ConnectTimeout = 10 * time.Second
+		cfg.TLS = tlsconfig.Configuration{Enabled: true, CAFile: pki.CAFile}
+		cfg.SASL = SASLConfiguration{Mechanism: mechanism, Username: "wormsign", Password: password}
+		if err := cfg.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	for _, mechanism := range []string{"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"} {
+		t.Run(mechanism, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			cfg := secure(mechanism)
+			k, err := NewKafka(ctx, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer k.Close()
+			p, err := k.Producer(cfg.FlowsTopic)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Close()
+			const n = 20
+			var msgs []Message
+			for i := range n {
+				msgs = append(msgs, Message{Key: fmt.Appendf(nil, "k%d", i%4), Value: fmt.Appendf(nil, "%d", i)})
+			}
+			if err := p.Publish(ctx, msgs...); err != nil {
+				t.Fatal(err)
+			}
+			// A plain consumer in a group, committing.
+			c, _ := k.Consumer(cfg.FlowsTopic, testenv.Name(t, "g"))
+			for i := range n {
+				m, err := c.Fetch(ctx)
+				if err != nil {
+					t.Fatalf("fetch %d: %v", i, err)
+				}
+				if err := c.Commit(ctx, m); err != nil {
+					t.Fatal(err)
+				}
+			}
+			c.Close()
+			// A partition-aware group: every message once.
+			g, err := k.Partitioned(cfg.FlowsTopic, testenv.Name(t, "pg"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			gctx, gcancel := context.WithCancel(ctx)
+			var mu sync.Mutex
+			got := 0
+			done := make(chan error, 1)
+			go func() {
+				done <- g.Consume(gctx, func(ctx context.Context, cl Claim) {
+					for {
+						m, err := cl.Fetch(ctx)
+						if err != nil {
+							return
+						}
+						cl.Commit(ctx, m)
+						mu.Lock()
+						if got++; got == n {
+							gcancel()
+						}
+						mu.Unlock()
+					}
+				})
+			}()
+			select {
+			case <-done:
+			case <-ctx.Done():
+				t.Fatal("group did not read every message")
+			}
+			g.Close()
+			if got != n {
+				t.Errorf("group read %d messages, want %d", got, n)
+			}
+			// Follow dials the partition leaders itself.
+			fctx, fcancel := context.WithCancel(ctx)
+			followed := 0
+			k.Follow(fctx, cfg.FlowsTopic, func(Message) error { followed++; return nil }, fcancel)
+			if followed != n {
+				t.Errorf("Follow read %d messages, want %d", followed, n)
+			}
+			if err := k.DeleteTopics(ctx, cfg.FlowsTopic, cfg.AlertsTopic); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	failures := []struct {
+		name  string
+		edit  func(*Configuration)
+		names string
+	}{
+		{"wrong password SCRAM", func(c *Configuration) { c.SASL.Password = "not-" + password }, "kafka.sasl.password"},
+		{"wrong password PLAIN", func(c *Configuration) {
+			c.SASL.Mechanism, c.SASL.Password = "PLAIN", "not-"+password
+		}, "kafka.sasl.password"},
+		{"untrusted certificate", func(c *Configuration) { c.TLS.CAFile = pki.OtherCAFile }, "kafka.tls.ca_file"},
+		{"wrong server name", func(c *Configuration) { c.TLS.ServerName = "kafka.example.net" }, "kafka.tls.server_name"},
+		{"TLS off", func(c *Configuration) { c.TLS = tlsconfig.Configuration{} }, "kafka.tls"},
+	}
+	for _, f := range failures {
+		t.Run(f.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			cfg := secure("SCRAM-SHA-512")
+			cfg.ConnectTimeout = 5 * time.Second
+			f.edit(&cfg)
+			start := time.Now()
+			_, err := NewKafka(ctx, cfg)
+			if err == nil {
+				t.Fatal("NewKafka succeeded")
+			}
+			t.Logf("%s: %v (%s)", f.name, err, time.Since(start).Round(time.Millisecond))
+			if !strings.Contains(err.Error(), f.names) {
+				t.Errorf("error does not name %s: %v", f.names, err)
+			}
+			if strings.Contains(err.Error(), password) {
+				t.Errorf("error shows the password: %v", err)
+			}
+		})
+	}
+}
