@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"regexp"
 	"time"
+
+	"github.com/wormsign/wormsign/internal/tlsconfig"
 )
 
 // Configuration says where ClickHouse is: the `clickhouse:` section of the
@@ -11,14 +13,20 @@ import (
 // Addr means no ClickHouse: `wormsign run` then prints alerts as JSON lines
 // on stdout.
 type Configuration struct {
-	Addr        string        `yaml:"addr"`
-	Database    string        `yaml:"database"`
-	Username    string        `yaml:"username"`
-	Password    string        `yaml:"password"`
-	DialTimeout time.Duration `yaml:"dial_timeout"`
+	Addr     string `yaml:"addr"`
+	Database string `yaml:"database"`
+	Username string `yaml:"username"`
+	Password string `yaml:"password"`
+	// PasswordFile holds the password (read at start, one trailing newline
+	// dropped), e.g. a systemd credential; instead of Password.
+	PasswordFile string        `yaml:"password_file"`
+	DialTimeout  time.Duration `yaml:"dial_timeout"`
 	// ReadTimeout bounds the wait for the server's answer to one INSERT
 	// or query; a server that hangs is then retried like one that is down.
 	ReadTimeout time.Duration `yaml:"read_timeout"`
+	// TLS: the server's secure native port (tcp_port_secure, 9440 by
+	// convention) and how to check its certificate.
+	TLS tlsconfig.Configuration `yaml:"tls"`
 }
 
 // DefaultConfiguration returns the documented defaults.
@@ -40,5 +48,5 @@ func (c Configuration) Validate() error {
 	if c.ReadTimeout < 0 {
 		return fmt.Errorf("clickhouse.read_timeout: %s, want >= 0 (0: the driver's default)", c.ReadTimeout)
 	}
-	return nil
+	return c.TLS.Validate("clickhouse.tls")
 }

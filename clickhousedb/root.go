@@ -8,11 +8,14 @@ package clickhousedb
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
+	"github.com/wormsign/wormsign/internal/tlsconfig"
 	"github.com/wormsign/wormsign/schemas"
 )
 
@@ -33,8 +36,13 @@ func Open(ctx context.Context, config Configuration) (*DB, error) {
 	if err := config.Validate(); err != nil {
 		return nil, err
 	}
+	tlsConfig, err := config.TLS.Build("clickhouse.tls")
+	if err != nil {
+		return nil, err
+	}
 	conn, err := clickhouse.Open(&clickhouse.Options{
 		Addr: []string{config.Addr},
+		TLS:  tlsConfig,
 		// Statements name their database: it may not exist before
 		// Migrate.
 		Auth:         clickhouse.Auth{Database: "default", Username: config.Username, Password: config.Password},
@@ -50,7 +58,7 @@ func Open(ctx context.Context, config Configuration) (*DB, error) {
 	defer cancel()
 	if err := conn.Ping(pingCtx); err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("cannot reach ClickHouse at %s (clickhouse.addr): %w", config.Addr, err)
+		return nil, fmt.Errorf("cannot reach ClickHouse at %s (clickhouse.addr): %w%s", config.Addr, err, config.explain(err))
 	}
 	db := &DB{config: config, conn: conn}
 	if err := conn.QueryRow(pingCtx, "SELECT version()").Scan(&db.version); err != nil {
@@ -69,6 +77,30 @@ func Open(ctx context.Context, config Configuration) (*DB, error) {
 	}
 	db.insertDeduplication = n == 2
 	return db, nil
+}
+
+// explain adds to err the key it is about: clickhouse.username and
+// password when the server refused them, clickhouse.tls.* when the
+// handshake failed.
+func (c Configuration) explain(err error) string {
+	var ex *clickhouse.Exception
+	if errors.As(err, &ex) {
+		switch ex.Code {
+		case 192, 193, 516: // UNKNOWN_USER, WRONG_PASSWORD, AUTHENTICATION_FAILED
+			return "; check clickhouse.username and clickhouse.password (the server refused them)"
+		}
+	}
+	if c.TLS.Enabled {
+		if why := tlsconfig.Explain("clickhouse.tls", err); why != "" {
+			return "; " + why
+		}
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, context.DeadlineExceeded) {
+			return "; is clickhouse.addr the server's secure native port (tcp_port_secure)? clickhouse.tls.enabled is on"
+		}
+	} else if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return "; the server closed the connection: does it want clickhouse.tls?"
+	}
+	return ""
 }
 
 // Close releases the connections.
