@@ -60,6 +60,7 @@ type RetentionConfiguration struct {
 
 // WebhookConfiguration is one webhook target. In the environment a list of
 // targets is written as WORMSIGN_SINK_WEBHOOKS="name=URL;secret=S;timeout=5s,..."
+// (or secret_file=PATH instead of secret=S).
 type WebhookConfiguration struct {
 	// Name identifies the target in metrics and in its consumer group;
 	// keep it stable, or the target starts over from the oldest alert.
@@ -67,6 +68,8 @@ type WebhookConfiguration struct {
 	URL  string `yaml:"url"`
 	// Secret keys the HMAC-SHA256 signature of every body.
 	Secret string `yaml:"secret"`
+	// SecretFile holds the secret instead (read at start).
+	SecretFile string `yaml:"secret_file"`
 	// Timeout bounds one delivery attempt.
 	Timeout time.Duration `yaml:"timeout"`
 }
@@ -77,7 +80,7 @@ func (w *WebhookConfiguration) UnmarshalText(text []byte) error {
 	parts := strings.Split(string(text), ";")
 	name, u, ok := strings.Cut(parts[0], "=")
 	if !ok {
-		return fmt.Errorf("webhook %q: want name=URL;secret=S[;timeout=D]", text)
+		return fmt.Errorf("webhook %q: want name=URL;secret=S[;timeout=D]", parts[0])
 	}
 	*w = WebhookConfiguration{Name: strings.TrimSpace(name), URL: strings.TrimSpace(u)}
 	for _, p := range parts[1:] {
@@ -85,6 +88,8 @@ func (w *WebhookConfiguration) UnmarshalText(text []byte) error {
 		switch strings.TrimSpace(k) {
 		case "secret":
 			w.Secret = v
+		case "secret_file":
+			w.SecretFile = strings.TrimSpace(v)
 		case "timeout":
 			d, err := time.ParseDuration(strings.TrimSpace(v))
 			if err != nil {
@@ -92,7 +97,7 @@ func (w *WebhookConfiguration) UnmarshalText(text []byte) error {
 			}
 			w.Timeout = d
 		default:
-			return fmt.Errorf("webhook %s: unknown key %q (secret, timeout)", w.Name, k)
+			return fmt.Errorf("webhook %s: unknown key %q (secret, secret_file, timeout)", w.Name, k)
 		}
 	}
 	return nil

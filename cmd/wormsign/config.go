@@ -54,6 +54,10 @@ func loadConfiguration(path string) (Configuration, error) {
 	if err := config.Load(&cfg, path, os.Environ()); err != nil {
 		return cfg, err
 	}
+	// Passwords, the token and webhook secrets from their *_file keys.
+	if err := config.ReadSecretFiles(&cfg, os.Environ()); err != nil {
+		return cfg, err
+	}
 	if _, err := parseLevel(cfg.LogLevel); err != nil {
 		return cfg, err
 	}

@@ -58,6 +58,10 @@ func Load(cfg any, path string, environ []string) error {
 			continue
 		}
 		if err := setFromString(field.value, value); err != nil {
+			if secretKey(name) {
+				// The value may be a secret: never quoted.
+				return fmt.Errorf("invalid value for %s (not shown: it may hold a secret): %s", name, redact(err.Error(), value))
+			}
 			return fmt.Errorf("invalid value %q for %s: %w", value, name, err)
 		}
 	}

@@ -26,6 +26,9 @@ type Configuration struct {
 	// /readyz). Empty: `wormsign run` and `wormsign console` generate one
 	// at start and print the console's URL with it once.
 	Token string `yaml:"token"`
+	// TokenFile holds the token instead (read at start by the
+	// configuration loader, internal/config.ReadSecretFiles).
+	TokenFile string `yaml:"token_file"`
 }
 
 // DefaultConfiguration listens on every address, port 8080.
