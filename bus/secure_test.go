@@ -3,6 +3,9 @@ package bus
 import (
 	"context"
 	"fmt"
+	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -149,5 +152,50 @@ func TestKafkaSASLSSL(t *testing.T) {
 				t.Errorf("error shows the password: %v", err)
 			}
 		})
+	}
+}
+
+// TestKafkaServicesSASLSSL checks the SASL_SSL listener deploy/services.sh
+// adds to the shared broker (9094; WORMSIGN_TEST_KAFKA_SASL_BROKERS and
+// SERVICES_DIR point elsewhere): SCRAM-SHA-512 as user wormsign with the
+// password and CA that services.sh made. A broker started by an older
+// services.sh has no such listener: the test is skipped then, as the
+// private broker of TestKafkaSASLSSL covers the code.
+func TestKafkaServicesSASLSSL(t *testing.T) {
+	dir := os.Getenv("SERVICES_DIR")
+	if dir == "" {
+		dir = filepath.Join(testenv.RepoRoot(t), ".services")
+	}
+	broker := os.Getenv("WORMSIGN_TEST_KAFKA_SASL_BROKERS")
+	if broker == "" {
+		broker = "127.0.0.1:9094"
+	}
+	password, err := os.ReadFile(filepath.Join(dir, "kafka", "tls", "sasl-password"))
+	if err != nil {
+		t.Skipf("no SASL password from deploy/services.sh: %v", err)
+	}
+	if c, err := net.DialTimeout("tcp", broker, time.Second); err != nil {
+		t.Skipf("no SASL_SSL listener on %s (a broker started by an older deploy/services.sh): %v", broker, err)
+	} else {
+		c.Close()
+	}
+	cfg := DefaultConfiguration()
+	cfg.Brokers = []string{broker}
+	cfg.FlowsTopic, cfg.AlertsTopic = testenv.Name(t, "flows"), testenv.Name(t, "alerts")
+	cfg.TLS = tlsconfig.Configuration{Enabled: true, CAFile: filepath.Join(dir, "kafka", "tls", "ca.pem")}
+	cfg.SASL = SASLConfiguration{Mechanism: "SCRAM-SHA-512", Username: "wormsign", Password: strings.TrimSpace(string(password))}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	k, err := NewKafka(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := k.Producer(cfg.FlowsTopic)
+	defer p.Close()
+	if err := p.Publish(ctx, Message{Key: []byte("k"), Value: []byte("v")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.DeleteTopics(ctx, cfg.FlowsTopic, cfg.AlertsTopic); err != nil {
+		t.Error(err)
 	}
 }

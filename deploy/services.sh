@@ -25,6 +25,10 @@ state=$(cd "$state" && pwd)
 
 kafka_port=${SERVICES_KAFKA_PORT:-9092}
 kafka_controller_port=$((kafka_port + 1))
+# SASL_SSL listener for tests of kafka.tls and kafka.sasl (user wormsign,
+# password in $state/kafka/tls/sasl-password, CA in $state/kafka/tls/ca.pem).
+kafka_sasl_port=${SERVICES_KAFKA_SASL_PORT:-$((kafka_port + 2))}
+kafka_sasl_user=wormsign
 ch_port=${SERVICES_CLICKHOUSE_PORT:-9000}
 ch_http_port=${SERVICES_CLICKHOUSE_HTTP_PORT:-8123}
 chm_port=${SERVICES_CLICKHOUSE_MODERN_PORT:-9100}
@@ -73,18 +77,43 @@ kafka_up() {
 			{ cat "$dir/mvn.log"; exit 1; }
 		touch "$dir/libs/.complete"
 	fi
-	sed -e "s|@DATA@|$dir/data|" -e "s|@PORT@|$kafka_port|g" \
-		-e "s|@CONTROLLER_PORT@|$kafka_controller_port|g" \
-		"$here/kafka/server.properties" >"$dir/server.properties"
+	kafka_tls "$dir/tls"
+	local password
+	password=$(cat "$dir/tls/sasl-password")
+	{
+		sed -e "s|@DATA@|$dir/data|" -e "s|@PORT@|$kafka_port|g" \
+			-e "s|@CONTROLLER_PORT@|$kafka_controller_port|g" \
+			"$here/kafka/server.properties"
+		# The same lines as internal/testenv.SecureKafkaProperties.
+		cat <<-EOF
+
+			# A SASL_SSL listener for clients (tests of kafka.tls and kafka.sasl)
+			listeners=PLAINTEXT://127.0.0.1:$kafka_port,SASL_SSL://127.0.0.1:$kafka_sasl_port,CONTROLLER://127.0.0.1:$kafka_controller_port
+			advertised.listeners=PLAINTEXT://127.0.0.1:$kafka_port,SASL_SSL://127.0.0.1:$kafka_sasl_port,CONTROLLER://127.0.0.1:$kafka_controller_port
+			listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL
+			sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
+			listener.name.sasl_ssl.ssl.keystore.type=PEM
+			listener.name.sasl_ssl.ssl.keystore.location=$dir/tls/server-store.pem
+			listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$kafka_sasl_user="$password";
+			listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+			listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+		EOF
+	} >"$dir/server.properties"
+	chmod 600 "$dir/server.properties"
 	cp "$here/kafka/log4j.properties" "$dir/log4j.properties"
 	local cp="$dir/libs/*"
 	local jvm=(-Xms256m -Xmx1g -Dlog4j.configuration="file:$dir/log4j.properties")
+	local scram_added=
 	if [ ! -f "$dir/data/meta.properties" ]; then
 		local id
 		id=$(java "${jvm[@]}" -cp "$cp" kafka.tools.StorageTool random-uuid 2>>"$dir/format.log")
+		# A fresh store gets the SCRAM users with it.
 		java "${jvm[@]}" -cp "$cp" kafka.tools.StorageTool format --standalone \
-			-t "$id" -c "$dir/server.properties" >>"$dir/format.log" 2>&1 ||
-			{ cat "$dir/format.log"; exit 1; }
+			-t "$id" -c "$dir/server.properties" \
+			--add-scram "SCRAM-SHA-256=[name=$kafka_sasl_user,password=$password]" \
+			--add-scram "SCRAM-SHA-512=[name=$kafka_sasl_user,password=$password]" \
+			>>"$dir/format.log" 2>&1 || { cat "$dir/format.log"; exit 1; }
+		scram_added=1
 	fi
 	log "starting Kafka on 127.0.0.1:$kafka_port"
 	nohup java "${jvm[@]}" -cp "$cp" kafka.Kafka "$dir/server.properties" \
@@ -93,9 +122,47 @@ kafka_up() {
 	# The port opens before the broker has registered with its controller;
 	# "started" in the log is the broker's own word that it serves requests.
 	wait_for kafka 120 kafka_ready "$dir" || { tail -50 "$dir/kafka.log"; exit 1; }
+	if [ -z "$scram_added" ]; then
+		# A store formatted before (or by an older services.sh): the SCRAM
+		# users through the admin API, on the PLAINTEXT listener, one
+		# mechanism per request (Kafka refuses two for a user in one).
+		local m
+		for m in SCRAM-SHA-256 SCRAM-SHA-512; do
+			java "${jvm[@]}" -cp "$cp" kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$kafka_port" \
+				--alter --entity-type users --entity-name "$kafka_sasl_user" \
+				--add-config "$m=[password=$password]" \
+				>"$dir/scram.log" 2>&1 || { tail -5 "$dir/scram.log"; exit 1; }
+		done
+	fi
 }
 
-kafka_ready() { port_open "$kafka_port" && grep -q 'Kafka Server started' "$1/kafka.log"; }
+kafka_ready() { port_open "$kafka_port" && port_open "$kafka_sasl_port" && grep -q 'Kafka Server started' "$1/kafka.log"; }
+
+# A CA and the broker's certificate (127.0.0.1, localhost) made with
+# openssl, once; the SASL password made up once. Kafka reads the key and
+# the certificate from one PEM key store (key in PKCS#8, unencrypted).
+kafka_tls() { # dir
+	local tls=$1
+	mkdir -p "$tls"
+	if [ ! -f "$tls/server-store.pem" ]; then
+		command -v openssl >/dev/null || apt_install openssl
+		log "making the Kafka SASL_SSL listener's certificates in $tls"
+		(
+			cd "$tls"
+			openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+				-keyout ca.key -out ca.pem -subj "/CN=wormsign development CA" 2>/dev/null
+			openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+				-keyout server.key -out server.csr -subj "/CN=localhost" 2>/dev/null
+			printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >server.ext
+			openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+				-extfile server.ext -out server.pem 2>/dev/null
+			openssl pkcs8 -topk8 -nocrypt -in server.key -out server.pk8
+			cat server.pk8 server.pem >server-store.pem
+			chmod 600 ca.key server.key server.pk8 server-store.pem
+		)
+	fi
+	[ -f "$tls/sasl-password" ] || (umask 077 && openssl rand -hex 16 >"$tls/sasl-password")
+}
 
 clickhouse_up() {
 	local dir=$state/clickhouse
@@ -186,7 +253,7 @@ down)
 	stop clickhouse-modern "$state/clickhouse-modern/pid"
 	;;
 status)
-	running "$state/kafka/pid" && echo "kafka: running (127.0.0.1:$kafka_port)" || echo "kafka: stopped"
+	running "$state/kafka/pid" && echo "kafka: running (127.0.0.1:$kafka_port, SASL_SSL $kafka_sasl_port)" || echo "kafka: stopped"
 	running "$state/clickhouse/pid" && echo "clickhouse: running (127.0.0.1:$ch_port)" || echo "clickhouse: stopped"
 	running "$state/clickhouse-modern/pid" && echo "clickhouse-modern: running (127.0.0.1:$chm_port, HTTP $chm_http_port)" ||
 		echo "clickhouse-modern: stopped"
