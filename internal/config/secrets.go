@@ -12,8 +12,9 @@ import (
 // http.token_file, sink.webhooks[].secret_file) beside a string key NAME is
 // read, one trailing newline dropped, into NAME. Setting both is an error,
 // as is an empty or unreadable file; errors name the key and the path,
-// never what the file holds. In a *_file path, ${CREDENTIALS_DIRECTORY}
-// (or $CREDENTIALS_DIRECTORY) is replaced by that variable of environ: the
+// never what the file holds. In every *_file path (these and the tls
+// sections' ca_file, cert_file, key_file), ${CREDENTIALS_DIRECTORY} (or
+// $CREDENTIALS_DIRECTORY) is replaced by that variable of environ: the
 // directory where systemd's LoadCredential= puts a service's credentials.
 func ReadSecretFiles(cfg any, environ []string) error {
 	credentials := ""
@@ -72,14 +73,15 @@ func readSecretFiles(v reflect.Value, path, credentials string) error {
 	}
 	for tag, file := range fields {
 		name, ok := strings.CutSuffix(tag, "_file")
-		secret, found := fields[name]
-		if !ok || !found || file.Kind() != reflect.String || secret.Kind() != reflect.String || file.String() == "" {
+		if !ok || file.Kind() != reflect.String || file.String() == "" {
 			continue
 		}
 		key := name
 		if path != "" {
 			key = path + "." + name
 		}
+		// Every *_file path (also tls.ca_file, cert_file, key_file) may
+		// name the credentials directory.
 		p := os.Expand(file.String(), func(v string) string {
 			if v == "CREDENTIALS_DIRECTORY" {
 				return credentials
@@ -88,6 +90,11 @@ func readSecretFiles(v reflect.Value, path, credentials string) error {
 		})
 		if strings.Contains(file.String(), "CREDENTIALS_DIRECTORY") && credentials == "" {
 			return fmt.Errorf("%s_file: %s names $CREDENTIALS_DIRECTORY, which is not set (systemd sets it for a service with LoadCredential=)", key, file.String())
+		}
+		file.SetString(p)
+		secret, found := fields[name]
+		if !found || secret.Kind() != reflect.String {
+			continue // a file the component reads itself
 		}
 		if secret.String() != "" {
 			return fmt.Errorf("%s and %s_file are both set: give one", key, key)
@@ -100,7 +107,6 @@ func readSecretFiles(v reflect.Value, path, credentials string) error {
 		if s == "" {
 			return fmt.Errorf("%s_file: %s is empty", key, p)
 		}
-		file.SetString(p)
 		secret.SetString(s)
 	}
 	return nil

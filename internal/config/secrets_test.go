@@ -15,6 +15,9 @@ type secretsTestConfig struct {
 		TokenFile string `yaml:"token_file"`
 	} `yaml:"http"`
 	Kafka struct {
+		TLS struct {
+			KeyFile string `yaml:"key_file"`
+		} `yaml:"tls"`
 		SASL struct {
 			Password     string `yaml:"password"`
 			PasswordFile string `yaml:"password_file"`
@@ -42,7 +45,7 @@ func TestReadSecretFiles(t *testing.T) {
 	write("empty", "\n")
 	file := write("wormsign.yaml", `
 http: {token_file: "${CREDENTIALS_DIRECTORY}/token"}
-kafka: {sasl: {password_file: $CREDENTIALS_DIRECTORY/kafka-password}}
+kafka: {sasl: {password_file: $CREDENTIALS_DIRECTORY/kafka-password}, tls: {key_file: $CREDENTIALS_DIRECTORY/key}}
 webhooks: [{name: a, secret: inline}, {name: b, secret_file: `+dir+`/hook}]
 `)
 	var cfg secretsTestConfig
@@ -53,8 +56,8 @@ webhooks: [{name: a, secret: inline}, {name: b, secret_file: `+dir+`/hook}]
 	if err := ReadSecretFiles(&cfg, env); err != nil {
 		t.Fatal(err)
 	}
-	got := []string{cfg.HTTP.Token, cfg.Kafka.SASL.Password, cfg.Webhooks[0].Secret, cfg.Webhooks[1].Secret, cfg.HTTP.TokenFile}
-	want := []string{"tok-1", "pw with spaces", "inline", "hook-secret", dir + "/token"}
+	got := []string{cfg.HTTP.Token, cfg.Kafka.SASL.Password, cfg.Webhooks[0].Secret, cfg.Webhooks[1].Secret, cfg.HTTP.TokenFile, cfg.Kafka.TLS.KeyFile}
+	want := []string{"tok-1", "pw with spaces", "inline", "hook-secret", dir + "/token", dir + "/key"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("secrets (-want +got):\n%s", diff)
 	}
