@@ -27,7 +27,9 @@ const (
 // table collapses it, and webhooks skip an id just delivered).
 func (c *Component) runAudit(ctx context.Context, cons bus.Consumer) {
 	backoff := retry.Backoff{Min: 200 * time.Millisecond, Max: 30 * time.Second}
-	client := &http.Client{}
+	// A redirect is not followed (it would turn the POST into a GET, or
+	// carry the change elsewhere): the 3xx counts as a failure.
+	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	last := map[string]string{} // prefix -> id of the last change delivered
 	for {
 		msg, err := bus.FetchRetrying(ctx, cons, backoff, nil)
