@@ -34,12 +34,17 @@ test: build
 
 # Fuzz the decoder's protocol entry points and the configuration loader,
 # FUZZTIME each; decoder seeds come from the vendor captures in ../shared
-# and collector/decode/testdata/fuzz.
+# and collector/decode/testdata/fuzz. The API's parameter parsers (the
+# incident list query, the block list's manual add) are small: FUZZTIME_API
+# each.
 FUZZTIME ?= 45s
+FUZZTIME_API ?= 20s
 fuzz:
 	for t in FuzzNetFlowV5 FuzzNetFlowV9 FuzzIPFIX FuzzSFlow; do \
 		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./collector/decode/ || exit 1; done
 	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) ./internal/config/
+	$(GO) test -run '^$$' -fuzz '^FuzzIncidentQuery$$' -fuzztime $(FUZZTIME_API) ./console/
+	$(GO) test -run '^$$' -fuzz '^FuzzManualAdd$$' -fuzztime $(FUZZTIME_API) ./containment/
 
 bench: build
 	deploy/services.sh up

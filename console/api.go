@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/wormsign/wormsign/alert"
+	"github.com/wormsign/wormsign/internal/httpserver"
 )
 
 type apiError struct {
@@ -318,6 +319,10 @@ type ackRequest struct {
 	Hold bool `json:"hold"`
 }
 
+// ackBodyLimit bounds an ack's body: "by" and "note" are at most 2,100
+// bytes, even JSON-escaped many times over.
+const ackBodyLimit = 16 << 10
+
 // serveAck is POST /api/v1/incidents/{id}/ack.
 func (c *Component) serveAck(w http.ResponseWriter, r *http.Request) {
 	// A JSON body cannot come from a cross-site form without a CORS
@@ -327,10 +332,14 @@ func (c *Component) serveAck(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id := r.PathValue("id")
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 16<<10))
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, ackBodyLimit))
 	dec.DisallowUnknownFields()
 	var req ackRequest
 	if err := dec.Decode(&req); err != nil {
+		if httpserver.BodyTooLarge(err) {
+			writeError(w, http.StatusRequestEntityTooLarge, httpserver.TooLargeMessage(ackBodyLimit))
+			return
+		}
 		c.fail(w, badf("body: %v; want {\"by\":\"...\",\"note\":\"...\"}", err))
 		return
 	}

@@ -9,6 +9,9 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
+
+	"github.com/wormsign/wormsign/internal/httpserver"
 )
 
 // sessionCookie is the console's login cookie. Its value is an HMAC of a
@@ -26,8 +29,6 @@ func GenerateToken() string {
 	return hex.EncodeToString(b)
 }
 
-func (c *Component) sessionValue() string { return sessionValue(c.deps.Token) }
-
 func sessionValue(token string) string {
 	m := hmac.New(sha256.New, []byte(token))
 	m.Write([]byte("wormsign console session v1"))
@@ -40,35 +41,83 @@ func equal(a, b string) bool {
 	return subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1
 }
 
-// authorized tells whether r carries the token (Authorization: Bearer) or
-// the session cookie.
-func (c *Component) authorized(r *http.Request) bool { return Authorizer(c.deps.Token)(r) }
+// verdict of a request's credentials.
+type verdict int
 
-// Authorizer checks requests as the console does: the token in
-// Authorization: Bearer, or the session cookie its login form sets. Other
-// APIs on the same server (the block list) use it, so that one login
-// serves them all.
-func Authorizer(token string) func(*http.Request) bool {
-	session := sessionValue(token)
-	return func(r *http.Request) bool {
-		if h := r.Header.Get("Authorization"); h != "" {
-			scheme, t, ok := strings.Cut(h, " ")
-			return ok && strings.EqualFold(scheme, "Bearer") && equal(strings.TrimSpace(t), token)
-		}
-		if ck, err := r.Cookie(sessionCookie); err == nil {
-			return equal(ck.Value, session)
-		}
-		return false
-	}
+const (
+	allowed   verdict = iota
+	denied            // no credentials, or wrong ones
+	throttled         // its address failed too many token checks: 429
+)
+
+// guard checks the token (Authorization: Bearer) or the session cookie its
+// login form sets, and throttles failed token checks with the server's
+// limiter. A wrong cookie is no guess at the token (it is an HMAC of it),
+// so only tokens count as failures.
+type guard struct {
+	token, session string
+	limiter        *httpserver.AuthLimiter
 }
 
-// requireAPI answers 401 in JSON to a request without the token.
+func newGuard(token string, limiter *httpserver.AuthLimiter) *guard {
+	return &guard{token: token, session: sessionValue(token), limiter: limiter}
+}
+
+func (g *guard) check(r *http.Request) (verdict, time.Duration) {
+	if h := r.Header.Get("Authorization"); h != "" {
+		if wait := g.limiter.Wait(r); wait > 0 {
+			return throttled, wait
+		}
+		scheme, t, ok := strings.Cut(h, " ")
+		if ok && strings.EqualFold(scheme, "Bearer") && equal(strings.TrimSpace(t), g.token) {
+			g.limiter.Succeeded(r)
+			return allowed, 0
+		}
+		g.limiter.Failed(r, "bearer")
+		return denied, 0
+	}
+	if ck, err := r.Cookie(sessionCookie); err == nil && equal(ck.Value, g.session) {
+		return allowed, 0
+	}
+	return denied, 0
+}
+
+// authorize answers a request without valid credentials: 401 (or 429) in
+// JSON, and false.
+func (g *guard) authorize(w http.ResponseWriter, r *http.Request) bool {
+	switch v, wait := g.check(r); v {
+	case allowed:
+		return true
+	case throttled:
+		g.limiter.Refuse(w, wait)
+	default:
+		w.Header().Set("WWW-Authenticate", `Bearer realm="wormsign"`)
+		writeError(w, http.StatusUnauthorized, "missing or wrong token: send Authorization: Bearer <http.token> or log in to the console")
+	}
+	return false
+}
+
+// Authorizer checks requests as the console does: the token in
+// Authorization: Bearer, or the session cookie its login form sets, with
+// failed token checks throttled by limiter (nil: not throttled). Other APIs
+// on the same server (the block list) use it, so that one login serves
+// them all. It returns false when it has answered the request: 401, or
+// 429 while the client's address must wait.
+func Authorizer(token string, limiter *httpserver.AuthLimiter) func(http.ResponseWriter, *http.Request) bool {
+	return newGuard(token, limiter).authorize
+}
+
+// requireAPI answers 401 in JSON to a request without the token, and
+// applies the CSRF rule to cookie-authenticated POSTs.
 func (c *Component) requireAPI(next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if !c.authorized(r) {
+		if !c.guard.authorize(w, r) {
 			c.metrics.unauthorized.Inc()
-			w.Header().Set("WWW-Authenticate", `Bearer realm="wormsign"`)
-			writeError(w, http.StatusUnauthorized, "missing or wrong token: send Authorization: Bearer <http.token> or log in to the console")
+			return
+		}
+		if err := httpserver.CheckCookieRequest(r, true); err != nil {
+			c.metrics.crossOrigin.Inc()
+			writeError(w, http.StatusForbidden, err.Error())
 			return
 		}
 		next(w, r)
@@ -78,7 +127,11 @@ func (c *Component) requireAPI(next http.HandlerFunc) http.HandlerFunc {
 // requirePage sends a browser without the session to the login form.
 func (c *Component) requirePage(next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if !c.authorized(r) {
+		switch v, wait := c.guard.check(r); v {
+		case throttled:
+			c.guard.limiter.Refuse(w, wait)
+			return
+		case denied:
 			c.metrics.unauthorized.Inc()
 			http.Redirect(w, r, "/login?next="+url.QueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
 			return
@@ -89,7 +142,7 @@ func (c *Component) requirePage(next http.HandlerFunc) http.HandlerFunc {
 
 func (c *Component) setSession(w http.ResponseWriter, r *http.Request) {
 	http.SetCookie(w, &http.Cookie{
-		Name: sessionCookie, Value: c.sessionValue(), Path: "/",
+		Name: sessionCookie, Value: c.guard.session, Path: "/",
 		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil,
 	})
 }
@@ -102,10 +155,13 @@ func safeNext(next string) string {
 	return next
 }
 
+// loginBodyLimit bounds the login form: a token and a path.
+const loginBodyLimit = 4096
+
 // serveLogin is the login form (GET) and its submission (POST). GET with
-// ?token= logs in at once: that is the URL `wormsign run` prints.
+// ?token= logs in at once: that is the URL `wormsign run` prints. Token
+// checks are throttled per address; the POST must come from this origin.
 func (c *Component) serveLogin(w http.ResponseWriter, r *http.Request) {
-	next := safeNext(r.FormValue("next"))
 	token := ""
 	switch r.Method {
 	case http.MethodGet:
@@ -115,22 +171,47 @@ func (c *Component) serveLogin(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	case http.MethodPost:
-		r.Body = http.MaxBytesReader(w, r.Body, 4096)
+		if err := httpserver.CheckCookieRequest(r, false); err != nil {
+			c.metrics.crossOrigin.Inc()
+			writeError(w, http.StatusForbidden, err.Error())
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, loginBodyLimit)
+		if err := r.ParseForm(); err != nil {
+			if httpserver.BodyTooLarge(err) {
+				writeError(w, http.StatusRequestEntityTooLarge, httpserver.TooLargeMessage(loginBodyLimit))
+			} else {
+				writeError(w, http.StatusBadRequest, "login form: "+err.Error())
+			}
+			return
+		}
 		token = r.PostFormValue("token")
 	default:
 		writeError(w, http.StatusMethodNotAllowed, "use GET or POST")
 		return
 	}
+	next := safeNext(r.FormValue("next"))
+	if wait := c.guard.limiter.Wait(r); wait > 0 {
+		c.guard.limiter.Refuse(w, wait)
+		return
+	}
 	if !equal(token, c.deps.Token) {
 		c.metrics.unauthorized.Inc()
+		c.guard.limiter.Failed(r, "login")
 		http.Redirect(w, r, "/login?failed=1&next="+url.QueryEscape(next), http.StatusSeeOther)
 		return
 	}
+	c.guard.limiter.Succeeded(r)
 	c.setSession(w, r)
 	http.Redirect(w, r, next, http.StatusSeeOther)
 }
 
 func (c *Component) serveLogout(w http.ResponseWriter, r *http.Request) {
+	if err := httpserver.CheckCookieRequest(r, false); err != nil {
+		c.metrics.crossOrigin.Inc()
+		writeError(w, http.StatusForbidden, err.Error())
+		return
+	}
 	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: "", Path: "/", MaxAge: -1,
 		HttpOnly: true, SameSite: http.SameSiteStrictMode})
 	http.Redirect(w, r, "/login", http.StatusSeeOther)

@@ -5,6 +5,7 @@ import "github.com/prometheus/client_golang/prometheus"
 type metrics struct {
 	requests      *prometheus.CounterVec
 	unauthorized  prometheus.Counter
+	crossOrigin   prometheus.Counter
 	alerts        prometheus.Counter
 	flows         prometheus.Counter
 	badMessages   *prometheus.CounterVec
@@ -23,6 +24,9 @@ func newMetrics(reg prometheus.Registerer, c *Component) *metrics {
 		}, []string{"route", "code"}),
 		unauthorized: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wormsign_console_unauthorized_total", Help: "Requests refused for a missing or wrong token.",
+		}),
+		crossOrigin: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wormsign_console_cross_origin_refused_total", Help: "Cookie-authenticated POSTs refused by the CSRF rule (403).",
 		}),
 		alerts: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wormsign_console_alerts_total", Help: "Alert events read from the alerts topic.",
@@ -52,7 +56,7 @@ func newMetrics(reg prometheus.Registerer, c *Component) *metrics {
 	m.subscribers = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "wormsign_console_memory_subscribers", Help: "Subscribers with minute counters in memory.",
 	}, func() float64 { return float64(c.memory.subscriberCount()) })
-	reg.MustRegister(m.requests, m.unauthorized, m.alerts, m.flows, m.badMessages, m.acks,
+	reg.MustRegister(m.requests, m.unauthorized, m.crossOrigin, m.alerts, m.flows, m.badMessages, m.acks,
 		m.streamClients, m.streamDropped, m.storeErrors, m.incidents, m.subscribers)
 	return m
 }

@@ -31,6 +31,7 @@ import (
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/clickhousedb"
 	"github.com/wormsign/wormsign/flow"
+	"github.com/wormsign/wormsign/internal/httpserver"
 	"github.com/wormsign/wormsign/network"
 	"github.com/wormsign/wormsign/retry"
 )
@@ -57,6 +58,9 @@ type Dependencies struct {
 	// Holder, when containment runs in this process, takes the acks that
 	// ask to hold an incident's block; nil answers such acks with 400.
 	Holder Holder
+	// Limiter throttles failed token checks; the HTTP server's, shared
+	// with the other APIs it serves. Nil: one of the console's own.
+	Limiter *httpserver.AuthLimiter
 	// Now is the clock (nil: time.Now); tests set it.
 	Now func() time.Time
 }
@@ -81,6 +85,7 @@ type Component struct {
 	memory  *memoryStore // nil with ClickHouse
 	hub     *hub
 	handler http.Handler
+	guard   *guard
 
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
@@ -109,6 +114,11 @@ func New(config Configuration, deps Dependencies) (*Component, error) {
 		c.store = c.memory
 	}
 	c.metrics = newMetrics(deps.Registry, c)
+	if deps.Limiter == nil {
+		deps.Limiter = httpserver.NewAuthLimiter(deps.Registry)
+		c.deps.Limiter = deps.Limiter
+	}
+	c.guard = newGuard(deps.Token, deps.Limiter)
 	c.hub = newHub(config.StreamBacklog, c.metrics.streamDropped.Inc)
 	c.handler = c.routes()
 	return c, nil
@@ -216,20 +226,6 @@ func (c *Component) Stop() error {
 	return errors.Join(errs...)
 }
 
-// securityHeaders are on every console response. The pages load their
-// script and style from /static/ only, with no inline code, so the policy
-// needs no 'unsafe-inline'.
-func securityHeaders(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h := w.Header()
-		h.Set("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
-		h.Set("X-Content-Type-Options", "nosniff")
-		h.Set("Referrer-Policy", "no-referrer")
-		h.Set("X-Frame-Options", "DENY")
-		next.ServeHTTP(w, r)
-	})
-}
-
 type statusWriter struct {
 	http.ResponseWriter
 	status int
@@ -241,6 +237,10 @@ func (s *statusWriter) WriteHeader(code int) {
 	}
 	s.ResponseWriter.WriteHeader(code)
 }
+
+// Unwrap lets http.ResponseController reach the connection (the stream
+// sets its own deadlines).
+func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
 func (s *statusWriter) Flush() {
 	if f, ok := s.ResponseWriter.(http.Flusher); ok {
@@ -286,7 +286,9 @@ func (c *Component) routes() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 	})
-	return securityHeaders(mux)
+	// Every console response, login and error pages included, carries
+	// the policy (no inline code, no framing) and the other headers.
+	return httpserver.SecurityHeaders(mux, false)
 }
 
 // servePage writes one of the HTML shells; the script fills it in.

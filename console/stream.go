@@ -92,6 +92,10 @@ func (h *hub) closeAll() {
 	}
 }
 
+// streamWriteTimeout bounds each write of the alert stream (the server's
+// http.write_timeout would end every stream after that long).
+const streamWriteTimeout = 30 * time.Second
+
 // serveStream is GET /api/v1/alerts/stream: Server-Sent Events, one
 // `data: <alert JSON>` per alert event with its `id:`, a comment line as
 // heartbeat.
@@ -120,6 +124,19 @@ func (c *Component) serveStream(w http.ResponseWriter, r *http.Request) {
 	c.metrics.streamClients.Inc()
 	defer c.metrics.streamClients.Dec()
 
+	// The server's read and write timeouts would end the stream: it has
+	// no read deadline, and each write gets streamWriteTimeout, so that a
+	// client that stops reading is still let go.
+	rc := http.NewResponseController(w)
+	if err := rc.SetReadDeadline(time.Time{}); err != nil {
+		c.deps.Logger.Debug("cannot clear the stream's read deadline", "error", err)
+	}
+	flush := func() {
+		rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
+		flusher.Flush()
+	}
+	rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
+
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-store")
@@ -129,7 +146,7 @@ func (c *Component) serveStream(w http.ResponseWriter, r *http.Request) {
 	for _, ev := range replay {
 		writeEvent(w, ev)
 	}
-	flusher.Flush()
+	flush()
 	tick := time.NewTicker(c.config.Heartbeat)
 	defer tick.Stop()
 	for {
@@ -138,11 +155,13 @@ func (c *Component) serveStream(w http.ResponseWriter, r *http.Request) {
 			if !ok {
 				return
 			}
+			rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
 			writeEvent(w, ev)
-			flusher.Flush()
+			flush()
 		case <-tick.C:
+			rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
 			fmt.Fprint(w, ": heartbeat\n\n")
-			flusher.Flush()
+			flush()
 		case <-r.Context().Done():
 			return
 		case <-c.stopping:

@@ -11,10 +11,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/wormsign/wormsign/internal/httpserver"
 	"github.com/wormsign/wormsign/network"
 )
 
-// Handler serves the block list API, guarded by deps.Authorize:
+// Handler serves the block list API, guarded by deps.Authorize (and, for
+// requests its cookie authenticates, the console's CSRF rule:
+// same-origin JSON only), with the console's security headers and
+// Cache-Control: no-store:
 //
 //	GET  /api/v1/blocklist?format=json|plain|nftables|ipset|exabgp|exabgp-conf
 //	POST /api/v1/blocklist                 {"ip","action","reason","duration","by"}
@@ -30,16 +34,23 @@ func (c *Component) Handler() http.Handler {
 	mux.HandleFunc("POST /api/v1/blocklist/hold", c.serveHold)
 	mux.HandleFunc("POST /api/v1/blocklist/{ip}/release", c.serveRelease)
 	mux.HandleFunc("GET /api/v1/blocklist/actions", c.serveActions)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return httpserver.SecurityHeaders(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
 		defer func() { c.metrics.apiRequests.WithLabelValues(strconv.Itoa(rec.code)).Inc() }()
-		if c.deps.Authorize == nil || !c.deps.Authorize(r) {
-			rec.Header().Set("WWW-Authenticate", `Bearer realm="wormsign"`)
+		if c.deps.Authorize == nil {
 			writeError(rec, http.StatusUnauthorized, "missing or wrong token: send Authorization: Bearer <http.token>")
 			return
 		}
+		if !c.deps.Authorize(rec, r) {
+			return
+		}
+		// The console's cookie authenticates only same-origin JSON POSTs.
+		if err := httpserver.CheckCookieRequest(r, true); err != nil {
+			writeError(rec, http.StatusForbidden, err.Error())
+			return
+		}
 		mux.ServeHTTP(rec, r)
-	})
+	}), true)
 }
 
 type statusRecorder struct {
@@ -65,6 +76,8 @@ func writeError(w http.ResponseWriter, code int, msg string) {
 // fail answers an error of the policy with its status.
 func fail(w http.ResponseWriter, err error) {
 	switch {
+	case errors.Is(err, errTooLarge):
+		writeError(w, http.StatusRequestEntityTooLarge, err.Error())
 	case errors.Is(err, ErrBadInput):
 		writeError(w, http.StatusBadRequest, err.Error())
 	case errors.Is(err, ErrNotFound), errors.Is(err, ErrNotBlocked):
@@ -94,12 +107,33 @@ func (c *Component) serveList(w http.ResponseWriter, r *http.Request) {
 	w.Write(b.Bytes())
 }
 
-// decode reads a JSON body of at most 64 KiB into v, unknown fields refused.
-func decode(r *http.Request, v any) error {
-	dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
+// BodyLimit bounds the JSON body of the API's POSTs; a larger one is
+// answered 413 and changes nothing.
+const BodyLimit = 64 << 10
+
+// errTooLarge is a body past BodyLimit.
+var errTooLarge = errors.New(httpserver.TooLargeMessage(BodyLimit))
+
+// decode reads one JSON object of at most BodyLimit bytes into v, unknown
+// fields refused.
+func decode(w http.ResponseWriter, r *http.Request, v any) error {
+	return decodeBody(http.MaxBytesReader(w, r.Body, BodyLimit), v)
+}
+
+func decodeBody(body io.Reader, v any) error {
+	dec := json.NewDecoder(body)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
+		if httpserver.BodyTooLarge(err) {
+			return errTooLarge
+		}
 		return fmt.Errorf("%w: body: %v", ErrBadInput, err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		if httpserver.BodyTooLarge(err) {
+			return errTooLarge
+		}
+		return fmt.Errorf("%w: body: want one JSON object", ErrBadInput)
 	}
 	return nil
 }
@@ -116,28 +150,45 @@ type AddRequest struct {
 	By string `json:"by"`
 }
 
-func (c *Component) serveAdd(w http.ResponseWriter, r *http.Request) {
+// manualAdd is a checked AddRequest.
+type manualAdd struct {
+	prefix   network.Prefix
+	action   string
+	by       string
+	reason   string
+	duration time.Duration // 0: containment.duration
+}
+
+// parseAdd reads and checks the body of POST /api/v1/blocklist (the policy
+// checks the rest: action, width, allow list).
+func parseAdd(body io.Reader) (manualAdd, error) {
 	var req AddRequest
-	if err := decode(r, &req); err != nil {
-		fail(w, err)
-		return
+	if err := decodeBody(body, &req); err != nil {
+		return manualAdd{}, err
 	}
 	pfx, err := network.ParsePrefix(req.IP)
 	if err != nil || req.IP == "" {
-		fail(w, fmt.Errorf("%w: ip: %q is not an address or prefix", ErrBadInput, req.IP))
-		return
+		return manualAdd{}, fmt.Errorf("%w: ip: %q is not an address or prefix", ErrBadInput, req.IP)
 	}
-	var d time.Duration
+	m := manualAdd{prefix: pfx, action: req.Action, by: req.By, reason: req.Reason}
 	if req.Duration != "" {
-		if d, err = time.ParseDuration(req.Duration); err != nil || d <= 0 {
-			fail(w, fmt.Errorf("%w: duration: %q, want a positive duration such as 24h", ErrBadInput, req.Duration))
-			return
+		if m.duration, err = time.ParseDuration(req.Duration); err != nil || m.duration <= 0 {
+			return manualAdd{}, fmt.Errorf("%w: duration: %q, want a positive duration such as 24h", ErrBadInput, req.Duration)
 		}
 	}
-	if req.By == "" {
-		req.By = "api"
+	if m.by == "" {
+		m.by = "api"
 	}
-	ch, err := c.Add(r.Context(), pfx, req.Action, req.By, req.Reason, d)
+	return m, nil
+}
+
+func (c *Component) serveAdd(w http.ResponseWriter, r *http.Request) {
+	m, err := parseAdd(http.MaxBytesReader(w, r.Body, BodyLimit))
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	ch, err := c.Add(r.Context(), m.prefix, m.action, m.by, m.reason, m.duration)
 	if err != nil {
 		fail(w, err)
 		return
@@ -154,7 +205,7 @@ type NoteRequest struct {
 
 func (c *Component) serveRelease(w http.ResponseWriter, r *http.Request) {
 	var req NoteRequest
-	if err := decode(r, &req); err != nil {
+	if err := decode(w, r, &req); err != nil {
 		fail(w, err)
 		return
 	}
@@ -177,7 +228,7 @@ func (c *Component) serveRelease(w http.ResponseWriter, r *http.Request) {
 
 func (c *Component) serveHold(w http.ResponseWriter, r *http.Request) {
 	var req NoteRequest
-	if err := decode(r, &req); err != nil {
+	if err := decode(w, r, &req); err != nil {
 		fail(w, err)
 		return
 	}

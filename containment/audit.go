@@ -27,7 +27,7 @@ const (
 // table collapses it, and webhooks skip an id just delivered).
 func (c *Component) runAudit(ctx context.Context, cons bus.Consumer) {
 	backoff := retry.Backoff{Min: 200 * time.Millisecond, Max: 30 * time.Second}
-	client := &http.Client{}
+	client := auditClient()
 	last := map[string]string{} // prefix -> id of the last change delivered
 	for {
 		msg, err := bus.FetchRetrying(ctx, cons, backoff, nil)
@@ -92,6 +92,12 @@ func clampTime(t time.Time) time.Time {
 		return time.Unix(0, 0).UTC()
 	}
 	return t.UTC()
+}
+
+// auditClient follows no redirect (it would turn the POST into a GET, or
+// carry the change elsewhere): a 3xx counts as a failure and is retried.
+func auditClient() *http.Client {
+	return &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 }
 
 // deliver posts body to a webhook target until it answers 2xx, signed with

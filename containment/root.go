@@ -67,9 +67,11 @@ type Dependencies struct {
 	// The detector's allow list and groups (name -> networks).
 	DetectorAllowList []network.Prefix
 	DetectorGroups    map[string][]network.Prefix
-	// Authorize checks a request to the API (the console's token); nil
-	// refuses every request.
-	Authorize func(*http.Request) bool
+	// Authorize checks a request to the API (the console's token: see
+	// console.Authorizer); when it returns false it has answered the
+	// request (401, or 429 while the client is throttled). Nil refuses
+	// every request.
+	Authorize func(http.ResponseWriter, *http.Request) bool
 	// Now is the wall clock; time.Now when nil.
 	Now func() time.Time
 }

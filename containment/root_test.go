@@ -22,7 +22,13 @@ import (
 
 const token = "s3cret"
 
-func authorize(r *http.Request) bool { return r.Header.Get("Authorization") == "Bearer "+token }
+func authorize(w http.ResponseWriter, r *http.Request) bool {
+	if r.Header.Get("Authorization") != "Bearer "+token {
+		w.WriteHeader(http.StatusUnauthorized)
+		return false
+	}
+	return true
+}
 
 func startComponent(t *testing.T, cfg Configuration, b bus.Bus, deps Dependencies) *Component {
 	t.Helper()

@@ -48,7 +48,9 @@ type Engine struct {
 	slowest     *source
 	wallMs      int64 // wall clock, for idle sources only (SetWallClock)
 	scannedAtMs int64 // wallMs at the last rescan of the sources
-	lastSweep   int64 // minute of the last sweep
+	lastKey     sourceKey
+	lastSource  *source // of lastKey
+	lastSweep   int64   // minute of the last sweep
 	// lateByExporter counts late flows per exporter, for the metric that
 	// tells which exporter lags.
 	lateByExporter map[netip.Addr]uint64

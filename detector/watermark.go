@@ -51,9 +51,13 @@ const maxSources = 4096
 // that long are forgotten. Holding the watermark back never changes what
 // the engine decides, only when timers fire (see ProcessFrom), so a replay
 // at full speed, where no source idles, gives the alerts of the live run.
-func (e *Engine) observeSource(origin uint64, lowMs int64, f *flow.Flow) sourceKey {
+func (e *Engine) observeSource(origin uint64, lowMs int64, f *flow.Flow) *source {
 	key := sourceKey{origin, f.Exporter, f.ObservationDomain}
-	s := e.sources[key]
+	// The flows of a message share their source: look it up once.
+	s := e.lastSource
+	if s == nil || key != e.lastKey {
+		s = e.sources[key]
+	}
 	added := false
 	if s == nil {
 		if len(e.sources) >= maxSources {
@@ -77,12 +81,13 @@ func (e *Engine) observeSource(origin uint64, lowMs int64, f *flow.Flow) sourceK
 		s.lagMs = f.TimeReceivedMs - f.EndMs
 	}
 	s.lastWallMs = e.wallMs
+	e.lastKey, e.lastSource = key, s
 	// The minimum can only rise when the slowest source advances, and an
 	// idle source can only drop out as the wall clock moves on: rescan then.
 	if added || (advanced && s == e.slowest) || e.slowest == nil || e.wallMs-e.scannedAtMs >= 1000 {
 		e.rescanSources()
 	}
-	return key
+	return s
 }
 
 // SetWallClock tells the engine the time on the wall, Unix ms, which
@@ -104,6 +109,9 @@ func (e *Engine) rescanSources() {
 		if idle > idleMs {
 			if idle > 10*idleMs {
 				delete(e.sources, k)
+				if s == e.lastSource {
+					e.lastSource = nil
+				}
 			}
 			continue
 		}
@@ -127,13 +135,9 @@ func (e *Engine) rescanSources() {
 // late tells whether a flow of the source is too old to be accounted:
 // older than the watermark minus the allowed lateness, unless its source
 // is still catching up (and then within the longest window).
-func (e *Engine) late(key sourceKey, endMs int64) bool {
+func (e *Engine) late(s *source, endMs int64) bool {
 	lateness := e.config.AllowedLateness.Milliseconds()
-	s := e.sources[key]
-	if s == nil {
-		s = e.sources[sourceKey{}]
-	}
-	if s != nil && !s.joined {
+	if !s.joined {
 		if s.progressMs >= e.watermark-lateness {
 			s.joined = true
 		} else {

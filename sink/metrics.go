@@ -52,7 +52,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		retentionErr: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wormsign_sink_retention_errors_total", Help: "Failed retention runs."}),
 		webhookAttempts: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "wormsign_sink_webhook_attempts_total", Help: "Webhook delivery attempts by result (ok, http_4xx, http_5xx, timeout, error)."},
+			Name: "wormsign_sink_webhook_attempts_total", Help: "Webhook delivery attempts by result (ok, http_3xx, http_4xx, http_5xx, timeout, error)."},
 			[]string{"target", "result"}),
 		webhookDelivered: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wormsign_sink_webhook_delivered_total", Help: "Alerts a webhook target accepted."}, []string{"target"}),

@@ -181,6 +181,9 @@ func (w *webhookTarget) post(ctx context.Context, body []byte, id string, attemp
 		// payload is a configuration error to fix, not a reason to lose
 		// the alert.
 		return "http_4xx", fmt.Errorf("webhook %s answered %s", w.config.Name, resp.Status)
+	case resp.StatusCode >= 300 && resp.StatusCode < 400:
+		return "http_3xx", fmt.Errorf("webhook %s answered %s: redirects are not followed, set its url to the final address",
+			w.config.Name, resp.Status)
 	}
 	return "error", fmt.Errorf("webhook %s answered %s", w.config.Name, resp.Status)
 }

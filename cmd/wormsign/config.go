@@ -61,7 +61,7 @@ func loadConfiguration(path string) (Configuration, error) {
 	if _, err := parseLevel(cfg.LogLevel); err != nil {
 		return cfg, err
 	}
-	for _, v := range []interface{ Validate() error }{cfg.Kafka, cfg.ClickHouse, cfg.Collector, cfg.Detector, cfg.Sink, cfg.Console, cfg.Containment} {
+	for _, v := range []interface{ Validate() error }{cfg.HTTP, cfg.Kafka, cfg.ClickHouse, cfg.Collector, cfg.Detector, cfg.Sink, cfg.Console, cfg.Containment} {
 		if err := v.Validate(); err != nil {
 			return cfg, err
 		}

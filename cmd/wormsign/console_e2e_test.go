@@ -293,6 +293,15 @@ func TestConsoleEmbeddedBrowser(t *testing.T) {
 		t.Errorf("first top talker %q, want the zombie with 40 destinations", s)
 	}
 	b.screenshot("top")
+
+	// Log out and in again with the form: both are same-origin POSTs the
+	// CSRF rule lets through.
+	b.do("log out", chromedp.Click(chromedp.CSS(`form.logout button`)))
+	b.waitFor("login form", `location.pathname === "/login" && !!document.querySelector("#token")`, 30*time.Second)
+	b.do("log in with the form",
+		chromedp.SendKeys(chromedp.CSS("#token"), token),
+		chromedp.Click(chromedp.CSS(`#login button[type=submit]`)))
+	b.waitFor("board after the form login", `location.pathname === "/" && !!document.querySelector("#board tbody tr")`, 30*time.Second)
 	p.stop(t)
 }
 

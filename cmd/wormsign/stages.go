@@ -217,6 +217,7 @@ func startConsole(cfg Configuration, logger *slog.Logger, reg *prometheus.Regist
 		Logger: logger.With("component", "console"), Registry: reg, Bus: b,
 		AlertsTopic: cfg.Kafka.AlertsTopic, FlowsTopic: cfg.Kafka.FlowsTopic, ClickHouse: ch,
 		Subscribers: network.NewSubscribers(cfg.SubscriberNetworks), Token: token, Holder: holder,
+		Limiter: http.Limiter(),
 	})
 	if err != nil {
 		return nil, err
@@ -262,7 +263,7 @@ func newContainment(cfg Configuration, logger *slog.Logger, reg *prometheus.Regi
 		Logger: logger.With("component", "containment"), Registry: reg, Bus: b,
 		AlertsTopic: cfg.Kafka.AlertsTopic, ClickHouse: ch, Webhooks: cfg.Sink.Webhooks,
 		DetectorAllowList: cfg.Detector.AllowList, DetectorGroups: groups,
-		Authorize: console.Authorizer(token),
+		Authorize: console.Authorizer(token, http.Limiter()),
 	})
 	if err != nil {
 		return nil, err

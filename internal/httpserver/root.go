@@ -29,10 +29,69 @@ type Configuration struct {
 	// TokenFile holds the token instead (read at start by the
 	// configuration loader, internal/config.ReadSecretFiles).
 	TokenFile string `yaml:"token_file"`
+
+	// ReadHeaderTimeout bounds reading a request's headers, ReadTimeout
+	// the whole request with its body, WriteTimeout the response (the
+	// alert stream extends its own deadline at every write), IdleTimeout
+	// a kept-alive connection waiting for its next request.
+	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout"`
+	ReadTimeout       time.Duration `yaml:"read_timeout"`
+	WriteTimeout      time.Duration `yaml:"write_timeout"`
+	IdleTimeout       time.Duration `yaml:"idle_timeout"`
+	// MaxBodyBytes bounds every request body (each endpoint has a
+	// smaller limit of its own); a larger body is answered 413.
+	MaxBodyBytes int64 `yaml:"max_body_bytes"`
 }
 
 // DefaultConfiguration listens on every address, port 8080.
-func DefaultConfiguration() Configuration { return Configuration{Listen: ":8080"} }
+func DefaultConfiguration() Configuration {
+	return Configuration{
+		Listen:            ":8080",
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      2 * time.Minute,
+		IdleTimeout:       2 * time.Minute,
+		MaxBodyBytes:      1 << 20,
+	}
+}
+
+// Validate refuses negative limits; zero ones take the defaults.
+func (c Configuration) Validate() error {
+	for _, d := range []struct {
+		key string
+		v   time.Duration
+	}{{"read_header_timeout", c.ReadHeaderTimeout}, {"read_timeout", c.ReadTimeout},
+		{"write_timeout", c.WriteTimeout}, {"idle_timeout", c.IdleTimeout}} {
+		if d.v < 0 {
+			return fmt.Errorf("http.%s: %s, want > 0", d.key, d.v)
+		}
+	}
+	if c.MaxBodyBytes < 0 {
+		return fmt.Errorf("http.max_body_bytes: %d, want > 0", c.MaxBodyBytes)
+	}
+	return nil
+}
+
+// withDefaults replaces zero limits with the defaults.
+func (c Configuration) withDefaults() Configuration {
+	d := DefaultConfiguration()
+	if c.ReadHeaderTimeout == 0 {
+		c.ReadHeaderTimeout = d.ReadHeaderTimeout
+	}
+	if c.ReadTimeout == 0 {
+		c.ReadTimeout = d.ReadTimeout
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = d.WriteTimeout
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = d.IdleTimeout
+	}
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = d.MaxBodyBytes
+	}
+	return c
+}
 
 // ReadyFunc reports nil when a component can do its work.
 type ReadyFunc func() error
@@ -45,6 +104,7 @@ type Component struct {
 	server   *http.Server
 	mux      *http.ServeMux
 	listener net.Listener
+	limiter  *AuthLimiter
 
 	mu     sync.Mutex
 	checks map[string]ReadyFunc
@@ -52,15 +112,30 @@ type Component struct {
 
 // New prepares the server; Start listens.
 func New(logger *slog.Logger, config Configuration, registry *prometheus.Registry) *Component {
-	c := &Component{config: config, logger: logger, registry: registry, checks: map[string]ReadyFunc{}}
+	config = config.withDefaults()
+	c := &Component{config: config, logger: logger, registry: registry, checks: map[string]ReadyFunc{},
+		limiter: NewAuthLimiter(registry)}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{Registry: registry}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("/readyz", c.ready)
 	c.mux = mux
-	c.server = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	c.server = &http.Server{
+		Handler: LimitBodies(mux, config.MaxBodyBytes),
+		// The timeouts bound what a slow or idle client holds: a
+		// goroutine and a socket each.
+		ReadHeaderTimeout: config.ReadHeaderTimeout,
+		ReadTimeout:       config.ReadTimeout,
+		WriteTimeout:      config.WriteTimeout,
+		IdleTimeout:       config.IdleTimeout,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
+	}
 	return c
 }
+
+// Limiter throttles failed token checks for every API on this server.
+func (c *Component) Limiter() *AuthLimiter { return c.limiter }
 
 // Handle serves pattern with h, next to /metrics, /healthz and /readyz
 // (which stay as they are: the most specific pattern wins).

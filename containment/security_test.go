@@ -1,0 +1,133 @@
+package containment
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/wormsign/wormsign/bus"
+	"github.com/wormsign/wormsign/retry"
+	"github.com/wormsign/wormsign/sink"
+)
+
+// The console's cookie authenticates only same-origin JSON POSTs; a Bearer
+// token is unaffected. Oversized bodies are answered 413. Nothing refused
+// changes the list.
+func TestAPICrossOriginAndLimits(t *testing.T) {
+	c := startComponent(t, testConfig(), bus.NewMemory(64), Dependencies{})
+	c.deps.Authorize = func(w http.ResponseWriter, r *http.Request) bool {
+		if ck, err := r.Cookie("session"); err == nil && ck.Value == "ok" {
+			return true
+		}
+		return authorize(w, r)
+	}
+	h := c.Handler()
+	add := `{"ip":"203.0.113.9","by":"ann"}`
+	for _, tc := range []struct {
+		name, path, contentType, body string
+		bearer                        bool
+		headers                       map[string]string
+		want                          int
+	}{
+		{"cookie cross-site", "/api/v1/blocklist", "application/json", add, false, map[string]string{"Sec-Fetch-Site": "cross-site"}, 403},
+		{"cookie other Origin", "/api/v1/blocklist", "application/json", add, false, map[string]string{"Origin": "https://evil.example"}, 403},
+		{"cookie form", "/api/v1/blocklist", "application/x-www-form-urlencoded", add, false, nil, 403},
+		{"cookie text/plain", "/api/v1/blocklist", "text/plain", add, false, map[string]string{"Sec-Fetch-Site": "same-origin"}, 403},
+		{"cookie release cross-site", "/api/v1/blocklist/203.0.113.5/release", "application/json", `{"by":"x"}`, false, map[string]string{"Sec-Fetch-Site": "same-site"}, 403},
+		{"cookie hold cross-site", "/api/v1/blocklist/hold", "application/json", `{"by":"x"}`, false, map[string]string{"Sec-Fetch-Site": "cross-site"}, 403},
+		{"oversized", "/api/v1/blocklist", "application/json", `{"ip":"203.0.113.9","by":"ann","reason":"` + strings.Repeat("x", BodyLimit) + `"}`, true, nil, 413},
+		{"two objects", "/api/v1/blocklist", "application/json", add + add, true, nil, 400},
+	} {
+		req := httptest.NewRequest("POST", tc.path, strings.NewReader(tc.body))
+		req.Header.Set("Content-Type", tc.contentType)
+		if tc.bearer {
+			req.Header.Set("Authorization", "Bearer "+token)
+		} else {
+			req.AddCookie(&http.Cookie{Name: "session", Value: "ok"})
+		}
+		for k, v := range tc.headers {
+			req.Header.Set(k, v)
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != tc.want || !strings.Contains(rec.Body.String(), `"error"`) {
+			t.Errorf("%s: %d %s, want %d with a JSON error", tc.name, rec.Code, rec.Body.String(), tc.want)
+		}
+	}
+	if _, list := call(t, h, "GET", "/api/v1/blocklist?format=plain", ""); list != "" {
+		t.Fatalf("list after refused requests: %q, want empty", list)
+	}
+	// Accepted: a same-origin JSON POST with the cookie, and a Bearer
+	// POST whatever its origin.
+	for i, tc := range []struct {
+		bearer  bool
+		headers map[string]string
+	}{{false, map[string]string{"Sec-Fetch-Site": "same-origin", "Origin": "http://example.com"}}, {true, map[string]string{"Sec-Fetch-Site": "cross-site"}}} {
+		req := httptest.NewRequest("POST", "/api/v1/blocklist", strings.NewReader(`{"ip":"203.0.113.`+string(rune('1'+i))+`","by":"ann"}`))
+		req.Header.Set("Content-Type", "application/json")
+		if tc.bearer {
+			req.Header.Set("Authorization", "Bearer "+token)
+		} else {
+			req.AddCookie(&http.Cookie{Name: "session", Value: "ok"})
+		}
+		for k, v := range tc.headers {
+			req.Header.Set(k, v)
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != 201 {
+			t.Errorf("accepted POST %d: %d %s", i, rec.Code, rec.Body.String())
+		}
+	}
+	// The list carries the console's headers and is not cached.
+	req := httptest.NewRequest("GET", "/api/v1/blocklist?format=nftables", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	for k, v := range map[string]string{"X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"} {
+		if got := rec.Header().Get(k); got != v {
+			t.Errorf("block list: %s = %q, want %q", k, got, v)
+		}
+	}
+	if !strings.Contains(rec.Header().Get("Content-Security-Policy"), "frame-ancestors 'none'") {
+		t.Errorf("block list: Content-Security-Policy %q", rec.Header().Get("Content-Security-Policy"))
+	}
+}
+
+// A webhook target answering with a redirect is not followed: the
+// redirect's target never gets the change, and the attempt is a failure.
+func TestAuditWebhookRedirectNotFollowed(t *testing.T) {
+	c := startComponent(t, testConfig(), bus.NewMemory(64), Dependencies{})
+	var mu sync.Mutex
+	var stolen []string
+	second := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		stolen = append(stolen, r.Method+" "+string(b))
+		mu.Unlock()
+	}))
+	defer second.Close()
+	tries := 0
+	first := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		tries++
+		mu.Unlock()
+		http.Redirect(w, r, second.URL, http.StatusTemporaryRedirect)
+	}))
+	defer first.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	client := auditClient()
+	ok := c.deliver(ctx, client, sink.WebhookConfiguration{Name: "r", URL: first.URL, Secret: "k"}, []byte(`{"x":1}`), "id1",
+		retry.Backoff{Min: 10 * time.Millisecond, Max: 20 * time.Millisecond})
+	mu.Lock()
+	defer mu.Unlock()
+	if ok || tries < 2 || len(stolen) != 0 {
+		t.Errorf("delivered %v after %d tries; the redirect's target got %q, want nothing", ok, tries, stolen)
+	}
+}
