@@ -186,7 +186,12 @@ func (c Configuration) Validate() error {
 		seen[w.Name] = true
 		u, err := url.Parse(w.URL)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return fmt.Errorf("%s.url: %q, want an http or https URL", key, w.URL)
+			// A password in the URL is not shown.
+			shown := "(unparsable, not shown)"
+			if err == nil {
+				shown = u.Redacted()
+			}
+			return fmt.Errorf("%s.url: %q, want an http or https URL", key, shown)
 		}
 		if w.Secret == "" {
 			return fmt.Errorf("%s.secret: empty; receivers need it to check the signature", key)

@@ -3,6 +3,7 @@ package sink
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -69,5 +70,17 @@ workers: 4
 				t.Error(err)
 			}
 		})
+	}
+}
+
+// A password in a refused webhook URL is not repeated in the error.
+func TestWebhookURLErrorHidesPassword(t *testing.T) {
+	for _, u := range []string{"ftp://ann:pw-4417@example.net/x", "http://ann:pw-4417@[::1/x"} {
+		c := DefaultConfiguration()
+		c.Webhooks = []WebhookConfiguration{{Name: "a", URL: u, Secret: "s"}}
+		err := c.Validate()
+		if err == nil || strings.Contains(err.Error(), "pw-4417") {
+			t.Errorf("%s: error %v, want one without the password", u, err)
+		}
 	}
 }
