@@ -16,9 +16,9 @@ import (
 )
 
 // TestKafkaSASLSSL runs the bus through a private broker's SASL_SSL
-// listener with each mechanism: topics created, messages published and
+// listener (which also wants a client certificate) with each mechanism: topics created, messages published and
 // read back by a consumer, a consumer group and Follow; then a wrong
-// password and an untrusted certificate fail NewKafka with errors that
+// password, an untrusted certificate and a missing client certificate fail NewKafka with errors that
 // name the setting and not the password.
 func TestKafkaSASLSSL(t *testing.T) {
 	const password = "kafka-pw-7f3c1e9a"
@@ -31,7 +31,7 @@ func TestKafkaSASLSSL(t *testing.T) {
 		cfg.AlertsTopic = testenv.Name(t, "alerts")
 		cfg.Partitions = 2
 		cfg.ConnectTimeout = 10 * time.Second
-		cfg.TLS = tlsconfig.Configuration{Enabled: true, CAFile: pki.CAFile}
+		cfg.TLS = tlsconfig.Configuration{Enabled: true, CAFile: pki.CAFile, CertFile: pki.ClientCert, KeyFile: pki.ClientKey}
 		cfg.SASL = SASLConfiguration{Mechanism: mechanism, Username: "wormsign", Password: password}
 		if err := cfg.Validate(); err != nil {
 			t.Fatal(err)
@@ -131,6 +131,7 @@ func TestKafkaSASLSSL(t *testing.T) {
 		{"untrusted certificate", func(c *Configuration) { c.TLS.CAFile = pki.OtherCAFile }, "kafka.tls.ca_file"},
 		{"wrong server name", func(c *Configuration) { c.TLS.ServerName = "kafka.example.net" }, "kafka.tls.server_name"},
 		{"TLS off", func(c *Configuration) { c.TLS = tlsconfig.Configuration{} }, "kafka.tls"},
+		{"no client certificate", func(c *Configuration) { c.TLS.CertFile, c.TLS.KeyFile = "", "" }, "kafka.tls.cert_file"},
 	}
 	for _, f := range failures {
 		t.Run(f.name, func(t *testing.T) {

@@ -75,7 +75,7 @@ kafka:
   flows_topic: %[2]s
   alerts_topic: %[3]s
   partitions: 2
-  tls: {enabled: true, ca_file: %[4]s, server_name: localhost}
+  tls: {enabled: true, ca_file: %[4]s, server_name: localhost, cert_file: %[12]s, key_file: %[13]s}
   sasl: {mechanism: SCRAM-SHA-256, username: wormsign, password_file: "${CREDENTIALS_DIRECTORY}/kafka-password"}
 clickhouse:
   addr: %[5]s
@@ -92,7 +92,7 @@ sink:
   webhooks: [{name: hook, url: "%[10]s", secret_file: "${CREDENTIALS_DIRECTORY}/webhook-secret", timeout: 5s}]
 console: {group: %[11]s}
 `, kafka.Secure, testenv.Name(t, "flows"), testenv.Name(t, "alerts"), pki.CAFile, ch.SecureAddr, db, port,
-		testenv.Name(t, "det"), testenv.Name(t, "sink"), hook.URL, testenv.Name(t, "con"))
+		testenv.Name(t, "det"), testenv.Name(t, "sink"), hook.URL, testenv.Name(t, "con"), pki.ClientCert, pki.ClientKey)
 	dir := t.TempDir()
 	cfgFile := filepath.Join(dir, "wormsign.yaml")
 	if err := os.WriteFile(cfgFile, []byte(yaml), 0o600); err != nil {

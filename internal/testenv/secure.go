@@ -167,7 +167,8 @@ func startProcess(t testing.TB, name, dir, logFile string, ready func() bool, ar
 
 // SecureKafka is a private single-node broker with a PLAINTEXT listener
 // (for the broker itself and for tests that set things up) and a SASL_SSL
-// listener that takes PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512.
+// listener that takes PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 from clients
+// with a certificate of the test CA (PKI.ClientCert and ClientKey).
 type SecureKafka struct {
 	Plain, Secure string // 127.0.0.1:port
 	PKI           *PKI
@@ -206,6 +207,10 @@ func StartSecureKafka(t testing.TB, pki *PKI, user, password string) *SecureKafk
 	props := strings.NewReplacer("@DATA@", filepath.Join(dir, "data"), "@PORT@", strconv.Itoa(port),
 		"@CONTROLLER_PORT@", strconv.Itoa(controller)).Replace(string(raw))
 	props += SecureKafkaProperties(port, secure, controller, pki.ServerPEM, user, password)
+	// And clients must show a certificate the test CA signed.
+	props += "listener.name.sasl_ssl.ssl.client.auth=required\n" +
+		"listener.name.sasl_ssl.ssl.truststore.type=PEM\n" +
+		"listener.name.sasl_ssl.ssl.truststore.location=" + pki.CAFile + "\n"
 	propsFile := filepath.Join(dir, "server.properties")
 	if err := os.WriteFile(propsFile, []byte(props), 0o644); err != nil {
 		t.Fatal(err)
