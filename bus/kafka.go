@@ -212,23 +212,7 @@ type kafkaConsumer struct{ r *kafka.Reader }
 // Consumer joins group on topic. A new group starts at the oldest retained
 // message so that a sink started after the collector misses nothing.
 func (k *Kafka) Consumer(topic, group string) (Consumer, error) {
-	return &kafkaConsumer{r: kafka.NewReader(kafka.ReaderConfig{
-		Brokers:        k.config.Brokers,
-		Dialer:         k.dialer,
-		GroupID:        group,
-		Topic:          topic,
-		MinBytes:       1,
-		MaxBytes:       16 << 20,
-		MaxWait:        250 * time.Millisecond,
-		StartOffset:    kafka.FirstOffset,
-		CommitInterval: 0, // commit synchronously, after the work succeeded
-		// Not kafka-go's default of 30 s: the partitions of a stage that
-		// died go to the others, or back to it when systemd restarts it,
-		// within 10 s.
-		SessionTimeout:    10 * time.Second,
-		RebalanceTimeout:  10 * time.Second,
-		HeartbeatInterval: time.Second,
-	})}, nil
+	return &kafkaConsumer{r: k.reader(topic, group, kafka.FirstOffset)}, nil
 }
 
 // Tail reads topic from its end as the only member of group, which should
@@ -236,19 +220,29 @@ func (k *Kafka) Consumer(topic, group string) (Consumer, error) {
 // end again. The console reads live alerts this way, every instance all of
 // them.
 func (k *Kafka) Tail(topic, group string) (Consumer, error) {
-	return &kafkaConsumer{r: kafka.NewReader(kafka.ReaderConfig{
-		Brokers:           k.config.Brokers,
-		Dialer:            k.dialer,
-		GroupID:           group,
-		Topic:             topic,
-		MinBytes:          1,
-		MaxBytes:          16 << 20,
-		MaxWait:           250 * time.Millisecond,
-		StartOffset:       kafka.LastOffset,
+	return &kafkaConsumer{r: k.reader(topic, group, kafka.LastOffset)}, nil
+}
+
+// reader is a group member on topic that commits only when told to (after
+// the work succeeded) and starts at start when the group has no offset.
+func (k *Kafka) reader(topic, group string, start int64) *kafka.Reader {
+	return kafka.NewReader(kafka.ReaderConfig{
+		Brokers:        k.config.Brokers,
+		Dialer:         k.dialer,
+		GroupID:        group,
+		Topic:          topic,
+		MinBytes:       1,
+		MaxBytes:       16 << 20,
+		MaxWait:        250 * time.Millisecond,
+		StartOffset:    start,
+		CommitInterval: 0, // commit synchronously, after the work succeeded
+		// Not kafka-go's default of 30 s: the partitions of a stage that
+		// died go to the others, or back to it when systemd restarts it,
+		// within 10 s.
 		SessionTimeout:    10 * time.Second,
 		RebalanceTimeout:  10 * time.Second,
 		HeartbeatInterval: time.Second,
-	})}, nil
+	})
 }
 
 func (c *kafkaConsumer) Fetch(ctx context.Context) (Message, error) {
