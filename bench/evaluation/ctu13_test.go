@@ -305,6 +305,16 @@ func TestCTU13Replay(t *testing.T) {
 		t.Logf("run %d: %d alerts (%s), late flows %s, %s", i+1, len(rs[i].alerts), kindCounts(rs[i].alerts),
 			lateString(rs[i].late), rs[i].elapsed.Round(time.Millisecond))
 	}
+	// And with other publishers, partitions and one core: still the same.
+	for _, env := range [][]string{
+		{"WORMSIGN_COLLECTOR_PUBLISHERS=1", "GOMAXPROCS=1"},
+		{"WORMSIGN_COLLECTOR_PUBLISHERS=13", "WORMSIGN_KAFKA_PARTITIONS=7"},
+	} {
+		r := replayWith(t, replayEnv(env...), path)
+		if string(r.stdout) != string(rs[0].stdout) {
+			t.Errorf("with %v the replay prints other alerts: first %s", env, firstDifference(rs[0].lines, r.lines))
+		}
+	}
 	for i := 1; i < runs; i++ {
 		if string(rs[i].stdout) != string(rs[0].stdout) {
 			onlyA, onlyB := multisetDifference(rs[0].lines, rs[i].lines)
