@@ -210,6 +210,11 @@ func (r *rng) sflow(seq uint32, subscribers int) []byte {
 // NetFlow v9/IPFIX exporter sends its template in its first datagram and
 // every 64th after.
 func Generate(flows, exporters, subscribers int, nowMs int64) Load {
+	return GenerateProtocols(flows, exporters, subscribers, nowMs, NetFlowV9, IPFIX, SFlow)
+}
+
+// GenerateProtocols is Generate with the protocols that take turns named.
+func GenerateProtocols(flows, exporters, subscribers int, nowMs int64, protocols ...string) Load {
 	r := rng(0x9e3779b97f4a7c15)
 	var load Load
 	seq := make(map[string][]uint32)   // sequence numbers
@@ -219,8 +224,8 @@ func Generate(flows, exporters, subscribers int, nowMs int64) Load {
 		count[p] = make([]uint32, exporters)
 	}
 	for i := 0; load.Flows < flows; i++ {
-		proto := []string{NetFlowV9, IPFIX, SFlow}[i%3]
-		exp := (i / 3) % exporters
+		proto := protocols[i%len(protocols)]
+		exp := (i / len(protocols)) % exporters
 		n := seq[proto][exp]
 		withTemplate := count[proto][exp]%64 == 0
 		count[proto][exp]++
@@ -286,17 +291,20 @@ func (s *Sender) Close() {
 
 // Send sends the load at flowsPerSecond (0: as fast as possible) and
 // returns how long it took. Send errors (a full socket buffer) are
-// counted as not sent.
+// counted as not sent. The pace is kept per datagram: each one waits
+// until the flows before it are due, so bursts are only as long as the
+// timer's granularity (tens of microseconds), not a fixed count.
 func (s *Sender) Send(load Load, flowsPerSecond int) (sent int, took time.Duration) {
 	start := time.Now()
-	for i, d := range load.Datagrams {
-		if flowsPerSecond > 0 && i%16 == 0 {
-			// Pace in small bursts: sleep until this many flows are due.
-			due := start.Add(time.Duration(float64(sent) / float64(flowsPerSecond) * float64(time.Second)))
+	offered := 0
+	for _, d := range load.Datagrams {
+		if flowsPerSecond > 0 {
+			due := start.Add(time.Duration(float64(offered) / float64(flowsPerSecond) * float64(time.Second)))
 			if wait := time.Until(due); wait > 0 {
 				time.Sleep(wait)
 			}
 		}
+		offered += d.Flows
 		if _, err := s.conns[d.Protocol][d.Exporter].Write(d.Payload); err == nil {
 			sent += d.Flows
 		}
