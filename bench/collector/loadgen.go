@@ -311,3 +311,34 @@ func (s *Sender) Send(load Load, flowsPerSecond int) (sent int, took time.Durati
 	}
 	return sent, time.Since(start)
 }
+
+// SMTPProbes is a NetFlow v9 datagram, template included, of n TCP/25
+// SYN-only flows from src to the distinct destinations 198.19.first/16..
+// first+n-1, ending at nowMs: a spam zombie's attempts.
+func SMTPProbes(seq uint32, nowMs int64, src [4]byte, first, n int) []byte {
+	secs := uint32(nowMs / 1000)
+	uptime := uint32(uptimeBaseMs)
+	b := be16(nil, 9)
+	b = be16(b, uint16(n+1))
+	b = be32(b, uptime)
+	b = be32(b, secs)
+	b = be32(b, seq)
+	b = be32(b, 1)
+	b = append(b, templateSet(0, v9Fields)...)
+	b = be16(b, 256)
+	b = be16(b, uint16(4+n*38))
+	for i := first; i < first+n; i++ {
+		b = append(b, src[:]...)
+		b = append(b, 198, 19, byte(i>>8), byte(i))
+		b = be16(b, uint16(40000+i))
+		b = be16(b, 25)
+		b = append(b, 6, 0x02)
+		b = be32(b, 124)
+		b = be32(b, 2)
+		b = be32(b, uptime-uint32(int64(secs)*1000-(nowMs-500)))
+		b = be32(b, uptime-uint32(int64(secs)*1000-nowMs))
+		b = be32(b, 1)
+		b = be32(b, 10)
+	}
+	return b
+}
