@@ -35,7 +35,7 @@ const (
 )
 
 // BenchmarkEndToEnd sweeps the offered NetFlow v9 rate (WORMSIGN_BENCH_E2E_RATES,
-// default 100000,250000,500000; WORMSIGN_BENCH_E2E_FLOWS per step, default
+// default 100000,250000,500000,750000; WORMSIGN_BENCH_E2E_FLOWS per step, default
 // 500,000) through three wormsign processes until ClickHouse holds fewer
 // rows than were sent (more than 0.1 % lost). During each step, every
 // 250 ms a zombie sends 24 SMTP attempts, then 300 ms later the 25th
@@ -77,7 +77,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 	if v, err := strconv.Atoi(os.Getenv("WORMSIGN_BENCH_E2E_FLOWS")); err == nil && v > 0 {
 		flows = v
 	}
-	rates := []int{100_000, 250_000, 500_000}
+	rates := []int{100_000, 250_000, 500_000, 750_000}
 	if v := os.Getenv("WORMSIGN_BENCH_E2E_RATES"); v != "" {
 		rates = rates[:0]
 		for _, f := range strings.Split(v, ",") {
