@@ -2,77 +2,161 @@ package collectorbench
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/wormsign/wormsign/bus"
-	"github.com/wormsign/wormsign/collector"
+	"github.com/wormsign/wormsign/flow"
 	"github.com/wormsign/wormsign/internal/testenv"
 )
 
-// BenchmarkCollectors sends the same generated NetFlow v9, IPFIX and
-// sFlow datagrams to wormsign's collector and to goflow v3's own collector
-// (each publishing to Kafka on 127.0.0.1:9092), at the target rate and at
-// twice it, and reports for each the flows per second that reached Kafka
-// (flows delivered / time from the first datagram sent to the last flow
-// in Kafka), the share lost, and wormsign/goflow.
+// The terms every collector gets in BenchmarkCollectors.
+const (
+	// receiveBuffer is net.core.rmem_default and rmem_max during the run:
+	// every collector's socket gets it from the kernel (wormsign's forced
+	// buffer is off: collector.receive_buffer 0).
+	receiveBuffer = 8 << 20
+	// queueDatagrams is the queue of decoded (wormsign) or received
+	// (goflow2) datagrams; goflow v3 has no such queue of its own.
+	queueDatagrams = 1 << 16
+	benchExporters = 8
+	benchSubs      = 50_000
+	lossLimit      = 0.1 // percent: above it a rate is not lossless
+	// maxDrain is how long after the last datagram sent the last flow
+	// may reach Kafka for the rate to count as sustained.
+	maxDrain = 500 * time.Millisecond
+)
+
+// BenchmarkCollectors sends the same generated datagrams, paced per
+// datagram at a constant rate, to wormsign's collector, goflow v3's own
+// collector and goflow2, each a process of its own with one UDP socket,
+// the kernel's receive buffer (8 MiB for all, set by sysctl), no Kafka
+// compression, publishing to Kafka on 127.0.0.1:9092. Delivery is counted
+// the same way for all: the flows in the Kafka topic (wormsign: its
+// batches decoded; goflow: one message per flow). The offered rate is
+// swept upward, per collector and protocol (NetFlow v9, IPFIX), until
+// the rate is not sustained: more than 0.1 % lost, or the last flow in
+// Kafka more than half a second after the last datagram sent (a queue
+// draining a backlog: the queues hold more than a step's flows). It prints a table of every step and, per collector,
+// the highest lossless rate, its ratio to wormsign's and the process CPU
+// time per delivered flow (utime+stime from /proc/PID/stat).
 //
-// WORMSIGN_BENCH_FLOWS (default 2,000,000) and WORMSIGN_BENCH_RATE
-// (default 500,000 flows/s) change the load.
+// WORMSIGN_BENCH_FLOWS (default 1,000,000) bounds the flows per step,
+// as do 4 seconds of sending at the step's rate;
+// WORMSIGN_BENCH_RATES (default 100000,250000,500000,750000,1000000,1500000,2000000)
+// the offered rates; it needs root for the sysctl.
 func BenchmarkCollectors(b *testing.B) {
 	brokers := testenv.KafkaBrokers(b)
-	goflow := installGoflow(b)
-	flows := envInt("WORMSIGN_BENCH_FLOWS", 2_000_000)
-	rate := envInt("WORMSIGN_BENCH_RATE", 500_000)
-	const exporters, subscribers = 4, 50_000
-	load := Generate(flows, exporters, subscribers, time.Now().UnixMilli())
-	// At the target rate, and at twice it, which saturates both
-	// collectors on 2 cores: there the ratio is one of capacities.
-	for _, r := range []int{rate, 2 * rate} {
-		name := fmt.Sprintf("rate=%d", r)
-		b.Run(name, func(b *testing.B) {
-			for range b.N {
-				ws := runWormsign(b, brokers, load, exporters, r)
-				gf := runGoflow(b, goflow, brokers, load, exporters, r)
-				b.ReportMetric(ws.flowsPerSecond(), "wormsign_flows/s")
-				b.ReportMetric(ws.lossPercent(), "wormsign_loss_%")
-				b.ReportMetric(gf.flowsPerSecond(), "goflow_flows/s")
-				b.ReportMetric(gf.lossPercent(), "goflow_loss_%")
-				if gf.flowsPerSecond() > 0 {
-					b.ReportMetric(ws.flowsPerSecond()/gf.flowsPerSecond(), "wormsign/goflow")
-				}
-				b.Logf("%s: sent %d flows in %s; wormsign %d in Kafka in %s (%.0f/s, %.2f%% lost); goflow %d in %s (%.0f/s, %.2f%% lost)",
-					name, ws.sent, ws.sendTime.Round(time.Millisecond), ws.delivered, ws.took.Round(time.Millisecond),
-					ws.flowsPerSecond(), ws.lossPercent(), gf.delivered, gf.took.Round(time.Millisecond),
-					gf.flowsPerSecond(), gf.lossPercent())
-			}
-		})
+	setReceiveBuffer(b, receiveBuffer)
+	peers := []collectorPeer{
+		{name: "wormsign", queue: fmt.Sprintf("queue_size %d datagrams", queueDatagrams), run: wormsignRunner(b, brokers)},
+		{name: "goflow v3.5.0", queue: "no queue (decode workers 2, sarama's default channel of 256)", run: goflowRunner(b, brokers)},
+		{name: "goflow2 v2.2.6", queue: fmt.Sprintf("queue_size %d datagrams (its default 1,000,000)", queueDatagrams), run: goflow2Runner(b, brokers)},
 	}
+	if nfacctd, err := exec.LookPath("nfacctd"); err == nil {
+		peers = append(peers, collectorPeer{name: "nfacctd (pmacct, Debian)", queue: "plugin_pipe_size/plugin_buffer_size defaults; aggregates per 5-tuple+times+interfaces, 1 s purge",
+			lowRates: []int{25_000, 50_000}, extraDrain: time.Second, run: nfacctdRunner(nfacctd, brokers)})
+	}
+	flows := envInt("WORMSIGN_BENCH_FLOWS", 1_000_000)
+	rates := []int{100_000, 250_000, 500_000, 750_000, 1_000_000, 1_500_000, 2_000_000}
+	if v := os.Getenv("WORMSIGN_BENCH_RATES"); v != "" {
+		rates = rates[:0]
+		for _, f := range strings.Split(v, ",") {
+			if r, err := strconv.Atoi(strings.TrimSpace(f)); err == nil && r > 0 {
+				rates = append(rates, r)
+			}
+		}
+	}
+	type best struct {
+		rate   int
+		cpuNs  float64
+		perMsg float64
+	}
+	var lines []string
+	bests := map[string]best{} // protocol/peer
+	for range b.N {
+		for _, proto := range []string{NetFlowV9, IPFIX} {
+			load := GenerateProtocols(flows, benchExporters, benchSubs, time.Now().UnixMilli(), proto)
+			for _, p := range peers {
+				for _, rate := range append(slices.Clone(p.lowRates), rates...) {
+					// At most 4 s of sending per step.
+					r := p.run(b, load.prefix(min(flows, 4*rate)), rate)
+					lines = append(lines, fmt.Sprintf("| %s | %s | %d | %d | %d | %.0f | %s | %.3f | %.2f | %.2f |",
+						proto, p.name, rate, r.sent, r.delivered, r.achieved(), r.drain.Round(10*time.Millisecond), r.lossPercent(), r.cpuPerFlowNs()/1000, r.flowsPerMessage()))
+					if r.lossPercent() > lossLimit || r.drain > maxDrain+p.extraDrain {
+						break
+					}
+					bests[proto+"/"+p.name] = best{rate, r.cpuPerFlowNs(), r.flowsPerMessage()}
+				}
+			}
+		}
+	}
+	fmt.Printf("\nCollectors → Kafka: min(%d, 4 s × rate) flows per step, %d exporters, %d subscribers, 1 UDP socket each, rmem_default=rmem_max=%d, no compression, delivery = flows in the Kafka topic, paced per datagram\n",
+		flows, benchExporters, benchSubs, receiveBuffer)
+	fmt.Println("| protocol | collector | offered flows/s | sent | in Kafka | delivered flows/s (first datagram to last flow in Kafka) | last flow in Kafka after last sent | lost % | CPU µs/flow | flows/message |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|")
+	for _, l := range lines {
+		fmt.Println(l)
+	}
+	fmt.Println("\n| protocol | collector | queue | highest sustained lossless offered rate (≤ 0.1 % lost, drained ≤ 0.5 s; nfacctd ≤ 1.5 s, its purge every 1 s) | ratio to wormsign | CPU µs per delivered flow there |")
+	fmt.Println("|---|---|---|---|---|---|")
+	for _, proto := range []string{NetFlowV9, IPFIX} {
+		ws := bests[proto+"/wormsign"]
+		for _, p := range peers {
+			bb, ok := bests[proto+"/"+p.name]
+			if !ok {
+				fmt.Printf("| %s | %s | %s | none (lost > %.1f %% at %d) | – | – |\n", proto, p.name, p.queue, lossLimit, rates[0])
+				continue
+			}
+			ratio := "–"
+			if ws.rate > 0 {
+				ratio = fmt.Sprintf("%.2f", float64(bb.rate)/float64(ws.rate))
+			}
+			fmt.Printf("| %s | %s | %s | %d | %s | %.2f |\n", proto, p.name, p.queue, bb.rate, ratio, bb.cpuNs/1000)
+		}
+		if p := peers[0]; bests[proto+"/"+p.name].rate > 0 {
+			b.ReportMetric(float64(bests[proto+"/"+p.name].rate), proto+"_wormsign_lossless_flows/s")
+			b.ReportMetric(bests[proto+"/"+p.name].perMsg, proto+"_wormsign_flows/message")
+		}
+	}
+	fmt.Println()
+}
+
+type collectorPeer struct {
+	name, queue string
+	// lowRates come before the common sweep (nfacctd's writer is slow),
+	// and extraDrain is added to maxDrain for a peer that holds flows
+	// by design (nfacctd's 1 s purge interval).
+	lowRates   []int
+	extraDrain time.Duration
+	run        func(b *testing.B, load Load, rate int) result
 }
 
 type result struct {
-	sent, delivered int
-	sendTime, took  time.Duration // sending; first datagram to last flow in Kafka
+	sent, delivered, messages int
+	sendTime                  time.Duration
+	drain                     time.Duration // last datagram sent to last flow in Kafka
+	cpu                       time.Duration // the collector process's utime+stime during the step
 }
 
-func (r result) flowsPerSecond() float64 {
-	if r.took <= 0 {
+func (r result) achieved() float64 {
+	if r.sendTime+r.drain <= 0 {
 		return 0
 	}
-	return float64(r.delivered) / r.took.Seconds()
+	return float64(r.delivered) / (r.sendTime + r.drain).Seconds()
 }
 
 func (r result) lossPercent() float64 {
@@ -82,6 +166,20 @@ func (r result) lossPercent() float64 {
 	return 100 * float64(r.sent-r.delivered) / float64(r.sent)
 }
 
+func (r result) cpuPerFlowNs() float64 {
+	if r.delivered == 0 {
+		return 0
+	}
+	return float64(r.cpu.Nanoseconds()) / float64(r.delivered)
+}
+
+func (r result) flowsPerMessage() float64 {
+	if r.messages == 0 {
+		return 0
+	}
+	return float64(r.delivered) / float64(r.messages)
+}
+
 func envInt(name string, def int) int {
 	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v >= 0 {
 		return v
@@ -89,32 +187,59 @@ func envInt(name string, def int) int {
 	return def
 }
 
-func installGoflow(b *testing.B) string {
+// setReceiveBuffer sets net.core.rmem_default and rmem_max for the run
+// and puts them back after.
+func setReceiveBuffer(b *testing.B, n int) {
 	b.Helper()
-	if p, err := exec.LookPath("goflow"); err == nil {
-		return p
+	for _, key := range []string{"rmem_default", "rmem_max"} {
+		path := "/proc/sys/net/core/" + key
+		old, err := os.ReadFile(path)
+		if err != nil {
+			testenv.Unavailable(b, "cannot read %s: %v", path, err)
+		}
+		if err := os.WriteFile(path, []byte(strconv.Itoa(n)), 0o644); err != nil {
+			testenv.Unavailable(b, "cannot set net.core.%s (needs root): %v", key, err)
+		}
+		b.Cleanup(func() { os.WriteFile(path, old, 0o644) })
 	}
-	script := filepath.Join(testenv.RepoRoot(b), "bench", "collector", "install-goflow.sh")
-	out, err := exec.Command(script).Output()
+}
+
+func install(b *testing.B, script, lookPath string) string {
+	b.Helper()
+	if lookPath != "" {
+		if p, err := exec.LookPath(lookPath); err == nil {
+			return p
+		}
+	}
+	path := filepath.Join(testenv.RepoRoot(b), "bench", "collector", script)
+	out, err := exec.Command(path).Output()
 	if err != nil {
-		testenv.Unavailable(b, "cannot install goflow v3.5.0 (%s): %v", script, err)
+		testenv.Unavailable(b, "%s: %v", path, err)
 	}
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 	return lines[len(lines)-1]
 }
 
-func freePort(b *testing.B) int {
+func freePort(b *testing.B, network string) int {
 	b.Helper()
-	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if network == "udp" {
+		c, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		return c.LocalAddr().(*net.UDPAddr).Port
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).Port
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }
 
-// createTopic creates topic with the default partitions.
-func createTopic(b *testing.B, brokers []string, topic string) bus.Configuration {
+// createTopic creates topic with the default partitions (8).
+func createTopic(b *testing.B, brokers []string, topic string) {
 	b.Helper()
 	cfg := bus.DefaultConfiguration()
 	cfg.Brokers = brokers
@@ -122,140 +247,151 @@ func createTopic(b *testing.B, brokers []string, topic string) bus.Configuration
 	if _, err := bus.NewKafka(context.Background(), cfg); err != nil {
 		b.Fatal(err)
 	}
-	return cfg
 }
 
-// waitDelivered polls count until it reaches want or stops moving for
-// two seconds, and returns the count and when it last moved.
-func waitDelivered(start time.Time, want int, count func() int) (int, time.Duration) {
-	last, lastMove := 0, time.Since(start)
-	for {
-		n := count()
-		if n != last {
-			last, lastMove = n, time.Since(start)
-		}
-		if n >= want || time.Since(start)-lastMove > 2*time.Second {
-			return last, lastMove
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+// process is a collector under test.
+type process struct {
+	cmd     *exec.Cmd
+	logPath string
 }
 
-func runWormsign(b *testing.B, brokers []string, load Load, exporters, rate int) result {
+func start(b *testing.B, readyURL string, name string, args ...string) *process {
 	b.Helper()
-	kcfg := createTopic(b, brokers, testenv.Name(b, "bench-wormsign"))
-	k, err := bus.NewKafka(context.Background(), kcfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	nfPort, sfPort := freePort(b), freePort(b)
-	cfg := collector.DefaultConfiguration()
-	cfg.NetFlowListen = []string{fmt.Sprintf("127.0.0.1:%d", nfPort)}
-	cfg.SFlowListen = []string{fmt.Sprintf("127.0.0.1:%d", sfPort)}
-	cfg.SocketsPerListener = 2
-	reg := prometheus.NewRegistry()
-	c, err := collector.New(cfg, collector.Dependencies{
-		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Registry: reg, Bus: k, Topic: kcfg.FlowsTopic,
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := c.Start(); err != nil {
-		b.Fatal(err)
-	}
-	defer c.Stop()
-	sender, err := NewSender(exporters, cfg.NetFlowListen[0], cfg.SFlowListen[0])
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer sender.Close()
-	published := func() int { return int(counter(reg, "wormsign_collector_published_flows_total")) }
-	start := time.Now()
-	sent, sendTime := sender.Send(load, rate)
-	delivered, took := waitDelivered(start, sent, published)
-	return result{sent, delivered, sendTime, took}
-}
-
-func counter(reg *prometheus.Registry, name string) float64 {
-	mfs, err := reg.Gather()
-	if err != nil {
-		return 0
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			for _, m := range mf.GetMetric() {
-				sum += m.GetCounter().GetValue()
-			}
-		}
-	}
-	return sum
-}
-
-func runGoflow(b *testing.B, bin string, brokers []string, load Load, exporters, rate int) result {
-	b.Helper()
-	topic := testenv.Name(b, "bench-goflow")
-	createTopic(b, brokers, topic)
-	nfPort, sfPort, metricsPort := freePort(b), freePort(b), freePort(b)
-	cmd := exec.Command(bin,
-		"-kafka.brokers", strings.Join(brokers, ","), "-kafka.topic", topic,
-		"-nf.addr", "127.0.0.1", "-nf.port", strconv.Itoa(nfPort),
-		"-sflow.addr", "127.0.0.1", "-sflow.port", strconv.Itoa(sfPort),
-		"-nfl=false", "-workers", "2", "-loglevel", "error",
-		"-metrics.addr", fmt.Sprintf("127.0.0.1:%d", metricsPort))
-	logPath := filepath.Join(b.TempDir(), "goflow.log")
-	logFile, err := os.Create(logPath)
+	p := &process{cmd: exec.Command(name, args...), logPath: filepath.Join(b.TempDir(), "collector.log")}
+	logFile, err := os.Create(p.logPath)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer logFile.Close()
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cmd.Start(); err != nil {
-		b.Fatalf("cannot start goflow: %v", err)
+	p.cmd.Stdout, p.cmd.Stderr = logFile, logFile
+	// Its own process group, so that stop ends the processes it forks
+	// (nfacctd's plugin and writers) with it.
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// wormsign refuses WORMSIGN_ variables it does not know, such as
+	// this benchmark's.
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "WORMSIGN_") {
+			p.cmd.Env = append(p.cmd.Env, kv)
+		}
 	}
-	defer func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	}()
+	if err := p.cmd.Start(); err != nil {
+		b.Fatalf("cannot start %s: %v", name, err)
+	}
 	deadline := time.Now().Add(20 * time.Second)
+	for readyURL == "" { // nothing to ask: give it a second
+		time.Sleep(time.Second)
+		return p
+	}
 	for {
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort))
+		resp, err := http.Get(readyURL)
 		if err == nil {
 			resp.Body.Close()
 			break
 		}
 		if time.Now().After(deadline) {
-			logs, _ := os.ReadFile(logPath)
-			b.Fatalf("goflow did not start:\n%s", logs)
+			p.stop()
+			b.Fatalf("%s did not start:\n%s", name, p.log())
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond)
 	}
-	sender, err := NewSender(exporters, fmt.Sprintf("127.0.0.1:%d", nfPort), fmt.Sprintf("127.0.0.1:%d", sfPort))
+	time.Sleep(300 * time.Millisecond) // its Kafka producer connects
+	return p
+}
+
+func (p *process) log() string {
+	out, _ := os.ReadFile(p.logPath)
+	return string(out)
+}
+
+func (p *process) stop() {
+	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	p.cmd.Wait()
+}
+
+// cpu is the utime+stime so far of the process and of every process of
+// its group (nfacctd forks its plugin and a writer per purge), the
+// children it has reaped included (cutime+cstime).
+func (p *process) cpu() time.Duration {
+	pids, _ := filepath.Glob("/proc/[0-9]*/stat")
+	var ticks int64
+	for _, path := range pids {
+		stat, err := os.ReadFile(path)
+		if err != nil {
+			continue
+		}
+		// The fields after the command name, which is in parentheses.
+		s := string(stat)
+		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+		if len(fields) < 15 {
+			continue
+		}
+		pgrp, _ := strconv.Atoi(fields[2])
+		if pgrp != p.cmd.Process.Pid {
+			continue
+		}
+		for _, f := range fields[11:15] { // utime, stime, cutime, cstime
+			n, _ := strconv.ParseInt(f, 10, 64)
+			ticks += n
+		}
+	}
+	return time.Duration(ticks) * time.Second / 100 // USER_HZ
+}
+
+// step sends load at rate to the collector p listening on addr, waits
+// until the topic's end offsets stop moving (or reach the flows sent,
+// where each message is one flow), and counts what reached Kafka.
+func step(b *testing.B, p *process, brokers []string, topic, addr string, load Load, rate int, flowsPerMessageIsOne bool) result {
+	b.Helper()
+	defer p.stop()
+	sender, err := NewSender(benchExporters, addr, addr)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer sender.Close()
 	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 5 * time.Second}
-	// goflow writes one Kafka message per flow: the topic's end offsets
-	// count what reached Kafka.
-	inKafka := func() int { return topicMessages(client, topic) }
-	start := time.Now()
+	cpu0 := p.cpu()
 	sent, sendTime := sender.Send(load, rate)
-	delivered, took := waitDelivered(start, sent, inKafka)
-	if delivered == 0 {
-		logs, _ := os.ReadFile(logPath)
-		b.Logf("goflow delivered nothing; its log:\n%s", logs)
+	sendEnd := time.Now()
+	last, lastMove := -1, time.Now()
+	for {
+		n, err := endOffsets(client, topic)
+		if err != nil {
+			if time.Since(lastMove) > 30*time.Second {
+				b.Fatalf("Kafka end offsets of %s: %v", topic, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		if n != last {
+			last, lastMove = n, time.Now()
+		}
+		if (flowsPerMessageIsOne && n >= sent) || time.Since(lastMove) > 2*time.Second {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	return result{sent, delivered, sendTime, took}
+	cpu := p.cpu() - cpu0
+	r := result{sent: sent, messages: last, sendTime: sendTime, drain: max(0, lastMove.Sub(sendEnd)), cpu: cpu}
+	if flowsPerMessageIsOne {
+		r.delivered = last
+	} else {
+		r.delivered = countFlows(b, brokers, topic)
+	}
+	if r.delivered == 0 {
+		b.Logf("%s delivered nothing; its log:\n%s", p.cmd.Path, p.log())
+	}
+	return r
 }
 
-func topicMessages(client *kafka.Client, topic string) int {
+func endOffsets(client *kafka.Client, topic string) (int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	meta, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
-	if err != nil || len(meta.Topics) == 0 {
-		return 0
+	if err != nil {
+		return 0, err
+	}
+	if len(meta.Topics) == 0 || meta.Topics[0].Error != nil {
+		return 0, fmt.Errorf("no topic %s", topic)
 	}
 	var reqs []kafka.OffsetRequest
 	for _, p := range meta.Topics[0].Partitions {
@@ -263,11 +399,181 @@ func topicMessages(client *kafka.Client, topic string) int {
 	}
 	resp, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
 	if err != nil {
-		return 0
+		return 0, err
 	}
 	total := 0
 	for _, p := range resp.Topics[topic] {
+		if p.Error != nil {
+			return 0, p.Error
+		}
 		total += int(p.LastOffset)
 	}
+	return total, nil
+}
+
+// countFlows reads every message of topic and decodes wormsign's flow
+// batches in it.
+func countFlows(b *testing.B, brokers []string, topic string) int {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := kafka.DialContext(ctx, "tcp", brokers[0])
+	if err != nil {
+		b.Fatal(err)
+	}
+	parts, err := conn.ReadPartitions(topic)
+	conn.Close()
+	if err != nil {
+		b.Fatal(err)
+	}
+	total := 0
+	var flows []flow.Flow
+	for _, part := range parts {
+		pc, err := kafka.DialLeader(ctx, "tcp", brokers[0], topic, part.ID)
+		if err != nil {
+			b.Fatal(err)
+		}
+		last, err := pc.ReadLastOffset()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := pc.Seek(0, kafka.SeekAbsolute); err != nil {
+			b.Fatal(err)
+		}
+		for offset := int64(0); offset < last; {
+			batch := pc.ReadBatch(1, 16<<20)
+			for {
+				m, err := batch.ReadMessage()
+				if err != nil {
+					break
+				}
+				offset = m.Offset + 1
+				flows, err = flow.DecodeBatch(flows[:0], m.Value)
+				if err != nil {
+					b.Fatalf("message %d of partition %d: %v", m.Offset, part.ID, err)
+				}
+				total += len(flows)
+			}
+			if err := batch.Close(); err != nil && !errors.Is(err, kafka.ErrGenerationEnded) {
+				b.Fatal(err)
+			}
+		}
+		pc.Close()
+	}
 	return total
+}
+
+// wormsignRunner builds the wormsign binary and runs `wormsign collector`.
+func wormsignRunner(b *testing.B, brokers []string) func(*testing.B, Load, int) result {
+	bin := filepath.Join(b.TempDir(), "wormsign")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/wormsign")
+	build.Dir = testenv.RepoRoot(b)
+	if out, err := build.CombinedOutput(); err != nil {
+		b.Fatalf("go build: %v\n%s", err, out)
+	}
+	return func(b *testing.B, load Load, rate int) result {
+		topic := testenv.Name(b, "bench-wormsign")
+		port, httpPort := freePort(b, "udp"), freePort(b, "tcp")
+		cfg := fmt.Sprintf(`log_level: error
+http:
+  listen: "127.0.0.1:%d"
+kafka:
+  brokers: [%s]
+  flows_topic: %s
+  alerts_topic: %s-alerts
+  compression: none
+collector:
+  netflow_listen: ["127.0.0.1:%d"]
+  sflow_listen: []
+  sockets_per_listener: 1
+  receive_buffer: 0
+  queue_size: %d
+`, httpPort, strings.Join(brokers, ", "), topic, topic, port, queueDatagrams)
+		path := filepath.Join(b.TempDir(), "wormsign.yaml")
+		if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+			b.Fatal(err)
+		}
+		p := start(b, fmt.Sprintf("http://127.0.0.1:%d/metrics", httpPort), bin, "collector", "--config", path)
+		return step(b, p, brokers, topic, fmt.Sprintf("127.0.0.1:%d", port), load, rate, false)
+	}
+}
+
+// goflowRunner runs goflow v3's own collector (one socket: it has no
+// option for more).
+func goflowRunner(b *testing.B, brokers []string) func(*testing.B, Load, int) result {
+	bin := install(b, "install-goflow.sh", "goflow")
+	return func(b *testing.B, load Load, rate int) result {
+		topic := testenv.Name(b, "bench-goflow")
+		createTopic(b, brokers, topic)
+		port, sfPort, metricsPort := freePort(b, "udp"), freePort(b, "udp"), freePort(b, "tcp")
+		p := start(b, fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort), bin,
+			"-kafka.brokers", strings.Join(brokers, ","), "-kafka.topic", topic,
+			"-nf.addr", "127.0.0.1", "-nf.port", strconv.Itoa(port),
+			"-sflow.addr", "127.0.0.1", "-sflow.port", strconv.Itoa(sfPort),
+			"-nfl=false", "-workers", "2", "-loglevel", "error",
+			"-metrics.addr", fmt.Sprintf("127.0.0.1:%d", metricsPort))
+		return step(b, p, brokers, topic, fmt.Sprintf("127.0.0.1:%d", port), load, rate, true)
+	}
+}
+
+// goflow2Runner runs goflow2 with one socket, wormsign's queue size, its
+// protobuf output and a 50 ms Kafka flush (wormsign's linger; its default
+// is 5 s).
+func goflow2Runner(b *testing.B, brokers []string) func(*testing.B, Load, int) result {
+	bin := install(b, "install-goflow2.sh", "")
+	return func(b *testing.B, load Load, rate int) result {
+		topic := testenv.Name(b, "bench-goflow2")
+		createTopic(b, brokers, topic)
+		port, metricsPort := freePort(b, "udp"), freePort(b, "tcp")
+		p := start(b, fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort), bin,
+			"-listen", fmt.Sprintf("netflow://127.0.0.1:%d?count=1&queue_size=%d", port, queueDatagrams),
+			"-transport", "kafka", "-transport.kafka.brokers", strings.Join(brokers, ","),
+			"-transport.kafka.topic", topic, "-transport.kafka.flushfreq", "50ms",
+			"-format", "bin", "-loglevel", "error",
+			"-addr", fmt.Sprintf("127.0.0.1:%d", metricsPort))
+		return step(b, p, brokers, topic, fmt.Sprintf("127.0.0.1:%d", port), load, rate, true)
+	}
+}
+
+// nfacctdRunner runs Debian's nfacctd with its Kafka plugin: JSON, one
+// message per aggregate, aggregated on every field the load varies (so
+// each flow is its own aggregate but for rare collisions: a lower
+// bound), purged every second. Its receive buffer is the kernel's.
+func nfacctdRunner(bin string, brokers []string) func(*testing.B, Load, int) result {
+	return func(b *testing.B, load Load, rate int) result {
+		topic := testenv.Name(b, "bench-nfacctd")
+		createTopic(b, brokers, topic)
+		host, port, _ := net.SplitHostPort(brokers[0])
+		udp := freePort(b, "udp")
+		conf := fmt.Sprintf(`daemonize: false
+nfacctd_ip: 127.0.0.1
+nfacctd_port: %d
+plugins: kafka
+kafka_output: json
+kafka_broker_host: %s
+kafka_broker_port: %s
+kafka_topic: %s
+kafka_refresh_time: 1
+aggregate: src_host, dst_host, src_port, dst_port, proto, timestamp_start, timestamp_end, in_iface, out_iface
+`, udp, host, port, topic)
+		path := filepath.Join(b.TempDir(), "nfacctd.conf")
+		if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+			b.Fatal(err)
+		}
+		p := start(b, "", bin, "-f", path)
+		return step(b, p, brokers, topic, fmt.Sprintf("127.0.0.1:%d", udp), load, rate, true)
+	}
+}
+
+// prefix is the load's first datagrams holding at least flows flows.
+func (l Load) prefix(flows int) Load {
+	var p Load
+	for _, d := range l.Datagrams {
+		if p.Flows >= flows {
+			break
+		}
+		p.Datagrams = append(p.Datagrams, d)
+		p.Flows += d.Flows
+	}
+	return p
 }

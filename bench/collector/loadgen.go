@@ -210,6 +210,11 @@ func (r *rng) sflow(seq uint32, subscribers int) []byte {
 // NetFlow v9/IPFIX exporter sends its template in its first datagram and
 // every 64th after.
 func Generate(flows, exporters, subscribers int, nowMs int64) Load {
+	return GenerateProtocols(flows, exporters, subscribers, nowMs, NetFlowV9, IPFIX, SFlow)
+}
+
+// GenerateProtocols is Generate with the protocols that take turns named.
+func GenerateProtocols(flows, exporters, subscribers int, nowMs int64, protocols ...string) Load {
 	r := rng(0x9e3779b97f4a7c15)
 	var load Load
 	seq := make(map[string][]uint32)   // sequence numbers
@@ -219,8 +224,8 @@ func Generate(flows, exporters, subscribers int, nowMs int64) Load {
 		count[p] = make([]uint32, exporters)
 	}
 	for i := 0; load.Flows < flows; i++ {
-		proto := []string{NetFlowV9, IPFIX, SFlow}[i%3]
-		exp := (i / 3) % exporters
+		proto := protocols[i%len(protocols)]
+		exp := (i / len(protocols)) % exporters
 		n := seq[proto][exp]
 		withTemplate := count[proto][exp]%64 == 0
 		count[proto][exp]++
@@ -286,20 +291,54 @@ func (s *Sender) Close() {
 
 // Send sends the load at flowsPerSecond (0: as fast as possible) and
 // returns how long it took. Send errors (a full socket buffer) are
-// counted as not sent.
+// counted as not sent. The pace is kept per datagram: each one waits
+// until the flows before it are due, so bursts are only as long as the
+// timer's granularity (tens of microseconds), not a fixed count.
 func (s *Sender) Send(load Load, flowsPerSecond int) (sent int, took time.Duration) {
 	start := time.Now()
-	for i, d := range load.Datagrams {
-		if flowsPerSecond > 0 && i%16 == 0 {
-			// Pace in small bursts: sleep until this many flows are due.
-			due := start.Add(time.Duration(float64(sent) / float64(flowsPerSecond) * float64(time.Second)))
+	offered := 0
+	for _, d := range load.Datagrams {
+		if flowsPerSecond > 0 {
+			due := start.Add(time.Duration(float64(offered) / float64(flowsPerSecond) * float64(time.Second)))
 			if wait := time.Until(due); wait > 0 {
 				time.Sleep(wait)
 			}
 		}
+		offered += d.Flows
 		if _, err := s.conns[d.Protocol][d.Exporter].Write(d.Payload); err == nil {
 			sent += d.Flows
 		}
 	}
 	return sent, time.Since(start)
+}
+
+// SMTPProbes is a NetFlow v9 datagram, template included, of n TCP/25
+// SYN-only flows from src to the distinct destinations 198.19.first/16..
+// first+n-1, ending at nowMs: a spam zombie's attempts.
+func SMTPProbes(seq uint32, nowMs int64, src [4]byte, first, n int) []byte {
+	secs := uint32(nowMs / 1000)
+	uptime := uint32(uptimeBaseMs)
+	b := be16(nil, 9)
+	b = be16(b, uint16(n+1))
+	b = be32(b, uptime)
+	b = be32(b, secs)
+	b = be32(b, seq)
+	b = be32(b, 1)
+	b = append(b, templateSet(0, v9Fields)...)
+	b = be16(b, 256)
+	b = be16(b, uint16(4+n*38))
+	for i := first; i < first+n; i++ {
+		b = append(b, src[:]...)
+		b = append(b, 198, 19, byte(i>>8), byte(i))
+		b = be16(b, uint16(40000+i))
+		b = be16(b, 25)
+		b = append(b, 6, 0x02)
+		b = be32(b, 124)
+		b = be32(b, 2)
+		b = be32(b, uptime-uint32(int64(secs)*1000-(nowMs-500)))
+		b = be32(b, uptime-uint32(int64(secs)*1000-nowMs))
+		b = be32(b, 1)
+		b = be32(b, 10)
+	}
+	return b
 }
