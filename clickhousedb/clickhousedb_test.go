@@ -39,24 +39,6 @@ func openTest(t *testing.T, addr string) *DB {
 	return db
 }
 
-func queryStrings(t *testing.T, db *DB, query string, args ...any) []string {
-	t.Helper()
-	rows, err := db.Query(context.Background(), query, args...)
-	if err != nil {
-		t.Fatalf("%s: %v", query, err)
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var s string
-		if err := rows.Scan(&s); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, s)
-	}
-	return out
-}
-
 func TestMigrateTwice(t *testing.T) { testenv.ForEachClickHouse(t, testMigrateTwice) }
 
 func testMigrateTwice(t *testing.T, addr string) {
@@ -70,7 +52,7 @@ func testMigrateTwice(t *testing.T, addr string) {
 	if err := db.QueryRow(ctx, "SELECT count() FROM "+name+".schema_migrations").Scan(&n); err != nil || n != 6 {
 		t.Errorf("schema_migrations has %d rows after two runs (%v), want 6", n, err)
 	}
-	got := queryStrings(t, db, "SELECT name FROM system.tables WHERE database = ? ORDER BY name", name)
+	got := testenv.QueryStrings(t, db, "SELECT name FROM system.tables WHERE database = ? ORDER BY name", name)
 	want := []string{"alerts", "alerts_ledger_mv", "containment_actions", "flows", "flows_1m", "flows_1m_mv", "flows_ledger_mv", "incident_actions", "replays", "schema_migrations", "sink_ledger"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("tables (-want +got):\n%s", diff)
@@ -80,7 +62,7 @@ func testMigrateTwice(t *testing.T, addr string) {
 	if diff := cmp.Diff(f, db.Features()); diff != "" {
 		t.Errorf("features of %s (-want +got):\n%s", db.Version(), diff)
 	}
-	typ := queryStrings(t, db, "SELECT type FROM system.columns WHERE database = ? AND table = 'flows' AND name = 'dst_addr'", name)
+	typ := testenv.QueryStrings(t, db, "SELECT type FROM system.columns WHERE database = ? AND table = 'flows' AND name = 'dst_addr'", name)
 	if diff := cmp.Diff([]string{f.IPType()}, typ); diff != "" {
 		t.Errorf("dst_addr type on %s (-want +got):\n%s", db.Version(), diff)
 	}
@@ -90,7 +72,7 @@ func testMigrateTwice(t *testing.T, addr string) {
 		t.Errorf("InsertDeduplication() on %s = %v, want %v", db.Version(), db.InsertDeduplication(), want)
 	}
 	for _, table := range deduplicatedTables {
-		engine := queryStrings(t, db, "SELECT engine_full FROM system.tables WHERE database = ? AND name = ?", name, table)
+		engine := testenv.QueryStrings(t, db, "SELECT engine_full FROM system.tables WHERE database = ? AND name = ?", name, table)
 		has := len(engine) == 1 && strings.Contains(engine[0], fmt.Sprintf("non_replicated_deduplication_window = %d", DeduplicationWindow))
 		if has != db.InsertDeduplication() {
 			t.Errorf("%s on %s: deduplication window set = %v, want %v (%q)", table, db.Version(), has, db.InsertDeduplication(), engine)
@@ -116,7 +98,7 @@ func testQuerySurface(t *testing.T, addr string) {
 	if err := batch.Send(); err != nil {
 		t.Fatal(err)
 	}
-	got := queryStrings(t, db, "SELECT concat(source, ':', toString(rows)) FROM "+db.Database()+".sink_ledger WHERE sink_partition = ?", uint32(1))
+	got := testenv.QueryStrings(t, db, "SELECT concat(source, ':', toString(rows)) FROM "+db.Database()+".sink_ledger WHERE sink_partition = ?", uint32(1))
 	if diff := cmp.Diff([]string{"test:4"}, got); diff != "" {
 		t.Errorf("ledger rows (-want +got):\n%s", diff)
 	}

@@ -49,24 +49,6 @@ func openTestClickHouseTimeout(t *testing.T, addr string, readTimeout time.Durat
 	return ch
 }
 
-func queryStrings(t *testing.T, ch *clickhousedb.DB, query string) []string {
-	t.Helper()
-	rows, err := ch.Query(context.Background(), query)
-	if err != nil {
-		t.Fatalf("%s: %v", query, err)
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var s string
-		if err := rows.Scan(&s); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, s)
-	}
-	return out
-}
-
 func count(t *testing.T, ch *clickhousedb.DB, query string) uint64 {
 	t.Helper()
 	var n uint64
@@ -258,7 +240,7 @@ func testRetentionDropsOldPartitions(t *testing.T, addr string) {
 	if !ch.Features().TTL {
 		return
 	}
-	engine := queryStrings(t, ch, "SELECT engine_full FROM system.tables WHERE database = '"+db+"' AND name = 'flows'")
+	engine := testenv.QueryStrings(t, ch, "SELECT engine_full FROM system.tables WHERE database = '"+db+"' AND name = 'flows'")
 	if len(engine) != 1 || !strings.Contains(engine[0], "TTL date + toIntervalDay(30)") {
 		t.Errorf("flows on %s after applyTTL: %q, want TTL date + toIntervalDay(30)", ch.Version(), engine)
 	}
@@ -364,7 +346,7 @@ func testLedgerKeepsRetriedBatchesOut(t *testing.T, addr string) {
 			t.Fatal(err)
 		}
 	}
-	got := queryStrings(t, ch, "SELECT toString(bytes) FROM "+db+".flows ORDER BY bytes")
+	got := testenv.QueryStrings(t, ch, "SELECT toString(bytes) FROM "+db+".flows ORDER BY bytes")
 	var want []string
 	for i := range 12 {
 		want = append(want, fmt.Sprint(i))
@@ -372,7 +354,7 @@ func testLedgerKeepsRetriedBatchesOut(t *testing.T, addr string) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("flows (-want +got):\n%s", diff)
 	}
-	ledger := queryStrings(t, ch, "SELECT concat(toString(bitAnd(sink_partition, 65535)), ':', toString(last_offset - first_offset + 1), ':', toString(rows)) FROM "+
+	ledger := testenv.QueryStrings(t, ch, "SELECT concat(toString(bitAnd(sink_partition, 65535)), ':', toString(last_offset - first_offset + 1), ':', toString(rows)) FROM "+
 		db+".sink_ledger WHERE source = 'flows'")
 	sort.Strings(ledger)
 	if diff := cmp.Diff([]string{"0:1:2", "0:2:4", "1:1:2", "1:2:4"}, ledger); diff != "" {
@@ -435,14 +417,14 @@ func testRetryFindsFlowsTheLedgerMissed(t *testing.T, addr string) {
 		t.Fatal(err)
 	}
 	want := []string{"0", "1", "10", "11", "20"}
-	if diff := cmp.Diff(want, queryStrings(t, ch, "SELECT toString(bytes) FROM "+db+".flows ORDER BY bytes")); diff != "" {
+	if diff := cmp.Diff(want, testenv.QueryStrings(t, ch, "SELECT toString(bytes) FROM "+db+".flows ORDER BY bytes")); diff != "" {
 		t.Errorf("flows after the retry (-want +got):\n%s", diff)
 	}
 	// The ledger now knows all three: a re-delivery writes nothing.
 	if err := c.writeFlows(ctx, batch, attempt{batch: newBatchID()}); err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff(want, queryStrings(t, ch, "SELECT toString(bytes) FROM "+db+".flows ORDER BY bytes")); diff != "" {
+	if diff := cmp.Diff(want, testenv.QueryStrings(t, ch, "SELECT toString(bytes) FROM "+db+".flows ORDER BY bytes")); diff != "" {
 		t.Errorf("flows after a re-delivery (-want +got):\n%s", diff)
 	}
 	if n := count(t, ch, "SELECT sum(rows) FROM "+db+".sink_ledger"); n != 4 {

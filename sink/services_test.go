@@ -3,7 +3,6 @@ package sink
 import (
 	"bytes"
 	"context"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,24 +19,6 @@ import (
 // and 9000 serve every other test, so these start private instances on
 // free loopback ports, from the same configuration files as
 // deploy/services.sh, and kill them at cleanup.
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-func portOpen(port int) bool {
-	c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(port), time.Second)
-	if err == nil {
-		c.Close()
-	}
-	return err == nil
-}
 
 // privateService is one process we start, kill and start again on the
 // same state directory.
@@ -120,7 +101,7 @@ func startPrivateClickHouse(t *testing.T) (*privateService, string) {
 			t.Fatal(err)
 		}
 	}
-	port, httpPort := freePort(t), freePort(t)
+	port, httpPort := testenv.FreePort(t), testenv.FreePort(t)
 	raw, err := os.ReadFile(filepath.Join(root, "deploy/clickhouse/config.xml"))
 	if err != nil {
 		t.Fatal(err)
@@ -138,7 +119,7 @@ func startPrivateClickHouse(t *testing.T) (*privateService, string) {
 	}
 	s := &privateService{t: t, name: "clickhouse", dir: dir, log: filepath.Join(dir, "log", "stdout.log"),
 		args:  []string{server, "--config-file=" + filepath.Join(dir, "config.xml")},
-		ready: func() bool { return portOpen(port) }}
+		ready: func() bool { return testenv.PortOpen(port) }}
 	s.start()
 	t.Cleanup(s.kill)
 	return s, "127.0.0.1:" + strconv.Itoa(port)
@@ -165,7 +146,7 @@ func startPrivateClickHouseModern(t *testing.T) (*privateService, string) {
 	if err := os.MkdirAll(filepath.Join(dir, "log"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	port, httpPort := freePort(t), freePort(t)
+	port, httpPort := testenv.FreePort(t), testenv.FreePort(t)
 	raw, err := os.ReadFile(filepath.Join(root, "deploy/clickhouse-modern/config.xml"))
 	if err != nil {
 		t.Fatal(err)
@@ -185,7 +166,7 @@ func startPrivateClickHouseModern(t *testing.T) (*privateService, string) {
 	}
 	s := &privateService{t: t, name: "clickhouse (chdb-core)", dir: dir, log: filepath.Join(dir, "log", "stdout.log"),
 		args:  []string{python, "serve.py", filepath.Join(dir, "data")},
-		ready: func() bool { return portOpen(port) }}
+		ready: func() bool { return testenv.PortOpen(port) }}
 	s.start()
 	t.Cleanup(s.kill)
 	return s, "127.0.0.1:" + strconv.Itoa(port)
@@ -229,7 +210,7 @@ func startPrivateKafka(t *testing.T) (*privateService, string) {
 		testenv.Unavailable(t, "java is not installed")
 	}
 	dir := t.TempDir()
-	port, controller := freePort(t), freePort(t)
+	port, controller := testenv.FreePort(t), testenv.FreePort(t)
 	raw, err := os.ReadFile(filepath.Join(root, "deploy/kafka/server.properties"))
 	if err != nil {
 		t.Fatal(err)
@@ -264,7 +245,7 @@ func startPrivateKafka(t *testing.T) (*privateService, string) {
 		// controller; "started" in the log is the broker's own word. On a
 		// restart the log holds the previous run's line too, so count.
 		out, _ := os.ReadFile(logFile)
-		return portOpen(port) && bytes.Count(out, []byte("Kafka Server started")) >= s.starts
+		return testenv.PortOpen(port) && bytes.Count(out, []byte("Kafka Server started")) >= s.starts
 	}
 	s.starts = 1
 	s.start()

@@ -220,24 +220,6 @@ func install(b *testing.B, script, lookPath string) string {
 	return lines[len(lines)-1]
 }
 
-func freePort(b *testing.B, network string) int {
-	b.Helper()
-	if network == "udp" {
-		c, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer c.Close()
-		return c.LocalAddr().(*net.UDPAddr).Port
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // createTopic creates topic with the default partitions (8).
 func createTopic(b *testing.B, brokers []string, topic string) {
 	b.Helper()
@@ -473,7 +455,7 @@ func wormsignRunner(b *testing.B, brokers []string) func(*testing.B, Load, int) 
 	}
 	return func(b *testing.B, load Load, rate int) result {
 		topic := testenv.Name(b, "bench-wormsign")
-		port, httpPort := freePort(b, "udp"), freePort(b, "tcp")
+		port, httpPort := testenv.FreeUDPPort(b), testenv.FreePort(b)
 		cfg := fmt.Sprintf(`log_level: error
 http:
   listen: "127.0.0.1:%d"
@@ -505,7 +487,7 @@ func goflowRunner(b *testing.B, brokers []string) func(*testing.B, Load, int) re
 	return func(b *testing.B, load Load, rate int) result {
 		topic := testenv.Name(b, "bench-goflow")
 		createTopic(b, brokers, topic)
-		port, sfPort, metricsPort := freePort(b, "udp"), freePort(b, "udp"), freePort(b, "tcp")
+		port, sfPort, metricsPort := testenv.FreeUDPPort(b), testenv.FreeUDPPort(b), testenv.FreePort(b)
 		p := start(b, fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort), bin,
 			"-kafka.brokers", strings.Join(brokers, ","), "-kafka.topic", topic,
 			"-nf.addr", "127.0.0.1", "-nf.port", strconv.Itoa(port),
@@ -524,7 +506,7 @@ func goflow2Runner(b *testing.B, brokers []string) func(*testing.B, Load, int) r
 	return func(b *testing.B, load Load, rate int) result {
 		topic := testenv.Name(b, "bench-goflow2")
 		createTopic(b, brokers, topic)
-		port, metricsPort := freePort(b, "udp"), freePort(b, "tcp")
+		port, metricsPort := testenv.FreeUDPPort(b), testenv.FreePort(b)
 		p := start(b, fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort), bin,
 			"-listen", fmt.Sprintf("netflow://127.0.0.1:%d?count=1&queue_size=%d", port, queueDatagrams),
 			"-transport", "kafka", "-transport.kafka.brokers", strings.Join(brokers, ","),
@@ -544,7 +526,7 @@ func nfacctdRunner(bin string, brokers []string) func(*testing.B, Load, int) res
 		topic := testenv.Name(b, "bench-nfacctd")
 		createTopic(b, brokers, topic)
 		host, port, _ := net.SplitHostPort(brokers[0])
-		udp := freePort(b, "udp")
+		udp := testenv.FreeUDPPort(b)
 		conf := fmt.Sprintf(`daemonize: false
 nfacctd_ip: 127.0.0.1
 nfacctd_port: %d

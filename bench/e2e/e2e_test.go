@@ -103,10 +103,10 @@ func BenchmarkEndToEnd(b *testing.B) {
 			b.Fatal(err)
 		}
 		ch.Close()
-		udp := freePort(b, "udp")
+		udp := testenv.FreeUDPPort(b)
 		var procs []*exec.Cmd
 		for _, stage := range []string{"sink", "detector", "collector"} {
-			httpPort := freePort(b, "tcp")
+			httpPort := testenv.FreePort(b)
 			conf := fmt.Sprintf(`log_level: error
 subscriber_networks: [100.64.0.0/10]
 http:
@@ -282,22 +282,4 @@ func waitHTTP(url string) error {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-func freePort(b *testing.B, network string) int {
-	b.Helper()
-	if network == "udp" {
-		c, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer c.Close()
-		return c.LocalAddr().(*net.UDPAddr).Port
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }

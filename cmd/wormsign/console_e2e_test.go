@@ -317,19 +317,7 @@ func TestConsoleKafkaClickHouse(t *testing.T) {
 	port := testenv.FreeUDPPort(t)
 	db := testenv.Name(t, "wscon")
 	const token = "configured-console-token-1234"
-	env := []string{
-		"WORMSIGN_KAFKA_BROKERS=" + brokers,
-		"WORMSIGN_KAFKA_FLOWS_TOPIC=" + testenv.Name(t, "flows"),
-		"WORMSIGN_KAFKA_ALERTS_TOPIC=" + testenv.Name(t, "alerts"),
-		"WORMSIGN_CLICKHOUSE_ADDR=" + chAddr,
-		"WORMSIGN_CLICKHOUSE_DATABASE=" + db,
-		"WORMSIGN_DETECTOR_GROUP=" + testenv.Name(t, "detector"),
-		"WORMSIGN_SINK_GROUP=" + testenv.Name(t, "sink"),
-		"WORMSIGN_SUBSCRIBER_NETWORKS=203.0.113.0/24",
-		fmt.Sprintf("WORMSIGN_COLLECTOR_NETFLOW_LISTEN=127.0.0.1:%d", port),
-		"WORMSIGN_COLLECTOR_SFLOW_LISTEN=",
-		"WORMSIGN_HTTP_TOKEN=" + token,
-	}
+	env := append(pipelineEnv(t, brokers, chAddr, db, port), "WORMSIGN_HTTP_TOKEN="+token)
 	t.Cleanup(func() {
 		cfg := clickhouse.Options{Addr: []string{chAddr}}
 		if conn, err := clickhouse.Open(&cfg); err == nil {

@@ -190,12 +190,11 @@ func TestKafkaClickHousePipeline(t *testing.T) {
 	testenv.ForEachClickHouse(t, testKafkaClickHousePipeline)
 }
 
-func testKafkaClickHousePipeline(t *testing.T, chAddr string) {
-	brokers := strings.Join(testenv.KafkaBrokers(t), ",")
-	lab := testenv.NewLab(t, 2, 40)
-	port := testenv.FreeUDPPort(t)
-	db := testenv.Name(t, "wse2e")
-	env := []string{
+// pipelineEnv configures the stages of one test: its own topics, groups
+// and database on the given Kafka and ClickHouse, the lab's subscribers,
+// NetFlow on port.
+func pipelineEnv(t *testing.T, brokers, chAddr, db string, port int) []string {
+	return []string{
 		"WORMSIGN_KAFKA_BROKERS=" + brokers,
 		"WORMSIGN_KAFKA_FLOWS_TOPIC=" + testenv.Name(t, "flows"),
 		"WORMSIGN_KAFKA_ALERTS_TOPIC=" + testenv.Name(t, "alerts"),
@@ -207,6 +206,14 @@ func testKafkaClickHousePipeline(t *testing.T, chAddr string) {
 		fmt.Sprintf("WORMSIGN_COLLECTOR_NETFLOW_LISTEN=127.0.0.1:%d", port),
 		"WORMSIGN_COLLECTOR_SFLOW_LISTEN=",
 	}
+}
+
+func testKafkaClickHousePipeline(t *testing.T, chAddr string) {
+	brokers := strings.Join(testenv.KafkaBrokers(t), ",")
+	lab := testenv.NewLab(t, 2, 40)
+	port := testenv.FreeUDPPort(t)
+	db := testenv.Name(t, "wse2e")
+	env := pipelineEnv(t, brokers, chAddr, db, port)
 	conn, err := clickhouse.Open(&clickhouse.Options{Addr: []string{chAddr}})
 	if err != nil {
 		t.Fatal(err)

@@ -124,13 +124,8 @@ func FreePort(t testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-func portOpen(port int) bool {
-	c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(port), time.Second)
-	if err == nil {
-		c.Close()
-	}
-	return err == nil
-}
+// PortOpen tells whether something listens on TCP port of 127.0.0.1.
+func PortOpen(port int) bool { return reachable("127.0.0.1:" + strconv.Itoa(port)) }
 
 // startProcess runs args in dir with its output in logFile until the
 // test ends, and waits up to 120 s for ready.
@@ -236,7 +231,7 @@ func StartSecureKafka(t testing.TB, pki *PKI, user, password string) *SecureKafk
 	logFile := filepath.Join(dir, "kafka.log")
 	startProcess(t, "kafka (SASL_SSL)", dir, logFile, func() bool {
 		out, _ := os.ReadFile(logFile)
-		return portOpen(port) && portOpen(secure) && bytes.Contains(out, []byte("Kafka Server started"))
+		return PortOpen(port) && PortOpen(secure) && bytes.Contains(out, []byte("Kafka Server started"))
 	}, append([]string{java}, append(jvm, "-cp", cp, "kafka.Kafka", propsFile)...)...)
 	return &SecureKafka{
 		Plain: "127.0.0.1:" + strconv.Itoa(port), Secure: "127.0.0.1:" + strconv.Itoa(secure),

@@ -74,7 +74,7 @@ func StartSecureClickHouse18(t testing.TB, pki *PKI, user, password string) Secu
 		t.Fatal(err)
 	}
 	startProcess(t, "clickhouse 18.16 (TLS)", dir, filepath.Join(dir, "log", "stdout.log"),
-		func() bool { return portOpen(port) && portOpen(securePort) },
+		func() bool { return PortOpen(port) && PortOpen(securePort) },
 		server, "--config-file="+filepath.Join(dir, "config.xml"))
 	return SecureClickHouse{Addr: "127.0.0.1:" + strconv.Itoa(port), SecureAddr: "127.0.0.1:" + strconv.Itoa(securePort)}
 }
@@ -124,7 +124,7 @@ func StartSecureClickHouseModern(t testing.TB, pki *PKI, user, password string) 
 		t.Fatal(err)
 	}
 	startProcess(t, "clickhouse (chdb-core)", dir, filepath.Join(dir, "log", "stdout.log"),
-		func() bool { return portOpen(port) }, python, "serve.py", filepath.Join(dir, "data"))
+		func() bool { return PortOpen(port) }, python, "serve.py", filepath.Join(dir, "data"))
 	addr := "127.0.0.1:" + strconv.Itoa(port)
 	return SecureClickHouse{Addr: addr, SecureAddr: TLSTerminator(t, pki, addr)}
 }
