@@ -19,7 +19,9 @@ type Configuration struct {
 	ConnectTimeout    time.Duration `yaml:"connect_timeout"`
 	// BatchBytes bounds one produce request.
 	BatchBytes int `yaml:"batch_bytes"`
-	// Linger is how long a producer waits to fill a batch.
+	// Linger is ignored: producers write each batch they are handed at
+	// once (the collector's own linger gathers its batches). The key stays
+	// so that configurations that set it still load.
 	Linger time.Duration `yaml:"linger"`
 	// TLS encrypts every connection to the brokers and checks their
 	// certificates; SASL authenticates wormsign to them.

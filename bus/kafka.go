@@ -160,53 +160,6 @@ func compressionCodec(name string) (compress.Compression, error) {
 	return 0, fmt.Errorf("unknown codec %q (none, lz4, snappy, zstd, gzip)", name)
 }
 
-type kafkaProducer struct{ w *kafka.Writer }
-
-// Producer returns a synchronous producer: Publish returns once all brokers
-// in the ISR have the messages. Callers batch many messages per call.
-func (k *Kafka) Producer(topic string) (Producer, error) {
-	codec, err := compressionCodec(k.config.Compression)
-	if err != nil {
-		return nil, err
-	}
-	// kafka-go allocates room for BatchSize messages (about 150 bytes
-	// each) for every batch it starts, whatever the batch will hold: 1<<20
-	// cost 160 MB of zeroing per batch. Flow batches are bounded by
-	// BatchBytes anyway; alerts come a few at a time.
-	batchSize, linger := 8192, k.config.Linger
-	if topic == k.config.AlertsTopic {
-		// A writer waits up to its linger for a batch to fill, and the
-		// detector waits for the write before going on: alerts go out at
-		// once.
-		batchSize, linger = 64, time.Millisecond
-	}
-	return &kafkaProducer{w: &kafka.Writer{
-		Addr:         kafka.TCP(k.config.Brokers...),
-		Transport:    k.roundTripper(),
-		Topic:        topic,
-		Balancer:     &kafka.Murmur2Balancer{}, // same partition for a key as the Java client
-		Compression:  codec,
-		BatchSize:    batchSize,
-		BatchBytes:   int64(k.config.BatchBytes),
-		BatchTimeout: linger,
-		RequiredAcks: kafka.RequireAll,
-		MaxAttempts:  10,
-	}}, nil
-}
-
-func (p *kafkaProducer) Publish(ctx context.Context, msgs ...Message) error {
-	out := make([]kafka.Message, len(msgs))
-	for i, m := range msgs {
-		out[i] = kafka.Message{Key: m.Key, Value: m.Value, Headers: headers(m)}
-	}
-	if err := p.w.WriteMessages(ctx, out...); err != nil {
-		return fmt.Errorf("cannot write to %s: %w", p.w.Topic, err)
-	}
-	return nil
-}
-
-func (p *kafkaProducer) Close() error { return p.w.Close() }
-
 type kafkaConsumer struct{ r *kafka.Reader }
 
 // Consumer joins group on topic. A new group starts at the oldest retained

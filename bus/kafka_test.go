@@ -2,10 +2,14 @@ package bus
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/segmentio/kafka-go"
 
 	"github.com/wormsign/wormsign/internal/testenv"
 )
@@ -86,5 +90,68 @@ func TestKafkaPublishConsumeCommit(t *testing.T) {
 	}
 	if total != n-10 {
 		t.Errorf("re-delivered %d messages, want %d", total, n-10)
+	}
+}
+
+// TestKafkaProducerSplitsByPartition publishes more than kafka.batch_bytes
+// per partition in one call: every message arrives once, in order per key,
+// in the partition the Java client would choose for its key, stamped with
+// the time of publishing; a closed producer refuses.
+func TestKafkaProducerSplitsByPartition(t *testing.T) {
+	cfg := DefaultConfiguration()
+	cfg.Brokers = testenv.KafkaBrokers(t)
+	cfg.FlowsTopic = testenv.Name(t, "flows")
+	cfg.AlertsTopic = testenv.Name(t, "alerts")
+	cfg.Partitions = 4
+	cfg.BatchBytes = 16 << 10
+	cfg.Compression = "none"
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	k, err := NewKafka(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := k.Producer(cfg.FlowsTopic)
+	const n, keys = 2000, 37
+	var msgs []Message
+	for i := range n {
+		value := append([]byte(strconv.Itoa(i)+" "), make([]byte, 1000)...)
+		msgs = append(msgs, Message{Key: []byte(fmt.Sprintf("subscriber-%d", i%keys)), Value: value})
+	}
+	before := time.Now().Add(-time.Second)
+	if err := p.Publish(ctx, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+	if err := p.Publish(ctx, msgs[0]); !errors.Is(err, ErrClosed) {
+		t.Errorf("publish after close: %v, want ErrClosed", err)
+	}
+	c, _ := k.Consumer(cfg.FlowsTopic, testenv.Name(t, "g"))
+	defer c.Close()
+	last := map[string]int{}
+	for i := range n {
+		m, err := c.Fetch(ctx)
+		if err != nil {
+			t.Fatalf("fetch %d of %d: %v", i, n, err)
+		}
+		if want := (kafka.Murmur2Balancer{}).Balance(kafka.Message{Key: m.Key}, 0, 1, 2, 3); m.Partition != want {
+			t.Errorf("key %s in partition %d, want %d", m.Key, m.Partition, want)
+		}
+		v, _ := strconv.Atoi(strings.Fields(string(m.Value))[0])
+		if prev, ok := last[string(m.Key)]; ok && v <= prev {
+			t.Errorf("key %s: %d after %d", m.Key, v, prev)
+		}
+		last[string(m.Key)] = v
+		if at := time.UnixMilli(m.Time); at.Before(before) || at.After(time.Now()) {
+			t.Errorf("message time %s, want the time of publishing", at)
+		}
+	}
+	if len(last) != keys {
+		t.Errorf("%d keys arrived, want %d", len(last), keys)
+	}
+	short, cancelShort := context.WithTimeout(ctx, 2*time.Second)
+	defer cancelShort()
+	if m, err := c.Fetch(short); err == nil {
+		t.Errorf("message beyond the %d published: %s", n, m.Key)
 	}
 }

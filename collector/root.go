@@ -6,6 +6,7 @@ package collector
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -332,16 +333,25 @@ func (c *Component) allowed(a netip.Addr) bool {
 type shardBatch struct {
 	flows []flow.Flow
 	next  []int32
-	keys  map[netip.Addr][2]int32 // first and last flow of the key
-	low   int64                   // oldest flow end, 0 when none has one
+	// keys holds each subscriber key of the batch in order of its first
+	// flow, with its first and last flow; index finds a key's entry by
+	// its 16-byte form, which hashes and compares faster than netip.Addr.
+	keys  []batchKey
+	index map[[16]byte]int32
+	low   int64 // oldest flow end, 0 when none has one
 	// id and progress are set at hand-off: progress is the collector's,
 	// stamped on the batch's messages (bus.Message.LowMs).
 	id       uint64
 	progress int64
 }
 
+type batchKey struct {
+	addr        netip.Addr
+	first, last int32
+}
+
 var shardBatches = sync.Pool{New: func() any {
-	return &shardBatch{keys: map[netip.Addr][2]int32{}}
+	return &shardBatch{index: map[[16]byte]int32{}}
 }}
 
 func (b *shardBatch) add(key netip.Addr, f *flow.Flow) {
@@ -351,12 +361,19 @@ func (b *shardBatch) add(key netip.Addr, f *flow.Flow) {
 	i := int32(len(b.flows))
 	b.flows = append(b.flows, *f)
 	b.next = append(b.next, -1)
-	if ends, ok := b.keys[key]; ok {
-		b.next[ends[1]] = i
-		b.keys[key] = [2]int32{ends[0], i}
-	} else {
-		b.keys[key] = [2]int32{i, i}
+	if k, ok := b.index[key.As16()]; ok {
+		e := &b.keys[k]
+		b.next[e.last] = i
+		e.last = i
+		return
 	}
+	b.index[key.As16()] = int32(len(b.keys))
+	b.keys = append(b.keys, batchKey{addr: key, first: i, last: i})
+}
+
+func (b *shardBatch) reset() {
+	b.flows, b.next, b.keys, b.low = b.flows[:0], b.next[:0], b.keys[:0], 0
+	clear(b.index)
 }
 
 // datagramFlows recycles the slices Ingest decodes into.
@@ -437,41 +454,38 @@ func (c *Component) publish() {
 	}
 }
 
-// keyHash spreads subscriber addresses over publisher shards (FNV-1a).
+// keyHash spreads subscriber addresses over publisher shards: the two
+// halves of the 16-byte form mixed by multiplication (as in
+// splitmix64), which is several times cheaper than hashing byte by byte.
 func keyHash(a netip.Addr) uint32 {
-	h := uint32(2166136261)
 	b := a.As16()
-	for _, c := range b {
-		h = (h ^ uint32(c)) * 16777619
-	}
-	return h
+	h := binary.LittleEndian.Uint64(b[:8])*0x9e3779b97f4a7c15 ^ binary.LittleEndian.Uint64(b[8:])
+	h = (h ^ h>>31) * 0xbf58476d1ce4e5b9
+	return uint32(h ^ h>>32)
 }
 
-// publishBatch writes one message per subscriber key of the batch, all
-// encoded into one buffer.
+// publishBatch writes one message per subscriber key of the batch, in
+// order of each key's first flow, all encoded into one buffer.
 func (c *Component) publishBatch(batch *shardBatch, origin uint64) {
-	size := 0
-	for i := range batch.flows {
-		size += flow.BatchFlowSize(&batch.flows[i])
-	}
-	buf := make([]byte, 0, size)
+	// Collector flows encode to 40-70 bytes (IPv4); append grows the
+	// buffer in the rare batch that needs more.
+	buf := make([]byte, 0, 72*len(batch.flows))
 	keys := make([]byte, 0, 16*len(batch.keys))
 	msgs := make([]bus.Message, 0, len(batch.keys))
-	// The messages go out in map order, not in the order of their flows:
-	// each carries the collector's progress at hand-off instead.
+	// Each message carries the collector's progress at hand-off rather
+	// than relying on the order of the messages.
 	low, id := batch.progress, batch.id
-	for key, ends := range batch.keys {
+	for _, key := range batch.keys {
 		start := len(buf)
-		for i := ends[0]; i >= 0; i = batch.next[i] {
+		for i := key.first; i >= 0; i = batch.next[i] {
 			buf = flow.AppendBatchFlow(buf, &batch.flows[i])
 		}
 		k := len(keys)
-		keys = append(keys, key.AsSlice()...)
+		keys = append(keys, key.addr.AsSlice()...)
 		msgs = append(msgs, bus.Message{Key: keys[k:len(keys):len(keys)], Value: buf[start:len(buf):len(buf)], Origin: origin, LowMs: low})
 	}
 	flows := len(batch.flows)
-	batch.flows, batch.next, batch.low = batch.flows[:0], batch.next[:0], 0
-	clear(batch.keys)
+	batch.reset()
 	shardBatches.Put(batch)
 	c.publishWithRetry(msgs, flows)
 	c.unpublished.remove(id)

@@ -24,11 +24,23 @@ func AppendBatch(b []byte, flows []Flow) []byte {
 
 // AppendBatchFlow appends one flow as an element of a FlowBatch: a batch is
 // its elements one after the other, so a writer can build one from flows
-// that are not contiguous in memory.
+// that are not contiguous in memory. The element is written in one pass:
+// one byte is kept for its length, which fits almost every flow (IPv4
+// flows are well under 128 bytes); a longer one moves up by a byte.
 func AppendBatchFlow(b []byte, f *Flow) []byte {
 	b = protowire.AppendTag(b, fieldBatchFlows, protowire.BytesType)
-	b = protowire.AppendVarint(b, uint64(f.size()))
-	return f.appendTo(b)
+	at := len(b)
+	b = f.appendTo(append(b, 0))
+	n := len(b) - at - 1
+	if n < 0x80 {
+		b[at] = byte(n)
+		return b
+	}
+	width := protowire.SizeVarint(uint64(n))
+	b = append(b, make([]byte, width-1)...)
+	copy(b[at+width:], b[at+1:at+1+n])
+	protowire.AppendVarint(b[at:at], uint64(n))
+	return b
 }
 
 // BatchFlowSize is how many bytes AppendBatchFlow appends for f.

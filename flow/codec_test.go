@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -82,7 +83,19 @@ func FuzzDecodeBatch(f *testing.F) {
 }
 
 func TestAppendBatchFlow(t *testing.T) {
-	flows := sampleFlows()
+	// The last flow's element is longer than 127 bytes: its length takes
+	// two bytes, and AppendBatchFlow moves it up by one.
+	big := Flow{
+		TimeReceivedMs: 1 << 62, StartMs: 1 << 62, EndMs: 1 << 62,
+		Exporter: netip.MustParseAddr("2001:db8::1"), ObservationDomain: 1 << 31, SamplingRate: 1 << 31,
+		SrcAddr: netip.MustParseAddr("2001:db8::2"), DstAddr: netip.MustParseAddr("2001:db8::3"),
+		SrcPort: 65535, DstPort: 65535, Proto: 255, TCPFlags: 255, Bytes: 1 << 63, Packets: 1 << 63,
+		InIf: 1 << 31, OutIf: 1 << 31, Type: TypeIPFIX,
+	}
+	if big.size() < 128 {
+		t.Fatalf("test flow is %d bytes, want a long one", big.size())
+	}
+	flows := append(sampleFlows(), big, sampleFlows()[0])
 	var b []byte
 	size := 0
 	for i := range flows {
@@ -91,5 +104,8 @@ func TestAppendBatchFlow(t *testing.T) {
 	}
 	if want := AppendBatch(nil, flows); string(b) != string(want) || size != len(want) {
 		t.Errorf("flow by flow: %x (size %d), want %x (%d bytes)", b, size, want, len(want))
+	}
+	if got, err := DecodeBatch(nil, b); err != nil || !slices.Equal(got, flows) {
+		t.Errorf("decoded %+v, %v; want %+v", got, err, flows)
 	}
 }

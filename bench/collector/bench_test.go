@@ -57,7 +57,9 @@ const (
 // WORMSIGN_BENCH_FLOWS (default 1,000,000) bounds the flows per step,
 // as do 4 seconds of sending at the step's rate;
 // WORMSIGN_BENCH_RATES (default 100000,250000,500000,750000,1000000,1500000,2000000)
-// the offered rates; it needs root for the sysctl.
+// the offered rates; WORMSIGN_BENCH_PEERS (e.g. "goflow2,nfacctd"; "none"
+// for wormsign alone) the peers run beside wormsign, by name prefix. It
+// needs root for the sysctl.
 func BenchmarkCollectors(b *testing.B) {
 	brokers := testenv.KafkaBrokers(b)
 	setReceiveBuffer(b, receiveBuffer)
@@ -69,6 +71,13 @@ func BenchmarkCollectors(b *testing.B) {
 	if nfacctd, err := exec.LookPath("nfacctd"); err == nil {
 		peers = append(peers, collectorPeer{name: "nfacctd (pmacct, Debian)", queue: "plugin_pipe_size/plugin_buffer_size defaults; aggregates per 5-tuple+times+interfaces, 1 s purge",
 			lowRates: []int{25_000, 50_000}, extraDrain: time.Second, run: nfacctdRunner(nfacctd, brokers)})
+	}
+	if v := os.Getenv("WORMSIGN_BENCH_PEERS"); v != "" {
+		peers = slices.DeleteFunc(peers, func(p collectorPeer) bool {
+			return p.name != "wormsign" && !slices.ContainsFunc(strings.Split(v, ","), func(s string) bool {
+				return s != "" && strings.HasPrefix(p.name, strings.TrimSpace(s))
+			})
+		})
 	}
 	flows := envInt("WORMSIGN_BENCH_FLOWS", 1_000_000)
 	rates := []int{100_000, 250_000, 500_000, 750_000, 1_000_000, 1_500_000, 2_000_000}
