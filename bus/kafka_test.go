@@ -94,17 +94,24 @@ func TestKafkaPublishConsumeCommit(t *testing.T) {
 }
 
 // TestKafkaProducerSplitsByPartition publishes more than kafka.batch_bytes
-// per partition in one call: every message arrives once, in order per key,
+// per partition in one call, with each codec: the brokers take every
+// record batch, and every message arrives once, in order per key,
 // in the partition the Java client would choose for its key, stamped with
 // the time of publishing; a closed producer refuses.
 func TestKafkaProducerSplitsByPartition(t *testing.T) {
+	for _, codec := range []string{"none", "lz4", "snappy", "zstd", "gzip"} {
+		t.Run(codec, func(t *testing.T) { testProducerSplits(t, codec) })
+	}
+}
+
+func testProducerSplits(t *testing.T, codec string) {
 	cfg := DefaultConfiguration()
 	cfg.Brokers = testenv.KafkaBrokers(t)
 	cfg.FlowsTopic = testenv.Name(t, "flows")
 	cfg.AlertsTopic = testenv.Name(t, "alerts")
 	cfg.Partitions = 4
 	cfg.BatchBytes = 16 << 10
-	cfg.Compression = "none"
+	cfg.Compression = codec
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	k, err := NewKafka(ctx, cfg)

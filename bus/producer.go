@@ -1,25 +1,28 @@
 package bus
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/compress"
+	"github.com/segmentio/kafka-go/protocol"
 )
 
 // kafkaProducer writes each Publish as produce requests per partition
 // (split at kafka.batch_bytes; the partitions in parallel, each
 // partition's requests one after another to keep a key's messages in
-// order) and returns when every broker in the ISR has them. It uses
-// kafka-go's Client rather than its Writer: the Writer looks up the
-// topic's metadata and allocates for every message and waits up to its
-// batch timeout for batches to fill, which cost the collector more than
-// encoding its flows, while every caller here hands over whole batches.
+// order) and returns when every broker in the ISR has them. It encodes
+// the record batches itself (recordbatch.go) and sends them with kafka-go's
+// Client rather than its Writer: the Writer looks up the topic's metadata
+// and allocates for every message and waits up to its batch timeout for
+// batches to fill, which cost the collector more than encoding its flows,
+// while every caller here hands over whole batches.
 type kafkaProducer struct {
 	client     *kafka.Client
 	topic      string
@@ -89,13 +92,15 @@ func (p *kafkaProducer) publishOnce(ctx context.Context, msgs []Message, now tim
 	if err != nil {
 		return msgs, err
 	}
-	byPartition := make([][]Message, len(partitions))
+	// Messages are grouped by index: copying them would cost write
+	// barriers for their pointers.
+	byPartition := make([][]int32, len(partitions))
 	balancer := kafka.Murmur2Balancer{} // same partition for a key as the Java client
-	for _, m := range msgs {
-		i := balancer.Balance(kafka.Message{Key: m.Key}, partitions...)
-		byPartition[i] = append(byPartition[i], m)
+	for j := range msgs {
+		i := balancer.Balance(kafka.Message{Key: msgs[j].Key}, partitions...)
+		byPartition[i] = append(byPartition[i], int32(j))
 	}
-	unwritten := make([][]Message, len(byPartition))
+	unwritten := make([][]int32, len(byPartition))
 	errs := make([]error, len(byPartition))
 	var wg sync.WaitGroup
 	for i, part := range byPartition {
@@ -107,11 +112,11 @@ func (p *kafkaProducer) publishOnce(ctx context.Context, msgs []Message, now tim
 			defer wg.Done()
 			for len(part) > 0 {
 				n, size := 0, 0
-				for n < len(part) && (n == 0 || size+recordSize(part[n]) <= p.batchBytes) {
-					size += recordSize(part[n])
+				for n < len(part) && (n == 0 || size+recordSize(&msgs[part[n]]) <= p.batchBytes) {
+					size += recordSize(&msgs[part[n]])
 					n++
 				}
-				if err := p.produce(ctx, i, part[:n], now); err != nil {
+				if err := p.produce(ctx, i, msgs, part[:n], size, now); err != nil {
 					unwritten[i], errs[i] = part, err
 					return
 				}
@@ -124,7 +129,9 @@ func (p *kafkaProducer) publishOnce(ctx context.Context, msgs []Message, now tim
 	var first error
 	for i, err := range errs {
 		if err != nil {
-			failed = append(failed, unwritten[i]...)
+			for _, j := range unwritten[i] {
+				failed = append(failed, msgs[j])
+			}
 			if first == nil {
 				first = err
 			}
@@ -133,15 +140,22 @@ func (p *kafkaProducer) publishOnce(ctx context.Context, msgs []Message, now tim
 	return failed, first
 }
 
-func (p *kafkaProducer) produce(ctx context.Context, partition int, msgs []Message, now time.Time) error {
+// produce writes the messages msgs[idx] to partition, about size bytes.
+func (p *kafkaProducer) produce(ctx context.Context, partition int, msgs []Message, idx []int32, size int, now time.Time) error {
+	buf := recordSets.Get().(*[]byte)
+	defer recordSets.Put(buf)
+	records, err := appendRecordSet(slices.Grow((*buf)[:0], size+recordBatchOverhead), msgs, idx, now.UnixMilli(), p.codec.Codec())
+	*buf = records
+	if err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(ctx, produceTimeout)
 	defer cancel()
-	res, err := p.client.Produce(ctx, &kafka.ProduceRequest{
+	res, err := p.client.RawProduce(ctx, &kafka.RawProduceRequest{
 		Topic:        p.topic,
 		Partition:    partition,
 		RequiredAcks: kafka.RequireAll,
-		Compression:  p.codec,
-		Records:      &messageRecords{msgs: msgs, time: now},
+		RawRecords:   protocol.RawRecordSet{Reader: bytes.NewReader(records)},
 	})
 	switch {
 	case err != nil:
@@ -197,9 +211,13 @@ func (p *kafkaProducer) Close() error {
 	return nil
 }
 
+// recordSets recycles the buffers record batches are encoded into: kafka-go
+// is done with one when its request has been answered.
+var recordSets = sync.Pool{New: func() any { return new([]byte) }}
+
 // recordSize is about what a message takes in a record batch: its key,
 // value and headers plus the record's own framing.
-func recordSize(m Message) int {
+func recordSize(m *Message) int {
 	n := len(m.Key) + len(m.Value) + 24
 	if m.Origin != 0 {
 		n += len(originHeader) + 8 + 2
@@ -208,63 +226,4 @@ func recordSize(m Message) int {
 		n += len(lowHeader) + 8 + 2
 	}
 	return n
-}
-
-// messageRecords hands messages to kafka-go's encoder one at a time,
-// reusing one record, its byte readers and, while they repeat (they do
-// within a collector batch), its headers.
-type messageRecords struct {
-	msgs         []Message
-	time         time.Time
-	record       kafka.Record
-	key, value   recordBytes
-	origin, low  uint64
-	headers      []kafka.Header
-	headersValid bool
-}
-
-func (r *messageRecords) ReadRecord() (*kafka.Record, error) {
-	if len(r.msgs) == 0 {
-		return nil, io.EOF
-	}
-	m := &r.msgs[0]
-	r.msgs = r.msgs[1:]
-	if !r.headersValid || m.Origin != r.origin || uint64(m.LowMs) != r.low {
-		r.headers, r.origin, r.low, r.headersValid = headers(*m), m.Origin, uint64(m.LowMs), true
-	}
-	r.record = kafka.Record{Time: r.time, Headers: r.headers}
-	if m.Key != nil {
-		r.key.reset(m.Key)
-		r.record.Key = &r.key
-	}
-	if m.Value != nil {
-		r.value.reset(m.Value)
-		r.record.Value = &r.value
-	}
-	return &r.record, nil
-}
-
-// recordBytes is a key or value as kafka-go's encoder reads it.
-type recordBytes struct {
-	b   []byte
-	off int
-}
-
-func (b *recordBytes) reset(p []byte) { b.b, b.off = p, 0 }
-func (b *recordBytes) Len() int       { return len(b.b) - b.off }
-func (b *recordBytes) Close() error   { return nil }
-
-func (b *recordBytes) Read(p []byte) (int, error) {
-	if b.off >= len(b.b) {
-		return 0, io.EOF
-	}
-	n := copy(p, b.b[b.off:])
-	b.off += n
-	return n, nil
-}
-
-func (b *recordBytes) WriteTo(w io.Writer) (int64, error) {
-	n, err := w.Write(b.b[b.off:])
-	b.off += n
-	return int64(n), err
 }

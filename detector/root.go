@@ -293,11 +293,19 @@ func (p *partition) run(ctx context.Context) {
 	}, messages)
 	ticks, stopTicks := c.clock.Ticker()
 	defer stopTicks()
-	var uncommitted []bus.Message
-	lastFlowWall, lastCommit := c.clock.Now(), time.Now()
+	// Only the last finished message's offset matters to a commit; it is
+	// kept without its flows, which are garbage once processed.
+	var finished bus.Message
+	var uncommitted bool
+	lastFlowWall, lastCommit, lastObserve := c.clock.Now(), time.Now(), time.Now()
 	// Whatever ends this loop, commit what was finished: on a rebalance
 	// the next owner starts exactly after it.
-	defer func() { p.commit(uncommitted) }()
+	defer func() {
+		if uncommitted {
+			p.commit(finished)
+		}
+		p.observe()
+	}()
 	for {
 		select {
 		case msg, ok := <-messages:
@@ -311,7 +319,7 @@ func (p *partition) run(ctx context.Context) {
 				return
 			}
 			lastFlowWall = c.clock.Now()
-			uncommitted = append(uncommitted, msg)
+			finished, uncommitted = bus.Message{Partition: msg.Partition, Offset: msg.Offset}, true
 		case now := <-ticks:
 			p.engine.SetWallClock(now.UnixMilli())
 			// Without traffic event time stands still and incidents would
@@ -324,25 +332,28 @@ func (p *partition) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		}
-		p.observe()
-		if len(uncommitted) > 0 && time.Since(lastCommit) >= c.config.CommitInterval {
-			if p.commit(uncommitted) {
-				uncommitted = uncommitted[:0]
+		// The metrics follow the engine when the partition catches up and
+		// every 100 ms under load: reading them per message cost as much
+		// as detecting in some flows.
+		if len(messages) == 0 || time.Since(lastObserve) >= 100*time.Millisecond {
+			p.observe()
+			lastObserve = time.Now()
+		}
+		if uncommitted && time.Since(lastCommit) >= c.config.CommitInterval {
+			if p.commit(finished) {
+				uncommitted = false
 				lastCommit = time.Now()
 			}
 		}
 	}
 }
 
-func (p *partition) commit(msgs []bus.Message) bool {
-	if len(msgs) == 0 {
-		return true
-	}
+func (p *partition) commit(last bus.Message) bool {
 	// Not the consumption context: the final commit of a revoked
 	// partition runs after it ended.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := p.claim.Commit(ctx, msgs...); err != nil {
+	if err := p.claim.Commit(ctx, last); err != nil {
 		p.c.deps.Logger.Warn("cannot commit flow offsets", "partition", p.claim.Partition(), "error", err)
 		return false
 	}
