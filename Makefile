@@ -48,7 +48,9 @@ fuzz:
 
 bench: build
 	deploy/services.sh up
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./bench/...
+	# One package at a time: two benchmarks sharing the two cores would
+	# each measure the other.
+	$(GO) test -p 1 -run '^$$' -bench . -benchtime 1x -timeout 30m ./bench/...
 
 clean:
 	rm -f wormsign

@@ -50,7 +50,8 @@ const (
 // swept upward, per collector and protocol (NetFlow v9, IPFIX), until
 // the rate is not sustained: more than 0.1 % lost, or the last flow in
 // Kafka more than half a second after the last datagram sent (a queue
-// draining a backlog: the queues hold more than a step's flows). It prints a table of every step and, per collector,
+// draining a backlog: the queues hold more than a step's flows); a step
+// that fails runs once more before it counts. It prints a table of every step and, per collector,
 // the highest lossless rate, its ratio to wormsign's and the process CPU
 // time per delivered flow (utime+stime from /proc/PID/stat).
 //
@@ -101,11 +102,20 @@ func BenchmarkCollectors(b *testing.B) {
 			load := GenerateProtocols(flows, benchExporters, benchSubs, time.Now().UnixMilli(), proto)
 			for _, p := range peers {
 				for _, rate := range append(slices.Clone(p.lowRates), rates...) {
-					// At most 4 s of sending per step.
-					r := p.run(b, load.prefix(min(flows, 4*rate)), rate)
-					lines = append(lines, fmt.Sprintf("| %s | %s | %d | %d | %d | %.0f | %s | %.3f | %.2f | %.2f |",
-						proto, p.name, rate, r.sent, r.delivered, r.achieved(), r.drain.Round(10*time.Millisecond), r.lossPercent(), r.cpuPerFlowNs()/1000, r.flowsPerMessage()))
-					if r.lossPercent() > lossLimit || r.drain > maxDrain+p.extraDrain {
+					// At most 4 s of sending per step. A step that is not
+					// sustained runs once more, for every collector alike:
+					// on this shared machine one stall of the broker or
+					// the sender can spoil a step.
+					var r result
+					for try := range 2 {
+						r = p.run(b, load.prefix(min(flows, 4*rate)), rate)
+						lines = append(lines, fmt.Sprintf("| %s | %s | %d | %d | %d | %.0f | %s | %.3f | %.2f | %.2f |",
+							proto, p.name, rate, r.sent, r.delivered, r.achieved(), r.drain.Round(10*time.Millisecond), r.lossPercent(), r.cpuPerFlowNs()/1000, r.flowsPerMessage()))
+						if r.sustained(p.extraDrain) || try == 1 {
+							break
+						}
+					}
+					if !r.sustained(p.extraDrain) {
 						break
 					}
 					bests[proto+"/"+p.name] = best{rate, r.cpuPerFlowNs(), r.flowsPerMessage()}
@@ -166,6 +176,12 @@ func (r result) achieved() float64 {
 		return 0
 	}
 	return float64(r.delivered) / (r.sendTime + r.drain).Seconds()
+}
+
+// sustained tells a lossless step: at most lossLimit lost, and drained
+// within maxDrain (plus what the collector's own flush interval needs).
+func (r result) sustained(extraDrain time.Duration) bool {
+	return r.lossPercent() <= lossLimit && r.drain <= maxDrain+extraDrain
 }
 
 func (r result) lossPercent() float64 {
