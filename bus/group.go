@@ -246,18 +246,6 @@ const (
 	lowHeader    = "wormsign-low"
 )
 
-// headers carries a message's origin and progress, when it has them.
-func headers(m Message) []kafka.Header {
-	var out []kafka.Header
-	if m.Origin != 0 {
-		out = append(out, kafka.Header{Key: originHeader, Value: binary.BigEndian.AppendUint64(nil, m.Origin)})
-	}
-	if m.LowMs > 0 {
-		out = append(out, kafka.Header{Key: lowHeader, Value: binary.BigEndian.AppendUint64(nil, uint64(m.LowMs))})
-	}
-	return out
-}
-
 func headerUint(headers []kafka.Header, key string) uint64 {
 	for _, h := range headers {
 		if h.Key == key && len(h.Value) == 8 {
