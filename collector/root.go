@@ -327,12 +327,14 @@ func (c *Component) allowed(a netip.Addr) bool {
 	return c.exporters == nil || c.exporters.Contains(a)
 }
 
-// shardBatch is the flows of one publisher shard. Flows of one
-// subscriber key are chained through next (indexes into flows), so that
-// gathering allocates nothing per key.
+// shardBatch is the flows of one publisher shard, already encoded: a
+// flow is appended to enc as its FlowBatch element when it arrives, and
+// the elements of one subscriber key are chained through spans, so that
+// gathering allocates nothing per key and holds no pointers for the
+// garbage collector to scan (a decoded flow's addresses hold some).
 type shardBatch struct {
-	flows []flow.Flow
-	next  []int32
+	enc   []byte
+	spans []flowSpan
 	// keys holds each subscriber key of the batch in order of its first
 	// flow, with its first and last flow; index finds a key's entry by
 	// its 16-byte form, which hashes and compares faster than netip.Addr.
@@ -345,6 +347,13 @@ type shardBatch struct {
 	progress int64
 }
 
+// flowSpan is one flow's bytes in shardBatch.enc and the index of the
+// next flow of its key (-1 for none).
+type flowSpan struct {
+	start, end int
+	next       int32
+}
+
 type batchKey struct {
 	addr        netip.Addr
 	first, last int32
@@ -354,16 +363,19 @@ var shardBatches = sync.Pool{New: func() any {
 	return &shardBatch{index: map[[16]byte]int32{}}
 }}
 
+func (b *shardBatch) flows() int { return len(b.spans) }
+
 func (b *shardBatch) add(key netip.Addr, f *flow.Flow) {
 	if f.EndMs > 0 && (b.low == 0 || f.EndMs < b.low) {
 		b.low = f.EndMs
 	}
-	i := int32(len(b.flows))
-	b.flows = append(b.flows, *f)
-	b.next = append(b.next, -1)
+	i := int32(len(b.spans))
+	start := len(b.enc)
+	b.enc = flow.AppendBatchFlow(b.enc, f)
+	b.spans = append(b.spans, flowSpan{start: start, end: len(b.enc), next: -1})
 	if k, ok := b.index[key.As16()]; ok {
 		e := &b.keys[k]
-		b.next[e.last] = i
+		b.spans[e.last].next = i
 		e.last = i
 		return
 	}
@@ -372,7 +384,7 @@ func (b *shardBatch) add(key netip.Addr, f *flow.Flow) {
 }
 
 func (b *shardBatch) reset() {
-	b.flows, b.next, b.keys, b.low = b.flows[:0], b.next[:0], b.keys[:0], 0
+	b.enc, b.spans, b.keys, b.low = b.enc[:0], b.spans[:0], b.keys[:0], 0
 	clear(b.index)
 }
 
@@ -404,7 +416,7 @@ func (c *Component) publish() {
 		}()
 	}
 	handOff := func(i int) {
-		if len(pending[i].flows) == 0 {
+		if pending[i].flows() == 0 {
 			return
 		}
 		b := pending[i]
@@ -441,7 +453,7 @@ func (c *Component) publish() {
 					shard = int(keyHash(key) % uint32(n))
 				}
 				pending[shard].add(key, &flows[i])
-				if len(pending[shard].flows) >= c.config.BatchFlows {
+				if pending[shard].flows() >= c.config.BatchFlows {
 					handOff(shard)
 				}
 			}
@@ -467,9 +479,7 @@ func keyHash(a netip.Addr) uint32 {
 // publishBatch writes one message per subscriber key of the batch, in
 // order of each key's first flow, all encoded into one buffer.
 func (c *Component) publishBatch(batch *shardBatch, origin uint64) {
-	// Collector flows encode to 40-70 bytes (IPv4); append grows the
-	// buffer in the rare batch that needs more.
-	buf := make([]byte, 0, 72*len(batch.flows))
+	buf := make([]byte, 0, len(batch.enc))
 	keys := make([]byte, 0, 16*len(batch.keys))
 	msgs := make([]bus.Message, 0, len(batch.keys))
 	// Each message carries the collector's progress at hand-off rather
@@ -477,14 +487,14 @@ func (c *Component) publishBatch(batch *shardBatch, origin uint64) {
 	low, id := batch.progress, batch.id
 	for _, key := range batch.keys {
 		start := len(buf)
-		for i := key.first; i >= 0; i = batch.next[i] {
-			buf = flow.AppendBatchFlow(buf, &batch.flows[i])
+		for i := key.first; i >= 0; i = batch.spans[i].next {
+			buf = append(buf, batch.enc[batch.spans[i].start:batch.spans[i].end]...)
 		}
 		k := len(keys)
 		keys = append(keys, key.addr.AsSlice()...)
 		msgs = append(msgs, bus.Message{Key: keys[k:len(keys):len(keys)], Value: buf[start:len(buf):len(buf)], Origin: origin, LowMs: low})
 	}
-	flows := len(batch.flows)
+	flows := batch.flows()
 	batch.reset()
 	shardBatches.Put(batch)
 	c.publishWithRetry(msgs, flows)
