@@ -143,9 +143,7 @@ func (p *kafkaProducer) publishOnce(ctx context.Context, msgs []Message, now tim
 // produce writes the messages msgs[idx] to partition, about size bytes.
 func (p *kafkaProducer) produce(ctx context.Context, partition int, msgs []Message, idx []int32, size int, now time.Time) error {
 	buf := recordSets.Get().(*[]byte)
-	defer recordSets.Put(buf)
 	records, err := appendRecordSet(slices.Grow((*buf)[:0], size+recordBatchOverhead), msgs, idx, now.UnixMilli(), p.codec.Codec())
-	*buf = records
 	if err != nil {
 		return err
 	}
@@ -157,6 +155,13 @@ func (p *kafkaProducer) produce(ctx context.Context, partition int, msgs []Messa
 		RequiredAcks: kafka.RequireAll,
 		RawRecords:   protocol.RawRecordSet{Reader: bytes.NewReader(records)},
 	})
+	if err == nil {
+		// Answered, so kafka-go has written all of it. After an error
+		// (a timeout) its connection may still be reading the buffer:
+		// that one is left to the garbage collector.
+		*buf = records
+		recordSets.Put(buf)
+	}
 	switch {
 	case err != nil:
 		return err
@@ -211,8 +216,7 @@ func (p *kafkaProducer) Close() error {
 	return nil
 }
 
-// recordSets recycles the buffers record batches are encoded into: kafka-go
-// is done with one when its request has been answered.
+// recordSets recycles the buffers record batches are encoded into.
 var recordSets = sync.Pool{New: func() any { return new([]byte) }}
 
 // recordSize is about what a message takes in a record batch: its key,
