@@ -112,7 +112,7 @@ func TestFaultClickHouseRestart(t *testing.T) {
 	forEachPrivateClickHouse(t, testFaultClickHouseRestart)
 }
 
-func testFaultClickHouseRestart(t *testing.T, server *privateService, addr string) {
+func testFaultClickHouseRestart(t *testing.T, server *testenv.Service, addr string) {
 	// A short read timeout, so that a frozen server fails writes fast.
 	ch := openTestClickHouseTimeout(t, addr, 2*time.Second)
 	kcfg := bus.DefaultConfiguration()
@@ -139,24 +139,24 @@ func testFaultClickHouseRestart(t *testing.T, server *privateService, addr strin
 	}
 	publish(20)
 	waitRows(t, ch, 1, time.Minute)
-	server.kill()
+	server.Kill()
 	publish(20) // the sink reads these while ClickHouse is down
 	waitFor(t, "failed writes", time.Minute, func() bool { return value(s.metrics.writeErrors.WithLabelValues("flows")) >= 2 })
 	time.Sleep(time.Second)
-	server.restart()
+	server.Restart()
 	publish(20)
 	// Frozen rather than dead: INSERTs sent before the freeze complete on
 	// the server after the client gave up on them, and their retries must
 	// find them in the ledger.
 	waitRows(t, ch, stream.next, 2*time.Minute)
 	errs := value(s.metrics.writeErrors.WithLabelValues("flows"))
-	server.signal(syscall.SIGSTOP)
+	server.Signal(syscall.SIGSTOP)
 	publish(20)
 	waitFor(t, "writes to fail on the frozen server", time.Minute, func() bool {
 		return value(s.metrics.writeErrors.WithLabelValues("flows")) > errs
 	})
 	time.Sleep(3 * time.Second)
-	server.signal(syscall.SIGCONT)
+	server.Signal(syscall.SIGCONT)
 	publish(20)
 	waitRows(t, ch, stream.next, 2*time.Minute)
 	time.Sleep(2 * time.Second)             // a duplicate written late would show now
@@ -176,7 +176,7 @@ func TestFaultKafkaRestart(t *testing.T) {
 
 func testFaultKafkaRestart(t *testing.T, chAddr string) {
 	ch := openTestClickHouse(t, chAddr)
-	broker, addr := startPrivateKafka(t)
+	broker, addr := testenv.StartPrivateKafka(t)
 	kcfg := bus.DefaultConfiguration()
 	kcfg.Brokers = []string{addr}
 	kcfg.FlowsTopic, kcfg.AlertsTopic, kcfg.Partitions = "flows", "alerts", 4
@@ -198,7 +198,7 @@ func testFaultKafkaRestart(t *testing.T, chAddr string) {
 	cfg.BatchMessages, cfg.Workers = 3, 1
 	s := startSink(t, cfg, k, kcfg, ch)
 	waitRows(t, ch, 1, time.Minute)
-	broker.kill()
+	broker.Kill()
 	var n uint64
 	if err := ch.QueryRow(ctx, "SELECT count() FROM "+ch.Database()+".flows").Scan(&n); err != nil {
 		t.Fatal(err)
@@ -207,7 +207,7 @@ func testFaultKafkaRestart(t *testing.T, chAddr string) {
 		t.Fatalf("the sink wrote all %d flows before Kafka stopped; the test proves nothing", n)
 	}
 	time.Sleep(3 * time.Second)
-	broker.restart()
+	broker.Restart()
 	for range 30 {
 		if err := p.Publish(ctx, stream.messages(10)...); err != nil {
 			t.Fatal(err)
@@ -239,7 +239,7 @@ func TestFaultBackPressureInMemory(t *testing.T) {
 	forEachPrivateClickHouse(t, testFaultBackPressureInMemory)
 }
 
-func testFaultBackPressureInMemory(t *testing.T, server *privateService, addr string) {
+func testFaultBackPressureInMemory(t *testing.T, server *testenv.Service, addr string) {
 	ch := openTestClickHouseTimeout(t, addr, 2*time.Second)
 	mem := bus.NewMemory(16)
 	cfg := faultSinkConfig(t)
@@ -252,7 +252,7 @@ func testFaultBackPressureInMemory(t *testing.T, server *privateService, addr st
 		t.Fatal(err)
 	}
 	waitRows(t, ch, 1, time.Minute)
-	server.kill()
+	server.Kill()
 	// The bus queue (16), the fetcher's hand-over (64), the batch being
 	// gathered (10) and the batches the workers and the committer hold
 	// (up to 4 of 10): the producer must be held back within 200 messages.
@@ -269,7 +269,7 @@ func testFaultBackPressureInMemory(t *testing.T, server *privateService, addr st
 	if !blocked {
 		t.Fatalf("published %d flows while ClickHouse was down without being held back", stream.next)
 	}
-	server.restart()
+	server.Restart()
 	s.Drain()
 	s.Stop()
 	// The last Publish timed out part way: the flows it queued arrived,

@@ -12,10 +12,8 @@ import (
 	"math/big"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 )
@@ -127,39 +125,6 @@ func FreePort(t testing.TB) int {
 // PortOpen tells whether something listens on TCP port of 127.0.0.1.
 func PortOpen(port int) bool { return reachable("127.0.0.1:" + strconv.Itoa(port)) }
 
-// startProcess runs args in dir with its output in logFile until the
-// test ends, and waits up to 120 s for ready.
-func startProcess(t testing.TB, name, dir, logFile string, ready func() bool, args ...string) {
-	t.Helper()
-	logf, err := os.Create(logFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Dir, cmd.Stdout, cmd.Stderr = dir, logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("cannot start private %s: %v", name, err)
-	}
-	stop := func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	}
-	t.Cleanup(stop)
-	deadline := time.Now().Add(120 * time.Second)
-	for !ready() {
-		if time.Now().After(deadline) {
-			stop()
-			out, _ := os.ReadFile(logFile)
-			if len(out) > 3000 {
-				out = out[len(out)-3000:]
-			}
-			t.Fatalf("private %s did not start within 120s:\n%s", name, out)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
 // SecureKafka is a private single-node broker with a PLAINTEXT listener
 // (for the broker itself and for tests that set things up) and a SASL_SSL
 // listener that takes PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 from clients
@@ -179,64 +144,18 @@ type SecureKafka struct {
 // cleanup.
 func StartSecureKafka(t testing.TB, pki *PKI, user, password string) *SecureKafka {
 	t.Helper()
-	root := RepoRoot(t)
-	libs := filepath.Join(root, ".services", "kafka", "libs")
-	if _, err := os.Stat(filepath.Join(libs, ".complete")); err != nil {
-		if out, err := exec.Command(filepath.Join(root, "deploy", "services.sh"), "up").CombinedOutput(); err != nil {
-			t.Logf("deploy/services.sh up: %v\n%s", err, out)
-		}
-		if _, err := os.Stat(filepath.Join(libs, ".complete")); err != nil {
-			Unavailable(t, "Kafka jars missing in %s (deploy/services.sh up fetches them)", libs)
-		}
-	}
-	java, err := exec.LookPath("java")
-	if err != nil {
-		Unavailable(t, "java is not installed")
-	}
-	dir := t.TempDir()
-	port, secure, controller := FreePort(t), FreePort(t), FreePort(t)
-	raw, err := os.ReadFile(filepath.Join(root, "deploy/kafka/server.properties"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	props := strings.NewReplacer("@DATA@", filepath.Join(dir, "data"), "@PORT@", strconv.Itoa(port),
-		"@CONTROLLER_PORT@", strconv.Itoa(controller)).Replace(string(raw))
-	props += SecureKafkaProperties(port, secure, controller, pki.ServerPEM, user, password)
-	// And clients must show a certificate the test CA signed.
-	props += "listener.name.sasl_ssl.ssl.client.auth=required\n" +
-		"listener.name.sasl_ssl.ssl.truststore.type=PEM\n" +
-		"listener.name.sasl_ssl.ssl.truststore.location=" + pki.CAFile + "\n"
-	propsFile := filepath.Join(dir, "server.properties")
-	if err := os.WriteFile(propsFile, []byte(props), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	log4j, err := os.ReadFile(filepath.Join(root, "deploy/kafka/log4j.properties"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.WriteFile(filepath.Join(dir, "log4j.properties"), log4j, 0o644)
-	cp := libs + "/*"
-	jvm := []string{"-Xms128m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Dlog4j.configuration=file:" + filepath.Join(dir, "log4j.properties")}
-	id, err := exec.Command(java, append(jvm, "-cp", cp, "kafka.tools.StorageTool", "random-uuid")...).Output()
-	if err != nil {
-		t.Fatalf("kafka random-uuid: %v", err)
-	}
-	format := exec.Command(java, append(jvm, "-cp", cp, "kafka.tools.StorageTool", "format", "--standalone",
-		"-t", strings.TrimSpace(string(id)), "-c", propsFile,
+	secure := FreePort(t)
+	n := prepareKafka(t, func(port, controller int) string {
+		return SecureKafkaProperties(port, secure, controller, pki.ServerPEM, user, password) +
+			// And clients must show a certificate the test CA signed.
+			"listener.name.sasl_ssl.ssl.client.auth=required\n" +
+			"listener.name.sasl_ssl.ssl.truststore.type=PEM\n" +
+			"listener.name.sasl_ssl.ssl.truststore.location=" + pki.CAFile + "\n"
+	},
 		"--add-scram", fmt.Sprintf("SCRAM-SHA-256=[name=%s,password=%s]", user, password),
-		"--add-scram", fmt.Sprintf("SCRAM-SHA-512=[name=%s,password=%s]", user, password))...)
-	if out, err := format.CombinedOutput(); err != nil {
-		t.Fatalf("kafka storage format: %v\n%s", err, out)
-	}
-	logFile := filepath.Join(dir, "kafka.log")
-	startProcess(t, "kafka (SASL_SSL)", dir, logFile, func() bool {
-		out, _ := os.ReadFile(logFile)
-		return PortOpen(port) && PortOpen(secure) && bytes.Contains(out, []byte("Kafka Server started"))
-	}, append([]string{java}, append(jvm, "-cp", cp, "kafka.Kafka", propsFile)...)...)
-	return &SecureKafka{
-		Plain: "127.0.0.1:" + strconv.Itoa(port), Secure: "127.0.0.1:" + strconv.Itoa(secure),
-		PKI: pki, User: user, Password: password,
-	}
+		"--add-scram", fmt.Sprintf("SCRAM-SHA-512=[name=%s,password=%s]", user, password))
+	startService(t, "kafka (SASL_SSL)", n.dir, n.log, n.started(secure), n.args...)
+	return &SecureKafka{Plain: loopback(n.port), Secure: loopback(secure), PKI: pki, User: user, Password: password}
 }
 
 // SecureKafkaProperties are the lines that add a SASL_SSL listener on

@@ -5,27 +5,10 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 )
-
-// usersWith adds to a users.xml a user with password, allowed from
-// loopback with the default profile: the user wormsign logs in as when
-// clickhouse.username and clickhouse.password are set.
-func usersWith(t testing.TB, path, user, password string) []byte {
-	t.Helper()
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	entry := fmt.Sprintf("<users>\n        <%[1]s><password>%[2]s</password><networks><ip>127.0.0.1</ip><ip>::1</ip></networks>"+
-		"<profile>default</profile><quota>default</quota></%[1]s>", user, password)
-	return []byte(strings.Replace(string(raw), "<users>", entry, 1))
-}
 
 // SecureClickHouse is a private ClickHouse serving the native protocol
 // in clear on Addr and, where the server can, with TLS on SecureAddr.
@@ -39,24 +22,9 @@ type SecureClickHouse struct {
 // the passwordless default. Killed at cleanup.
 func StartSecureClickHouse18(t testing.TB, pki *PKI, user, password string) SecureClickHouse {
 	t.Helper()
-	server := "/usr/sbin/clickhouse-server"
-	if _, err := os.Stat(server); err != nil {
-		Unavailable(t, "%s is not installed (deploy/services.sh installs it)", server)
-	}
-	root := RepoRoot(t)
-	dir := t.TempDir()
-	for _, sub := range []string{"data", "tmp", "log", "user_files", "format_schemas"} {
-		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	port, httpPort, securePort := FreePort(t), FreePort(t), FreePort(t)
-	raw, err := os.ReadFile(filepath.Join(root, "deploy/clickhouse/config.xml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	config := strings.NewReplacer("@DIR@", dir, "@PORT@", strconv.Itoa(port), "@HTTP_PORT@", strconv.Itoa(httpPort)).Replace(string(raw))
-	config = strings.Replace(config, "</yandex>", fmt.Sprintf(`    <tcp_port_secure>%d</tcp_port_secure>
+	securePort := FreePort(t)
+	dir, port, args := prepareClickHouse18(t, func(config string) string {
+		return strings.Replace(config, "</yandex>", fmt.Sprintf(`    <tcp_port_secure>%d</tcp_port_secure>
     <openSSL>
         <server>
             <certificateFile>%s</certificateFile>
@@ -67,16 +35,10 @@ func StartSecureClickHouse18(t testing.TB, pki *PKI, user, password string) Secu
         </server>
     </openSSL>
 </yandex>`, securePort, pki.ServerCert, pki.ServerKey), 1)
-	if err := os.WriteFile(filepath.Join(dir, "config.xml"), []byte(config), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "users.xml"), usersWith(t, filepath.Join(root, "deploy/clickhouse/users.xml"), user, password), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	startProcess(t, "clickhouse 18.16 (TLS)", dir, filepath.Join(dir, "log", "stdout.log"),
-		func() bool { return PortOpen(port) && PortOpen(securePort) },
-		server, "--config-file="+filepath.Join(dir, "config.xml"))
-	return SecureClickHouse{Addr: "127.0.0.1:" + strconv.Itoa(port), SecureAddr: "127.0.0.1:" + strconv.Itoa(securePort)}
+	}, usersWith(readRepoFile(t, "deploy/clickhouse/users.xml"), user, password))
+	startService(t, "clickhouse 18.16 (TLS)", dir, filepath.Join(dir, "log", "stdout.log"),
+		func(int) bool { return PortOpen(port) && PortOpen(securePort) }, args...)
+	return SecureClickHouse{Addr: loopback(port), SecureAddr: loopback(securePort)}
 }
 
 // StartSecureClickHouseModern runs the current ClickHouse (chdb-core's
@@ -90,43 +52,10 @@ func StartSecureClickHouse18(t testing.TB, pki *PKI, user, password string) Secu
 // TLS. Killed at cleanup.
 func StartSecureClickHouseModern(t testing.TB, pki *PKI, user, password string) SecureClickHouse {
 	t.Helper()
-	root := RepoRoot(t)
-	python := filepath.Join(root, ".services", "clickhouse-modern", "venv", "bin", "python")
-	if _, err := os.Stat(python); err != nil {
-		if out, err := exec.Command(filepath.Join(root, "deploy", "services.sh"), "up").CombinedOutput(); err != nil {
-			t.Logf("deploy/services.sh up: %v\n%s", err, out)
-		}
-		if _, err := os.Stat(python); err != nil {
-			Unavailable(t, "chdb-core missing in %s (deploy/services.sh up installs it)", python)
-		}
-	}
-	dir := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(dir, "log"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	port, httpPort := FreePort(t), FreePort(t)
-	raw, err := os.ReadFile(filepath.Join(root, "deploy/clickhouse-modern/config.xml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	config := strings.NewReplacer("@DIR@", dir, "@PORT@", strconv.Itoa(port), "@HTTP_PORT@", strconv.Itoa(httpPort)).Replace(string(raw))
-	if err := os.WriteFile(filepath.Join(dir, "config.xml"), []byte(config), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "users.xml"), usersWith(t, filepath.Join(root, "deploy/clickhouse-modern/users.xml"), user, password), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	serve, err := os.ReadFile(filepath.Join(root, "deploy/clickhouse-modern/serve.py"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "serve.py"), serve, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	startProcess(t, "clickhouse (chdb-core)", dir, filepath.Join(dir, "log", "stdout.log"),
-		func() bool { return PortOpen(port) }, python, "serve.py", filepath.Join(dir, "data"))
-	addr := "127.0.0.1:" + strconv.Itoa(port)
-	return SecureClickHouse{Addr: addr, SecureAddr: TLSTerminator(t, pki, addr)}
+	dir, port, args := prepareClickHouseModern(t, usersWith(readRepoFile(t, "deploy/clickhouse-modern/users.xml"), user, password))
+	startService(t, "clickhouse (chdb-core)", dir, filepath.Join(dir, "log", "stdout.log"),
+		func(int) bool { return PortOpen(port) }, args...)
+	return SecureClickHouse{Addr: loopback(port), SecureAddr: TLSTerminator(t, pki, loopback(port))}
 }
 
 // TLSTerminator listens on a free loopback port with TLS (pki's server
