@@ -22,6 +22,7 @@ import (
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/clickhousedb"
 	"github.com/wormsign/wormsign/internal/testenv"
+	"github.com/wormsign/wormsign/internal/testenv/chtest"
 	"github.com/wormsign/wormsign/network"
 )
 
@@ -34,17 +35,7 @@ func openTestDB(t *testing.T) (*clickhousedb.DB, time.Time) {
 	cfg.Addr = testenv.ClickHouseAddr(t)
 	cfg.Database = testenv.Name(t, "wscons")
 	ctx := context.Background()
-	db, err := clickhousedb.Open(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		db.Exec(context.Background(), "DROP DATABASE IF EXISTS "+cfg.Database)
-		db.Close()
-	})
-	if err := db.Migrate(ctx, slog.New(slog.DiscardHandler)); err != nil {
-		t.Fatal(err)
-	}
+	db := chtest.Database(t, cfg)
 	now := time.Now().UTC().Truncate(time.Second)
 	batch, err := db.PrepareBatch(ctx, "INSERT INTO "+cfg.Database+".alerts (date, id, kind, state, subscriber_ip, subscriber_id, "+
 		"window_start, window_end, first_seen, last_seen, distinct_dsts, flows, score, exporter, evidence, sink_partition, sink_offset)")

@@ -17,6 +17,7 @@ import (
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/clickhousedb"
 	"github.com/wormsign/wormsign/internal/testenv"
+	"github.com/wormsign/wormsign/internal/testenv/chtest"
 	"github.com/wormsign/wormsign/sink"
 )
 
@@ -134,17 +135,7 @@ func TestKafkaInstancesAgree(t *testing.T) {
 
 	chCfg := clickhousedb.DefaultConfiguration()
 	chCfg.Addr, chCfg.Database = chAddr, testenv.Name(t, "wscontain")
-	db, err := clickhousedb.Open(ctx, chCfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		db.Exec(context.Background(), "DROP DATABASE IF EXISTS "+chCfg.Database)
-		db.Close()
-	})
-	if err := db.Migrate(ctx, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
-		t.Fatal(err)
-	}
+	db := chtest.Database(t, chCfg)
 	var mu sync.Mutex
 	var hooks []Change
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

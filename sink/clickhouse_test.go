@@ -18,6 +18,7 @@ import (
 	"github.com/wormsign/wormsign/clickhousedb"
 	"github.com/wormsign/wormsign/flow"
 	"github.com/wormsign/wormsign/internal/testenv"
+	"github.com/wormsign/wormsign/internal/testenv/chtest"
 	"github.com/wormsign/wormsign/schemas"
 )
 
@@ -34,19 +35,7 @@ func openTestClickHouseTimeout(t *testing.T, addr string, readTimeout time.Durat
 	cfg.Addr = addr
 	cfg.Database = testenv.Name(t, "wst")
 	cfg.ReadTimeout = readTimeout
-	ctx := context.Background()
-	ch, err := clickhousedb.Open(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ch.Exec(context.Background(), "DROP DATABASE IF EXISTS "+cfg.Database)
-		ch.Close()
-	})
-	if err := ch.Migrate(ctx, slog.New(slog.DiscardHandler)); err != nil {
-		t.Fatal(err)
-	}
-	return ch
+	return chtest.Database(t, cfg)
 }
 
 func count(t *testing.T, ch *clickhousedb.DB, query string) uint64 {

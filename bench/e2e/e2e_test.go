@@ -7,7 +7,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -26,6 +25,7 @@ import (
 	collectorbench "github.com/wormsign/wormsign/bench/collector"
 	"github.com/wormsign/wormsign/clickhousedb"
 	"github.com/wormsign/wormsign/internal/testenv"
+	"github.com/wormsign/wormsign/internal/testenv/chtest"
 )
 
 const (
@@ -92,17 +92,9 @@ func BenchmarkEndToEnd(b *testing.B) {
 	for _, rate := range rates {
 		db := testenv.Name(b, "wse2e")
 		topic := testenv.Name(b, "e2e")
-		b.Cleanup(func() { admin.Exec(context.Background(), "DROP DATABASE IF EXISTS "+db) })
 		cfg := clickhousedb.DefaultConfiguration()
 		cfg.Addr, cfg.Database = chAddr, db
-		ch, err := clickhousedb.Open(context.Background(), cfg)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := ch.Migrate(context.Background(), slog.New(slog.DiscardHandler)); err != nil {
-			b.Fatal(err)
-		}
-		ch.Close()
+		chtest.Database(b, cfg)
 		udp := testenv.FreeUDPPort(b)
 		var procs []*exec.Cmd
 		for _, stage := range []string{"sink", "detector", "collector"} {

@@ -30,6 +30,7 @@ import (
 	"github.com/wormsign/wormsign/clickhousedb"
 	"github.com/wormsign/wormsign/flow"
 	"github.com/wormsign/wormsign/internal/testenv"
+	"github.com/wormsign/wormsign/internal/testenv/chtest"
 	"github.com/wormsign/wormsign/sink"
 )
 
@@ -77,14 +78,7 @@ func workload() []bus.Message {
 func open(b *testing.B, addr, db string) *clickhousedb.DB {
 	cfg := clickhousedb.DefaultConfiguration()
 	cfg.Addr, cfg.Database = addr, db
-	ch, err := clickhousedb.Open(context.Background(), cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := ch.Migrate(context.Background(), slog.New(slog.DiscardHandler)); err != nil {
-		b.Fatal(err)
-	}
-	return ch
+	return chtest.Database(b, cfg)
 }
 
 // httpAddr is the HTTP interface of a server of testenv.ClickHouseServers:
