@@ -176,18 +176,8 @@ func tsharkRecords(t *testing.T, path string, port int) []liveRecord {
 
 func sortRecords(r []liveRecord) {
 	slices.SortFunc(r, func(a, b liveRecord) int {
-		return cmpStrings(fmt.Sprintf("%+v", a), fmt.Sprintf("%+v", b))
+		return strings.Compare(fmt.Sprintf("%+v", a), fmt.Sprintf("%+v", b))
 	})
-}
-
-func cmpStrings(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // collect reads flows until n arrived or nothing came for a while, and

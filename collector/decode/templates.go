@@ -1,6 +1,7 @@
 package decode
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"net/netip"
@@ -350,7 +351,7 @@ func (d *Decoder) SaveTemplates(path string) error {
 		// Stable order keeps the file diffable.
 		slices.SortFunc(se.Templates, func(a, b savedTemplate) int { return cmpKey(a.tmplKey, b.tmplKey) })
 		slices.SortFunc(se.Rates, func(a, b savedRate) int {
-			return cmpKey(tmplKey{a.Version, a.Domain, 0}, tmplKey{b.Version, b.Domain, 0})*2 + cmpU64(a.Sampler, b.Sampler)
+			return cmpKey(tmplKey{a.Version, a.Domain, 0}, tmplKey{b.Version, b.Domain, 0})*2 + cmp.Compare(a.Sampler, b.Sampler)
 		})
 		state.Exporters = append(state.Exporters, se)
 	}
@@ -376,24 +377,14 @@ func (d *Decoder) SaveTemplates(path string) error {
 	return nil
 }
 
-func cmpU64(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
 func cmpKey(a, b tmplKey) int {
-	if c := cmpU64(uint64(a.Version), uint64(b.Version)); c != 0 {
+	if c := cmp.Compare(a.Version, b.Version); c != 0 {
 		return c
 	}
-	if c := cmpU64(uint64(a.Domain), uint64(b.Domain)); c != 0 {
+	if c := cmp.Compare(a.Domain, b.Domain); c != 0 {
 		return c
 	}
-	return cmpU64(uint64(a.ID), uint64(b.ID))
+	return cmp.Compare(a.ID, b.ID)
 }
 
 // LoadTemplates reads a file written by SaveTemplates. A missing file is
