@@ -418,7 +418,8 @@ func exportersText(d *decode.Decoder) string {
 	return fmt.Sprintf("%d exporters (address and port) from %d addresses", n, a)
 }
 
-// labeled sums the metric's series whose label has the value.
+// labeled sums the metric's series whose label has the value; with label
+// "", all of them.
 func labeled(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
@@ -431,6 +432,10 @@ func labeled(t *testing.T, reg *prometheus.Registry, name, label, value string) 
 			continue
 		}
 		for _, m := range mf.GetMetric() {
+			if label == "" {
+				sum += m.GetCounter().GetValue()
+				continue
+			}
 			for _, l := range m.GetLabel() {
 				if l.GetName() == label && l.GetValue() == value {
 					sum += m.GetCounter().GetValue()

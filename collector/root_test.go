@@ -300,21 +300,10 @@ func TestQueueBoundsFlows(t *testing.T) {
 	c.Stop()
 }
 
+// counter sums all series of the metric.
 func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			for _, m := range mf.GetMetric() {
-				sum += m.GetCounter().GetValue()
-			}
-		}
-	}
-	return sum
+	return labeled(t, reg, name, "", "")
 }
 
 // TestProgressStamps: every message carries the collector's progress at
