@@ -188,11 +188,7 @@ var consoleURLRe = regexp.MustCompile(`(http://\S+/login\?token=[0-9a-f]+)`)
 func TestConsoleEmbeddedBrowser(t *testing.T) {
 	lab := testenv.NewLab(t, 2, 40)
 	port := testenv.FreeUDPPort(t)
-	p := startWormsign(t, []string{
-		fmt.Sprintf("WORMSIGN_COLLECTOR_NETFLOW_LISTEN=127.0.0.1:%d", port),
-		"WORMSIGN_COLLECTOR_SFLOW_LISTEN=",
-		"WORMSIGN_SUBSCRIBER_NETWORKS=203.0.113.0/24",
-	}, "run")
+	p := startWormsign(t, labEnv(port), "run")
 	waitLog(t, p, "wormsign started")
 	loginURL := consoleURLRe.FindString(logMatch(t, p, consoleURLRe))
 	base := loginURL[:strings.Index(loginURL, "/login")]

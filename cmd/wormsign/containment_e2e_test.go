@@ -36,18 +36,15 @@ func TestContainmentBlocksZombieSMTP(t *testing.T) {
 	exec.Command(nft, "delete", "table", "inet", table).Run()
 	t.Cleanup(func() { exec.Command(nft, "delete", "table", "inet", table).Run() })
 	stateFile := filepath.Join(t.TempDir(), "containment.json")
-	p := startWormsign(t, []string{
-		fmt.Sprintf("WORMSIGN_COLLECTOR_NETFLOW_LISTEN=127.0.0.1:%d", port),
-		"WORMSIGN_COLLECTOR_SFLOW_LISTEN=",
-		"WORMSIGN_SUBSCRIBER_NETWORKS=203.0.113.0/24",
-		"WORMSIGN_HTTP_LISTEN=" + api,
+	p := startWormsign(t, append(labEnv(port),
+		"WORMSIGN_HTTP_LISTEN="+api,
 		"WORMSIGN_HTTP_TOKEN=lab-token",
 		"WORMSIGN_CONTAINMENT_ENABLED=true",
 		"WORMSIGN_CONTAINMENT_GRACE=0s",
-		"WORMSIGN_CONTAINMENT_STATE_FILE=" + stateFile,
-		"WORMSIGN_CONTAINMENT_NFTABLES_TABLE=" + table,
-		"WORMSIGN_CONTAINMENT_NFTABLES_INTERFACES=" + lab.RouterIf,
-	}, "run")
+		"WORMSIGN_CONTAINMENT_STATE_FILE="+stateFile,
+		"WORMSIGN_CONTAINMENT_NFTABLES_TABLE="+table,
+		"WORMSIGN_CONTAINMENT_NFTABLES_INTERFACES="+lab.RouterIf,
+	), "run")
 	waitLog(t, p, "wormsign started")
 	zombieScenario(t, lab, port)
 	zombie, user := lab.Subscribers[0], lab.Subscribers[1]

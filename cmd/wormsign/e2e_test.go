@@ -134,11 +134,7 @@ func zombieScenario(t *testing.T, lab *testenv.Lab, port int) int {
 func TestEmbeddedRunAlertsOnStdout(t *testing.T) {
 	lab := testenv.NewLab(t, 2, 40)
 	port := testenv.FreeUDPPort(t)
-	p := startWormsign(t, []string{
-		fmt.Sprintf("WORMSIGN_COLLECTOR_NETFLOW_LISTEN=127.0.0.1:%d", port),
-		"WORMSIGN_COLLECTOR_SFLOW_LISTEN=",
-		"WORMSIGN_SUBSCRIBER_NETWORKS=203.0.113.0/24",
-	}, "run")
+	p := startWormsign(t, labEnv(port), "run")
 	waitLog(t, p, "wormsign started")
 	zombieScenario(t, lab, port)
 
@@ -198,7 +194,7 @@ func TestKafkaClickHousePipeline(t *testing.T) {
 // and database on the given Kafka and ClickHouse, the lab's subscribers,
 // NetFlow on port.
 func pipelineEnv(t *testing.T, brokers, chAddr, db string, port int) []string {
-	return []string{
+	return append([]string{
 		"WORMSIGN_KAFKA_BROKERS=" + brokers,
 		"WORMSIGN_KAFKA_FLOWS_TOPIC=" + testenv.Name(t, "flows"),
 		"WORMSIGN_KAFKA_ALERTS_TOPIC=" + testenv.Name(t, "alerts"),
@@ -206,9 +202,16 @@ func pipelineEnv(t *testing.T, brokers, chAddr, db string, port int) []string {
 		"WORMSIGN_CLICKHOUSE_DATABASE=" + db,
 		"WORMSIGN_DETECTOR_GROUP=" + testenv.Name(t, "detector"),
 		"WORMSIGN_SINK_GROUP=" + testenv.Name(t, "sink"),
-		"WORMSIGN_SUBSCRIBER_NETWORKS=203.0.113.0/24",
+	}, labEnv(port)...)
+}
+
+// labEnv has wormsign take NetFlow from the lab's softflowd on port (no
+// sFlow) with the lab's subscribers.
+func labEnv(port int) []string {
+	return []string{
 		fmt.Sprintf("WORMSIGN_COLLECTOR_NETFLOW_LISTEN=127.0.0.1:%d", port),
 		"WORMSIGN_COLLECTOR_SFLOW_LISTEN=",
+		"WORMSIGN_SUBSCRIBER_NETWORKS=203.0.113.0/24",
 	}
 }
 
