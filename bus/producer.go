@@ -112,9 +112,12 @@ func (p *kafkaProducer) publishOnce(ctx context.Context, msgs []Message, now tim
 			defer wg.Done()
 			for len(part) > 0 {
 				n, size := 0, 0
-				for n < len(part) && (n == 0 || size+recordSize(&msgs[part[n]]) <= p.batchBytes) {
-					size += recordSize(&msgs[part[n]])
-					n++
+				for ; n < len(part); n++ {
+					next := recordSize(&msgs[part[n]])
+					if n > 0 && size+next > p.batchBytes {
+						break
+					}
+					size += next
 				}
 				if err := p.produce(ctx, i, msgs, part[:n], size, now); err != nil {
 					unwritten[i], errs[i] = part, err

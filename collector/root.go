@@ -373,13 +373,14 @@ func (b *shardBatch) add(key netip.Addr, f *flow.Flow) {
 	start := len(b.enc)
 	b.enc = flow.AppendBatchFlow(b.enc, f)
 	b.spans = append(b.spans, flowSpan{start: start, end: len(b.enc), next: -1})
-	if k, ok := b.index[key.As16()]; ok {
+	k16 := key.As16()
+	if k, ok := b.index[k16]; ok {
 		e := &b.keys[k]
 		b.spans[e.last].next = i
 		e.last = i
 		return
 	}
-	b.index[key.As16()] = int32(len(b.keys))
+	b.index[k16] = int32(len(b.keys))
 	b.keys = append(b.keys, batchKey{addr: key, first: i, last: i})
 }
 
