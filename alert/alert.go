@@ -128,6 +128,10 @@ type Flood struct {
 	Seconds        float64  `json:"seconds"`
 	Packets        uint64   `json:"packets"`
 	Bytes          uint64   `json:"bytes"`
+	// AnswerPackets the target sent back in the window, and their share
+	// of Packets: a flood target answers little or nothing.
+	AnswerPackets uint64  `json:"answer_packets"`
+	AnswerRatio   float64 `json:"answer_ratio"`
 	// The subscriber's busiest target's usual packet rate for this kind
 	// of traffic, and minutes learned.
 	BaselinePPS   float64 `json:"baseline_pps"`

@@ -17,6 +17,7 @@ import (
 
 	"github.com/wormsign/wormsign/alert"
 	"github.com/wormsign/wormsign/internal/httpserver"
+	"github.com/wormsign/wormsign/network"
 )
 
 type apiError struct {
@@ -158,11 +159,11 @@ func (c *Component) parseIncidentQuery(r *http.Request) (incidentQuery, error) {
 		return q, badf("kind: %q, want an alert kind such as smtp_fanout", q.kind)
 	}
 	if s := v.Get("subscriber"); s != "" {
-		a, err := netip.ParseAddr(s)
+		a, err := c.subscriberOf(s)
 		if err != nil {
-			return q, badf("subscriber: %q is not an IP address", s)
+			return q, err
 		}
-		q.subscriber = a.Unmap()
+		q.subscriber = a
 	}
 	q.since = c.now().Add(-c.config.Lookback)
 	if s := v.Get("since"); s != "" {
@@ -209,7 +210,7 @@ func (c *Component) serveIncidents(w http.ResponseWriter, r *http.Request) {
 	for _, a := range latest(events) {
 		switch {
 		case q.state == "open" && !isOpen(&a), q.state == "resolved" && isOpen(&a),
-			q.subscriber.IsValid() && a.SubscriberIP != q.subscriber.String(),
+			q.subscriber.IsValid() && a.SubscriberIP != c.deps.Subscribers.Label(q.subscriber),
 			a.WindowEnd.Before(q.since):
 			continue
 		}
@@ -398,13 +399,23 @@ func (c *Component) parseSubscriber(r *http.Request, extra ...string) (netip.Add
 	if err := params(r, append([]string{"hours"}, extra...)...); err != nil {
 		return netip.Addr{}, 0, err
 	}
-	s := r.PathValue("ip")
-	ip, err := netip.ParseAddr(s)
+	ip, err := c.subscriberOf(r.PathValue("ip"))
 	if err != nil {
-		return ip, 0, badf("subscriber: %q is not an IP address", s)
+		return ip, 0, err
 	}
 	hours, err := intParam(r, "hours", 24, 1, int(c.maxHistory()/time.Hour))
-	return ip.Unmap(), hours, err
+	return ip, hours, err
+}
+
+// subscriberOf reads a subscriber as the API takes it: an address, or an
+// IPv6 subscriber's prefix as alerts name it; any address of an IPv6
+// subscriber's prefix is that subscriber.
+func (c *Component) subscriberOf(s string) (netip.Addr, error) {
+	p, err := network.ParsePrefix(s)
+	if err != nil || (strings.Contains(s, "/") && p.Bits() != c.deps.Subscribers.Prefix(p.Addr()).Bits()) {
+		return netip.Addr{}, badf("subscriber: %q is not an IP address or a subscriber prefix", s)
+	}
+	return c.deps.Subscribers.Subscriber(p.Addr()), nil
 }
 
 // maxHistory is how far back subscriber series go.
@@ -424,7 +435,7 @@ func (c *Component) serveSubscriber(w http.ResponseWriter, r *http.Request) {
 	}
 	to := c.now().UTC().Truncate(time.Minute).Add(time.Minute)
 	from := to.Add(-time.Duration(hours) * time.Hour)
-	v := subscriberView{SubscriberIP: ip.String(), From: from, To: to, Series: []Point{}, Incidents: []Incident{}}
+	v := subscriberView{SubscriberIP: c.deps.Subscribers.Label(ip), From: from, To: to, Series: []Point{}, Incidents: []Incident{}}
 	series, err := c.store.Series(r.Context(), ip, from, to)
 	if err != nil {
 		c.fail(w, err)

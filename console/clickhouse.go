@@ -9,6 +9,7 @@ import (
 
 	"github.com/wormsign/wormsign/alert"
 	"github.com/wormsign/wormsign/clickhousedb"
+	"github.com/wormsign/wormsign/network"
 )
 
 // clickhouseStore reads history from the tables the sink writes (alerts,
@@ -18,6 +19,9 @@ import (
 type clickhouseStore struct {
 	db       *clickhousedb.DB
 	instance string
+	// subscribers names a subscriber as the sink wrote it (an IPv6 one
+	// as its prefix).
+	subscribers network.Subscribers
 }
 
 const alertSelect = `SELECT id, kind, state, subscriber_ip, subscriber_id, window_start, window_end,
@@ -119,7 +123,7 @@ func (s *clickhouseStore) Series(ctx context.Context, ip netip.Addr, from, to ti
 	rows, err := s.db.Query(ctx, `SELECT minute, sum(flows), sum(smtp_flows), uniqMerge(dsts), uniqMerge(smtp_dsts)
 		FROM `+s.table("flows_1m")+`
 		WHERE subscriber_ip = ? AND minute >= toDateTime(?) AND minute < toDateTime(?)
-		GROUP BY minute ORDER BY minute`, ip.Unmap().String(), from.Unix(), to.Unix())
+		GROUP BY minute ORDER BY minute`, s.subscribers.Label(ip), from.Unix(), to.Unix())
 	if err != nil {
 		return nil, fmt.Errorf("cannot query flows_1m: %w", err)
 	}

@@ -220,7 +220,7 @@ func (s *memoryStore) AddAck(_ context.Context, id string, ack Ack) error {
 func (s *memoryStore) Series(_ context.Context, ip netip.Addr, from, to time.Time) ([]Point, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	e, ok := s.subs[ip.Unmap()]
+	e, ok := s.subs[s.subscribers.Subscriber(ip)]
 	if !ok {
 		return nil, nil
 	}
@@ -248,7 +248,7 @@ func (s *memoryStore) TopSMTP(_ context.Context, from time.Time, limit int) ([]T
 	var out []Talker
 	for ip, e := range s.subs {
 		sub := e.Value.(*memSubscriber)
-		t := Talker{SubscriberIP: ip.String()}
+		t := Talker{SubscriberIP: s.subscribers.Label(ip)}
 		dsts := map[netip.Addr]struct{}{}
 		var over uint64
 		for m, mm := range sub.minutes {

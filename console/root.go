@@ -108,7 +108,7 @@ func New(config Configuration, deps Dependencies) (*Component, error) {
 	c := &Component{config: config, deps: deps, stopping: make(chan struct{})}
 	if deps.ClickHouse != nil {
 		host, _ := os.Hostname()
-		c.store = &clickhouseStore{db: deps.ClickHouse, instance: host + ":" + strconv.Itoa(os.Getpid())}
+		c.store = &clickhouseStore{db: deps.ClickHouse, instance: host + ":" + strconv.Itoa(os.Getpid()), subscribers: deps.Subscribers}
 	} else {
 		c.memory = newMemoryStore(config, deps.Subscribers)
 		c.store = c.memory

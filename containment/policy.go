@@ -197,12 +197,14 @@ func (p *Policy) changeAt(e *Entry, typ, actor, note string, at time.Time) Chang
 func (p *Policy) Apply(a alert.Alert) []Change {
 	t := eventTime(a)
 	out := p.Advance(t)
-	addr, err := netip.ParseAddr(a.SubscriberIP)
+	// An IPv4 subscriber is an address, an IPv6 one its prefix
+	// (network.Subscribers.Label): the entry covers all of it.
+	sub, err := network.ParsePrefix(a.SubscriberIP)
 	if err != nil {
 		return out
 	}
-	addr = addr.Unmap()
-	pfx := netip.PrefixFrom(addr, addr.BitLen())
+	pfx := sub.Prefix
+	addr := pfx.Addr()
 	action := p.actionFor(addr, a.Kind)
 	e := p.entries[pfx]
 	if a.State == alert.StateResolved {

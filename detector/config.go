@@ -47,6 +47,14 @@ type Configuration struct {
 	SubscriberMap string `yaml:"subscriber_map"`
 	// SubscriberMapReload is how often the map file is checked for changes.
 	SubscriberMapReload time.Duration `yaml:"subscriber_map_reload"`
+	// MaxSubscribers bounds the subscribers one detector instance keeps
+	// state for, all its partitions together (0: no bound). Past it the
+	// least recently active give way, never one with an open incident.
+	MaxSubscribers int `yaml:"max_subscribers"`
+	// ReceivedFlows is the size, in entries, of each partition's table of
+	// flows subscribers received, which tells their answers (24 bytes
+	// each).
+	ReceivedFlows int `yaml:"received_flows"`
 
 	SMTPFanout    SMTPFanoutConfiguration    `yaml:"smtp_fanout"`
 	DstEntropy    DstEntropyConfiguration    `yaml:"dst_entropy"`
@@ -204,6 +212,19 @@ type OutboundFloodConfiguration struct {
 	MaxPPS            int   `yaml:"max_pps"`
 	MaxBPS            int64 `yaml:"max_bps"`
 	MaxFlowsPerMinute int   `yaml:"max_flows_per_minute"`
+	// Ceilings per kind of traffic toward one target: a bot's share of a
+	// rented attack is a few hundred packets a second, far below the
+	// whole-host ceilings above. UDP and other protocols count only when
+	// the target answers no more than MaxAnswerRatio of the packets
+	// (packets back from it / packets to it): a call, a game or a QUIC
+	// upload is answered, a flood target answers little or nothing.
+	// MaxAnswerRatio also spares answered traffic from
+	// max_flows_per_minute and the baseline.
+	MaxICMPPPS     int     `yaml:"max_icmp_pps"`
+	MaxUDPPPS      int     `yaml:"max_udp_pps"`
+	MaxSYNPPS      int     `yaml:"max_syn_pps"`
+	MaxOtherPPS    int     `yaml:"max_other_pps"`
+	MaxAnswerRatio float64 `yaml:"max_answer_ratio"`
 	// MinMinutes the traffic toward the target must have lasted.
 	MinMinutes int `yaml:"min_minutes"`
 	// EstablishedTCP also counts TCP flows in which the subscriber sent
@@ -237,6 +258,8 @@ func DefaultConfiguration() Configuration {
 		RebuildLookback:     65 * time.Minute,
 		IncidentLookback:    24 * time.Hour,
 		SubscriberMapReload: 10 * time.Second,
+		MaxSubscribers:      4_000_000,
+		ReceivedFlows:       1 << 18,
 		SMTPFanout: SMTPFanoutConfiguration{
 			Enabled:         true,
 			Threshold:       25,
@@ -298,6 +321,11 @@ func DefaultConfiguration() Configuration {
 			MaxPPS:            20_000,
 			MaxBPS:            1_000_000_000,
 			MaxFlowsPerMinute: 6_000,
+			MaxICMPPPS:        50,
+			MaxUDPPPS:         200,
+			MaxSYNPPS:         100,
+			MaxOtherPPS:       200,
+			MaxAnswerRatio:    0.1,
 			MinMinutes:        1,
 			BaselineAlpha:     0.05,
 			BaselineWarmup:    30,
@@ -329,6 +357,10 @@ func (c Configuration) Validate() error {
 		return fmt.Errorf("detector.incident_lookback: %s, want >= 0", c.IncidentLookback)
 	case c.SubscriberMap != "" && c.SubscriberMapReload <= 0:
 		return fmt.Errorf("detector.subscriber_map_reload: %s, want > 0", c.SubscriberMapReload)
+	case c.MaxSubscribers < 0:
+		return fmt.Errorf("detector.max_subscribers: %d, want >= 0", c.MaxSubscribers)
+	case c.ReceivedFlows < receivedWays || c.ReceivedFlows > 1<<28:
+		return fmt.Errorf("detector.received_flows: %d, want %d..%d", c.ReceivedFlows, receivedWays, 1<<28)
 	}
 	if err := c.SMTPFanout.validate("detector.smtp_fanout"); err != nil {
 		return err
@@ -487,6 +519,11 @@ func (o OutboundFloodConfiguration) validate(key string) error {
 	switch {
 	case o.MaxPPS < 1 || o.MaxBPS < 1 || o.MaxFlowsPerMinute < 1:
 		return fmt.Errorf("%s: max_pps %d, max_bps %d, max_flows_per_minute %d, want >= 1", key, o.MaxPPS, o.MaxBPS, o.MaxFlowsPerMinute)
+	case o.MaxICMPPPS < 1 || o.MaxUDPPPS < 1 || o.MaxSYNPPS < 1 || o.MaxOtherPPS < 1:
+		return fmt.Errorf("%s: max_icmp_pps %d, max_udp_pps %d, max_syn_pps %d, max_other_pps %d, want >= 1",
+			key, o.MaxICMPPPS, o.MaxUDPPPS, o.MaxSYNPPS, o.MaxOtherPPS)
+	case o.MaxAnswerRatio < 0 || o.MaxAnswerRatio > 1:
+		return fmt.Errorf("%s.max_answer_ratio: %g, want 0..1", key, o.MaxAnswerRatio)
 	case o.MinMinutes < 1 || o.MinMinutes > 60:
 		return fmt.Errorf("%s.min_minutes: %d, want 1..60", key, o.MinMinutes)
 	case o.BaselineAlpha <= 0 || o.BaselineAlpha > 1:

@@ -27,6 +27,13 @@ type Engine struct {
 	groups       *network.Table[int]
 	allow        *network.Set
 	subscriberID func(netip.Addr) string
+	// subs turns an address into its subscriber (an IPv6 one is a
+	// prefix) and names it in alerts.
+	subs network.Subscribers
+	// received holds the flows subscribers were sent, to tell answers
+	// (received.go); allocated with the first one.
+	received *received
+	budget   *SubscriberBudget
 	// Subscribers are spread over shards by a hash of their address, so
 	// that the once-a-minute visit for expiry and eviction takes one shard
 	// at a time instead of stalling on all of them.
@@ -69,6 +76,13 @@ type inheritKey struct {
 // EngineStats counts what the engine did, for metrics.
 type EngineStats struct {
 	Flows, LateFlows, InvalidFlows, AllowListed, Evicted uint64
+	// Answers are outbound flows that were not the subscriber's own
+	// attempts (network.Attempt); Received the inbound flows recorded
+	// to tell them.
+	Answers, Received uint64
+	// Displaced subscribers made room for a new one at max_subscribers;
+	// Refused ones found no room (every candidate had an open incident).
+	Displaced, Refused uint64
 	// FutureFlows ended after the collector received them (beyond the
 	// allowed lateness): a wrong exporter clock the collector could not
 	// correct. Their end time is taken as the receive time, so that one
@@ -127,6 +141,7 @@ func NewEngine(config Configuration) *Engine {
 		sources:        map[sourceKey]*source{},
 		lateByExporter: map[netip.Addr]uint64{},
 		scratch:        scratch{dsts: map[uint32]uint64{}, ports: map[uint16]uint64{}},
+		budget:         NewSubscriberBudget(config.MaxSubscribers),
 	}
 	for i := range e.shards {
 		e.shards[i] = map[netip.Addr]*subscriber{}
@@ -147,6 +162,15 @@ func NewEngine(config Configuration) *Engine {
 	e.keepMs = (longest + config.AllowedLateness).Milliseconds()
 	return e
 }
+
+// SetSubscribers sets how an address becomes its subscriber (IPv6
+// prefixes) and how alerts name it; the default is every source, IPv6 by
+// network.DefaultPrefixV6.
+func (e *Engine) SetSubscribers(s network.Subscribers) { e.subs = s }
+
+// SetSubscriberBudget shares one max_subscribers among the engines of a
+// detector instance (one per partition).
+func (e *Engine) SetSubscriberBudget(b *SubscriberBudget) { e.budget = b }
 
 // SetSubscriberIDs sets how alerts get their subscriber_id.
 func (e *Engine) SetSubscriberIDs(lookup func(netip.Addr) string) { e.subscriberID = lookup }
@@ -176,18 +200,36 @@ func (e *Engine) exporter(a netip.Addr) uint16 {
 
 const minuteMs = int64(Bucket / time.Millisecond)
 
-// icmpError tells an ICMP error message (destination unreachable, time
-// exceeded, ...), by the NetFlow convention of type<<8|code in the
-// destination port. Errors answer traffic the subscriber received, so a
-// host refusing a scan would otherwise look like a scanner itself.
-func icmpError(f *flow.Flow) bool {
-	switch typ := f.DstPort >> 8; f.Proto {
-	case 1:
-		return typ == 3 || typ == 4 || typ == 5 || typ == 11 || typ == 12
-	case 58:
-		return typ >= 1 && typ <= 4
+// Receive records a flow the subscriber received (its destination is the
+// subscriber): what tells its outbound answers from its attempts, and the
+// answers outbound_flood weighs a target's traffic against. It never
+// opens an incident and does not move event time.
+func (e *Engine) Receive(f *flow.Flow) {
+	if f.EndMs <= 0 || !f.SrcAddr.IsValid() || !f.DstAddr.IsValid() {
+		return
 	}
-	return false
+	e.stats.Received++
+	if f.Proto != network.ProtoICMP && f.Proto != network.ProtoICMPv6 {
+		if e.received == nil {
+			e.received = newReceived(e.config.ReceivedFlows)
+		}
+		e.received.add(f)
+	}
+	if s := e.lookup(e.subs.Subscriber(f.DstAddr)); s != nil && s.more != nil {
+		if st, _ := s.more.state[kindFlood].(*floodState); st != nil {
+			st.answered(f)
+		}
+	}
+}
+
+// attempt is network.Attempt for an outbound flow, with what the
+// subscriber received when the verdict depends on it.
+func (e *Engine) attempt(f *flow.Flow) bool {
+	if e.received == nil || f.Proto == network.ProtoICMP || f.Proto == network.ProtoICMPv6 ||
+		(f.Proto == flow.ProtoTCP && f.TCPFlags != 0 && f.TCPFlags&(flow.TCPSyn|flow.TCPAck) != flow.TCPSyn|flow.TCPAck) {
+		return network.Attempt(f, network.Received{})
+	}
+	return network.Attempt(f, e.received.lookup(f))
 }
 
 // Process is ProcessFrom for flows of a single origin (tests, tools).
@@ -222,14 +264,18 @@ func (e *Engine) ProcessFrom(origin uint64, lowMs int64, f *flow.Flow) []alert.A
 		return nil
 	}
 	out := e.sweepTo(e.watermark)
-	src := f.SrcAddr.Unmap()
-	if e.allow.Contains(src) {
+	if e.allow.Contains(f.SrcAddr.Unmap()) {
 		e.stats.AllowListed++
 		return out
 	}
+	src := e.subs.Subscriber(f.SrcAddr)
 	s := e.lookup(src)
 	if s != nil {
 		s, out = e.catchUp(src, s, f.EndMs, out)
+	}
+	attempt := e.attempt(f)
+	if !attempt {
+		e.stats.Answers++
 	}
 	g := 0
 	if s != nil {
@@ -241,16 +287,20 @@ func (e *Engine) ProcessFrom(origin uint64, lowMs int64, f *flow.Flow) []alert.A
 	var want [kinds]bool
 	any := false
 	for k, ru := range ruleTable {
-		want[k] = r.on[k] && ru.wants(r, f)
+		want[k] = r.on[k] && ru.wants(r, f, attempt)
 		any = any || want[k]
 	}
 	if s == nil {
 		if !any {
 			return out // nothing would use the state
 		}
+		if !e.makeRoom(src) {
+			return out
+		}
 		s = &subscriber{group: uint16(g)}
 		e.shards[shardOf(src)][src] = s
 		e.nsubs++
+		e.budget.used.Add(1)
 		for k := range kinds {
 			if a, ok := e.inherited[inheritKey{src, k}]; ok {
 				delete(e.inherited, inheritKey{src, k})
@@ -319,7 +369,7 @@ func (e *Engine) base(addr netip.Addr, s *subscriber, inc *incident, kind int, w
 	a := alert.Alert{
 		ID:           inc.id,
 		Kind:         kindNames[kind],
-		SubscriberIP: addr.String(),
+		SubscriberIP: e.subs.Label(addr),
 		WindowStart:  time.UnixMilli(windowEndMs - window.Milliseconds()).UTC(),
 		WindowEnd:    time.UnixMilli(windowEndMs).UTC(),
 		FirstSeen:    time.UnixMilli(inc.firstSeenMs).UTC(),
@@ -383,8 +433,7 @@ func (e *Engine) catchUp(addr netip.Addr, s *subscriber, endMs int64, out []aler
 		sortAlerts(out[first:])
 	}
 	if !s.hasIncident() && boundary-s.lastMs > e.keepMs {
-		delete(e.shards[shardOf(addr)], addr)
-		e.nsubs--
+		e.drop(addr)
 		e.stats.Evicted++
 		return nil, out
 	}
@@ -498,6 +547,7 @@ func (e *Engine) Flush() []alert.Alert {
 		}
 	}
 	clear(e.active)
+	e.budget.used.Add(-int64(e.nsubs))
 	e.nsubs = 0
 	sortAlerts(out)
 	return out
@@ -526,8 +576,7 @@ func (e *Engine) sweep(nowMs, prevMinute int64) []alert.Alert {
 			r := &e.rules[s.group]
 			s.ent.expire(uint32(minute - int64(r.entMins) + 1))
 			if !s.hasIncident() && nowMs-s.lastMs > e.keepMs {
-				delete(sh, addr)
-				e.nsubs--
+				e.drop(addr)
 				e.stats.Evicted++
 			}
 		}

@@ -12,6 +12,10 @@ type metrics struct {
 	futureFlows     prometheus.Counter
 	allowListed     prometheus.Counter
 	evicted         prometheus.Counter
+	answers         prometheus.Counter
+	received        prometheus.Counter
+	displaced       prometheus.Counter
+	refused         prometheus.Counter
 	alerts          *prometheus.CounterVec // kind, state
 	publishErrs     prometheus.Counter
 	subscribers     prometheus.Gauge
@@ -46,6 +50,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "wormsign_detector_allow_listed_flows_total", Help: "Flows from allow-listed sources (never alerted)."}),
 		evicted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wormsign_detector_evicted_subscribers_total", Help: "Subscribers whose state was dropped after idling past the longest window."}),
+		answers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wormsign_detector_answer_flows_total", Help: "Outbound flows that answer something the subscriber was sent (replies, errors, RSTs, SYN-ACKs): never counted as its behaviour."}),
+		received: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wormsign_detector_received_flows_total", Help: "Inbound flows recorded to tell the subscribers' answers."}),
+		displaced: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wormsign_detector_displaced_subscribers_total", Help: "Subscribers without incidents dropped to make room at max_subscribers."}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wormsign_detector_refused_subscribers_total", Help: "New subscribers not tracked at max_subscribers (every candidate to give way had an open incident)."}),
 		alerts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wormsign_detector_alerts_total", Help: "Alert events emitted."}, []string{"kind", "state"}),
 		publishErrs: prometheus.NewCounter(prometheus.CounterOpts{
@@ -68,6 +80,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "wormsign_detector_subscriber_map_errors_total", Help: "Failed subscriber map reloads (previous map kept)."}),
 	}
 	reg.MustRegister(m.messages, m.badMessages, m.fetchErrors, m.flows, m.lateFlows, m.invalidFlows, m.futureFlows, m.allowListed, m.evicted,
+		m.answers, m.received, m.displaced, m.refused,
 		m.alerts, m.publishErrs, m.subscribers, m.partitions, m.watermark, m.rebuildMessages, m.rebuildErrors,
 		m.mapEntries, m.mapReloads, m.mapErrors)
 	return m

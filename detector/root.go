@@ -48,6 +48,8 @@ type Component struct {
 	group    bus.GroupConsumer
 	producer bus.Producer
 	mapping  atomic.Pointer[Mapping]
+	// budget is max_subscribers, shared by the partitions' engines.
+	budget *SubscriberBudget
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -76,6 +78,7 @@ func New(config Configuration, deps Dependencies) (*Component, error) {
 		clock:      cmp.Or[Clock](deps.Clock, systemClock{}),
 		done:       make(chan struct{}),
 		partitions: map[int]*Engine{},
+		budget:     NewSubscriberBudget(config.MaxSubscribers),
 	}
 	if config.SubscriberMap != "" {
 		m, err := LoadMapping(config.SubscriberMap)
@@ -201,6 +204,8 @@ func (c *Component) consume(ctx context.Context, claim bus.Claim) {
 	p := &partition{c: c, claim: claim, engine: NewEngine(c.config), label: strconv.Itoa(claim.Partition()),
 		prevLate: map[netip.Addr]uint64{}}
 	p.engine.SetSubscriberIDs(c.subscriberID)
+	p.engine.SetSubscribers(c.deps.Subscribers)
+	p.engine.SetSubscriberBudget(c.budget)
 	c.mu.Lock()
 	c.partitions[claim.Partition()] = p.engine
 	c.mu.Unlock()
@@ -376,10 +381,14 @@ func (p *partition) process(ctx context.Context, msg bus.Message, publish bool) 
 	p.alerts = p.alerts[:0]
 	p.engine.SetWallClock(c.clock.Now().UnixMilli())
 	for i := range p.flows {
-		if _, dir := c.deps.Subscribers.Of(p.flows[i].SrcAddr, p.flows[i].DstAddr); dir != network.Outbound {
-			continue
+		// In the subscriber's order, so that an answer finds the flow it
+		// answers recorded (network.Attempt), the same way in a replay.
+		switch _, dir := c.deps.Subscribers.Of(p.flows[i].SrcAddr, p.flows[i].DstAddr); dir {
+		case network.Outbound:
+			p.alerts = append(p.alerts, p.engine.ProcessFrom(msg.Origin, msg.LowMs, &p.flows[i])...)
+		case network.Inbound:
+			p.engine.Receive(&p.flows[i])
 		}
-		p.alerts = append(p.alerts, p.engine.ProcessFrom(msg.Origin, msg.LowMs, &p.flows[i])...)
 	}
 	return !publish || c.emit(ctx, p.alerts)
 }
@@ -423,6 +432,10 @@ func (p *partition) observe() {
 	m.futureFlows.Add(float64(s.FutureFlows - p.prev.FutureFlows))
 	m.allowListed.Add(float64(s.AllowListed - p.prev.AllowListed))
 	m.evicted.Add(float64(s.Evicted - p.prev.Evicted))
+	m.answers.Add(float64(s.Answers - p.prev.Answers))
+	m.received.Add(float64(s.Received - p.prev.Received))
+	m.displaced.Add(float64(s.Displaced - p.prev.Displaced))
+	m.refused.Add(float64(s.Refused - p.prev.Refused))
 	p.prev = s
 	for exporter, n := range p.engine.LateByExporter() {
 		if d := n - p.prevLate[exporter]; d > 0 {

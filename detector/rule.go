@@ -23,8 +23,10 @@ type rule interface {
 	name() string
 	// enabled tells whether the rule runs for the group.
 	enabled(r *ruleSet) bool
-	// wants tells, without touching state, whether the rule accounts f.
-	wants(r *ruleSet, f *flow.Flow) bool
+	// wants tells, without touching state, whether the rule accounts f;
+	// attempt is network.Attempt's verdict on it. Rules count attempts
+	// only: an answer is whatever anyone made the subscriber send.
+	wants(r *ruleSet, f *flow.Flow, attempt bool) bool
 	// process accounts f in the subscriber's state for the rule, on the
 	// flow's own event time, and evaluates it: it opens or updates the
 	// incident through Engine.incident and Engine.emit and returns what

@@ -29,8 +29,8 @@ func (darknetRule) cooldown(r *ruleSet) time.Duration { return r.darknet.Cooldow
 func (darknetRule) keep(r *ruleSet) time.Duration     { return r.darknet.Window }
 func (darknetRule) resolved(*subscriber)              {}
 
-func (darknetRule) wants(r *ruleSet, f *flow.Flow) bool {
-	return !icmpError(f) && r.dark.Contains(f.DstAddr.Unmap())
+func (darknetRule) wants(r *ruleSet, f *flow.Flow, attempt bool) bool {
+	return attempt && r.dark.Contains(f.DstAddr.Unmap())
 }
 
 // darkState is allocated for a subscriber on its first dark contact.

@@ -21,15 +21,11 @@ func (entropyRule) cooldown(r *ruleSet) time.Duration { return r.entropy.Cooldow
 func (entropyRule) keep(r *ruleSet) time.Duration     { return r.entropy.Window }
 func (entropyRule) resolved(*subscriber)              {}
 
-// wants every flow: ICMP errors keep the subscriber's state alive but are
-// left out of the records (process).
-func (entropyRule) wants(*ruleSet, *flow.Flow) bool { return true }
+// wants every attempt.
+func (entropyRule) wants(_ *ruleSet, _ *flow.Flow, attempt bool) bool { return attempt }
 
 func (entropyRule) process(e *Engine, c *ruleCtx, f *flow.Flow) (alert.Alert, bool) {
 	s, r := c.s, c.r
-	if icmpError(f) {
-		return alert.Alert{}, false
-	}
 	if !f.DstAddr.Is4() {
 		s.ent.hasV6 = true
 	}

@@ -2,12 +2,14 @@ package detector
 
 import (
 	"math"
+	"math/bits"
 	"net/netip"
 	"slices"
 	"time"
 
 	"github.com/wormsign/wormsign/alert"
 	"github.com/wormsign/wormsign/flow"
+	"github.com/wormsign/wormsign/network"
 )
 
 // floodRule is outbound_flood: a subscriber taking part in a denial of
@@ -19,10 +21,17 @@ import (
 // kind of traffic. The traffic must have lasted min_minutes: one burst is
 // not an attack.
 //
-// Only flood-like traffic counts: ICMP (not errors), UDP, other IP
-// protocols and TCP without an ACK from the subscriber (SYN floods);
-// TCP in which the subscriber acknowledged the target's data (uploads,
-// backups) only with established_tcp. A subscriber gets state only once
+// Only the subscriber's own attempts count (network.Attempt): ICMP
+// queries, UDP and other IP protocols that answer nothing the target
+// sent first, and TCP SYNs without an ACK (SYN floods); TCP in which the
+// subscriber acknowledged the target's data (uploads, backups) only with
+// established_tcp. Each kind of traffic has its own ceiling toward one
+// target (max_icmp_pps, max_udp_pps, max_syn_pps, max_other_pps), far
+// below the whole-host max_pps: one bot's share of a rented attack. UDP
+// and other protocols count against theirs only while the target answers
+// at most max_answer_ratio of the packets: the flows the subscriber
+// receives from the target are weighed against those it sends
+// (Engine.Receive). A subscriber gets state only once
 // its flood-like traffic in a minute reaches a quarter of the smallest
 // volume any check could fire on (subscriber.gate): quiet subscribers and
 // ordinary browsing cost nothing.
@@ -40,6 +49,9 @@ const (
 
 var floodClassNames = [floodClasses]string{"icmp", "udp", "tcp_syn", "tcp", "other"}
 
+// floodClassTriggers name the ceiling of each kind, as its configuration key.
+var floodClassTriggers = [floodClasses]string{"max_icmp_pps", "max_udp_pps", "max_syn_pps", "max_pps", "max_other_pps"}
+
 // floodMaxPorts caps the destination ports listed per target.
 const floodMaxPorts = 4
 
@@ -55,7 +67,8 @@ type floodGate struct {
 // fire, divided by four: a packet carries at most a jumbo frame, a flow at
 // least one packet.
 func floodGateOf(cfg OutboundFloodConfiguration) uint32 {
-	g := min(int64(cfg.MaxFlowsPerMinute), 60*int64(cfg.MaxPPS), cfg.MaxBPS*60/8/9216)
+	g := min(int64(cfg.MaxFlowsPerMinute), 60*int64(cfg.MaxPPS), cfg.MaxBPS*60/8/9216,
+		60*int64(min(cfg.MaxICMPPPS, cfg.MaxUDPPPS, cfg.MaxSYNPPS, cfg.MaxOtherPPS)))
 	if cfg.BaselineFactor > 0 {
 		g = min(g, 60*int64(cfg.BaselineMinPPS))
 	}
@@ -68,26 +81,61 @@ func (floodRule) cooldown(r *ruleSet) time.Duration { return r.flood.Cooldown }
 func (floodRule) keep(r *ruleSet) time.Duration     { return time.Duration(r.flood.MinMinutes+1) * Bucket }
 func (floodRule) resolved(*subscriber)              {}
 
-func (floodRule) wants(r *ruleSet, f *flow.Flow) bool {
-	_, ok := floodClass(f, r.flood.EstablishedTCP)
+func (floodRule) wants(r *ruleSet, f *flow.Flow, attempt bool) bool {
+	_, ok := floodClass(f, attempt, r.flood.EstablishedTCP)
 	return ok
 }
 
 // floodClass tells the kind of traffic of f, and whether it counts.
-func floodClass(f *flow.Flow, establishedTCP bool) (uint8, bool) {
+func floodClass(f *flow.Flow, attempt, establishedTCP bool) (uint8, bool) {
 	switch f.Proto {
-	case 1, 58:
-		return floodICMP, !icmpError(f)
+	case network.ProtoICMP, network.ProtoICMPv6:
+		return floodICMP, attempt
 	case flow.ProtoTCP:
 		if f.TCPFlags != 0 && f.TCPFlags&flow.TCPAck == 0 {
-			return floodSYN, true
+			return floodSYN, attempt
 		}
 		return floodTCP, establishedTCP
-	case 17:
-		return floodUDP, true
+	case network.ProtoUDP:
+		return floodUDP, attempt
 	}
-	return floodOther, true
+	return floodOther, attempt
 }
+
+// receivedClass is the kind of traffic of the target's flows a received
+// flow answers: echo replies answer ICMP, datagrams UDP, segments TCP.
+func receivedClass(f *flow.Flow) uint8 {
+	switch f.Proto {
+	case network.ProtoICMP, network.ProtoICMPv6:
+		return floodICMP
+	case flow.ProtoTCP:
+		return floodSYN
+	case network.ProtoUDP:
+		return floodUDP
+	}
+	return floodOther
+}
+
+// classPPS is the ceiling of one kind of traffic toward one target; TCP
+// the subscriber acknowledges has only max_pps.
+func (o OutboundFloodConfiguration) classPPS(class uint8) int {
+	switch class {
+	case floodICMP:
+		return o.MaxICMPPPS
+	case floodUDP:
+		return o.MaxUDPPPS
+	case floodSYN:
+		return o.MaxSYNPPS
+	case floodOther:
+		return o.MaxOtherPPS
+	}
+	return o.MaxPPS
+}
+
+// answerable tells the kinds of traffic whose answers excuse them: an
+// echo flood answered by its target is still a flood, and a SYN the
+// subscriber never acknowledged opened nothing, answered or not.
+func answerable(class uint8) bool { return class == floodUDP || class == floodOther }
 
 // floodState is allocated for a subscriber past the gate.
 type floodState struct {
@@ -118,14 +166,28 @@ type floodTarget struct {
 type floodBucket struct {
 	minute             int64
 	pkts, bytes, flows uint64
-	startMs            int64 // earliest start of the bucket's flows
+	answers            uint64 // packets received from the target
+	startMs            int64  // earliest start of the bucket's flows
+	// active has bit i set when traffic to the target covered second i
+	// of the minute: what tells a flood that lasted from a burst and a
+	// straggler a minute apart.
+	active uint64
 }
 
 // floodRates is a target's traffic over its window.
 type floodRates struct {
-	pkts, bytes, flows uint64
-	coveredMs          int64
-	pps, bps, fpm      float64
+	pkts, bytes, flows, answers uint64
+	coveredMs                   int64
+	activeSecs                  int
+	pps, bps, fpm               float64
+}
+
+// answerRatio is the packets the target sent back per packet sent to it.
+func (r floodRates) answerRatio() float64 {
+	if r.pkts == 0 {
+		return 0
+	}
+	return float64(r.answers) / float64(r.pkts)
 }
 
 func (t *floodTarget) at(minute int64) *floodBucket {
@@ -140,10 +202,15 @@ func (t *floodTarget) rates() floodRates {
 	var r floodRates
 	earliest := int64(math.MaxInt64)
 	for _, b := range t.ring {
-		if b.minute > t.latest-int64(len(t.ring)) && b.flows > 0 {
-			r.pkts += b.pkts
-			r.bytes += b.bytes
-			r.flows += b.flows
+		if b.minute <= t.latest-int64(len(t.ring)) {
+			continue
+		}
+		r.answers = flow.SaturatingAdd(r.answers, b.answers)
+		r.activeSecs += bits.OnesCount64(b.active)
+		if b.flows > 0 {
+			r.pkts = flow.SaturatingAdd(r.pkts, b.pkts)
+			r.bytes = flow.SaturatingAdd(r.bytes, b.bytes)
+			r.flows = flow.SaturatingAdd(r.flows, b.flows)
 			earliest = min(earliest, b.startMs)
 		}
 	}
@@ -171,10 +238,9 @@ func (t *floodTarget) volume() uint64 {
 
 func (floodRule) process(e *Engine, c *ruleCtx, f *flow.Flow) (alert.Alert, bool) {
 	cfg := c.r.flood
-	class, _ := floodClass(f, cfg.EstablishedTCP)
+	class, _ := floodClass(f, true, cfg.EstablishedTCP)
 	minute := f.EndMs / minuteMs
-	scale := f.Scale()
-	pkts := max(f.Packets, 1) * scale
+	pkts := f.ScaledPackets()
 	s := c.s
 	if m := uint32(minute); m > s.gate.minute {
 		s.gate = floodGate{minute: m}
@@ -203,17 +269,16 @@ func (floodRule) process(e *Engine, c *ruleCtx, f *flow.Flow) (alert.Alert, bool
 	t.latest = max(t.latest, minute)
 	t.lastMs = max(t.lastMs, f.EndMs)
 	b := t.at(minute)
-	if b.minute != minute || b.flows == 0 {
+	if b.minute != minute {
 		*b = floodBucket{minute: minute, startMs: math.MaxInt64}
 	}
-	start := f.StartMs
-	if start <= 0 || start > f.EndMs {
-		start = f.EndMs
-	}
-	b.pkts += pkts
-	b.bytes += f.Bytes * scale
-	b.flows += scale
-	b.startMs = min(b.startMs, start)
+	b.pkts = flow.SaturatingAdd(b.pkts, pkts)
+	b.bytes = flow.SaturatingAdd(b.bytes, f.ScaledBytes())
+	// A record counts as Scale attempts: each had a chance of 1/N to be
+	// sampled (flow.Flow.Scale).
+	b.flows = flow.SaturatingAdd(b.flows, f.Scale())
+	b.startMs = min(b.startMs, f.Start())
+	t.markActive(f, cfg.classPPS(class))
 	if int(t.nports) < floodMaxPorts && !slices.Contains(t.ports[:t.nports], f.DstPort) {
 		t.ports[t.nports] = f.DstPort
 		t.nports++
@@ -224,17 +289,29 @@ func (floodRule) process(e *Engine, c *ruleCtx, f *flow.Flow) (alert.Alert, bool
 		st.busiest[class] = max(st.busiest[class], rt.pps)
 		st.seen[class] = true
 	}
-	if rt.coveredMs < int64(cfg.MinMinutes)*minuteMs {
+	// Sustained: the traffic spans min_minutes and was there in at least
+	// half of its seconds.
+	if rt.coveredMs < int64(cfg.MinMinutes)*minuteMs || rt.activeSecs < cfg.MinMinutes*30 {
 		return alert.Alert{}, false
 	}
 	var trigger string
-	score := max(rt.pps/float64(cfg.MaxPPS), rt.bps/float64(cfg.MaxBPS), rt.fpm/float64(cfg.MaxFlowsPerMinute))
+	ceiling := float64(cfg.classPPS(class))
+	answered := answerable(class) && rt.answerRatio() > cfg.MaxAnswerRatio
+	score := max(rt.pps/float64(cfg.MaxPPS), rt.bps/float64(cfg.MaxBPS))
+	if !answered {
+		score = max(score, rt.fpm/float64(cfg.MaxFlowsPerMinute), rt.pps/ceiling)
+	}
 	base := st.mean[class]
 	switch {
 	case rt.pps >= float64(cfg.MaxPPS):
 		trigger = TriggerMaxPPS
 	case rt.bps >= float64(cfg.MaxBPS):
 		trigger = TriggerMaxBPS
+	case answered:
+		// An exchange: the whole-host ceilings above are all that apply.
+		return alert.Alert{}, false
+	case rt.pps >= ceiling:
+		trigger = floodClassTriggers[class]
 	case rt.fpm >= float64(cfg.MaxFlowsPerMinute):
 		trigger = TriggerMaxFlows
 	case cfg.BaselineFactor > 0 && int(st.steps[class]) >= cfg.BaselineWarmup &&
@@ -263,10 +340,63 @@ func (floodRule) process(e *Engine, c *ruleCtx, f *flow.Flow) (alert.Alert, bool
 		Seconds:        round3(float64(rt.coveredMs) / 1000),
 		Packets:        rt.pkts,
 		Bytes:          rt.bytes,
+		AnswerPackets:  rt.answers,
+		AnswerRatio:    round3(rt.answerRatio()),
 		BaselinePPS:    round3(base),
 		BaselineSteps:  uint64(st.steps[class]),
 	}
 	return e.emit(inc, state, a, st.overFlows, f.EndMs, cfg.UpdateInterval)
+}
+
+// markActive marks the seconds f covered in the target's window. A record
+// sampled at 1:N stands for the N/ceiling seconds after it too: at the
+// ceiling's rate, that is the expected gap between two sampled packets,
+// so that a sampled flood at the ceiling still covers its minute.
+func (t *floodTarget) markActive(f *flow.Flow, ceiling int) {
+	startS, endS := f.Start()/1000, f.EndMs/1000
+	if n := f.Scale(); n > 1 {
+		endS += int64(n) / int64(max(ceiling, 1))
+	}
+	startS = max(startS, (t.latest-int64(len(t.ring))+1)*60)
+	endS = min(endS, t.latest*60+59)
+	for s := startS; s <= endS; {
+		minute := s / 60
+		b := t.at(minute)
+		if b.minute > minute {
+			s = (minute + 1) * 60
+			continue
+		}
+		if b.minute != minute {
+			*b = floodBucket{minute: minute, startMs: math.MaxInt64}
+		}
+		last := min(endS, minute*60+59)
+		lo, hi := uint(s-minute*60), uint(last-minute*60)
+		b.active |= (uint64(1)<<(hi-lo+1) - 1) << lo
+		s = last + 1
+	}
+}
+
+// answered counts the packets of a flow the subscriber received from one
+// of its targets, in the minute the flow ended.
+func (st *floodState) answered(f *flow.Flow) {
+	src, class := f.SrcAddr.Unmap(), receivedClass(f)
+	minute := f.EndMs / minuteMs
+	for _, t := range st.targets {
+		if t.dst != src || (t.class != class && !(class == floodSYN && t.class == floodTCP)) {
+			continue
+		}
+		if minute <= t.latest-int64(len(t.ring)) {
+			continue // older than the target's window
+		}
+		b := t.at(minute)
+		if b.minute > minute {
+			continue
+		}
+		if b.minute != minute {
+			*b = floodBucket{minute: minute, startMs: math.MaxInt64}
+		}
+		b.answers = flow.SaturatingAdd(b.answers, f.ScaledPackets())
+	}
 }
 
 // learn steps the baselines with the minute that ended; frozen (an open

@@ -37,8 +37,11 @@ func (relayRule) cooldown(r *ruleSet) time.Duration { return r.relay.Cooldown }
 func (relayRule) keep(r *ruleSet) time.Duration     { return r.relay.Window }
 func (relayRule) resolved(*subscriber)              {}
 
-func (relayRule) wants(r *ruleSet, f *flow.Flow) bool {
-	return f.Proto == flow.ProtoTCP && slices.Contains(r.relay.Ports, f.DstPort) && r.relays.Contains(f.DstAddr.Unmap())
+// wants connection attempts: a sampled record stands for Scale attempts
+// only when it holds the SYN (network.Attempt), not the middle of a
+// session, which would count one connection many times.
+func (relayRule) wants(r *ruleSet, f *flow.Flow, attempt bool) bool {
+	return attempt && f.Proto == flow.ProtoTCP && slices.Contains(r.relay.Ports, f.DstPort) && r.relays.Contains(f.DstAddr.Unmap())
 }
 
 // relayState is allocated for a subscriber on its first connection to a
@@ -136,8 +139,8 @@ func (relayRule) process(e *Engine, c *ruleCtx, f *flow.Flow) (alert.Alert, bool
 	if b.minute != minute {
 		*b = relayBucket{minute: minute}
 	}
-	b.conns += f.Scale()
-	b.bytes += f.Bytes * f.Scale()
+	b.conns = flow.SaturatingAdd(b.conns, f.Scale())
+	b.bytes = flow.SaturatingAdd(b.bytes, f.ScaledBytes())
 	m.firstMs = min(m.firstMs, f.EndMs)
 	relay := f.DstAddr.Unmap()
 	if !slices.Contains(m.relays, relay) && len(m.relays) < relayMaxListed {

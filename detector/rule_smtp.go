@@ -17,8 +17,8 @@ func (smtpRule) name() string                      { return alert.KindSMTPFanout
 func (smtpRule) enabled(r *ruleSet) bool           { return r.smtp.Enabled }
 func (smtpRule) cooldown(r *ruleSet) time.Duration { return r.smtp.Cooldown }
 func (smtpRule) keep(r *ruleSet) time.Duration     { return r.smtp.SlowWindow }
-func (smtpRule) wants(_ *ruleSet, f *flow.Flow) bool {
-	return f.Proto == flow.ProtoTCP && f.DstPort == 25
+func (smtpRule) wants(_ *ruleSet, f *flow.Flow, attempt bool) bool {
+	return attempt && f.Proto == flow.ProtoTCP && f.DstPort == 25
 }
 
 func (smtpRule) resolved(s *subscriber) {

@@ -4,6 +4,8 @@ package flow
 
 import (
 	"encoding/json"
+	"math"
+	"math/bits"
 	"net/netip"
 	"time"
 )
@@ -69,13 +71,53 @@ type Flow struct {
 // End returns the flow's end time, the event time windows are built on.
 func (f *Flow) End() time.Time { return time.UnixMilli(f.EndMs).UTC() }
 
-// Scale returns the sampling multiplier to apply to counts: a flow exported
-// at 1:N stands for N flows. Unknown (0) counts as 1.
+// Start returns the flow's start time, Unix ms, or its end when the
+// exporter gave none or one after the end.
+func (f *Flow) Start() int64 {
+	if f.StartMs <= 0 || f.StartMs > f.EndMs {
+		return f.EndMs
+	}
+	return f.StartMs
+}
+
+// Scale returns the sampling multiplier: a record exported at 1:N stands
+// for N times its packets and bytes, and, when it is a connection attempt
+// (a sampled SYN, a sampled first datagram), for N attempts: each attempt
+// had a chance of 1/N to be sampled. It is not N flows of every kind: a
+// long connection sampled at 1:N shows up as about packets/N records.
+// Unknown (0) counts as 1.
 func (f *Flow) Scale() uint64 {
 	if f.SamplingRate == 0 {
 		return 1
 	}
 	return uint64(f.SamplingRate)
+}
+
+// ScaledPackets is the packets the record stands for (at least one),
+// saturating instead of wrapping on an exporter's absurd count.
+func (f *Flow) ScaledPackets() uint64 { return SaturatingMul(max(f.Packets, 1), f.Scale()) }
+
+// ScaledBytes is the bytes the record stands for, saturating.
+func (f *Flow) ScaledBytes() uint64 { return SaturatingMul(f.Bytes, f.Scale()) }
+
+// SaturatingMul is a*b, or the largest uint64 when that overflows: counts
+// come from exporters, and a wrapped product would turn a flood into a
+// trickle.
+func SaturatingMul(a, b uint64) uint64 {
+	hi, lo := bits.Mul64(a, b)
+	if hi != 0 {
+		return math.MaxUint64
+	}
+	return lo
+}
+
+// SaturatingAdd is a+b, or the largest uint64 when that overflows.
+func SaturatingAdd(a, b uint64) uint64 {
+	sum, carry := bits.Add64(a, b, 0)
+	if carry != 0 {
+		return math.MaxUint64
+	}
+	return sum
 }
 
 // jsonFlow is the one-object-per-line form `wormsign replay --flows` prints.

@@ -17,6 +17,7 @@ import (
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/clickhousedb"
 	"github.com/wormsign/wormsign/flow"
+	"github.com/wormsign/wormsign/network"
 	"github.com/wormsign/wormsign/retry"
 )
 
@@ -37,6 +38,9 @@ type ledgerWriter struct {
 	// second).
 	offsetBase uint64
 	duplicates *prometheus.CounterVec // table
+	// subscribers names a flow's subscriber (its Kafka key) as alerts do:
+	// an IPv6 one as its prefix.
+	subscribers network.Subscribers
 
 	// ipv6 tells whether the address columns of flows are IPv6 (else
 	// String). It is read from the table, not guessed from the version,
@@ -321,7 +325,7 @@ func (l *ledgerWriter) beginFlows(ctx context.Context, msgs []bus.Message, try a
 func (w *flowInsert) add(m bus.Message, flows []flow.Flow) {
 	subscriber := ""
 	if a, ok := netip.AddrFromSlice(m.Key); ok {
-		subscriber = a.Unmap().String()
+		subscriber = w.l.subscribers.Label(a)
 	}
 	p, o := w.l.coordinates("flows", m)
 	added := 0

@@ -20,6 +20,7 @@ import (
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/clickhousedb"
 	"github.com/wormsign/wormsign/flow"
+	"github.com/wormsign/wormsign/network"
 )
 
 // Dependencies of the sink.
@@ -34,6 +35,9 @@ type Dependencies struct {
 	ClickHouse *clickhousedb.DB
 	// Stdout receives alerts when the configuration asks for it.
 	Stdout io.Writer
+	// Subscribers names the subscriber of a flow in the flows table, as
+	// alerts name it (an IPv6 subscriber is its prefix).
+	Subscribers network.Subscribers
 }
 
 // Component is the sink.
@@ -65,7 +69,7 @@ func New(config Configuration, deps Dependencies) (*Component, error) {
 	c := &Component{config: config, deps: deps, metrics: newMetrics(deps.Registry)}
 	durable := deps.Bus.Durable()
 	if deps.ClickHouse != nil {
-		c.ledger = &ledgerWriter{db: deps.ClickHouse, flowsTopic: deps.FlowsTopic, alertsTopic: deps.AlertsTopic,
+		c.ledger = &ledgerWriter{db: deps.ClickHouse, flowsTopic: deps.FlowsTopic, alertsTopic: deps.AlertsTopic, subscribers: deps.Subscribers,
 			duplicates: c.metrics.duplicates}
 		if !durable {
 			c.ledger.offsetBase = uint64(time.Now().UnixMicro())

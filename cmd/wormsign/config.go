@@ -23,7 +23,10 @@ type Configuration struct {
 	LogLevel string `yaml:"log_level"`
 	// SubscriberNetworks are the ISP's subscriber prefixes; empty means
 	// every source address is a subscriber.
-	SubscriberNetworks []network.Prefix           `yaml:"subscriber_networks"`
+	SubscriberNetworks []network.Prefix `yaml:"subscriber_networks"`
+	// SubscriberPrefixV6 is the length of an IPv6 subscriber's prefix: its
+	// privacy addresses are one subscriber (network.Subscribers).
+	SubscriberPrefixV6 int                        `yaml:"subscriber_prefix_v6"`
 	HTTP               httpserver.Configuration   `yaml:"http"`
 	Kafka              bus.Configuration          `yaml:"kafka"`
 	ClickHouse         clickhousedb.Configuration `yaml:"clickhouse"`
@@ -37,15 +40,16 @@ type Configuration struct {
 // DefaultConfiguration is the embedded default `wormsign run` starts with.
 func DefaultConfiguration() Configuration {
 	return Configuration{
-		LogLevel:    "info",
-		HTTP:        httpserver.DefaultConfiguration(),
-		Kafka:       bus.DefaultConfiguration(),
-		ClickHouse:  clickhousedb.DefaultConfiguration(),
-		Collector:   collector.DefaultConfiguration(),
-		Detector:    detector.DefaultConfiguration(),
-		Sink:        sink.DefaultConfiguration(),
-		Containment: containment.DefaultConfiguration(),
-		Console:     console.DefaultConfiguration(),
+		LogLevel:           "info",
+		SubscriberPrefixV6: network.DefaultPrefixV6,
+		HTTP:               httpserver.DefaultConfiguration(),
+		Kafka:              bus.DefaultConfiguration(),
+		ClickHouse:         clickhousedb.DefaultConfiguration(),
+		Collector:          collector.DefaultConfiguration(),
+		Detector:           detector.DefaultConfiguration(),
+		Sink:               sink.DefaultConfiguration(),
+		Containment:        containment.DefaultConfiguration(),
+		Console:            console.DefaultConfiguration(),
 	}
 }
 
@@ -61,12 +65,20 @@ func loadConfiguration(path string) (Configuration, error) {
 	if _, err := parseLevel(cfg.LogLevel); err != nil {
 		return cfg, err
 	}
+	if cfg.SubscriberPrefixV6 < 32 || cfg.SubscriberPrefixV6 > 128 {
+		return cfg, fmt.Errorf("subscriber_prefix_v6: %d, want 32..128", cfg.SubscriberPrefixV6)
+	}
 	for _, v := range []interface{ Validate() error }{cfg.HTTP, cfg.Kafka, cfg.ClickHouse, cfg.Collector, cfg.Detector, cfg.Sink, cfg.Console, cfg.Containment} {
 		if err := v.Validate(); err != nil {
 			return cfg, err
 		}
 	}
 	return cfg, nil
+}
+
+// subscribers is the subscriber rule every stage shares.
+func (cfg Configuration) subscribers() network.Subscribers {
+	return network.NewSubscribers(cfg.SubscriberNetworks).WithPrefixV6(cfg.SubscriberPrefixV6)
 }
 
 func parseLevel(s string) (slog.Level, error) {

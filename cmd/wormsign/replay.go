@@ -21,7 +21,6 @@ import (
 	"github.com/wormsign/wormsign/collector"
 	"github.com/wormsign/wormsign/collector/decode"
 	"github.com/wormsign/wormsign/detector"
-	"github.com/wormsign/wormsign/network"
 	"github.com/wormsign/wormsign/sink"
 )
 
@@ -37,7 +36,7 @@ func replay(ctx context.Context, cfg Configuration, logger *slog.Logger, stdout 
 	}
 	reg := newRegistry()
 	memory := bus.NewMemory(1024)
-	subscribers := network.NewSubscribers(cfg.SubscriberNetworks)
+	subscribers := cfg.subscribers()
 	alerts := &alertLines{}
 	flowsTopic, alertsTopic := cfg.Kafka.FlowsTopic, cfg.Kafka.AlertsTopic
 	sinkCfg := sink.Configuration{Group: "replay", BatchMessages: 1, FlushInterval: cfg.Sink.FlushInterval, Stdout: true}
@@ -73,7 +72,7 @@ func replay(ctx context.Context, cfg Configuration, logger *slog.Logger, stdout 
 		}
 	}
 	sinkDeps := sink.Dependencies{Logger: logger, Registry: reg, Bus: memory, FlowsTopic: flowsTopic,
-		AlertsTopic: alertsTopic, Stdout: alerts}
+		AlertsTopic: alertsTopic, Stdout: alerts, Subscribers: subscribers}
 	if target != nil {
 		sinkDeps.ClickHouse = target.db
 	}

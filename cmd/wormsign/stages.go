@@ -135,7 +135,7 @@ func runStages(ctx context.Context, cfg Configuration, logger *slog.Logger, stdo
 		s, err := sink.New(sinkCfg, sink.Dependencies{
 			Logger: logger.With("component", "sink"), Registry: reg, Bus: b,
 			FlowsTopic: cfg.Kafka.FlowsTopic, AlertsTopic: cfg.Kafka.AlertsTopic,
-			ClickHouse: ch, Stdout: &lockedWriter{w: stdout},
+			ClickHouse: ch, Stdout: &lockedWriter{w: stdout}, Subscribers: cfg.subscribers(),
 		})
 		if err != nil {
 			return err
@@ -159,7 +159,7 @@ func runStages(ctx context.Context, cfg Configuration, logger *slog.Logger, stdo
 		d, err := detector.New(cfg.Detector, detector.Dependencies{
 			Logger: logger.With("component", "detector"), Registry: reg, Bus: b,
 			FlowsTopic: cfg.Kafka.FlowsTopic, AlertsTopic: cfg.Kafka.AlertsTopic,
-			Subscribers: network.NewSubscribers(cfg.SubscriberNetworks),
+			Subscribers: cfg.subscribers(),
 		})
 		if err != nil {
 			stopAll()
@@ -178,7 +178,7 @@ func runStages(ctx context.Context, cfg Configuration, logger *slog.Logger, stdo
 	if want.collector {
 		c, err := collector.New(cfg.Collector, collector.Dependencies{
 			Logger: logger.With("component", "collector"), Registry: reg, Bus: b,
-			Topic: cfg.Kafka.FlowsTopic, Subscribers: network.NewSubscribers(cfg.SubscriberNetworks),
+			Topic: cfg.Kafka.FlowsTopic, Subscribers: cfg.subscribers(),
 		})
 		if err != nil {
 			stopAll()
@@ -216,7 +216,7 @@ func startConsole(cfg Configuration, logger *slog.Logger, reg *prometheus.Regist
 	c, err := console.New(cfg.Console, console.Dependencies{
 		Logger: logger.With("component", "console"), Registry: reg, Bus: b,
 		AlertsTopic: cfg.Kafka.AlertsTopic, FlowsTopic: cfg.Kafka.FlowsTopic, ClickHouse: ch,
-		Subscribers: network.NewSubscribers(cfg.SubscriberNetworks), Token: token, Holder: holder,
+		Subscribers: cfg.subscribers(), Token: token, Holder: holder,
 		Limiter: http.Limiter(),
 	})
 	if err != nil {
