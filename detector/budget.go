@@ -34,15 +34,22 @@ func (e *Engine) makeRoom(addr netip.Addr) bool {
 	var victim netip.Addr
 	var oldest int64
 	n := 0
-	for a, s := range e.shards[shardOf(addr)] {
-		if n++; n > displaceCandidates {
+	// From the newcomer's shard on, so that an empty shard does not
+	// refuse it while others are full.
+	for i := range shards {
+		for a, s := range e.shards[(shardOf(addr)+i)%shards] {
+			if n++; n > displaceCandidates {
+				break
+			}
+			if s.hasIncident() {
+				continue
+			}
+			if !victim.IsValid() || s.lastMs < oldest {
+				victim, oldest = a, s.lastMs
+			}
+		}
+		if n > displaceCandidates {
 			break
-		}
-		if s.hasIncident() {
-			continue
-		}
-		if !victim.IsValid() || s.lastMs < oldest {
-			victim, oldest = a, s.lastMs
 		}
 	}
 	if !victim.IsValid() {

@@ -51,10 +51,10 @@ type Configuration struct {
 	// state for, all its partitions together (0: no bound). Past it the
 	// least recently active give way, never one with an open incident.
 	MaxSubscribers int `yaml:"max_subscribers"`
-	// ReceivedFlows is the size, in entries, of each partition's table of
-	// flows subscribers received, which tells their answers (24 bytes
-	// each).
-	ReceivedFlows int `yaml:"received_flows"`
+	// Exchanges is the size, in entries, of each partition's table of
+	// exchanges (flows received and sent on one port pair), which tells
+	// the subscribers' answers (32 bytes each).
+	Exchanges int `yaml:"exchanges"`
 
 	SMTPFanout    SMTPFanoutConfiguration    `yaml:"smtp_fanout"`
 	DstEntropy    DstEntropyConfiguration    `yaml:"dst_entropy"`
@@ -259,7 +259,7 @@ func DefaultConfiguration() Configuration {
 		IncidentLookback:    24 * time.Hour,
 		SubscriberMapReload: 10 * time.Second,
 		MaxSubscribers:      4_000_000,
-		ReceivedFlows:       1 << 18,
+		Exchanges:       1 << 18,
 		SMTPFanout: SMTPFanoutConfiguration{
 			Enabled:         true,
 			Threshold:       25,
@@ -359,8 +359,8 @@ func (c Configuration) Validate() error {
 		return fmt.Errorf("detector.subscriber_map_reload: %s, want > 0", c.SubscriberMapReload)
 	case c.MaxSubscribers < 0:
 		return fmt.Errorf("detector.max_subscribers: %d, want >= 0", c.MaxSubscribers)
-	case c.ReceivedFlows < receivedWays || c.ReceivedFlows > 1<<28:
-		return fmt.Errorf("detector.received_flows: %d, want %d..%d", c.ReceivedFlows, receivedWays, 1<<28)
+	case c.Exchanges < receivedWays || c.Exchanges > 1<<28:
+		return fmt.Errorf("detector.exchanges: %d, want %d..%d", c.Exchanges, receivedWays, 1<<28)
 	}
 	if err := c.SMTPFanout.validate("detector.smtp_fanout"); err != nil {
 		return err

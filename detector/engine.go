@@ -210,10 +210,7 @@ func (e *Engine) Receive(f *flow.Flow) {
 	}
 	e.stats.Received++
 	if f.Proto != network.ProtoICMP && f.Proto != network.ProtoICMPv6 {
-		if e.received == nil {
-			e.received = newReceived(e.config.ReceivedFlows)
-		}
-		e.received.add(f)
+		e.exchanges().add(f)
 	}
 	if s := e.lookup(e.subs.Subscriber(f.DstAddr)); s != nil && s.more != nil {
 		if st, _ := s.more.state[kindFlood].(*floodState); st != nil {
@@ -222,14 +219,22 @@ func (e *Engine) Receive(f *flow.Flow) {
 	}
 }
 
-// attempt is network.Attempt for an outbound flow, with what the
-// subscriber received when the verdict depends on it.
+// attempt is network.Attempt for an outbound flow, with its exchange when
+// the verdict depends on it (a flow without flags, a completed handshake).
 func (e *Engine) attempt(f *flow.Flow) bool {
-	if e.received == nil || f.Proto == network.ProtoICMP || f.Proto == network.ProtoICMPv6 ||
+	if f.Proto == network.ProtoICMP || f.Proto == network.ProtoICMPv6 ||
 		(f.Proto == flow.ProtoTCP && f.TCPFlags != 0 && f.TCPFlags&(flow.TCPSyn|flow.TCPAck) != flow.TCPSyn|flow.TCPAck) {
 		return network.Attempt(f, network.Received{})
 	}
-	return network.Attempt(f, e.received.lookup(f))
+	return network.Attempt(f, e.exchanges().exchange(f))
+}
+
+// exchanges returns the table of exchanges, allocated on first use.
+func (e *Engine) exchanges() *received {
+	if e.received == nil {
+		e.received = newReceived(e.config.Exchanges)
+	}
+	return e.received
 }
 
 // Process is ProcessFrom for flows of a single origin (tests, tools).

@@ -53,7 +53,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		answers: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wormsign_detector_answer_flows_total", Help: "Outbound flows that answer something the subscriber was sent (replies, errors, RSTs, SYN-ACKs): never counted as its behaviour."}),
 		received: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "wormsign_detector_received_flows_total", Help: "Inbound flows recorded to tell the subscribers' answers."}),
+			Name: "wormsign_detector_exchanges_total", Help: "Inbound flows recorded to tell the subscribers' answers."}),
 		displaced: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wormsign_detector_displaced_subscribers_total", Help: "Subscribers without incidents dropped to make room at max_subscribers."}),
 		refused: prometheus.NewCounter(prometheus.CounterOpts{

@@ -290,8 +290,8 @@ func (floodRule) process(e *Engine, c *ruleCtx, f *flow.Flow) (alert.Alert, bool
 		st.seen[class] = true
 	}
 	// Sustained: the traffic spans min_minutes and was there in at least
-	// half of its seconds.
-	if rt.coveredMs < int64(cfg.MinMinutes)*minuteMs || rt.activeSecs < cfg.MinMinutes*30 {
+	// three quarters of its seconds.
+	if rt.coveredMs < int64(cfg.MinMinutes)*minuteMs || rt.activeSecs < cfg.MinMinutes*45 {
 		return alert.Alert{}, false
 	}
 	var trigger string

@@ -22,15 +22,20 @@ import "github.com/wormsign/wormsign/flow"
 //     that never acknowledged anything (a spoofed SYN met by an open
 //     port); it is an attempt when the remote's flow began later; when
 //     both began in the same millisecond or the remote's flow is unknown,
-//     the ports decide (below).
+//     the ports decide (below). "Began" is the exchange's beginning: the
+//     earliest start of the subscriber's flows on that port pair, so that
+//     the later records of a long exchange (an exporter's active timeout
+//     cuts it into pieces) keep the verdict of its first.
 //   - ICMP and ICMPv6, by type (the NetFlow convention: type<<8|code in
 //     the destination port, which the collector also fills from IPFIX's
 //     ICMP elements): echo requests and the other queries are attempts;
 //     replies and errors (unreachable, time exceeded, parameter problem,
 //     ...) and unknown types are answers.
 //   - UDP, other protocols and TCP without flags: an answer when the
-//     remote end sent this port pair a flow that began no later; an
-//     attempt when its flow began later; else the ports decide.
+//     remote end sent this port pair a flow that began no later than the
+//     exchange; an attempt when its flow began later (a flood target that
+//     answers now and then does not turn the flood into answers); else
+//     the ports decide.
 //   - The ports: a flow from a well-known port (below 1024) to a
 //     registered or dynamic one (1024 and up) is a server answering; any
 //     other is an attempt.
@@ -41,16 +46,28 @@ import "github.com/wormsign/wormsign/flow"
 // time by many exporters) but not for TCP with flags, whose handshake
 // shows a spoofer: only a real peer acknowledges.
 
-// Received is what the detector remembers of the flows a subscriber
-// received from one remote address and port on one local port: the
-// earliest start among them, and whether any acknowledged (TCP with
-// flags only).
+// Received is what the detector remembers of one exchange: the flows a
+// subscriber received from one remote address and port on one local
+// port, the earliest start among them and whether any acknowledged (TCP
+// with flags only), and the earliest start of the subscriber's own flows
+// on that port pair.
 type Received struct {
 	Known   bool
 	StartMs int64
 	// NeverAcked is true when every TCP flow from the remote had flags
 	// and none had ACK: the remote never completed a handshake.
 	NeverAcked bool
+	// SentStartMs is the earliest start of the subscriber's flows on the
+	// port pair before this one; 0 when none is known.
+	SentStartMs int64
+}
+
+// began is when the exchange f belongs to began on the subscriber's side.
+func (in Received) began(f *flow.Flow) int64 {
+	if in.SentStartMs > 0 {
+		return min(in.SentStartMs, f.Start())
+	}
+	return f.Start()
 }
 
 // ICMP protocol numbers.
@@ -77,16 +94,16 @@ func Attempt(f *flow.Flow, in Received) bool {
 				return true
 			case !syn:
 				return false
-			case in.Known && (in.NeverAcked || in.StartMs < f.Start()):
+			case in.Known && (in.NeverAcked || in.StartMs < in.began(f)):
 				return false
-			case in.Known && in.StartMs > f.Start():
+			case in.Known && in.StartMs > in.began(f):
 				return true
 			}
 			return !serverPorts(f.SrcPort, f.DstPort)
 		}
 	}
 	if in.Known {
-		return in.StartMs > f.Start()
+		return in.StartMs > in.began(f)
 	}
 	return !serverPorts(f.SrcPort, f.DstPort)
 }

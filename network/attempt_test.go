@@ -136,6 +136,12 @@ func TestAttemptWithoutFlags(t *testing.T) {
 			{"answers a datagram received earlier", 40000, 50000, Received{Known: true, StartMs: 900}, false},
 			{"answers a datagram received in the same millisecond", 123, 123, Received{Known: true, StartMs: 1000}, false},
 			{"the remote's datagram came after", 53, 40000, Received{Known: true, StartMs: 1100}, true},
+			// An exporter cuts a long exchange into records; the
+			// later ones keep the verdict of its beginning.
+			{"a later record of the subscriber's flood, answered now and then", 40000, 9,
+				Received{Known: true, StartMs: 950, SentStartMs: 900}, true},
+			{"a later record of an exchange the remote began", 40000, 50000,
+				Received{Known: true, StartMs: 800, SentStartMs: 900}, false},
 		} {
 			f := outbound(proto, 0, tc.srcPort, tc.dstPort, 1000)
 			if got := Attempt(&f, tc.in); got != tc.want {
