@@ -118,10 +118,20 @@ func checkNoLoss(t *testing.T, reg *prometheus.Registry) {
 
 var (
 	reLiveFlow  = regexp.MustCompile(`^\s+(?:Flow \d+|pdu \d+/\d+)(?: \(.*\))?$`)
-	reLiveField = regexp.MustCompile(`^\s+(SrcAddr|DstAddr|SrcPort|DstPort|Protocol|Packets|Octets): (\S+)(?: \((\d+)\))?`)
+	reLiveField = regexp.MustCompile(`^\s+(SrcAddr|DstAddr|SrcPort|DstPort|Protocol|Packets|Octets|ICMP Type|IPv4 ICMP Type|IPv4 ICMP Code|IPv6 ICMP Type|IPv6 ICMP Code): (\S+)(?: \((\d+)\))?`)
 )
 
-// tsharkRecords decodes the flow records of a NetFlow/IPFIX capture.
+// liveICMP is what a record's ICMP elements said, per family: type and
+// code, and whether there were any.
+type liveICMP struct {
+	typ, code [2]uint16 // IPv4, IPv6
+	has       [2]bool
+}
+
+// tsharkRecords decodes the flow records of a NetFlow/IPFIX capture. The
+// ICMP elements (32 "ICMP Type: 0x0800"; 176-179 and 139 as type and
+// code) make an ICMP record's destination port, type<<8|code, as the
+// collector fills it: its own family's, else the other's when not zero.
 func tsharkRecords(t *testing.T, path string, port int) []liveRecord {
 	t.Helper()
 	out, err := exec.Command(testenv.Tool(t, "tshark"), "-r", path, "-V",
@@ -130,6 +140,7 @@ func tsharkRecords(t *testing.T, path string, port int) []liveRecord {
 		t.Fatalf("tshark: %v", err)
 	}
 	var recs []liveRecord
+	var icmp []liveICMP // of recs
 	var cur *liveRecord
 	inCflow := false
 	sc := bufio.NewScanner(bytes.NewReader(out))
@@ -144,7 +155,7 @@ func tsharkRecords(t *testing.T, path string, port int) []liveRecord {
 			continue
 		}
 		if reLiveFlow.MatchString(line) {
-			recs = append(recs, liveRecord{})
+			recs, icmp = append(recs, liveRecord{}), append(icmp, liveICMP{})
 			cur = &recs[len(recs)-1]
 			continue
 		}
@@ -168,6 +179,39 @@ func tsharkRecords(t *testing.T, path string, port int) []liveRecord {
 			cur.Packets = num(m[2])
 		case "Octets":
 			cur.Bytes = num(m[2])
+		case "ICMP Type":
+			tc, _ := strconv.ParseUint(m[2], 0, 16)
+			e := &icmp[len(icmp)-1]
+			e.typ[0], e.code[0], e.has[0] = uint16(tc>>8), uint16(tc&0xff), true
+		case "IPv4 ICMP Type", "IPv6 ICMP Type", "IPv4 ICMP Code", "IPv6 ICMP Code":
+			e, fam := &icmp[len(icmp)-1], 0
+			if strings.HasPrefix(m[1], "IPv6") {
+				fam = 1
+			}
+			if strings.HasSuffix(m[1], "Type") {
+				e.typ[fam] = uint16(num(m[2]))
+			} else {
+				e.code[fam] = uint16(num(m[2]))
+			}
+			e.has[fam] = true
+		}
+	}
+	for i := range recs {
+		r, e := &recs[i], icmp[i]
+		own := 0
+		switch r.Proto {
+		case 1:
+		case 58:
+			own = 1
+		default:
+			continue
+		}
+		other := 1 - own
+		switch {
+		case e.has[own]:
+			r.SrcPort, r.DstPort = 0, e.typ[own]<<8|e.code[own]
+		case e.has[other] && e.typ[other]<<8|e.code[other] != 0:
+			r.SrcPort, r.DstPort = 0, e.typ[other]<<8|e.code[other]
 		}
 	}
 	// Options records (softflowd's sampling and uptime) are no flows.
@@ -254,11 +298,20 @@ func TestSoftflowdLive(t *testing.T) {
 
 var (
 	reSFlowSample = regexp.MustCompile(`^    (?:Expanded flow|Flow) sample, seq`)
-	reSFlowField  = regexp.MustCompile(`^\s+(Frame Length|Source Address|Destination Address|Source Port|Destination Port|Protocol|Next Header): (\S+)(?: \((\d+)\))?`)
+	reSFlowField  = regexp.MustCompile(`^\s+(Frame Length|Source Address|Destination Address|Source Port|Destination Port|Protocol|Next Header|Type|Code): (\S+)(?: \((\d+)\))?`)
+	reSFlowICMP   = regexp.MustCompile(`^\s+Internet Control Message Protocol(?: v6)?$`)
+	// "Type: 8 (Echo (ping) request)", but "Type: Neighbor Solicitation (135)".
+	reICMPType = regexp.MustCompile(`^\s+Type: (?:(\d+) .*|.* \((\d+)\))$`)
+	// tshark dumps undissected data (an ICMP echo's) at the left margin
+	// in the middle of a sample.
+	reHexDump = regexp.MustCompile(`^[0-9a-f]{4}  `)
 )
 
 // tsharkSamples decodes the flow samples of an sFlow capture: one flow
-// each, from the sampled packet header.
+// each, from the sampled packet header. ICMP's type and code make the
+// destination port (type<<8|code), as the collector fills it; what
+// follows them is the message body (an error's quoted packet), not the
+// sample's packet.
 func tsharkSamples(t *testing.T, path string, port int) []liveRecord {
 	t.Helper()
 	out, err := exec.Command(testenv.Tool(t, "tshark"), "-r", path, "-V",
@@ -269,10 +322,12 @@ func tsharkSamples(t *testing.T, path string, port int) []liveRecord {
 	var recs []liveRecord
 	var cur *liveRecord
 	inSFlow, protoSet := false, false
+	// icmp: in the sample's ICMP header; body: past it.
+	icmp, body := false, false
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	for sc.Scan() {
 		line := sc.Text()
-		if line != "" && line[0] != ' ' {
+		if line != "" && line[0] != ' ' && !reHexDump.MatchString(line) {
 			inSFlow, cur = line == "InMon sFlow", nil
 			continue
 		}
@@ -280,7 +335,7 @@ func tsharkSamples(t *testing.T, path string, port int) []liveRecord {
 			continue
 		}
 		if reSFlowSample.MatchString(line) {
-			protoSet = false
+			protoSet, icmp, body = false, false, false
 			recs = append(recs, liveRecord{Packets: 1})
 			cur = &recs[len(recs)-1]
 			continue
@@ -288,8 +343,17 @@ func tsharkSamples(t *testing.T, path string, port int) []liveRecord {
 		if strings.HasPrefix(line, "    ") && !strings.HasPrefix(line, "     ") {
 			cur = nil // a counter sample or another top-level item
 		}
+		if cur == nil || body {
+			continue
+		}
+		if reSFlowICMP.MatchString(line) {
+			// Only where ICMP is the packet's protocol: the collector
+			// does not follow IPv6 extension headers.
+			icmp = cur.Proto == 1 || cur.Proto == 58
+			continue
+		}
 		m := reSFlowField.FindStringSubmatch(line)
-		if m == nil || cur == nil {
+		if m == nil {
 			continue
 		}
 		num := func(s string) uint64 { n, _ := strconv.ParseUint(s, 10, 64); return n }
@@ -306,8 +370,17 @@ func tsharkSamples(t *testing.T, path string, port int) []liveRecord {
 			cur.SrcPort = uint16(num(m[2]))
 		case "Destination Port":
 			cur.DstPort = uint16(num(m[2]))
+		case "Type":
+			if typ := reICMPType.FindStringSubmatch(line); icmp && typ != nil {
+				cur.DstPort = uint16(num(typ[1]+typ[2])) << 8
+			}
+		case "Code":
+			if icmp {
+				cur.DstPort |= uint16(num(m[2]))
+				icmp, body = false, true
+			}
 		case "Protocol", "Next Header":
-			// IPv6: the first next header, as goflow reads it.
+			// IPv6: the first next header, as the collector reads it.
 			if !protoSet {
 				cur.Proto, protoSet = uint8(num(m[3])), true
 			}

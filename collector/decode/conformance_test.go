@@ -21,6 +21,7 @@ import (
 	"github.com/google/gopacket/layers"
 	"github.com/google/gopacket/pcapgo"
 
+	"github.com/wormsign/wormsign/flow"
 	"github.com/wormsign/wormsign/internal/testenv"
 )
 
@@ -190,6 +191,7 @@ type tsharkFrame struct {
 	flows     int // flow records (NetFlow v5 pdus, v9/IPFIX data records, sFlow flow samples)
 	options   int // options data records
 	explained int // difference to wormsign for a documented reason
+	packets   []tsharkPacket
 }
 
 var (
@@ -354,6 +356,155 @@ func runTshark(t *testing.T, path string, dgs []captureDatagram) []tsharkFrame {
 		}
 	}
 	endFrame()
+	for i, p := range tsharkPackets(out) {
+		if i < len(frames) {
+			frames[i].packets = p
+		}
+	}
+	return frames
+}
+
+// tsharkPacket is what tshark tells of the packets of one record: an ICMP
+// flow record of NetFlow or IPFIX, or any sFlow flow sample.
+type tsharkPacket struct {
+	sflow    bool
+	proto    int // -1: not shown
+	dstPort  int // ICMP: type<<8|code, -1 when not shown
+	icmpFrom string
+	tcpFlags int // sFlow TCP: the header's flags, -1 when not shown
+}
+
+var (
+	// NetFlow v5 pdu and v9/IPFIX record fields; tshark shows IE 32 as
+	// "ICMP Type: 0x0800" and IE 139 like 178/179, as type and code.
+	reRecordField = regexp.MustCompile(`^ {8}(?: {4})?(Protocol|DstPort|ICMP Type|IPv4 ICMP Type|IPv4 ICMP Code|IPv6 ICMP Type|IPv6 ICMP Code): (?:.*\()?(0x[0-9a-f]+|\d+)\)?$`)
+	// The sampled packet of an sFlow sample: its first protocol, its
+	// ICMP header's type and code ("Type: 8 (Echo (ping) request)" but
+	// "Type: Echo (ping) request (128)"), its TCP header's flags.
+	reSampledProto = regexp.MustCompile(`^ +(?:Protocol|Next Header): .*\((\d+)\)$`)
+	reSampledICMP  = regexp.MustCompile(`^ +Internet Control Message Protocol(?: v6)?$`)
+	reICMPType     = regexp.MustCompile(`^ +Type: (?:(\d+) .*|.* \((\d+)\))$`)
+	reICMPCode     = regexp.MustCompile(`^ +Code: (\d+)`)
+	reSampledTCP   = regexp.MustCompile(`^ +Transmission Control Protocol,`)
+	reTCPFlags     = regexp.MustCompile(`^ +Flags: 0x([0-9a-f]+)`)
+)
+
+// tsharkPackets reads, frame by frame, the ICMP records of NetFlow and
+// IPFIX and the sFlow flow samples from tshark's -V output.
+func tsharkPackets(out []byte) [][]tsharkPacket {
+	var frames [][]tsharkPacket
+	var cur *tsharkPacket
+	// A record's ICMP elements of each family, and whether it had any.
+	type icmpElements struct{ typ, code, has int }
+	var icmp4, icmp6 icmpElements
+	// In the sampled packet: its ICMP or TCP header, and past its first
+	// L4 header (what follows, an ICMP error's quoted packet, is not it).
+	var inICMP, inTCP, past bool
+	end := func() {
+		if cur == nil {
+			return
+		}
+		if !cur.sflow {
+			own, other := icmp4, icmp6
+			if cur.proto == protoICMPv6 {
+				own, other = icmp6, icmp4
+			}
+			switch {
+			case own.has != 0:
+				cur.dstPort, cur.icmpFrom = own.typ<<8|own.code, "ICMP elements"
+			case other.has != 0 && other.typ<<8|other.code != 0:
+				cur.dstPort, cur.icmpFrom = other.typ<<8|other.code, "ICMP elements"
+			default:
+				cur.icmpFrom = "destination port" // the exporter's own
+			}
+			if cur.proto != protoICMP && cur.proto != protoICMPv6 {
+				frames[len(frames)-1] = frames[len(frames)-1][:len(frames[len(frames)-1])-1]
+			}
+		}
+		cur, icmp4, icmp6 = nil, icmpElements{}, icmpElements{}
+	}
+	start := func(sflow bool) {
+		end()
+		f := &frames[len(frames)-1]
+		*f = append(*f, tsharkPacket{sflow: sflow, proto: -1, dstPort: -1, tcpFlags: -1})
+		cur = &(*f)[len(*f)-1]
+		inICMP, inTCP, past = false, false, false
+	}
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case reFrame.MatchString(line):
+			end()
+			frames = append(frames, nil)
+			continue
+		case reRecord.MatchString(line), rePDU.MatchString(line):
+			start(false)
+			continue
+		case reSFlow.MatchString(line):
+			start(true)
+			continue
+		case strings.HasPrefix(line, "    ") && !strings.HasPrefix(line, "     "):
+			end() // another top-level item: a set, a counter sample
+			continue
+		case cur == nil:
+			continue
+		}
+		if !cur.sflow {
+			m := reRecordField.FindStringSubmatch(line)
+			if m == nil {
+				continue
+			}
+			n, _ := strconv.ParseInt(m[2], 0, 32)
+			switch m[1] {
+			case "Protocol":
+				cur.proto = int(n)
+			case "DstPort":
+				// The first is IE 11's: tshark also names udp- and
+				// tcpDestinationPort (181, 183) "DstPort".
+				if cur.dstPort < 0 {
+					cur.dstPort = int(n)
+				}
+			case "ICMP Type":
+				icmp4 = icmpElements{int(n) >> 8, int(n) & 0xff, 1}
+			case "IPv4 ICMP Type":
+				icmp4.typ, icmp4.has = int(n), 1
+			case "IPv4 ICMP Code":
+				icmp4.code, icmp4.has = int(n), 1
+			case "IPv6 ICMP Type":
+				icmp6.typ, icmp6.has = int(n), 1
+			case "IPv6 ICMP Code":
+				icmp6.code, icmp6.has = int(n), 1
+			}
+			continue
+		}
+		if past {
+			continue
+		}
+		switch {
+		case cur.proto < 0 && reSampledProto.MatchString(line):
+			cur.proto, _ = strconv.Atoi(reSampledProto.FindStringSubmatch(line)[1])
+		case reSampledICMP.MatchString(line):
+			inICMP = cur.proto == protoICMP || cur.proto == protoICMPv6
+			past = !inICMP
+		case inICMP && reICMPType.MatchString(line):
+			m := reICMPType.FindStringSubmatch(line)
+			typ, _ := strconv.Atoi(m[1] + m[2])
+			cur.dstPort = typ << 8
+		case inICMP && cur.dstPort >= 0 && reICMPCode.MatchString(line):
+			code, _ := strconv.Atoi(reICMPCode.FindStringSubmatch(line)[1])
+			cur.dstPort |= code
+			cur.icmpFrom, past = "ICMP header", true
+		case reSampledTCP.MatchString(line):
+			inTCP = cur.proto == flow.ProtoTCP
+			past = !inTCP
+		case inTCP && reTCPFlags.MatchString(line):
+			flags, _ := strconv.ParseUint(reTCPFlags.FindStringSubmatch(line)[1], 16, 16)
+			cur.tcpFlags, past = int(flags&0xff), true
+		}
+	}
+	end()
 	return frames
 }
 
@@ -412,6 +563,7 @@ func TestConformanceWithTshark(t *testing.T) {
 	}
 	slices.Sort(names)
 	var totalFiles, totalDatagrams, totalTshark, totalExplained, totalWormsign int
+	checkedAll := map[string]int{} // packet fields compared, by kind
 	var summary strings.Builder
 	for _, g := range names {
 		files := groups[g]
@@ -448,6 +600,12 @@ func TestConformanceWithTshark(t *testing.T) {
 			}
 			d := newDecoder(false)
 			var sumT, sumE, sumW int
+			checked := map[string]int{}
+			defer func() {
+				for k, n := range checked {
+					checkedAll[k] += n
+				}
+			}()
 			for i, dg := range dgs {
 				var rep Report
 				flows, err := d.DecodeReport(Family(dg.data), dg.from, dg.data, dg.ts.UnixMilli(), nil, &rep)
@@ -459,6 +617,7 @@ func TestConformanceWithTshark(t *testing.T) {
 				sumT += frames[i].flows
 				sumE += frames[i].explained
 				sumW += len(flows)
+				checkPackets(t, fmt.Sprintf("%s datagram %d (frame %d)", dg.source, i, i+1), frames[i], flows, checked)
 			}
 			totalDatagrams += len(dgs)
 			totalTshark += sumT
@@ -471,4 +630,43 @@ func TestConformanceWithTshark(t *testing.T) {
 	t.Logf("conformance summary:\n%s", summary.String())
 	t.Logf("total: %d files in %d groups, %d datagrams; tshark %d flow records + %d explained = %d; wormsign %d",
 		totalFiles, len(groups), totalDatagrams, totalTshark, totalExplained, totalTshark+totalExplained, totalWormsign)
+	t.Logf("packet fields compared with tshark: %v", checkedAll)
+}
+
+// checkPackets compares the ICMP destination ports (type<<8|code) and
+// sFlow TCP flags of a datagram's flows with tshark's decode, and counts
+// the comparisons by kind in checked.
+func checkPackets(t *testing.T, where string, frame tsharkFrame, flows []flow.Flow, checked map[string]int) {
+	t.Helper()
+	var got []flow.Flow
+	for _, f := range flows {
+		if f.Type == flow.TypeSFlow5 || f.Proto == protoICMP || f.Proto == protoICMPv6 {
+			got = append(got, f)
+		}
+	}
+	if len(got) != len(frame.packets) {
+		if frame.explained == 0 {
+			t.Errorf("%s: wormsign decoded %d ICMP flows or sFlow samples, tshark %d", where, len(got), len(frame.packets))
+		}
+		return // data tshark could not decode: no way to pair the records
+	}
+	for j, p := range frame.packets {
+		f := got[j]
+		if p.proto >= 0 && int(f.Proto) != p.proto {
+			t.Errorf("%s, record %d: protocol %d, tshark %d", where, j, f.Proto, p.proto)
+			continue
+		}
+		if (p.proto == protoICMP || p.proto == protoICMPv6) && p.dstPort >= 0 {
+			checked[fmt.Sprintf("%s ICMP from %s", f.Type, p.icmpFrom)]++
+			if int(f.DstPort) != p.dstPort {
+				t.Errorf("%s, record %d: ICMP destination port %#04x, tshark %#04x (%s)", where, j, f.DstPort, p.dstPort, p.icmpFrom)
+			}
+		}
+		if p.proto == flow.ProtoTCP && p.tcpFlags >= 0 {
+			checked[fmt.Sprintf("%s TCP flags", f.Type)]++
+			if int(f.TCPFlags) != p.tcpFlags {
+				t.Errorf("%s, record %d: TCP flags %#02x, tshark %#02x", where, j, f.TCPFlags, p.tcpFlags)
+			}
+		}
+	}
 }

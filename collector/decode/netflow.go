@@ -46,11 +46,13 @@ const (
 	iePostPacketDelta    = 24
 	ieSrcIPv6            = 27
 	ieDstIPv6            = 28
+	ieICMPTypeCodeIPv4   = 32 // NetFlow v9 ICMP_TYPE: type<<8|code
 	ieSamplingInterval   = 34
 	ieSamplerID          = 48
 	ieSamplerInterval    = 50
 	ieOctetTotal         = 85
 	iePacketTotal        = 86
+	ieICMPTypeCodeIPv6   = 139
 	ieStartSeconds       = 150
 	ieEndSeconds         = 151
 	ieStartMilliseconds  = 152
@@ -62,9 +64,20 @@ const (
 	ieStartDeltaMicros   = 158
 	ieEndDeltaMicros     = 159
 	ieSystemInitMillis   = 160
+	ieICMPTypeIPv4       = 176
+	ieICMPCodeIPv4       = 177
+	ieICMPTypeIPv6       = 178
+	ieICMPCodeIPv6       = 179
 	ieSelectorID         = 302
 	ieSamplingPacketIntv = 305
 	ieSamplingPacketSpc  = 306
+)
+
+// IP protocol numbers (flow.ProtoTCP is TCP's).
+const (
+	protoICMP   = 1
+	protoUDP    = 17
+	protoICMPv6 = 58
 )
 
 // variableLength is the template length of an IPFIX variable-length field.
@@ -486,6 +499,11 @@ type record struct {
 	startDelta, endDelta       uint64
 	hasStartDelta, hasEndDelta bool
 	initMs                     int64
+	// ICMP type<<8|code from the IPv4 and the IPv6 ICMP elements, the
+	// combined (32, 139) or the separate ones (176-179), and whether the
+	// record had any of each family.
+	icmp4, icmp6       uint16
+	hasICMP4, hasICMP6 bool
 }
 
 // set takes the value v of the template field tf.
@@ -565,6 +583,18 @@ func (r *record) set(tf *templateField, v []byte) {
 		r.rate = uintOf(v)
 	case ieSamplerID, ieSelectorID:
 		r.sampler = uintOf(v)
+	case ieICMPTypeCodeIPv4:
+		r.icmp4, r.hasICMP4 = uint16(uintOf(v)), true
+	case ieICMPTypeIPv4:
+		r.icmp4, r.hasICMP4 = r.icmp4&0x00ff|uint16(uintOf(v))<<8, true
+	case ieICMPCodeIPv4:
+		r.icmp4, r.hasICMP4 = r.icmp4&0xff00|uint16(uintOf(v))&0xff, true
+	case ieICMPTypeCodeIPv6:
+		r.icmp6, r.hasICMP6 = uint16(uintOf(v)), true
+	case ieICMPTypeIPv6:
+		r.icmp6, r.hasICMP6 = r.icmp6&0x00ff|uint16(uintOf(v))<<8, true
+	case ieICMPCodeIPv6:
+		r.icmp6, r.hasICMP6 = r.icmp6&0xff00|uint16(uintOf(v))&0xff, true
 	}
 }
 
@@ -598,7 +628,36 @@ func (r *record) finish(dc *flowContext) {
 	if rate <= 1<<32-1 {
 		f.SamplingRate = uint32(rate)
 	}
+	if f.Proto == protoICMP || f.Proto == protoICMPv6 {
+		if tc, ok := r.icmpTypeCode(f.Proto); ok {
+			// ICMP has no ports: by the NetFlow convention its type and
+			// code go in the destination port, where the detector reads
+			// them. What the port fields hold next to ICMP elements is
+			// something else (a Cisco ASA sends the echo identifier).
+			f.SrcPort, f.DstPort = 0, tc
+		}
+		// Without ICMP elements the exporter may have put type<<8|code
+		// in the destination port itself: it is kept.
+	}
 	r.finishTimes(dc)
+}
+
+// icmpTypeCode returns type<<8|code from the ICMP elements of the record's
+// family, else from the other family's when not zero: some exporters send
+// one family's elements for both, and a zero in the other family's is an
+// element left empty rather than an echo reply.
+func (r *record) icmpTypeCode(proto uint8) (uint16, bool) {
+	own, hasOwn, other := r.icmp4, r.hasICMP4, r.icmp6
+	if proto == protoICMPv6 {
+		own, hasOwn, other = r.icmp6, r.hasICMP6, r.icmp4
+	}
+	switch {
+	case hasOwn:
+		return own, true
+	case other != 0:
+		return other, true
+	}
+	return 0, false
 }
 
 // finishTimes sets the flow's start and end in Unix ms from whichever

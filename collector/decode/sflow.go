@@ -3,26 +3,16 @@ package decode
 import (
 	"bytes"
 	"fmt"
-	"io"
 	"net/netip"
 
 	"github.com/cloudflare/goflow/v3/decoders/sflow"
-	flowmessage "github.com/cloudflare/goflow/v3/pb"
-	"github.com/cloudflare/goflow/v3/producer"
-	"github.com/sirupsen/logrus"
 
 	"github.com/wormsign/wormsign/flow"
 )
 
-// sFlow v5 is decoded by goflow v3, after checkSFlow has bounded what
-// goflow would allocate.
-
-func init() {
-	// goflow's sFlow producer logs every sampled header it cannot parse
-	// through logrus: hostile datagrams would flood the log. Those
-	// datagrams are counted in metrics instead.
-	logrus.SetOutput(io.Discard)
-}
+// sFlow v5 datagrams are decoded by goflow v3, after checkSFlow has
+// bounded what goflow would allocate; wormsign turns the flow samples into
+// flows (sampled.go reads the sampled packet headers).
 
 // sflowSeq is the seqKey version of sFlow datagram sequence numbers.
 const sflowSeq = 0xff05
@@ -91,25 +81,25 @@ func checkSFlow(p []byte) (subAgent, seq uint32, err error) {
 	return subAgent, seq, nil
 }
 
-// goflowSFlow runs goflow's sFlow decoder and producer on a datagram that
-// checkSFlow accepted.
-func goflowSFlow(payload []byte) (msgs []*flowmessage.FlowMessage, err error) {
+// goflowSFlow runs goflow's sFlow decoder on a datagram that checkSFlow
+// accepted.
+func goflowSFlow(payload []byte) (packet sflow.Packet, err error) {
 	defer func() {
 		// goflow indexes into buffers whose lengths come from the wire; a
 		// crafted datagram must cost one counted drop, not the process.
 		if r := recover(); r != nil {
-			msgs, err = nil, &DecodeError{Kind: "panic", Err: fmt.Errorf("decoder panic: %v", r)}
+			err = &DecodeError{Kind: "panic", Err: fmt.Errorf("decoder panic: %v", r)}
 		}
 	}()
 	msg, err := sflow.DecodeMessage(bytes.NewBuffer(payload))
 	if err != nil {
-		return nil, &DecodeError{Kind: "malformed", Err: err}
+		return packet, &DecodeError{Kind: "malformed", Err: err}
 	}
-	msgs, err = producer.ProcessMessageSFlow(msg)
-	if err != nil {
-		return nil, &DecodeError{Kind: "malformed", Err: err}
+	packet, ok := msg.(sflow.Packet)
+	if !ok {
+		return packet, &DecodeError{Kind: "malformed", Err: fmt.Errorf("goflow decoded a %T", msg)}
 	}
-	return msgs, nil
+	return packet, nil
 }
 
 func (d *Decoder) decodeSFlow(payload []byte, from netip.AddrPort, exporter netip.Addr, receivedMs int64, out []flow.Flow, rep *Report) ([]flow.Flow, error) {
@@ -117,7 +107,7 @@ func (d *Decoder) decodeSFlow(payload []byte, from netip.AddrPort, exporter neti
 	if err != nil {
 		return out, err
 	}
-	msgs, err := goflowSFlow(payload)
+	packet, err := goflowSFlow(payload)
 	if err != nil {
 		return out, err
 	}
@@ -132,18 +122,38 @@ func (d *Decoder) decodeSFlow(payload []byte, from netip.AddrPort, exporter neti
 	} else {
 		rep.Refused[r]++
 	}
-	for _, m := range msgs {
-		out = append(out, flow.Flow{
+	for _, s := range packet.Samples {
+		f := flow.Flow{
 			// sFlow samples packets: no flow times, the sample is "now".
 			TimeReceivedMs: receivedMs, StartMs: receivedMs, EndMs: receivedMs,
 			Exporter: exporter, ObservationDomain: subAgent,
-			SamplingRate: uint32(m.SamplingRate),
-			SrcAddr:      addrFrom(m.SrcAddr), DstAddr: addrFrom(m.DstAddr),
-			SrcPort: uint16(m.SrcPort), DstPort: uint16(m.DstPort),
-			Proto: uint8(m.Proto), TCPFlags: uint8(m.TCPFlags),
-			Bytes: m.Bytes, Packets: m.Packets, InIf: m.InIf, OutIf: m.OutIf,
-			Type: flow.TypeSFlow5,
-		})
+			Packets: 1, Type: flow.TypeSFlow5,
+		}
+		var records []sflow.FlowRecord
+		switch s := s.(type) {
+		case sflow.FlowSample:
+			f.SamplingRate, f.InIf, f.OutIf, records = s.SamplingRate, s.Input, s.Output, s.Records
+		case sflow.ExpandedFlowSample:
+			f.SamplingRate, f.InIf, f.OutIf, records = s.SamplingRate, s.InputIfValue, s.OutputIfValue, s.Records
+		default:
+			continue // counter samples
+		}
+		// One flow per sample, as goflow's producer made it, with the
+		// packet's fields read by readSampledHeader (sampled.go says why
+		// not by the producer). goflow cannot decode sampled IPv4/IPv6
+		// records (binary.Read of a struct with slices fails): only
+		// sampled headers give a flow its packet's fields.
+		for _, r := range records {
+			if h, ok := r.Data.(sflow.SampledHeader); ok {
+				f.Bytes = uint64(h.FrameLength)
+				data := h.HeaderData
+				if int(h.OriginalLength) < len(data) {
+					data = data[:h.OriginalLength] // the rest is padding
+				}
+				readSampledHeader(&f, h.Protocol, data)
+			}
+		}
+		out = append(out, f)
 	}
 	return out, nil
 }
