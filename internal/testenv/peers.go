@@ -36,6 +36,20 @@ func RunPeer() {
 		err = udpSender(os.Getenv("TESTENV_FROM"), os.Getenv("TESTENV_TARGET"), os.Getenv("TESTENV_RATE"), os.Getenv("TESTENV_DURATION"))
 	case "smtp-client":
 		err = smtpClient(os.Getenv("TESTENV_FROM"), strings.Split(os.Getenv("TESTENV_TARGETS"), ","))
+	case "spoof":
+		err = spoof(os.Stdin)
+	case "udp-echo":
+		err = udpEcho(os.Getenv("TESTENV_LOCAL"))
+	case "tcp-sink":
+		err = tcpSink(os.Getenv("TESTENV_LOCAL"))
+	case "udp-stream":
+		err = udpStream(os.Getenv("TESTENV_LOCAL"), os.Getenv("TESTENV_TARGET"))
+	case "icmp-flood":
+		err = icmpFlood(os.Getenv("TESTENV_FROM"), os.Getenv("TESTENV_TARGET"))
+	case "tcp-upload":
+		err = tcpUpload(os.Getenv("TESTENV_FROM"), os.Getenv("TESTENV_TARGET"))
+	case "tcp-scan":
+		err = tcpScan(os.Getenv("TESTENV_FROM"), strings.Split(os.Getenv("TESTENV_TARGETS"), ","), os.Getenv("TESTENV_PORT"))
 	default:
 		err = fmt.Errorf("unknown peer role %q", role)
 	}
