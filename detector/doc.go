@@ -47,12 +47,21 @@
 // outbound_flood keeps, per subscriber and target (address and kind of
 // traffic), per-minute packets, bytes and flows over min_minutes plus the
 // minute in progress, and rates over the time those flows covered (their
-// earliest start to their newest end). It opens at max_pps, max_bps or
-// max_flows_per_minute once the traffic has lasted min_minutes, or at
-// baseline_factor times the busiest target's usual rate for that kind of
-// traffic. TCP the subscriber ACKs is left out unless established_tcp.
-// A subscriber gets flood state only past an inline gate of flood-like
-// packets per minute.
+// earliest start to their newest end), and the packets the target sent
+// back. Once the traffic has lasted min_minutes, in three quarters of its
+// seconds, it opens at the ceiling of its kind (max_icmp_pps, max_udp_pps,
+// max_syn_pps, max_other_pps; UDP and other protocols only while the
+// target answers at most max_answer_ratio), at max_pps, max_bps or
+// max_flows_per_minute, or at baseline_factor times the busiest target's
+// usual rate for that kind of traffic. TCP the subscriber ACKs is left out
+// unless established_tcp. A subscriber gets flood state only past an
+// inline gate of counted packets per minute.
+//
+// Every rule counts only the subscriber's own attempts (network.Attempt).
+// Inbound flows reach the engine through Receive, in the subscriber's
+// order: they fill the table of exchanges (received.go) that tells an
+// answer from an attempt, and the answers outbound_flood weighs. Both are
+// deterministic in the subscriber's own flows, so replays stay equal.
 //
 // Every rule is one file (rule_*.go) behind the rule interface (rule.go):
 // which flows it wants, its per-subscriber state (behind subscriber.more,
