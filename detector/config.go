@@ -259,7 +259,7 @@ func DefaultConfiguration() Configuration {
 		IncidentLookback:    24 * time.Hour,
 		SubscriberMapReload: 10 * time.Second,
 		MaxSubscribers:      4_000_000,
-		Exchanges:       1 << 18,
+		Exchanges:           1 << 18,
 		SMTPFanout: SMTPFanoutConfiguration{
 			Enabled:         true,
 			Threshold:       25,
