@@ -222,8 +222,7 @@ func (e *Engine) Receive(f *flow.Flow) {
 // attempt is network.Attempt for an outbound flow, with its exchange when
 // the verdict depends on it (a flow without flags, a completed handshake).
 func (e *Engine) attempt(f *flow.Flow) bool {
-	if f.Proto == network.ProtoICMP || f.Proto == network.ProtoICMPv6 ||
-		(f.Proto == flow.ProtoTCP && f.TCPFlags != 0 && f.TCPFlags&(flow.TCPSyn|flow.TCPAck) != flow.TCPSyn|flow.TCPAck) {
+	if !network.NeedsExchange(f) {
 		return network.Attempt(f, network.Received{})
 	}
 	return network.Attempt(f, e.exchanges().exchange(f))

@@ -108,18 +108,17 @@ func Attempt(f *flow.Flow, in Received) bool {
 	return !serverPorts(f.SrcPort, f.DstPort)
 }
 
-// ICMPError tells an ICMP or ICMPv6 error message: it reports on a packet
-// the subscriber received, so it never counts, not even in a rule that
-// looks at answers.
-func ICMPError(f *flow.Flow) bool {
-	typ := uint8(f.DstPort >> 8)
+// NeedsExchange tells whether Attempt's verdict on f depends on its
+// exchange (a flow without flags, a completed handshake), so that the
+// detector looks the exchange up only then.
+func NeedsExchange(f *flow.Flow) bool {
 	switch f.Proto {
-	case ProtoICMP:
-		return typ == 3 || typ == 4 || typ == 5 || typ == 11 || typ == 12
-	case ProtoICMPv6:
-		return typ >= 1 && typ <= 4
+	case ProtoICMP, ProtoICMPv6:
+		return false
+	case flow.ProtoTCP:
+		return f.TCPFlags == 0 || f.TCPFlags&(flow.TCPSyn|flow.TCPAck) == flow.TCPSyn|flow.TCPAck
 	}
-	return false
+	return true
 }
 
 // serverPorts tells a flow from a well-known port to a higher one: a

@@ -45,6 +45,9 @@ func TestAttemptTCPFlagCombinations(t *testing.T) {
 				if got := Attempt(&f, Received{}); got != tc.want {
 					t.Errorf("flags %#02x, %s, 1:%d: Attempt = %v, want %v", flags, tc.name, rate, got, tc.want)
 				}
+				if NeedsExchange(&f) != handshake {
+					t.Errorf("flags %#02x: NeedsExchange = %v, want %v", flags, !handshake, handshake)
+				}
 			}
 		}
 	}
@@ -83,15 +86,12 @@ func TestAttemptHandshakeByReceived(t *testing.T) {
 }
 
 // Every ICMP and ICMPv6 type and some codes: queries are attempts,
-// replies, errors and unknown types are not; sampling changes nothing.
+// replies, errors and unknown types are not, whatever was received;
+// sampling changes nothing.
 func TestAttemptICMPTypes(t *testing.T) {
 	queries := map[uint8]map[int]bool{
 		ProtoICMP:   {8: true, 10: true, 13: true, 15: true, 17: true, 42: true},
 		ProtoICMPv6: {128: true, 133: true, 135: true, 139: true, 160: true},
-	}
-	errors := map[uint8]map[int]bool{
-		ProtoICMP:   {3: true, 4: true, 5: true, 11: true, 12: true},
-		ProtoICMPv6: {1: true, 2: true, 3: true, 4: true},
 	}
 	for _, proto := range []uint8{ProtoICMP, ProtoICMPv6} {
 		for typ := range 256 {
@@ -104,8 +104,8 @@ func TestAttemptICMPTypes(t *testing.T) {
 					if got := Attempt(&f, in); got != queries[proto][typ] {
 						t.Errorf("proto %d type %d code %d 1:%d: Attempt = %v, want %v", proto, typ, code, rate, got, !got)
 					}
-					if got := ICMPError(&f); got != errors[proto][typ] {
-						t.Errorf("proto %d type %d code %d: ICMPError = %v, want %v", proto, typ, code, got, !got)
+					if NeedsExchange(&f) {
+						t.Errorf("proto %d type %d: ICMP needs no exchange", proto, typ)
 					}
 				}
 			}
@@ -113,7 +113,7 @@ func TestAttemptICMPTypes(t *testing.T) {
 	}
 	// Port 8<<8 means echo only for ICMP: TCP to port 2048 is no query.
 	tcp := outbound(flow.ProtoTCP, rst, 40000, 8<<8, 1000)
-	if Attempt(&tcp, Received{}) || ICMPError(&tcp) {
+	if Attempt(&tcp, Received{}) {
 		t.Error("TCP read as ICMP")
 	}
 }

@@ -25,9 +25,17 @@ type Capture struct {
 // the capture runs. It stops at cleanup at the latest.
 func CaptureUDP(t testing.TB, port int) *Capture {
 	t.Helper()
-	bin := Tool(t, "dumpcap")
-	c := &Capture{Path: filepath.Join(t.TempDir(), "export.pcapng"), port: port}
-	c.cmd = exec.Command(bin, "-i", "lo", "-f", fmt.Sprintf("udp dst port %d", port), "-w", c.Path)
+	c := startDumpcap(t, "lo", fmt.Sprintf("udp dst port %d", port), "export.pcapng")
+	c.port = port
+	return c
+}
+
+// startDumpcap captures the packets on iface that match filter into a file
+// of that name, and returns once the capture runs.
+func startDumpcap(t testing.TB, iface, filter, name string) *Capture {
+	t.Helper()
+	c := &Capture{Path: filepath.Join(t.TempDir(), name)}
+	c.cmd = exec.Command(Tool(t, "dumpcap"), "-i", iface, "-f", filter, "-w", c.Path)
 	stderr, err := c.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -10,7 +10,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -340,35 +339,7 @@ func (l *Lab) TCPScan(t testing.TB, from netip.Addr, targets []netip.Addr, port 
 // stops at cleanup at the latest.
 func (l *Lab) CaptureRouter(t testing.TB, filter string) *Capture {
 	t.Helper()
-	c := &Capture{Path: filepath.Join(t.TempDir(), "router.pcapng")}
-	c.cmd = exec.Command(Tool(t, "dumpcap"), "-i", l.RouterIf, "-f", filter, "-w", c.Path)
-	stderr, err := c.cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.cmd.Start(); err != nil {
-		t.Fatalf("cannot start dumpcap: %v", err)
-	}
-	t.Cleanup(func() { c.Stop(t) })
-	started := make(chan bool, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			if strings.HasPrefix(sc.Text(), "Capturing on") {
-				started <- true
-			}
-		}
-		started <- false
-	}()
-	select {
-	case ok := <-started:
-		if !ok {
-			t.Fatal("dumpcap on the router interface failed")
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("dumpcap did not start")
-	}
-	return c
+	return startDumpcap(t, l.RouterIf, filter, "router.pcapng")
 }
 
 // Count stops the capture and returns how many of its packets match the
