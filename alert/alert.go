@@ -86,6 +86,35 @@ type Evidence struct {
 	Relay *Relay `json:"relay,omitempty"`
 	// Flood backs outbound_flood alerts.
 	Flood *Flood `json:"flood,omitempty"`
+	// Identity names the customer who held the subscriber's address,
+	// when an identity source (RADIUS, DHCP, CGNAT) knew it.
+	Identity *Identity `json:"identity,omitempty"`
+}
+
+// Identity is who the subscriber is: the customer, the binding behind the
+// address of its latest flow, and the addresses its flows came from within
+// the window.
+type Identity struct {
+	Customer string `json:"customer"`
+	// Source (radius, dhcp), Session (Acct-Session-Id, DHCP client) and
+	// Since (the binding's start) describe the binding of the latest
+	// address; empty when it is no longer known.
+	Source  string    `json:"source,omitempty"`
+	Session string    `json:"session,omitempty"`
+	Since   time.Time `json:"since,omitzero"`
+	// Addresses are the customer's addresses seen within the window, in
+	// order of first flow (at most 4). Changed: more than one, the
+	// binding changed inside the window.
+	Addresses []IdentityAddress `json:"addresses"`
+	Changed   bool              `json:"changed"`
+}
+
+// IdentityAddress is one address of a customer and when its flows came
+// from it.
+type IdentityAddress struct {
+	Address   string    `json:"address"`
+	FirstSeen time.Time `json:"first_seen"`
+	LastSeen  time.Time `json:"last_seen"`
 }
 
 // Darknet is what a subscriber sent into dark space within the window.

@@ -57,7 +57,39 @@ func (db *DB) Migrate(ctx context.Context, logger *slog.Logger) error {
 		}
 		logger.Info("applied clickhouse migration", "name", m.Name, "database", name, "server", db.version)
 	}
+	if err := db.addColumns(ctx); err != nil {
+		return err
+	}
 	return db.applyDeduplication(ctx)
+}
+
+// addedColumns are columns added to a table after its migration: a new
+// database gets them from the CREATE, one created before them here.
+// 18.16 knows no ADD COLUMN IF NOT EXISTS, so system.columns is asked
+// first. {ip} is the address type, as in the migrations.
+var addedColumns = []struct{ table, name, typ, after string }{
+	// Who held the subscriber's address at the flow's time (identity),
+	// and the inside address behind a CGNAT.
+	{"flows", "customer", "String", "flow_type"},
+	{"flows", "inside_addr", "{ip}", "customer"},
+}
+
+func (db *DB) addColumns(ctx context.Context) error {
+	for _, c := range addedColumns {
+		var n uint64
+		if err := db.conn.QueryRow(ctx, "SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?",
+			db.config.Database, c.table, c.name).Scan(&n); err != nil {
+			return fmt.Errorf("cannot read the columns of %s: %w", c.table, err)
+		}
+		if n > 0 {
+			continue
+		}
+		typ := strings.ReplaceAll(c.typ, "{ip}", db.features.IPType())
+		if err := db.conn.Exec(ctx, "ALTER TABLE "+db.config.Database+"."+c.table+" ADD COLUMN "+c.name+" "+typ+" AFTER "+c.after); err != nil {
+			return fmt.Errorf("cannot add column %s.%s: %w", c.table, c.name, err)
+		}
+	}
+	return nil
 }
 
 // DeduplicationWindow is how many recent INSERT blocks of flows and alerts

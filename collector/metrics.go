@@ -17,6 +17,8 @@ type metrics struct {
 	enterprise       *prometheus.CounterVec // exporter
 	variableLength   *prometheus.CounterVec // exporter
 	optionsRecords   *prometheus.CounterVec // exporter
+	natEvents        *prometheus.CounterVec // exporter
+	natSkipped       *prometheus.CounterVec // exporter
 	dropped          *prometheus.CounterVec // reason
 	published        prometheus.Counter
 	publishErrors    prometheus.Counter
@@ -54,6 +56,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			"IPFIX flow records with variable-length fields (decoded)."),
 		optionsRecords: perExporter("options_records_total",
 			"NetFlow v9/IPFIX options data records (sampling rates, system init time)."),
+		natEvents: perExporter("nat_events_total",
+			"NAT logging records (RFC 8158) and translations told by flow records, decoded."),
+		natSkipped: perExporter("nat_events_skipped_total",
+			"NAT logging records naming no binding (pool exhausted, quota, threshold) or without an inside or outside address."),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wormsign_collector_dropped_flows_total", Help: "Flows dropped at the UDP edge, by reason.",
 		}, []string{"reason"}),
@@ -79,7 +85,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.refusals.WithLabelValues(r)
 	}
 	reg.MustRegister(m.datagrams, m.flows, m.decodeErrors, m.templateMisses, m.templatesRefused,
-		m.lostDatagrams, m.lostRecords, m.enterprise, m.variableLength, m.optionsRecords,
+		m.lostDatagrams, m.lostRecords, m.enterprise, m.variableLength, m.optionsRecords, m.natEvents, m.natSkipped,
 		m.dropped, m.published, m.publishErrors, m.queueFlows, m.templateSaves, m.refusals)
 	return m
 }
@@ -117,6 +123,8 @@ func (m *metrics) report(exporter string, r *decode.Report) {
 	add(m.enterprise, float64(r.EnterpriseRecords))
 	add(m.variableLength, float64(r.VariableLengthRecords))
 	add(m.optionsRecords, float64(r.OptionsRecords))
+	add(m.natEvents, float64(len(r.NAT)))
+	add(m.natSkipped, float64(r.NATSkipped))
 	for i, n := range r.Refused {
 		if n != 0 {
 			m.refusals.WithLabelValues(decode.RefusalReasons[i]).Add(float64(n))

@@ -24,6 +24,7 @@ import (
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/collector/decode"
 	"github.com/wormsign/wormsign/flow"
+	"github.com/wormsign/wormsign/identity"
 	"github.com/wormsign/wormsign/network"
 	"github.com/wormsign/wormsign/retry"
 )
@@ -37,6 +38,15 @@ type Dependencies struct {
 	// Subscribers picks the Kafka key of a flow: its subscriber
 	// (network.Subscribers has the rule).
 	Subscribers network.Subscribers
+	// Identity, when set, tells who held a subscriber's address at a
+	// flow's time: the flow then carries the customer and is keyed by it
+	// (identity.Key), so that a customer's flows share one partition
+	// whichever addresses it held; a CGNAT public address resolves to the
+	// inside address behind its port block.
+	Identity *identity.Table
+	// NAT, when set, turns the NAT logging records the decoder finds
+	// (RFC 8158) into port-block bindings.
+	NAT *identity.CGNAT
 }
 
 // Component is the collector.
@@ -278,6 +288,13 @@ func (c *Component) Ingest(family string, from netip.AddrPort, payload []byte, r
 		recycle(flows)
 		return 0
 	}
+	if c.deps.NAT != nil {
+		for i := range rep.NAT {
+			if r, ok := natRecord(&rep.NAT[i]); ok {
+				c.deps.NAT.Offer(r)
+			}
+		}
+	}
 	if len(flows) == 0 {
 		recycle(flows)
 		return 0
@@ -448,7 +465,7 @@ func (c *Component) publish() {
 				return
 			}
 			for i := range flows {
-				key := c.deps.Subscribers.Key(flows[i].SrcAddr, flows[i].DstAddr)
+				key := c.key(&flows[i])
 				shard := 0
 				if n > 1 {
 					shard = int(keyHash(key) % uint32(n))
@@ -465,6 +482,58 @@ func (c *Component) publish() {
 			}
 		}
 	}
+}
+
+// key is the Kafka key of f: its customer's when identity knows who held
+// the subscriber's address at the flow's start, else its subscriber's
+// (behind a CGNAT, the inside address's). It fills f.Customer and
+// f.Inside on the way.
+func (c *Component) key(f *flow.Flow) netip.Addr {
+	subs := c.deps.Subscribers
+	sub, dir := subs.Of(f.SrcAddr, f.DstAddr)
+	if dir == network.NoSubscriber {
+		return subs.Subscriber(f.SrcAddr)
+	}
+	if c.deps.Identity == nil {
+		return sub
+	}
+	addr, port := f.SrcAddr, f.SrcPort
+	if dir == network.Inbound {
+		addr, port = f.DstAddr, f.DstPort
+	}
+	res, ok := c.deps.Identity.Resolve(addr, port, f.Start())
+	if !ok {
+		return sub
+	}
+	if res.Inside.IsValid() {
+		f.Inside, sub = res.Inside, subs.Subscriber(res.Inside)
+	}
+	if res.Customer != "" {
+		f.Customer = res.Customer
+		return identity.Key(res.Customer)
+	}
+	return sub
+}
+
+// natRecord is the binding a NAT event creates or ends, if any. A stepped
+// port block (portRangeStepSize > 1) is taken as its whole range: the
+// ports between its own belong to no one else's block of that address.
+func natRecord(e *decode.NATEvent) (identity.NATRecord, bool) {
+	r := identity.NATRecord{Exporter: e.Exporter, TimeMs: e.TimeMs, Inside: e.Inside, Outside: e.Outside,
+		PortLo: e.PortStart, PortHi: e.PortEnd}
+	switch e.Event {
+	case decode.NATTranslationCreate, decode.NAT44SessionCreate, decode.NAT44BIBCreate,
+		decode.NAT64SessionCreate, decode.NAT64BIBCreate, decode.PortBlockAllocation:
+		r.Create = true
+	case decode.NATTranslationDelete, decode.NAT44SessionDelete, decode.NAT44BIBDelete,
+		decode.NAT64SessionDelete, decode.NAT64BIBDelete, decode.PortBlockDeallocation:
+	case decode.AddressBindingCreate, decode.AddressBindingDelete:
+		// The whole outside address is the inside one's.
+		r.Create, r.PortLo, r.PortHi = e.Event == decode.AddressBindingCreate, 0, 65535
+	default:
+		return r, false
+	}
+	return r, true
 }
 
 // keyHash spreads subscriber addresses over publisher shards: the two

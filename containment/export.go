@@ -34,8 +34,8 @@ func ContentType(format string) string {
 type List struct {
 	GeneratedAt time.Time
 	DryRun      bool
-	// Active entries (exported), and those pending or held (shown in JSON
-	// only).
+	// Active entries (exported), and those pending, held or waiting for
+	// the customer's address (shown in JSON only).
 	Active, Waiting []Entry
 }
 
@@ -47,7 +47,7 @@ func MakeList(entries []Entry, now time.Time, dryRun bool) List {
 		switch {
 		case e.State == StateActive && e.Expires.After(now) && !dryRun:
 			l.Active = append(l.Active, e)
-		case e.State == StatePending || e.State == StateHeld || (dryRun && e.State == StateActive && e.Expires.After(now)):
+		case e.State == StatePending || e.State == StateHeld || e.State == StateUnbound || (dryRun && e.State == StateActive && e.Expires.After(now)):
 			l.Waiting = append(l.Waiting, e)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/wormsign/wormsign/alert"
+	"github.com/wormsign/wormsign/identity"
 	"github.com/wormsign/wormsign/network"
 )
 
@@ -24,6 +25,10 @@ const (
 	StateHeld = "held"
 	// StateReleased: off the list.
 	StateReleased = "released"
+	// StateUnbound: the customer's block waits for an address: identity
+	// knows none it holds now. Never exported; kept under the customer's
+	// key (identity.Key) until one is known.
+	StateUnbound = "unbound"
 )
 
 // Change types, the audit trail's vocabulary.
@@ -46,6 +51,9 @@ type Entry struct {
 	State        string       `json:"state"`
 	Action       string       `json:"action"`
 	SubscriberID string       `json:"subscriber_id"`
+	// Customer is set when identity named the customer behind the
+	// incident: the entry follows it to whatever address it holds.
+	Customer string `json:"customer,omitempty"`
 	// The reason: the incident and its kind ("manual" for a person's add).
 	IncidentID string `json:"incident_id"`
 	Kind       string `json:"kind"`
@@ -99,6 +107,15 @@ type Policy struct {
 	groups  *network.Table[*GroupConfiguration]
 	entries map[netip.Prefix]*Entry
 	now     time.Time
+	// holdings tells the prefixes a customer holds at a time (identity);
+	// nil without identity.
+	holdings func(customer string, t time.Time) []netip.Prefix
+}
+
+// SetHoldings makes entries of customers follow them: holdings returns the
+// prefixes a customer holds at t.
+func (p *Policy) SetHoldings(holdings func(customer string, t time.Time) []netip.Prefix) {
+	p.holdings = holdings
 }
 
 // NewPolicy makes an empty list. detectorAllow is the detector's allow
@@ -203,9 +220,43 @@ func (p *Policy) Apply(a alert.Alert) []Change {
 	if err != nil {
 		return out
 	}
-	pfx := sub.Prefix
+	customer := ""
+	if a.Evidence.Identity != nil && p.holdings != nil {
+		customer = a.Evidence.Identity.Customer
+	}
+	if customer == "" {
+		return append(out, p.applyTo(sub.Prefix, "", a, t)...)
+	}
+	// The customer's block goes where the customer is now, which may no
+	// longer be the address of the alert's flows: that one may be
+	// someone else's by now.
+	targets := p.holdings(customer, p.now)
+	if len(targets) == 0 {
+		targets = []netip.Prefix{unboundPrefix(customer)}
+	}
+	for _, pfx := range targets {
+		out = append(out, p.applyTo(pfx, customer, a, t)...)
+	}
+	return out
+}
+
+// unboundPrefix is where a customer's entry waits while identity knows no
+// address it holds: its key, which no flow has as source.
+func unboundPrefix(customer string) netip.Prefix {
+	k := identity.Key(customer)
+	return netip.PrefixFrom(k, k.BitLen())
+}
+
+// applyTo applies alert a to the entry of pfx, which customer (when set)
+// holds.
+func (p *Policy) applyTo(pfx netip.Prefix, customer string, a alert.Alert, t time.Time) []Change {
+	var out []Change
 	addr := pfx.Addr()
-	action := p.actionFor(addr, a.Kind)
+	unbound := identity.IsKey(addr)
+	action := p.config.Actions.For(a.Kind)
+	if !unbound {
+		action = p.actionFor(addr, a.Kind)
+	}
 	e := p.entries[pfx]
 	if a.State == alert.StateResolved {
 		// A held entry whose incident ends is released; a pending one
@@ -228,11 +279,15 @@ func (p *Policy) Apply(a alert.Alert) []Change {
 			e = &Entry{Prefix: pfx}
 			p.entries[pfx] = e
 		}
-		*e = Entry{Prefix: pfx, Action: action, SubscriberID: a.SubscriberID, IncidentID: a.ID, Kind: a.Kind,
+		*e = Entry{Prefix: pfx, Action: action, SubscriberID: a.SubscriberID, Customer: customer, IncidentID: a.ID, Kind: a.Kind,
 			Actor: PolicyActor, Seq: e.Seq}
-		if p.config.Grace == 0 {
+		switch {
+		case unbound:
+			e.State, e.BlockAt = StateUnbound, t.Add(p.config.Grace)
+			out = append(out, p.change(e, ChangeSchedule, PolicyActor, "waits for an address of customer "+customer))
+		case p.config.Grace == 0:
 			out = append(out, p.activate(e, t, "")...)
-		} else {
+		default:
 			e.State, e.BlockAt = StatePending, t.Add(p.config.Grace)
 			out = append(out, p.change(e, ChangeSchedule, PolicyActor, "grace "+p.config.Grace.String()))
 		}
@@ -245,11 +300,151 @@ func (p *Policy) Apply(a alert.Alert) []Change {
 			e.Expires = exp
 			out = append(out, p.change(e, ChangeExtend, PolicyActor, a.Kind+" "+a.State))
 		}
-	case e.State == StatePending:
+	case e.State == StatePending || e.State == StateUnbound:
 		if stronger(action, e.Action) {
 			e.Action, e.IncidentID, e.Kind = action, a.ID, a.Kind
 		}
 	}
+	return out
+}
+
+// Follow moves customer's entries to the prefixes it holds at the
+// policy's time: an entry on a prefix it no longer holds is released
+// ("address reassigned": the next holder is never blocked), and each
+// prefix it holds now gets the entry as it was (state, action, incident,
+// grace, expiry). With no prefix known the entry waits, unbound, until
+// one is.
+func (p *Policy) Follow(customer string, t time.Time) []Change {
+	if p.holdings == nil || customer == "" {
+		return nil
+	}
+	out := p.Advance(t)
+	var mine []*Entry
+	for _, e := range p.entries {
+		if e.Customer == customer && e.State != StateReleased {
+			mine = append(mine, e)
+		}
+	}
+	if len(mine) == 0 {
+		return out
+	}
+	// The entry the others copy: the furthest along, then the latest.
+	slices.SortFunc(mine, func(a, b *Entry) int {
+		if r := stateRank(b.State) - stateRank(a.State); r != 0 {
+			return r
+		}
+		return comparePrefix(a.Prefix, b.Prefix)
+	})
+	model := *mine[0]
+	targets := p.holdings(customer, p.now)
+	if len(targets) == 0 {
+		targets = []netip.Prefix{unboundPrefix(customer)}
+	}
+	held := map[netip.Prefix]bool{}
+	for _, pfx := range targets {
+		held[pfx.Masked()] = true
+	}
+	from := ""
+	for _, e := range mine {
+		if held[e.Prefix] {
+			continue
+		}
+		if !identity.IsKey(e.Prefix.Addr()) {
+			from = e.Prefix.String()
+		}
+		e.State = StateReleased
+		note := "address reassigned"
+		if identity.IsKey(e.Prefix.Addr()) {
+			note = "address of customer " + customer + " known"
+		}
+		out = append(out, p.change(e, ChangeRelease, PolicyActor, note))
+	}
+	for _, pfx := range targets {
+		pfx = pfx.Masked()
+		if e := p.entries[pfx]; e != nil && e.Customer == customer && e.State != StateReleased {
+			continue
+		}
+		out = append(out, p.place(pfx, model, from)...)
+	}
+	return out
+}
+
+func stateRank(s string) int {
+	switch s {
+	case StateActive:
+		return 4
+	case StateHeld:
+		return 3
+	case StatePending:
+		return 2
+	case StateUnbound:
+		return 1
+	}
+	return 0
+}
+
+// place puts the customer's entry model on pfx, which it now holds.
+func (p *Policy) place(pfx netip.Prefix, model Entry, from string) []Change {
+	e := p.entries[pfx]
+	if e == nil {
+		e = &Entry{Prefix: pfx}
+		p.entries[pfx] = e
+	}
+	seq := e.Seq
+	*e = model
+	e.Prefix, e.Seq = pfx, seq
+	note := "follows customer " + model.Customer
+	if from != "" {
+		note += " from " + from
+	}
+	if identity.IsKey(pfx.Addr()) {
+		e.State = StateUnbound
+		return []Change{p.change(e, ChangeSchedule, PolicyActor, "waits for an address of customer "+model.Customer)}
+	}
+	if p.allow.Contains(pfx.Addr()) {
+		e.State = StateReleased
+		return []Change{p.change(e, ChangeRelease, PolicyActor, "allow-listed: "+note)}
+	}
+	switch model.State {
+	case StateUnbound:
+		// Blocked before it lost its address: blocked again, until
+		// the same expiry.
+		if !model.Expires.IsZero() {
+			if !model.Expires.After(p.now) {
+				e.State = StateReleased
+				return []Change{p.change(e, ChangeRelease, PolicyActor, "expired while no address was known")}
+			}
+			e.State = StateActive
+			return []Change{p.change(e, ChangeAdd, PolicyActor, note)}
+		}
+		// Waited for an address from the start: the grace runs from
+		// the incident as it would have.
+		if p.config.Grace == 0 || !model.BlockAt.After(p.now) {
+			e.State = StatePending
+			return p.activate(e, p.now, note)
+		}
+		e.State = StatePending
+		return []Change{p.change(e, ChangeSchedule, PolicyActor, note)}
+	case StateActive:
+		if p.countActive() >= p.config.MaxEntries {
+			e.State = StateReleased
+			return []Change{p.change(e, ChangeRefuse, PolicyActor, "max_entries "+strconv.Itoa(p.config.MaxEntries)+" reached")}
+		}
+		return []Change{p.change(e, ChangeAdd, PolicyActor, note)}
+	}
+	return []Change{p.change(e, ChangeSchedule, PolicyActor, note)}
+}
+
+// Customers lists the customers with an entry not released, for the
+// periodic follow (a session that expired sends no record).
+func (p *Policy) Customers() []string {
+	var out []string
+	for _, e := range p.entries {
+		if e.Customer != "" && e.State != StateReleased && !slices.Contains(out, e.Customer) {
+			out = append(out, e.Customer)
+		}
+	}
+	slices.Sort(out)
 	return out
 }
 

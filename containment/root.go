@@ -33,6 +33,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -43,6 +44,7 @@ import (
 	"github.com/wormsign/wormsign/alert"
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/clickhousedb"
+	"github.com/wormsign/wormsign/identity"
 	"github.com/wormsign/wormsign/network"
 	"github.com/wormsign/wormsign/retry"
 	"github.com/wormsign/wormsign/sink"
@@ -89,6 +91,8 @@ type Component struct {
 	producer bus.Producer
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
+	// moved hears of customers whose bindings changed.
+	moved chan string
 }
 
 // New checks the configuration; it starts nothing.
@@ -106,9 +110,33 @@ func New(config Configuration, deps Dependencies) (*Component, error) {
 		deps.Now = time.Now
 	}
 	c := &Component{config: config, deps: deps,
-		policy: NewPolicy(config, deps.DetectorAllowList, deps.DetectorGroups)}
+		policy: NewPolicy(config, deps.DetectorAllowList, deps.DetectorGroups), moved: make(chan string, 1024)}
 	c.metrics = newMetrics(deps.Registry, c)
 	return c, nil
+}
+
+// FollowIdentity makes a customer's entries follow it: when the bindings
+// say its address changed, the block moves (see Policy.Follow). Call it
+// before Start.
+func (c *Component) FollowIdentity(store *identity.Store) {
+	table := store.Table()
+	c.policy.SetHoldings(func(customer string, t time.Time) []netip.Prefix {
+		var out []netip.Prefix
+		for _, b := range table.Holdings(customer, t.UnixMilli()) {
+			if b.Source != identity.SourceCGNAT {
+				out = append(out, b.Prefix)
+			}
+		}
+		return out
+	})
+	store.OnApply(func(res identity.Applied) {
+		for _, customer := range res.Customers {
+			select {
+			case c.moved <- customer:
+			default: // the next tick follows every customer on the list
+			}
+		}
+	})
 }
 
 const recentChanges = 1000
@@ -150,7 +178,8 @@ func (c *Component) Start() error {
 		cancel()
 		return fmt.Errorf("cannot consume alerts: %w", err)
 	}
-	c.wg.Add(3)
+	c.wg.Add(4)
+	go func() { defer c.wg.Done(); c.follow(ctx) }()
 	go func() { defer c.wg.Done(); defer alerts.Close(); c.consumeAlerts(ctx, alerts) }()
 	go func() { defer c.wg.Done(); defer audit.Close(); c.runAudit(ctx, audit) }()
 	go func() { defer c.wg.Done(); c.tick(ctx) }()
@@ -263,10 +292,33 @@ func (c *Component) tick(ctx context.Context) {
 		case <-t.C:
 		}
 		c.mu.Lock()
-		changes := c.policy.Advance(c.deps.Now())
+		now := c.deps.Now()
+		changes := c.policy.Advance(now)
+		// A session that expired, or a record missed, sends no word:
+		// every customer on the list is followed each tick.
+		for _, customer := range c.policy.Customers() {
+			changes = append(changes, c.policy.Follow(customer, now)...)
+		}
 		c.mu.Unlock()
 		if c.record(ctx, changes) != nil {
 			return
+		}
+	}
+}
+
+// follow moves the entries of customers whose bindings changed.
+func (c *Component) follow(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case customer := <-c.moved:
+			c.mu.Lock()
+			changes := c.policy.Follow(customer, c.deps.Now())
+			c.mu.Unlock()
+			if c.record(ctx, changes) != nil {
+				return
+			}
 		}
 	}
 }

@@ -2,9 +2,15 @@
 # Installs the Debian packages the test suite runs against: real exporters
 # (softflowd, pmacct), an independent decoder (tshark), nfdump, capture and
 # namespace tools, the edge tools containment exports to (nftables, ipset,
-# exabgp). Idempotent; skips what is already there.
+# exabgp), FreeRADIUS and its radclient (a NAS and the RADIUS proxy in front
+# of identity's accounting listener; the tests run freeradius with a
+# configuration of their own, not the packaged service), and the DHCP servers
+# and client of identity's lease tests (kea-dhcp4-server with its run_script
+# hook, dnsmasq-base, isc-dhcp-client; curl for deploy/identity/wormsign-lease;
+# again run by the tests, not as services). Idempotent; skips what is already
+# there.
 set -euo pipefail
-packages=(softflowd pmacct tshark nfdump tcpdump iproute2 clickhouse-server clickhouse-client nftables ipset exabgp chromium)
+packages=(softflowd pmacct tshark nfdump tcpdump iproute2 clickhouse-server clickhouse-client nftables ipset exabgp chromium freeradius freeradius-utils kea-dhcp4-server dnsmasq-base isc-dhcp-client curl)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -14,6 +14,7 @@ import (
 
 	"github.com/wormsign/wormsign/alert"
 	"github.com/wormsign/wormsign/flow"
+	"github.com/wormsign/wormsign/identity"
 	"github.com/wormsign/wormsign/network"
 )
 
@@ -27,6 +28,7 @@ type Engine struct {
 	groups       *network.Table[int]
 	allow        *network.Set
 	subscriberID func(netip.Addr) string
+	identityOf   func(netip.Addr, int64) (identity.Binding, bool)
 	// subs turns an address into its subscriber (an IPv6 one is a
 	// prefix) and names it in alerts.
 	subs network.Subscribers
@@ -76,6 +78,9 @@ type inheritKey struct {
 // EngineStats counts what the engine did, for metrics.
 type EngineStats struct {
 	Flows, LateFlows, InvalidFlows, AllowListed, Evicted uint64
+	// KeyCollisions are flows of a customer whose key another customer's
+	// state held; they were kept under their address.
+	KeyCollisions uint64
 	// Answers are outbound flows that were not the subscriber's own
 	// attempts (network.Attempt); Received the inbound flows recorded
 	// to tell them.
@@ -104,6 +109,7 @@ type subscriber struct {
 	lastMs   int64 // last flow of any kind
 	ent      entropyState
 	more     *ruleStates
+	who      *customer // set when the subscriber is a customer (identity)
 	gate     floodGate // outbound_flood's per-minute volume, before it keeps state
 	sampling uint32    // sampling rate of the last flow
 	exporter uint16    // index in Engine.exporters
@@ -212,7 +218,7 @@ func (e *Engine) Receive(f *flow.Flow) {
 	if f.Proto != network.ProtoICMP && f.Proto != network.ProtoICMPv6 {
 		e.exchanges().add(f)
 	}
-	if s := e.lookup(e.subs.Subscriber(f.DstAddr)); s != nil && s.more != nil {
+	if s := e.lookup(e.keyOf(f, f.DstAddr)); s != nil && s.more != nil {
 		if st, _ := s.more.state[kindFlood].(*floodState); st != nil {
 			st.answered(f)
 		}
@@ -268,12 +274,25 @@ func (e *Engine) ProcessFrom(origin uint64, lowMs int64, f *flow.Flow) []alert.A
 		return nil
 	}
 	out := e.sweepTo(e.watermark)
-	if e.allow.Contains(f.SrcAddr.Unmap()) {
+	// Behind a CGNAT the subscriber is the inside address; the allow
+	// list and the groups name subscribers' own addresses.
+	addr := f.SrcAddr.Unmap()
+	if f.Inside.IsValid() {
+		addr = f.Inside.Unmap()
+	}
+	if e.allow.Contains(addr) {
 		e.stats.AllowListed++
 		return out
 	}
-	src := e.subs.Subscriber(f.SrcAddr)
+	src := e.keyOf(f, f.SrcAddr)
 	s := e.lookup(src)
+	if s != nil && f.Customer != "" && (s.who == nil || s.who.id != f.Customer) {
+		// Two customers on one key (64 bits of a hash): the second is
+		// kept under its address instead, never merged.
+		e.stats.KeyCollisions++
+		src = e.subs.Subscriber(addr)
+		s = e.lookup(src)
+	}
 	if s != nil {
 		s, out = e.catchUp(src, s, f.EndMs, out)
 	}
@@ -285,7 +304,7 @@ func (e *Engine) ProcessFrom(origin uint64, lowMs int64, f *flow.Flow) []alert.A
 	if s != nil {
 		g = int(s.group)
 	} else {
-		g, _ = e.groups.Lookup(src)
+		g, _ = e.groups.Lookup(addr)
 	}
 	r := &e.rules[g]
 	var want [kinds]bool
@@ -302,6 +321,9 @@ func (e *Engine) ProcessFrom(origin uint64, lowMs int64, f *flow.Flow) []alert.A
 			return out
 		}
 		s = &subscriber{group: uint16(g)}
+		if identity.IsKey(src) {
+			s.who = &customer{id: f.Customer}
+		}
 		e.shards[shardOf(src)][src] = s
 		e.nsubs++
 		e.budget.used.Add(1)
@@ -313,6 +335,9 @@ func (e *Engine) ProcessFrom(origin uint64, lowMs int64, f *flow.Flow) []alert.A
 		}
 	}
 	s.lastMs = max(s.lastMs, f.EndMs)
+	if s.who != nil {
+		s.who.saw(e.subs.Subscriber(addr), f.EndMs)
+	}
 	s.exporter = e.exporter(f.Exporter)
 	s.sampling = f.SamplingRate
 	for k, ru := range ruleTable {
@@ -382,7 +407,10 @@ func (e *Engine) base(addr netip.Addr, s *subscriber, inc *incident, kind int, w
 	if int(s.exporter) < len(e.exporters) && e.exporters[s.exporter].IsValid() {
 		a.Exporter = e.exporters[s.exporter].String()
 	}
-	if e.subscriberID != nil {
+	switch {
+	case s.who != nil:
+		e.describeCustomer(&a, s.who, windowEndMs-window.Milliseconds(), windowEndMs)
+	case e.subscriberID != nil:
 		a.SubscriberID = e.subscriberID(addr)
 	}
 	a.Evidence.SamplingRate = s.sampling

@@ -13,6 +13,7 @@ type metrics struct {
 	allowListed     prometheus.Counter
 	evicted         prometheus.Counter
 	answers         prometheus.Counter
+	keyCollisions   prometheus.Counter
 	received        prometheus.Counter
 	displaced       prometheus.Counter
 	refused         prometheus.Counter
@@ -50,6 +51,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "wormsign_detector_allow_listed_flows_total", Help: "Flows from allow-listed sources (never alerted)."}),
 		evicted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wormsign_detector_evicted_subscribers_total", Help: "Subscribers whose state was dropped after idling past the longest window."}),
+		keyCollisions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wormsign_detector_customer_key_collisions_total",
+			Help: "Flows of a customer whose key (identity.Key) another customer's state held; kept under their address."}),
 		answers: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wormsign_detector_answer_flows_total", Help: "Outbound flows that answer something the subscriber was sent (replies, errors, RSTs, SYN-ACKs): never counted as its behaviour."}),
 		received: prometheus.NewCounter(prometheus.CounterOpts{
@@ -80,7 +84,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "wormsign_detector_subscriber_map_errors_total", Help: "Failed subscriber map reloads (previous map kept)."}),
 	}
 	reg.MustRegister(m.messages, m.badMessages, m.fetchErrors, m.flows, m.lateFlows, m.invalidFlows, m.futureFlows, m.allowListed, m.evicted,
-		m.answers, m.received, m.displaced, m.refused,
+		m.answers, m.keyCollisions, m.received, m.displaced, m.refused,
 		m.alerts, m.publishErrs, m.subscribers, m.partitions, m.watermark, m.rebuildMessages, m.rebuildErrors,
 		m.mapEntries, m.mapReloads, m.mapErrors)
 	return m

@@ -17,6 +17,7 @@ import (
 	"github.com/wormsign/wormsign/alert"
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/flow"
+	"github.com/wormsign/wormsign/identity"
 	"github.com/wormsign/wormsign/network"
 	"github.com/wormsign/wormsign/retry"
 )
@@ -37,6 +38,9 @@ type Dependencies struct {
 	// Clock is the wall clock: what idle sources and idle partitions are
 	// judged by. Nil is the system clock; tests drive their own.
 	Clock Clock
+	// Identity, when set, gives alerts of customers the binding behind
+	// their address (source, session, since).
+	Identity *identity.Table
 }
 
 // Component is the detector.
@@ -205,6 +209,12 @@ func (c *Component) consume(ctx context.Context, claim bus.Claim) {
 		prevLate: map[netip.Addr]uint64{}}
 	p.engine.SetSubscriberIDs(c.subscriberID)
 	p.engine.SetSubscribers(c.deps.Subscribers)
+	if t := c.deps.Identity; t != nil {
+		p.engine.SetIdentity(func(a netip.Addr, ms int64) (identity.Binding, bool) {
+			res, ok := t.Resolve(a, 0, ms)
+			return res.Binding, ok && res.Customer != ""
+		})
+	}
 	p.engine.SetSubscriberBudget(c.budget)
 	c.mu.Lock()
 	c.partitions[claim.Partition()] = p.engine
@@ -433,6 +443,7 @@ func (p *partition) observe() {
 	m.allowListed.Add(float64(s.AllowListed - p.prev.AllowListed))
 	m.evicted.Add(float64(s.Evicted - p.prev.Evicted))
 	m.answers.Add(float64(s.Answers - p.prev.Answers))
+	m.keyCollisions.Add(float64(s.KeyCollisions - p.prev.KeyCollisions))
 	m.received.Add(float64(s.Received - p.prev.Received))
 	m.displaced.Add(float64(s.Displaced - p.prev.Displaced))
 	m.refused.Add(float64(s.Refused - p.prev.Refused))

@@ -90,7 +90,9 @@ func (f *Flow) size() int {
 		varintField(fieldPackets, f.Packets) +
 		varintField(fieldInIf, uint64(f.InIf)) +
 		varintField(fieldOutIf, uint64(f.OutIf)) +
-		varintField(fieldType, uint64(f.Type))
+		varintField(fieldType, uint64(f.Type)) +
+		bytesField(fieldCustomer, len(f.Customer)) +
+		bytesField(fieldInside, addrSize(f.Inside))
 }
 
 func appendVarint(b []byte, n protowire.Number, v uint64) []byte {
@@ -131,7 +133,12 @@ func (f *Flow) appendTo(b []byte) []byte {
 	b = appendVarint(b, fieldPackets, f.Packets)
 	b = appendVarint(b, fieldInIf, uint64(f.InIf))
 	b = appendVarint(b, fieldOutIf, uint64(f.OutIf))
-	return appendVarint(b, fieldType, uint64(f.Type))
+	b = appendVarint(b, fieldType, uint64(f.Type))
+	if f.Customer != "" {
+		b = protowire.AppendTag(b, fieldCustomer, protowire.BytesType)
+		b = protowire.AppendString(b, f.Customer)
+	}
+	return appendAddr(b, fieldInside, f.Inside)
 }
 
 // ErrMalformed is returned for bytes that are not a valid FlowBatch.
@@ -239,6 +246,11 @@ func (f *Flow) setVarint(num protowire.Number, v uint64) {
 func (f *Flow) setBytes(num protowire.Number, v []byte) error {
 	var dst *netip.Addr
 	switch num {
+	case fieldCustomer:
+		f.Customer = string(v)
+		return nil
+	case fieldInside:
+		dst = &f.Inside
 	case fieldExporter:
 		dst = &f.Exporter
 	case fieldSrcAddr:

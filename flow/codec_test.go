@@ -17,7 +17,7 @@ func sampleFlows() []Flow {
 			Exporter: netip.MustParseAddr("127.0.0.1"), ObservationDomain: 7, SamplingRate: 100,
 			SrcAddr: netip.MustParseAddr("203.0.113.10"), DstAddr: netip.MustParseAddr("198.18.0.25"),
 			SrcPort: 40000, DstPort: 25, Proto: ProtoTCP, TCPFlags: TCPSyn, Bytes: 124, Packets: 2,
-			InIf: 3, OutIf: 4, Type: TypeNetFlowV9,
+			InIf: 3, OutIf: 4, Type: TypeNetFlowV9, Customer: "cust-7", Inside: netip.MustParseAddr("100.64.0.7"),
 		},
 		{
 			EndMs: 1, SrcAddr: netip.MustParseAddr("2001:db8::1"), DstAddr: netip.MustParseAddr("2001:db8::2"),

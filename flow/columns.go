@@ -30,6 +30,8 @@ const (
 	fieldInIf         protowire.Number = 15
 	fieldOutIf        protowire.Number = 16
 	fieldType         protowire.Number = 17
+	fieldCustomer     protowire.Number = 18
+	fieldInside       protowire.Number = 19
 )
 
 // Kind is how a column is stored in ClickHouse.
@@ -92,6 +94,8 @@ var Columns = []Column{
 	{Name: "in_if", Kind: KindUInt32, Proto: "in_if", Field: fieldInIf, value: func(f *Flow) any { return f.InIf }},
 	{Name: "out_if", Kind: KindUInt32, Proto: "out_if", Field: fieldOutIf, value: func(f *Flow) any { return f.OutIf }},
 	{Name: "flow_type", Kind: KindUInt8, Proto: "type", Field: fieldType, value: func(f *Flow) any { return uint8(f.Type) }},
+	{Name: "customer", Kind: KindString, Proto: "customer", Field: fieldCustomer, value: func(f *Flow) any { return f.Customer }},
+	{Name: "inside_addr", Kind: KindAddress, Proto: "inside_addr", Field: fieldInside, value: func(f *Flow) any { return f.Inside }},
 	// The coordinates of the bus message, the sink ledger's key.
 	{Name: "sink_partition", Kind: KindUInt32},
 	{Name: "sink_offset", Kind: KindUInt64},

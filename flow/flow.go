@@ -66,6 +66,12 @@ type Flow struct {
 	InIf              uint32
 	OutIf             uint32
 	Type              Type
+	// Customer is who held the subscriber's address at the flow's time,
+	// as the collector resolved it (identity); "" when no source knew.
+	Customer string
+	// Inside is the inside address behind a carrier-grade NAT: the
+	// subscriber of a flow seen with a public address and port.
+	Inside netip.Addr
 }
 
 // End returns the flow's end time, the event time windows are built on.

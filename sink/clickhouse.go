@@ -42,9 +42,10 @@ func day(t time.Time) time.Time { return time.Date(t.Year(), t.Month(), t.Day(),
 // TestFlowBlockFollowsColumns holds add to the table's values.
 type flowBlock struct {
 	date, received, start, end []time.Time
-	subscriber                 []string
-	exporter, src, dst         []netip.Addr
+	subscriber, customer       []string
+	exporter, src, dst, inside []netip.Addr
 	exporterS, srcS, dstS      []string
+	insideS                    []string
 	obsDomain, sampling        []uint32
 	srcPort, dstPort           []uint16
 	proto, flags, typ          []uint8
@@ -61,10 +62,13 @@ var flowBlocks = sync.Pool{New: func() any { return new(flowBlock) }}
 func (b *flowBlock) reset() {
 	b.date, b.received, b.start, b.end = b.date[:0], b.received[:0], b.start[:0], b.end[:0]
 	clear(b.subscriber)
+	clear(b.customer)
 	clear(b.exporterS)
 	clear(b.srcS)
 	clear(b.dstS)
+	clear(b.insideS)
 	b.subscriber, b.exporterS, b.srcS, b.dstS = b.subscriber[:0], b.exporterS[:0], b.srcS[:0], b.dstS[:0]
+	b.customer, b.inside, b.insideS = b.customer[:0], b.inside[:0], b.insideS[:0]
 	b.exporter, b.src, b.dst = b.exporter[:0], b.src[:0], b.dst[:0]
 	b.obsDomain, b.sampling, b.srcPort, b.dstPort = b.obsDomain[:0], b.sampling[:0], b.srcPort[:0], b.dstPort[:0]
 	b.proto, b.flags, b.typ, b.bytes, b.packets = b.proto[:0], b.flags[:0], b.typ[:0], b.bytes[:0], b.packets[:0]
@@ -75,11 +79,13 @@ func (b *flowBlock) reset() {
 func (b *flowBlock) reserve(n int, ipv6 bool) {
 	grow := func(s []time.Time) []time.Time { return slices.Grow(s, n) }
 	b.date, b.received, b.start, b.end = grow(b.date), grow(b.received), grow(b.start), grow(b.end)
-	b.subscriber = slices.Grow(b.subscriber, n)
+	b.subscriber, b.customer = slices.Grow(b.subscriber, n), slices.Grow(b.customer, n)
 	if ipv6 {
 		b.exporter, b.src, b.dst = slices.Grow(b.exporter, n), slices.Grow(b.src, n), slices.Grow(b.dst, n)
+		b.inside = slices.Grow(b.inside, n)
 	} else {
 		b.exporterS, b.srcS, b.dstS = slices.Grow(b.exporterS, n), slices.Grow(b.srcS, n), slices.Grow(b.dstS, n)
+		b.insideS = slices.Grow(b.insideS, n)
 	}
 	b.obsDomain, b.sampling = slices.Grow(b.obsDomain, n), slices.Grow(b.sampling, n)
 	b.srcPort, b.dstPort = slices.Grow(b.srcPort, n), slices.Grow(b.dstPort, n)
@@ -100,10 +106,13 @@ func (b *flowBlock) add(subscriber string, f *flow.Flow, partition uint32, offse
 		// An absent address is stored as :: (the column's default).
 		b.exporter = append(b.exporter, orUnspecified(f.Exporter))
 		b.src, b.dst = append(b.src, orUnspecified(f.SrcAddr)), append(b.dst, orUnspecified(f.DstAddr))
+		b.inside = append(b.inside, orUnspecified(f.Inside))
 	} else {
 		b.exporterS = append(b.exporterS, addrText(f.Exporter))
 		b.srcS, b.dstS = append(b.srcS, addrText(f.SrcAddr)), append(b.dstS, addrText(f.DstAddr))
+		b.insideS = append(b.insideS, addrText(f.Inside))
 	}
+	b.customer = append(b.customer, f.Customer)
 	b.obsDomain, b.sampling = append(b.obsDomain, f.ObservationDomain), append(b.sampling, f.SamplingRate)
 	b.srcPort, b.dstPort = append(b.srcPort, f.SrcPort), append(b.dstPort, f.DstPort)
 	b.proto, b.flags, b.typ = append(b.proto, f.Proto), append(b.flags, f.TCPFlags), append(b.typ, uint8(f.Type))
@@ -180,6 +189,13 @@ func (b *flowBlock) column(name string, ipv6 bool) any {
 		return b.outIf
 	case "flow_type":
 		return b.typ
+	case "customer":
+		return b.customer
+	case "inside_addr":
+		if ipv6 {
+			return b.inside
+		}
+		return b.insideS
 	case "sink_partition":
 		return b.partition
 	case "sink_offset":

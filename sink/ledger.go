@@ -17,6 +17,7 @@ import (
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/clickhousedb"
 	"github.com/wormsign/wormsign/flow"
+	"github.com/wormsign/wormsign/identity"
 	"github.com/wormsign/wormsign/network"
 	"github.com/wormsign/wormsign/retry"
 )
@@ -321,10 +322,22 @@ func (l *ledgerWriter) beginFlows(ctx context.Context, msgs []bus.Message, try a
 	return w, nil
 }
 
+// subscriberOf labels the subscriber of one flow: the inside address
+// behind a CGNAT, else the subscriber rule's address.
+func (l *ledgerWriter) subscriberOf(f *flow.Flow) string {
+	if f.Inside.IsValid() {
+		return l.subscribers.Label(f.Inside)
+	}
+	return l.subscribers.Label(l.subscribers.Key(f.SrcAddr, f.DstAddr))
+}
+
 // add adds the flows of m, except those an earlier try landed.
 func (w *flowInsert) add(m bus.Message, flows []flow.Flow) {
-	subscriber := ""
+	subscriber, perFlow := "", false
 	if a, ok := netip.AddrFromSlice(m.Key); ok {
+		// A customer's key (identity) is no address: each flow's
+		// subscriber is the address it had then.
+		perFlow = identity.IsKey(a)
 		subscriber = w.l.subscribers.Label(a)
 	}
 	p, o := w.l.coordinates("flows", m)
@@ -332,6 +345,9 @@ func (w *flowInsert) add(m bus.Message, flows []flow.Flow) {
 	for i := range flows {
 		if w.landed != nil && w.landed[landedKey{p, o, day(flows[i].End())}] > 0 {
 			continue
+		}
+		if perFlow {
+			subscriber = w.l.subscriberOf(&flows[i])
 		}
 		w.block.add(subscriber, &flows[i], p, o, w.ipv6)
 		added++

@@ -12,6 +12,7 @@ import (
 	"github.com/wormsign/wormsign/console"
 	"github.com/wormsign/wormsign/containment"
 	"github.com/wormsign/wormsign/detector"
+	"github.com/wormsign/wormsign/identity"
 	"github.com/wormsign/wormsign/internal/config"
 	"github.com/wormsign/wormsign/internal/httpserver"
 	"github.com/wormsign/wormsign/network"
@@ -35,6 +36,7 @@ type Configuration struct {
 	Sink               sink.Configuration         `yaml:"sink"`
 	Console            console.Configuration      `yaml:"console"`
 	Containment        containment.Configuration  `yaml:"containment"`
+	Identity           identity.Configuration     `yaml:"identity"`
 }
 
 // DefaultConfiguration is the embedded default `wormsign run` starts with.
@@ -50,6 +52,7 @@ func DefaultConfiguration() Configuration {
 		Sink:               sink.DefaultConfiguration(),
 		Containment:        containment.DefaultConfiguration(),
 		Console:            console.DefaultConfiguration(),
+		Identity:           identity.DefaultConfiguration(),
 	}
 }
 
@@ -68,7 +71,7 @@ func loadConfiguration(path string) (Configuration, error) {
 	if cfg.SubscriberPrefixV6 < 32 || cfg.SubscriberPrefixV6 > 128 {
 		return cfg, fmt.Errorf("subscriber_prefix_v6: %d, want 32..128", cfg.SubscriberPrefixV6)
 	}
-	for _, v := range []interface{ Validate() error }{cfg.HTTP, cfg.Kafka, cfg.ClickHouse, cfg.Collector, cfg.Detector, cfg.Sink, cfg.Console, cfg.Containment} {
+	for _, v := range []interface{ Validate() error }{cfg.HTTP, cfg.Kafka, cfg.ClickHouse, cfg.Collector, cfg.Detector, cfg.Sink, cfg.Console, cfg.Containment, cfg.Identity} {
 		if err := v.Validate(); err != nil {
 			return cfg, err
 		}

@@ -24,6 +24,7 @@ commands:
   detector   consume flows, publish alerts to Kafka
   sink       write flows and alerts from Kafka to ClickHouse
   console    serve the NOC console and HTTP API from ClickHouse and the alerts topic
+  identity   receive RADIUS accounting and DHCP lease events, publish who held which address
   replay     replay pcap/pcapng captures of export datagrams (--flows: print flows)
   blocklist  print the containment block list (--format json|plain|nftables|ipset|exabgp|exabgp-conf)
   migrate    create or upgrade the ClickHouse schema
@@ -76,7 +77,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	logger := newLogger(cfg.LogLevel)
 	switch cmd {
 	case "run":
-		return runStages(ctx, cfg, logger, stdout, stages{collector: true, detector: true, sink: true, console: true})
+		return runStages(ctx, cfg, logger, stdout, allStages)
 	case "collector":
 		return runStages(ctx, cfg, logger, stdout, stages{collector: true})
 	case "detector":
@@ -85,6 +86,8 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		return runStages(ctx, cfg, logger, stdout, stages{sink: true})
 	case "console":
 		return runStages(ctx, cfg, logger, stdout, stages{console: true})
+	case "identity":
+		return runStages(ctx, cfg, logger, stdout, stages{identity: true})
 	case "migrate":
 		return migrate(ctx, cfg, logger)
 	case "blocklist":

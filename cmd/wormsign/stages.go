@@ -19,12 +19,15 @@ import (
 	"github.com/wormsign/wormsign/console"
 	"github.com/wormsign/wormsign/containment"
 	"github.com/wormsign/wormsign/detector"
+	"github.com/wormsign/wormsign/identity"
 	"github.com/wormsign/wormsign/internal/httpserver"
 	"github.com/wormsign/wormsign/network"
 	"github.com/wormsign/wormsign/sink"
 )
 
-type stages struct{ collector, detector, sink, console bool }
+type stages struct{ collector, detector, sink, console, identity bool }
+
+var allStages = stages{collector: true, detector: true, sink: true, console: true, identity: true}
 
 // lockedWriter lets several goroutines print whole lines.
 type lockedWriter struct {
@@ -57,7 +60,7 @@ func runStages(ctx context.Context, cfg Configuration, logger *slog.Logger, stdo
 
 	var b bus.Bus
 	if len(cfg.Kafka.Brokers) == 0 {
-		if want != (stages{true, true, true, true}) {
+		if want != allStages {
 			return errors.New("kafka.brokers is empty: only `wormsign run` works without Kafka")
 		}
 		b = bus.NewMemory(1024)
@@ -111,6 +114,18 @@ func runStages(ctx context.Context, cfg Configuration, logger *slog.Logger, stdo
 			return err
 		}
 	}
+	// Bindings first: the stages resolve with them from their first flow,
+	// and they are stopped last.
+	ids, err := startIdentity(cfg, logger, reg, b, http, want.identity)
+	if err != nil {
+		return err
+	}
+	if ids.stop != nil {
+		stops = append(stops, ids.stop)
+	}
+	if cont != nil && ids.store != nil {
+		cont.FollowIdentity(ids.store)
+	}
 	if want.console {
 		// First: on the in-process bus the console's queues must exist
 		// before the stages publish; stopped last.
@@ -159,7 +174,7 @@ func runStages(ctx context.Context, cfg Configuration, logger *slog.Logger, stdo
 		d, err := detector.New(cfg.Detector, detector.Dependencies{
 			Logger: logger.With("component", "detector"), Registry: reg, Bus: b,
 			FlowsTopic: cfg.Kafka.FlowsTopic, AlertsTopic: cfg.Kafka.AlertsTopic,
-			Subscribers: cfg.subscribers(),
+			Subscribers: cfg.subscribers(), Identity: ids.table(),
 		})
 		if err != nil {
 			stopAll()
@@ -176,9 +191,15 @@ func runStages(ctx context.Context, cfg Configuration, logger *slog.Logger, stdo
 		})
 	}
 	if want.collector {
+		var nat *identity.CGNAT
+		if ids.store != nil && cfg.Identity.CGNAT.Enabled {
+			nat = identity.NewCGNAT(cfg.Identity.CGNAT, ids.store, logger.With("component", "identity"), reg)
+			nat.Start()
+			stops = append(stops, func() error { nat.Stop(); return nil })
+		}
 		c, err := collector.New(cfg.Collector, collector.Dependencies{
 			Logger: logger.With("component", "collector"), Registry: reg, Bus: b,
-			Topic: cfg.Kafka.FlowsTopic, Subscribers: cfg.subscribers(),
+			Topic: cfg.Kafka.FlowsTopic, Subscribers: cfg.subscribers(), Identity: ids.table(), NAT: nat,
 		})
 		if err != nil {
 			stopAll()
@@ -194,6 +215,59 @@ func runStages(ctx context.Context, cfg Configuration, logger *slog.Logger, stdo
 	<-ctx.Done()
 	logger.Info("stopping")
 	return stopAll()
+}
+
+// identities is the bindings a process follows.
+type identities struct {
+	store *identity.Store
+	stop  func() error
+}
+
+// table is the bindings table, nil without identity.
+func (i identities) table() *identity.Table {
+	if i.store == nil {
+		return nil
+	}
+	return i.store.Table()
+}
+
+// startIdentity loads the bindings when identity is on: the identity
+// stage runs the sources (RADIUS accounting, the DHCP lease endpoint) and
+// records into them; every other stage follows them.
+func startIdentity(cfg Configuration, logger *slog.Logger, reg *prometheus.Registry, b bus.Bus,
+	http *httpserver.Component, sources bool) (identities, error) {
+	if !cfg.Identity.Active() {
+		return identities{}, nil
+	}
+	logger = logger.With("component", "identity")
+	store := identity.NewStore(cfg.Identity, b, logger)
+	if !sources {
+		if err := store.Start(); err != nil {
+			return identities{}, err
+		}
+		return identities{store: store, stop: func() error { store.Stop(); return nil }}, nil
+	}
+	// The static map may name DHCP clients (MAC or client id) too; it
+	// is read once here, where the detector follows its changes.
+	var staticID func(string) string
+	if path := cfg.Detector.SubscriberMap; path != "" {
+		m, err := detector.LoadMapping(path)
+		if err != nil {
+			return identities{}, err
+		}
+		staticID = m.LookupClient
+	}
+	c, err := identity.New(cfg.Identity, identity.Dependencies{Logger: logger, Registry: reg, Store: store, StaticID: staticID})
+	if err != nil {
+		return identities{}, err
+	}
+	if err := c.Start(); err != nil {
+		return identities{}, err
+	}
+	if h := c.LeaseHandler(); h != nil {
+		http.Handle(identity.LeasePath, h)
+	}
+	return identities{store: store, stop: func() error { c.Stop(); return nil }}, nil
 }
 
 func migrate(ctx context.Context, cfg Configuration, logger *slog.Logger) error {

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 	"github.com/google/gopacket/pcapgo"
@@ -39,7 +40,10 @@ import (
 //     decodes in order and cannot decode it; wormsign learns the
 //     datagram's templates first and decodes it, so it finds
 //     set bytes / record size more records (akvorado data+templates.pcap).
-// Options data records (sampling rates) are not flows for either side.
+// Options data records (sampling rates) are not flows for either side,
+// nor NAT logging records (templates with natEvent): for those, and for
+// the flow records that tell a source translation, the NAT events
+// wormsign reports are compared with the ones tshark's decode tells.
 
 type captureDatagram struct {
 	source string // file it came from
@@ -192,6 +196,11 @@ type tsharkFrame struct {
 	options   int // options data records
 	explained int // difference to wormsign for a documented reason
 	packets   []tsharkPacket
+	// nat is the NAT events of the frame's records, TimeMs 0 where the
+	// time is not compared; natSkipped its NAT logging records without
+	// both addresses.
+	nat        []NATEvent
+	natSkipped int
 }
 
 var (
@@ -209,6 +218,14 @@ var (
 	reFieldLen = regexp.MustCompile(`^ {16}Length: (\d+)`)
 	rePDU      = regexp.MustCompile(`^    pdu \d+/\d+`)
 	reSFlow    = regexp.MustCompile(`^    (?:Expanded flow|Flow) sample, seq`)
+	// A template field's type, IANA unless the field's PEN line says
+	// otherwise (IPFIX shows the type's bits before it).
+	reFieldType      = regexp.MustCompile(`^ {16}(?:[.01 ]+ = )?Type: .*\((\d+)\)$`)
+	reFieldPEN       = regexp.MustCompile(`^ {16}1[.01 ]+ = Pen provided: Yes`)
+	reTrailingNumber = regexp.MustCompile(`\((\d+)\)$`)
+	// The record fields that make a NAT event; tshark names 8 and 27
+	// both SrcAddr, and shows enumerations as "UDP (17)".
+	reNATField = regexp.MustCompile(`^ {12}(SrcAddr|SrcPort|Protocol|Post NAT Source IPv[46] Address|Post NAPT Source Transport Port|Nat Event|Ingress VRFID|Observation Time Milliseconds|Port Range (?:Start|End|Step Size|Num Ports)): (.+)$`)
 )
 
 // runTshark decodes the capture and returns per-frame counts.
@@ -216,12 +233,15 @@ func runTshark(t *testing.T, path string, dgs []captureDatagram) []tsharkFrame {
 	t.Helper()
 	tshark := testenv.Tool(t, "tshark")
 	cmd := exec.Command(tshark, "-r", path, "-V", "-d", "udp.port==2055,cflow", "-d", "udp.port==6343,sflow")
+	cmd.Env = append(os.Environ(), "TZ=UTC") // absolute times, parsed below
 	out, err := cmd.Output()
 	if err != nil {
 		t.Fatalf("tshark %s: %v", path, err)
 	}
 	var frames []tsharkFrame
 	optionsTemplates := map[string]bool{} // exporter/domain/id, learned in order
+	natTemplates := map[string]bool{}     // with natEvent: NAT logging, not flows
+	postNATTemplates := map[string]bool{} // with a post-NAT source address
 	var cur *tsharkFrame
 	var src, port, domain, version string
 	v5Count, pdus := 0, 0
@@ -237,14 +257,31 @@ func runTshark(t *testing.T, path string, dgs []captureDatagram) []tsharkFrame {
 	setsShown := 0            // sets tshark showed in this frame
 	var tmplID string
 	var tmplLeft int
+	var penField bool            // the template field being read has a PEN
+	var natRec map[string]string // NAT fields of the record being read
+	var natRecLogging bool       // ... of a NAT logging template
 	key := func(tid string) string { return src + "/" + port + "/" + domain + "/" + tid }
+	endRecord := func() {
+		if natRec != nil {
+			if e, ok := tsharkNAT(natRec, natRecLogging); ok {
+				cur.nat = append(cur.nat, e)
+			} else if natRecLogging {
+				cur.natSkipped++
+			}
+		}
+		natRec = nil
+	}
 	endSet := func() {
+		endRecord()
 		if set == nil {
 			return
 		}
-		if optionsTemplates[key(set.id)] {
+		switch {
+		case optionsTemplates[key(set.id)]:
 			cur.options += set.records
-		} else {
+		case natTemplates[key(set.id)]:
+			// NAT logging: compared as NAT events, record by record
+		default:
 			cur.flows += set.records
 		}
 		if set.noTemplate {
@@ -260,6 +297,9 @@ func runTshark(t *testing.T, path string, dgs []captureDatagram) []tsharkFrame {
 		// A data set before its template in the same datagram: wormsign
 		// learns the datagram's templates first and decodes it.
 		for _, m := range missing {
+			if natTemplates[key(m.id)] {
+				continue
+			}
 			if size := sizes[key(m.id)]; size > 0 {
 				cur.explained += m.bytes / size
 			}
@@ -272,10 +312,11 @@ func runTshark(t *testing.T, path string, dgs []captureDatagram) []tsharkFrame {
 		// sets and the record sizes of the templates tshark learned.
 		if version == "9" || version == "10" {
 			for i, s := range rawSets(dgs[len(frames)-1].data) {
-				if i < setsShown || s.id < 256 || optionsTemplates[key(strconv.Itoa(int(s.id)))] {
+				id := key(strconv.Itoa(int(s.id)))
+				if i < setsShown || s.id < 256 || optionsTemplates[id] || natTemplates[id] {
 					continue
 				}
-				if size := sizes[key(strconv.Itoa(int(s.id)))]; size > 0 {
+				if size := sizes[id]; size > 0 {
 					cur.explained += s.bytes / size
 				}
 			}
@@ -338,6 +379,18 @@ func runTshark(t *testing.T, path string, dgs []captureDatagram) []tsharkFrame {
 			set.bytes -= 4
 		case set != nil && reRecord.MatchString(line):
 			set.records++
+			endRecord()
+			if natTemplates[key(set.id)] || postNATTemplates[key(set.id)] {
+				natRec, natRecLogging = map[string]string{}, natTemplates[key(set.id)]
+			}
+		case natRec != nil && reNATField.MatchString(line):
+			m := reNATField.FindStringSubmatch(line)
+			if m[1] == "SrcAddr" && strings.Contains(m[2], ":") {
+				m[1] = "SrcAddr6"
+			}
+			if _, ok := natRec[m[1]]; !ok {
+				natRec[m[1]] = m[2] // the first: IE 7's, not 180's or 182's
+			}
 		case set != nil && reNoTmpl.MatchString(line):
 			set.noTemplate = true
 		case reTemplate.MatchString(line):
@@ -345,7 +398,20 @@ func runTshark(t *testing.T, path string, dgs []captureDatagram) []tsharkFrame {
 			tmplID = key(m[1])
 			tmplLeft, _ = strconv.Atoi(m[2])
 			sizes[tmplID] = 0
+			delete(natTemplates, tmplID)
+			delete(postNATTemplates, tmplID)
+		case tmplLeft > 0 && reFieldPEN.MatchString(line):
+			penField = true
+		case tmplLeft > 0 && reFieldType.MatchString(line):
+			switch n, _ := strconv.Atoi(reFieldType.FindStringSubmatch(line)[1]); {
+			case penField:
+			case n == ieNATEvent:
+				natTemplates[tmplID] = true
+			case n == iePostNATSrcIPv4 || n == iePostNATSrcIPv6:
+				postNATTemplates[tmplID] = true
+			}
 		case tmplLeft > 0 && reFieldLen.MatchString(line):
+			penField = false
 			l, _ := strconv.Atoi(reFieldLen.FindStringSubmatch(line)[1])
 			if l == 0xffff || sizes[tmplID] < 0 {
 				sizes[tmplID] = -1 // variable length: no fixed size
@@ -508,6 +574,62 @@ func tsharkPackets(out []byte) [][]tsharkPacket {
 	return frames
 }
 
+// tsharkNAT is the NAT event of a record from its fields as tshark shows
+// them: of a NAT logging record when logging, else of a flow record that
+// tells a source translation. Exporter is left for the caller; TimeMs is
+// 0 where tshark shows no observation time (not compared).
+func tsharkNAT(fields map[string]string, logging bool) (NATEvent, bool) {
+	addr := func(k string) netip.Addr {
+		a, _ := netip.ParseAddr(fields[k])
+		return a
+	}
+	num := func(k string) int {
+		v := fields[k]
+		if m := reTrailingNumber.FindStringSubmatch(v); m != nil {
+			v = m[1] // "UDP (17)"
+		}
+		n, _ := strconv.Atoi(v)
+		return n
+	}
+	inside, outside := addr("SrcAddr"), addr("Post NAT Source IPv4 Address")
+	if !usable(outside) {
+		outside = addr("Post NAT Source IPv6 Address")
+	}
+	switch {
+	case logging && usable(addr("SrcAddr6")):
+		inside = addr("SrcAddr6")
+	case !logging && !usable(inside):
+		inside = addr("SrcAddr6")
+	}
+	if !usable(inside) || !usable(outside) || !logging && inside == outside {
+		return NATEvent{}, false
+	}
+	outPort := uint16(num("Post NAPT Source Transport Port"))
+	e := NATEvent{Event: NATTranslationCreate, Proto: uint8(num("Protocol")), VRF: uint32(num("Ingress VRFID")),
+		Inside: inside, InsidePort: uint16(num("SrcPort")), Outside: outside, OutsidePort: outPort,
+		PortStart: outPort, PortEnd: outPort, PortStep: 1}
+	if !logging {
+		return e, true
+	}
+	e.Event = uint8(num("Nat Event"))
+	if ts, err := time.Parse("Jan _2, 2006 15:04:05.000000000 MST", fields["Observation Time Milliseconds"]); err == nil {
+		e.TimeMs = ts.UnixMilli()
+	}
+	if _, ok := fields["Port Range Start"]; ok {
+		e.PortStart = uint16(num("Port Range Start"))
+		if step := num("Port Range Step Size"); step > 0 {
+			e.PortStep = uint16(step)
+		}
+		e.PortEnd = e.PortStart
+		if _, ok := fields["Port Range End"]; ok {
+			e.PortEnd = uint16(num("Port Range End"))
+		} else if n := num("Port Range Num Ports"); n > 0 {
+			e.PortEnd = uint16(min(int(e.PortStart)+(n-1)*int(e.PortStep), 0xffff))
+		}
+	}
+	return e, true
+}
+
 type rawSet struct {
 	id    uint16
 	bytes int
@@ -562,7 +684,7 @@ func TestConformanceWithTshark(t *testing.T) {
 		names = append(names, g)
 	}
 	slices.Sort(names)
-	var totalFiles, totalDatagrams, totalTshark, totalExplained, totalWormsign int
+	var totalFiles, totalDatagrams, totalTshark, totalExplained, totalWormsign, totalNAT int
 	checkedAll := map[string]int{} // packet fields compared, by kind
 	var summary strings.Builder
 	for _, g := range names {
@@ -599,7 +721,7 @@ func TestConformanceWithTshark(t *testing.T) {
 				t.Fatalf("tshark read %d frames, wrote %d datagrams", len(frames), len(dgs))
 			}
 			d := newDecoder(false)
-			var sumT, sumE, sumW int
+			var sumT, sumE, sumW, sumN int
 			checked := map[string]int{}
 			defer func() {
 				for k, n := range checked {
@@ -614,6 +736,8 @@ func TestConformanceWithTshark(t *testing.T) {
 					t.Errorf("%s datagram %d (frame %d): wormsign decoded %d flows (err %v, report %+v); tshark %d + %d explained",
 						dg.source, i, i+1, len(flows), err, rep, frames[i].flows, frames[i].explained)
 				}
+				checkNAT(t, fmt.Sprintf("%s datagram %d (frame %d)", dg.source, i, i+1), dg, frames[i], &rep)
+				sumN += len(rep.NAT)
 				sumT += frames[i].flows
 				sumE += frames[i].explained
 				sumW += len(flows)
@@ -623,14 +747,34 @@ func TestConformanceWithTshark(t *testing.T) {
 			totalTshark += sumT
 			totalExplained += sumE
 			totalWormsign += sumW
-			fmt.Fprintf(&summary, "%-70s %3d files %4d datagrams: tshark %5d + explained %3d, wormsign %5d\n",
-				g, len(files), len(dgs), sumT, sumE, sumW)
+			fmt.Fprintf(&summary, "%-70s %3d files %4d datagrams: tshark %5d + explained %3d, wormsign %5d, NAT events %d\n",
+				g, len(files), len(dgs), sumT, sumE, sumW, sumN)
+			totalNAT += sumN
 		})
 	}
 	t.Logf("conformance summary:\n%s", summary.String())
 	t.Logf("total: %d files in %d groups, %d datagrams; tshark %d flow records + %d explained = %d; wormsign %d",
 		totalFiles, len(groups), totalDatagrams, totalTshark, totalExplained, totalTshark+totalExplained, totalWormsign)
-	t.Logf("packet fields compared with tshark: %v", checkedAll)
+	t.Logf("packet fields compared with tshark: %v; NAT events: %d", checkedAll, totalNAT)
+}
+
+// checkNAT compares the NAT events of a datagram with tshark's decode.
+func checkNAT(t *testing.T, where string, dg captureDatagram, frame tsharkFrame, rep *Report) {
+	t.Helper()
+	want := slices.Clone(frame.nat)
+	got := slices.Clone(rep.NAT)
+	for i := range want {
+		want[i].Exporter = dg.from.Addr().Unmap()
+		if i < len(got) && want[i].TimeMs == 0 {
+			got[i].TimeMs = 0
+		}
+	}
+	if diff := cmp.Diff(want, got, cmpAddr); diff != "" {
+		t.Errorf("%s: NAT events differ from tshark's (-tshark +wormsign):\n%s", where, diff)
+	}
+	if rep.NATSkipped != frame.natSkipped {
+		t.Errorf("%s: %d NAT records skipped, tshark shows %d without both addresses", where, rep.NATSkipped, frame.natSkipped)
+	}
 }
 
 // checkPackets compares the ICMP destination ports (type<<8|code) and

@@ -5,6 +5,8 @@
 // NetFlow v9 and IPFIX by this package's own set walker. Templates,
 // learned sampling rates and sequence numbers are kept per exporter,
 // bounded and expired, and can be saved to a file and loaded again.
+// NAT logging records (RFC 8158), which are not flows, are reported apart
+// (Report.NAT).
 package decode
 
 import (
@@ -61,6 +63,15 @@ type Report struct {
 	// IPFIX, whose sequence numbers count records) are sequence gaps.
 	LostDatagrams uint64
 	LostRecords   uint64
+	// NAT receives the NAT logging records (RFC 8158) of NetFlow v9 and
+	// IPFIX, which are not flows, and the source translations that flow
+	// records tell (nat.go). DecodeReport appends to it: the caller
+	// resets it between datagrams and can reuse its array.
+	NAT []NATEvent
+	// NATSkipped counts NAT logging records without an inside or an
+	// outside address: address or port exhaustion, quota and threshold
+	// events carry none.
+	NATSkipped int
 }
 
 // Decoder turns export datagrams into flows. NetFlow v9 and IPFIX
@@ -175,18 +186,20 @@ var ErrRefused = errors.New("decoder state refused")
 
 // Decode appends the flows in payload, received from exporter at receivedMs
 // (Unix ms), to out. The protocol is told by family and the version field.
-// Hostile input yields a *DecodeError, never a panic.
+// Hostile input yields a *DecodeError, never a panic. NAT events are
+// left out: DecodeReport has them.
 func (d *Decoder) Decode(family string, exporter netip.AddrPort, payload []byte, receivedMs int64, out []flow.Flow) ([]flow.Flow, string, error) {
 	var rep Report
 	flows, err := d.DecodeReport(family, exporter, payload, receivedMs, out, &rep)
 	return flows, rep.Protocol, err
 }
 
-// DecodeReport is Decode that also fills rep.
+// DecodeReport is Decode that also fills rep, and appends to rep.NAT the
+// NAT events of the datagram.
 func (d *Decoder) DecodeReport(family string, exporter netip.AddrPort, payload []byte, receivedMs int64, out []flow.Flow, rep *Report) ([]flow.Flow, error) {
 	rep.Protocol = family
 	d.maybeReclaim(receivedMs)
-	start := len(out)
+	start, natStart := len(out), len(rep.NAT)
 	exporterAddr := exporter.Addr().Unmap()
 	var err error
 	switch family {
@@ -223,6 +236,7 @@ func (d *Decoder) DecodeReport(family string, exporter netip.AddrPort, payload [
 		return out, fmt.Errorf("unknown protocol family %q", family)
 	}
 	if err != nil {
+		rep.NAT = rep.NAT[:natStart]
 		return out[:start], err
 	}
 	d.applySampling(exporterAddr, out[start:])

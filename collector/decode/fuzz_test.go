@@ -75,8 +75,13 @@ func checkDecode(t *testing.T, family string, datagrams ...[]byte) {
 		}
 		// Every record takes at least one byte of the datagram (a template
 		// of zero-length fields yields one record per set of 4+ bytes).
-		if len(flows) > len(p) {
-			t.Fatalf("%d flows from %d bytes", len(flows), len(p))
+		if len(flows) > len(p) || len(rep.NAT) > len(p) {
+			t.Fatalf("%d flows and %d NAT events from %d bytes", len(flows), len(rep.NAT), len(p))
+		}
+		for _, e := range rep.NAT {
+			if !usable(e.Inside) || !usable(e.Outside) || e.PortEnd < e.PortStart || e.PortStep == 0 {
+				t.Fatalf("impossible NAT event %+v", e)
+			}
 		}
 		// What decodes must survive the trip through the topic encoding.
 		if _, err := flow.DecodeBatch(nil, flow.AppendBatch(nil, flows)); err != nil {
@@ -125,6 +130,9 @@ func checkBudget(t *testing.T, d *Decoder) {
 // fuzzNetFlow seeds pairs (templates datagram, data datagram) of one
 // version; the target learns from the first and decodes the second.
 func fuzzNetFlow(f *testing.F, version uint16) {
+	for _, s := range natSeeds(version) {
+		f.Add(s[0], s[1])
+	}
 	for _, dgs := range seedDatagrams(f) {
 		var first []byte
 		for i, d := range dgs {

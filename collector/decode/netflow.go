@@ -208,7 +208,11 @@ func (d *Decoder) decodeNetFlowV9(h nfHeader, body []byte, exp *exporterState, e
 		switch {
 		case t == nil:
 			rep.TemplateMisses++
-		case !t.Options:
+		case t.Options:
+			// decoded above
+		case t.nat:
+			records += decodeNAT(&dc, t, s.data, rep)
+		default:
 			before := len(out)
 			out = d.decodeFlows(&dc, t, s.data, out, rep)
 			records += len(out) - before
@@ -457,6 +461,7 @@ func (d *Decoder) decodeFlows(dc *flowContext, t *template, data []byte, out []f
 			}
 			l = off
 		}
+		rec := data[:l]
 		data = data[l:]
 		if t.varlen {
 			rep.VariableLengthRecords++
@@ -466,6 +471,13 @@ func (d *Decoder) decodeFlows(dc *flowContext, t *template, data []byte, out []f
 		}
 		r.finish(dc)
 		out = append(out, r.flow)
+		if t.postNAT {
+			// Rare templates (firewalls, NAT routers): walked again
+			// rather than making every flow record carry NAT fields.
+			if e, ok := natOfFlow(dc, t, rec, &out[len(out)-1]); ok {
+				rep.NAT = append(rep.NAT, e)
+			}
+		}
 		if l == 0 {
 			break // a template of zero-length fields would loop forever
 		}

@@ -29,11 +29,21 @@ type template struct {
 	minSize    int  // bytes of the shortest possible record
 	varlen     bool // has IPFIX variable-length fields
 	enterprise bool // has IPFIX enterprise-specific fields
+	nat        bool // has natEvent: NAT logging records, not flows
+	postNAT    bool // has a post-NAT source address
 }
 
 func (t *template) prepare() {
-	t.minSize, t.varlen, t.enterprise = 0, false, false
+	t.minSize, t.varlen, t.enterprise, t.nat, t.postNAT = 0, false, false, false, false
 	for _, f := range t.Fields {
+		if f.PEN == 0 {
+			switch f.Type {
+			case ieNATEvent:
+				t.nat = true
+			case iePostNATSrcIPv4, iePostNATSrcIPv6:
+				t.postNAT = true
+			}
+		}
 		switch {
 		case f.Length == variableLength:
 			// IPFIX variable length; some NetFlow v9 exporters (H3C

@@ -17,9 +17,13 @@ type Message struct {
 	Sets     [][]byte
 }
 
-// U16 and U32 are big-endian numbers.
+// U16, U32 and U64 are big-endian numbers.
 func U16(v uint16) []byte { return binary.BigEndian.AppendUint16(nil, v) }
 func U32(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
+func U64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
+
+// IP is the bytes of an IPv4 (4) or IPv6 (16) address.
+func IP(s string) []byte { return netip.MustParseAddr(s).AsSlice() }
 
 // Cat joins byte strings.
 func Cat(parts ...[]byte) []byte {

@@ -34,6 +34,8 @@ CREATE TABLE IF NOT EXISTS {db}.flows (
     in_if UInt32,
     out_if UInt32,
     flow_type UInt8,
+    customer String,
+    inside_addr {ip},
     sink_partition UInt32,
     sink_offset UInt64
 ) ENGINE = MergeTree()
