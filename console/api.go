@@ -387,12 +387,21 @@ func (c *Component) serveAck(w http.ResponseWriter, r *http.Request) {
 }
 
 type subscriberView struct {
-	SubscriberIP string     `json:"subscriber_ip"`
-	SubscriberID string     `json:"subscriber_id"`
-	From         time.Time  `json:"from"`
-	To           time.Time  `json:"to"`
-	Series       []Point    `json:"series"`
-	Incidents    []Incident `json:"incidents"`
+	SubscriberIP string `json:"subscriber_ip"`
+	// SubscriberID is the subscriber_id of its latest incident.
+	SubscriberID string `json:"subscriber_id"`
+	// Customer is who holds the address now, as identity knows it.
+	Customer string `json:"customer"`
+	// Holdings are who held the address (or prefixes around it, or port
+	// blocks of it behind a CGNAT), and when: longest prefix first, then
+	// oldest first; HoldingsFrom as for customers.
+	Holdings      []Holding  `json:"holdings"`
+	HoldingsFrom  string     `json:"holdings_from"`
+	HoldingsError string     `json:"holdings_error,omitempty"`
+	From          time.Time  `json:"from"`
+	To            time.Time  `json:"to"`
+	Series        []Point    `json:"series"`
+	Incidents     []Incident `json:"incidents"`
 }
 
 func (c *Component) parseSubscriber(r *http.Request, extra ...string) (netip.Addr, int, error) {
@@ -435,7 +444,8 @@ func (c *Component) serveSubscriber(w http.ResponseWriter, r *http.Request) {
 	}
 	to := c.now().UTC().Truncate(time.Minute).Add(time.Minute)
 	from := to.Add(-time.Duration(hours) * time.Hour)
-	v := subscriberView{SubscriberIP: c.deps.Subscribers.Label(ip), From: from, To: to, Series: []Point{}, Incidents: []Incident{}}
+	v := subscriberView{SubscriberIP: c.deps.Subscribers.Label(ip), HoldingsFrom: c.holdingsFrom(), From: from, To: to, Series: []Point{}, Incidents: []Incident{}}
+	c.addressHoldings(r, &v)
 	series, err := c.store.Series(r.Context(), ip, from, to)
 	if err != nil {
 		c.fail(w, err)

@@ -110,7 +110,7 @@ func waitIncidents(t *testing.T, c *Component, n int) {
 func TestUnauthorized(t *testing.T) {
 	c, srv, _ := newTestConsole(t)
 	c.guard.limiter.FreeFailures = 1000 // throttling: TestLoginThrottle
-	for _, path := range []string{"/api/v1/incidents", "/api/v1/incidents/x", "/api/v1/top/smtp", "/api/v1/alerts/stream", "/api/v1/subscribers/203.0.113.7", "/api/v1/nope"} {
+	for _, path := range []string{"/api/v1/incidents", "/api/v1/incidents/x", "/api/v1/top/smtp", "/api/v1/alerts/stream", "/api/v1/subscribers/203.0.113.7", "/api/v1/customers/cust-1", "/api/v1/nope"} {
 		for _, header := range []string{"", "Bearer wrong", "Bearer " + testToken + "x", "Basic " + testToken, testToken} {
 			req, _ := http.NewRequest("GET", srv.URL+path, nil)
 			if header != "" {

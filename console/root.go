@@ -9,7 +9,9 @@
 // fed by the alerts and flows topics. Live alerts come from the alerts
 // topic, read in the console's own consumer group: on Kafka from the end
 // of the topic, in a group of its own per instance that never commits, so
-// that every instance sees every alert and restarts cost nothing.
+// that every instance sees every alert and restarts cost nothing. Who a
+// subscriber is (the customers who held its address, and when) comes from
+// ClickHouse subscriber_bindings, else from this process's identity table.
 package console
 
 import (
@@ -31,6 +33,7 @@ import (
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/clickhousedb"
 	"github.com/wormsign/wormsign/flow"
+	"github.com/wormsign/wormsign/identity"
 	"github.com/wormsign/wormsign/internal/httpserver"
 	"github.com/wormsign/wormsign/network"
 	"github.com/wormsign/wormsign/retry"
@@ -48,7 +51,13 @@ type Dependencies struct {
 	// FlowsTopic for the in-memory minute counters when ClickHouse is nil.
 	AlertsTopic, FlowsTopic string
 	// ClickHouse, when set, is the store; nil keeps history in memory.
+	// It is also where the console reads who held an address
+	// (subscriber_bindings), over identity.retention.
 	ClickHouse *clickhousedb.DB
+	// Identity is the bindings table of this process, read for who held
+	// an address when there is no ClickHouse (then the console knows what
+	// identity.keep keeps); nil: no identity here.
+	Identity *identity.Table
 	// Subscribers says which address of a flow is its subscriber, for the
 	// in-memory counters (as the sink does for flows_1m).
 	Subscribers network.Subscribers
@@ -83,9 +92,11 @@ type Component struct {
 	metrics *metrics
 	store   Store
 	memory  *memoryStore // nil with ClickHouse
-	hub     *hub
-	handler http.Handler
-	guard   *guard
+	// bindings answers who held what; nil when no identity is known.
+	bindings bindingSource
+	hub      *hub
+	handler  http.Handler
+	guard    *guard
 
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
@@ -113,6 +124,7 @@ func New(config Configuration, deps Dependencies) (*Component, error) {
 		c.memory = newMemoryStore(config, deps.Subscribers)
 		c.store = c.memory
 	}
+	c.bindings = newBindingSource(deps.ClickHouse, deps.Identity)
 	c.metrics = newMetrics(deps.Registry, c)
 	if deps.Limiter == nil {
 		deps.Limiter = httpserver.NewAuthLimiter(deps.Registry)
@@ -269,6 +281,7 @@ func (c *Component) routes() http.Handler {
 	api("POST /api/v1/incidents/{id}/ack", "ack", c.serveAck)
 	api("GET /api/v1/subscribers/{ip}", "subscriber", c.serveSubscriber)
 	api("GET /api/v1/subscribers/{ip}/chart.svg", "chart", c.serveChart)
+	api("GET /api/v1/customers/{id}", "customer", c.serveCustomer)
 	api("GET /api/v1/top/smtp", "top_smtp", c.serveTopSMTP)
 	api("GET /api/v1/alerts/stream", "stream", c.serveStream)
 	mux.HandleFunc("/api/", c.counted("unknown", c.requireAPI(func(w http.ResponseWriter, r *http.Request) {
@@ -280,7 +293,7 @@ func (c *Component) routes() http.Handler {
 	mux.HandleFunc("/login", c.counted("login", c.serveLogin))
 	mux.HandleFunc("POST /logout", c.counted("logout", c.serveLogout))
 	page := func(w http.ResponseWriter, r *http.Request) { c.servePage(w, "index.html", http.StatusOK) }
-	for _, p := range []string{"GET /{$}", "GET /incidents/{id}", "GET /subscribers/{ip}", "GET /top"} {
+	for _, p := range []string{"GET /{$}", "GET /incidents/{id}", "GET /subscribers/{ip}", "GET /customers/{id}", "GET /search", "GET /top"} {
 		mux.HandleFunc(p, c.counted("page", c.requirePage(page)))
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

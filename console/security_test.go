@@ -46,6 +46,8 @@ func TestSecurityHeaders(t *testing.T) {
 		{"/no-such-page", false, false}, {"/static/app.js", false, false}, {"/static/nope.js", false, false},
 		{"/api/v1/incidents", true, true}, {"/api/v1/incidents", false, true}, {"/api/v1/nope", true, true},
 		{"/api/v1/incidents?limit=0", true, true},
+		{"/customers/cust-1", true, true}, {"/search?q=203.0.113.7", true, true},
+		{"/api/v1/customers/cust-1", true, true}, {"/api/v1/customers/cust-1?x=1", true, true},
 	} {
 		req, _ := http.NewRequest("GET", srv.URL+tc.path, nil)
 		if tc.auth {

@@ -15,8 +15,9 @@ import (
 var clickhouseFS embed.FS
 
 // Migration is one versioned ClickHouse DDL step. Its SQL names the
-// database as {db} and the version-dependent types as {ip} and {lc} (see
-// Features); statements are separated by lines holding only ";".
+// database as {db} and the version-dependent types as {ip}, {lc} and
+// {ms} (see Features); statements are separated by lines holding only
+// ";".
 type Migration struct {
 	Version    int
 	Name       string
@@ -34,6 +35,9 @@ type Features struct {
 	// TTL on MergeTree tables, from 19.6. The sink drops old partitions
 	// itself on every version; TTL lets the server do it between runs.
 	TTL bool
+	// DateTime64 (sub-second times), from 20.1. Without it times are
+	// whole seconds.
+	DateTime64 bool
 }
 
 // FeaturesOf returns the features of a server from its version() text,
@@ -49,7 +53,7 @@ func FeaturesOf(version string) (Features, error) {
 		return Features{}, fmt.Errorf("cannot parse ClickHouse version %q", version)
 	}
 	atLeast := func(ma, mi int) bool { return major > ma || major == ma && minor >= mi }
-	return Features{IPv6: atLeast(19, 3), LowCardinality: atLeast(19, 3), TTL: atLeast(19, 6)}, nil
+	return Features{IPv6: atLeast(19, 3), LowCardinality: atLeast(19, 3), TTL: atLeast(19, 6), DateTime64: atLeast(20, 1)}, nil
 }
 
 // IPType is the column type of addresses.
@@ -58,6 +62,15 @@ func (f Features) IPType() string {
 		return "IPv6"
 	}
 	return "String"
+}
+
+// MillisType is the column type of times kept to the millisecond, in
+// UTC: DateTime64(3), or whole seconds on 18.16.
+func (f Features) MillisType() string {
+	if f.DateTime64 {
+		return "DateTime64(3, 'UTC')"
+	}
+	return "DateTime('UTC')"
 }
 
 func (f Features) lowCardinality() string {
@@ -70,7 +83,8 @@ func (f Features) lowCardinality() string {
 // ClickHouseMigrations returns the migrations in version order, with {db}
 // replaced by database and the types chosen for a server with features.
 func ClickHouseMigrations(database string, features Features) ([]Migration, error) {
-	replacer := strings.NewReplacer("{db}", database, "{ip}", features.IPType(), "{lc}", features.lowCardinality())
+	replacer := strings.NewReplacer("{db}", database, "{ip}", features.IPType(), "{lc}", features.lowCardinality(),
+		"{ms}", features.MillisType())
 	entries, err := fs.ReadDir(clickhouseFS, "clickhouse")
 	if err != nil {
 		return nil, err

@@ -8,7 +8,7 @@ import (
 )
 
 func TestClickHouseMigrations(t *testing.T) {
-	for _, f := range []Features{{}, {IPv6: true, LowCardinality: true, TTL: true}} {
+	for _, f := range []Features{{}, {IPv6: true, LowCardinality: true, TTL: true, DateTime64: true}} {
 		ms, err := ClickHouseMigrations("wsdb", f)
 		if err != nil {
 			t.Fatal(err)
@@ -32,7 +32,7 @@ func TestClickHouseMigrations(t *testing.T) {
 		if sawIPv6 != f.IPv6 {
 			t.Errorf("with %+v: IPv6 column type used = %v", f, sawIPv6)
 		}
-		if diff := cmp.Diff([]int{1, 2, 3, 4, 5, 6}, versions); diff != "" {
+		if diff := cmp.Diff([]int{1, 2, 3, 4, 5, 6, 7}, versions); diff != "" {
 			t.Errorf("versions (-want +got):\n%s", diff)
 		}
 		if got := len(ms[0].Statements); got != 2 {
@@ -50,7 +50,8 @@ func TestFeaturesOf(t *testing.T) {
 		{version: "18.16.1", want: Features{}},
 		{version: "19.3.4", want: Features{IPv6: true, LowCardinality: true}},
 		{version: "19.6.2.11", want: Features{IPv6: true, LowCardinality: true, TTL: true}},
-		{version: "24.8.4.13", want: Features{IPv6: true, LowCardinality: true, TTL: true}},
+		{version: "20.1.2.4", want: Features{IPv6: true, LowCardinality: true, TTL: true, DateTime64: true}},
+		{version: "24.8.4.13", want: Features{IPv6: true, LowCardinality: true, TTL: true, DateTime64: true}},
 		{version: "banana", wantErr: true},
 	}
 	for _, tc := range cases {

@@ -3,9 +3,7 @@ package sink
 import (
 	"context"
 	"fmt"
-	"sort"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/wormsign/wormsign/clickhousedb"
@@ -66,29 +64,18 @@ func dropExpired(ctx context.Context, db *clickhousedb.DB, now time.Time, r Rete
 			continue
 		}
 		cutoff, _ := strconv.Atoi(day(now).AddDate(0, 0, -t.days).Format("20060102"))
-		rows, err := db.Query(ctx, "SELECT DISTINCT partition_id FROM system.parts WHERE database = ? AND table = ? AND active",
-			db.Database(), t.table)
+		ids, err := db.Partitions(ctx, t.table)
 		if err != nil {
-			return dropped, fmt.Errorf("cannot list partitions of %s: %w", t.table, err)
+			return dropped, err
 		}
-		var expired []string
-		for rows.Next() {
-			var id string
-			if err := rows.Scan(&id); err != nil {
-				rows.Close()
-				return dropped, fmt.Errorf("cannot list partitions of %s: %w", t.table, err)
-			}
+		for _, id := range ids {
 			// Daily partitions are named YYYYMMDD; anything else is
 			// not ours to drop.
-			if n, err := strconv.Atoi(id); err == nil && len(id) == 8 && n < cutoff {
-				expired = append(expired, id)
+			if n, err := strconv.Atoi(id); err != nil || len(id) != 8 || n >= cutoff {
+				continue
 			}
-		}
-		rows.Close()
-		sort.Strings(expired)
-		for _, id := range expired {
-			if err := db.Exec(ctx, "ALTER TABLE "+db.Database()+"."+t.table+" DROP PARTITION ID '"+id+"'"); err != nil {
-				return dropped, fmt.Errorf("cannot drop partition %s of %s: %w", id, t.table, err)
+			if err := db.DropPartition(ctx, t.table, id); err != nil {
+				return dropped, err
 			}
 			dropped++
 		}
@@ -107,17 +94,8 @@ func applyTTL(ctx context.Context, db *clickhousedb.DB, r RetentionConfiguration
 		if t.days <= 0 {
 			continue
 		}
-		expr := fmt.Sprintf("%s + toIntervalDay(%d)", t.date, t.days)
-		var engine string
-		if err := db.QueryRow(ctx, "SELECT engine_full FROM system.tables WHERE database = ? AND name = ?",
-			db.Database(), t.table).Scan(&engine); err != nil {
-			return fmt.Errorf("cannot read the engine of %s: %w", t.table, err)
-		}
-		if strings.Contains(engine, "TTL "+expr) {
-			continue
-		}
-		if err := db.Exec(ctx, "ALTER TABLE "+db.Database()+"."+t.table+" MODIFY TTL "+expr); err != nil {
-			return fmt.Errorf("cannot set the TTL of %s: %w", t.table, err)
+		if _, err := db.SetTTL(ctx, t.table, fmt.Sprintf("%s + toIntervalDay(%d)", t.date, t.days)); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -228,6 +229,34 @@ func blockFollowsCustomer(t *testing.T, env []string, source string, start, stop
 	}
 	if got := blocklist(); got != a9.String()+"\n" {
 		t.Errorf("block list %q at the end, want only %s", got, a9)
+	}
+	// The console names the customer and its address history.
+	req, _ := http.NewRequest("GET", "http://"+api+"/api/v1/customers/customer-A", nil)
+	req.Header.Set("Authorization", "Bearer lab-token")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var view struct {
+		Holdings []struct {
+			Prefix    string     `json:"prefix"`
+			Source    string     `json:"source"`
+			End       *time.Time `json:"end"`
+			EndReason string     `json:"end_reason"`
+		} `json:"holdings"`
+		Incidents []struct {
+			ID string `json:"id"`
+		} `json:"incidents"`
+	}
+	json.NewDecoder(resp.Body).Decode(&view)
+	resp.Body.Close()
+	var ended, open bool
+	for _, h := range view.Holdings {
+		ended = ended || (h.Prefix == a7.String()+"/32" && h.End != nil && h.Source == source)
+		open = open || (h.Prefix == a9.String()+"/32" && h.End == nil && h.Source == source)
+	}
+	if !ended || !open || len(view.Incidents) == 0 || view.Incidents[0].ID != incident {
+		t.Errorf("console customer view %+v, want %s ended, %s held, incident %s", view, a7, a9, incident)
 	}
 	p.stop(t)
 }

@@ -88,7 +88,7 @@ func runStages(ctx context.Context, cfg Configuration, logger *slog.Logger, stdo
 	if want.console && !want.sink && cfg.ClickHouse.Addr == "" {
 		return errors.New("clickhouse.addr is empty: `wormsign console` reads history from ClickHouse")
 	}
-	if (want.sink || want.console) && cfg.ClickHouse.Addr != "" {
+	if (want.sink || want.console || want.identity) && cfg.ClickHouse.Addr != "" {
 		var err error
 		if ch, err = clickhousedb.Open(ctx, cfg.ClickHouse); err != nil {
 			return err
@@ -116,7 +116,7 @@ func runStages(ctx context.Context, cfg Configuration, logger *slog.Logger, stdo
 	}
 	// Bindings first: the stages resolve with them from their first flow,
 	// and they are stopped last.
-	ids, err := startIdentity(cfg, logger, reg, b, http, want.identity)
+	ids, err := startIdentity(cfg, logger, reg, b, ch, http, want.identity)
 	if err != nil {
 		return err
 	}
@@ -133,7 +133,7 @@ func runStages(ctx context.Context, cfg Configuration, logger *slog.Logger, stdo
 		if cont != nil {
 			holder = cont
 		}
-		stop, err := startConsole(cfg, logger, reg, http, b, ch, token, generated, holder)
+		stop, err := startConsole(cfg, logger, reg, http, b, ch, token, generated, holder, ids.table())
 		if err != nil {
 			return err
 		}
@@ -234,7 +234,7 @@ func (i identities) table() *identity.Table {
 // startIdentity loads the bindings when identity is on: the identity
 // stage runs the sources (RADIUS accounting, the DHCP lease endpoint) and
 // records into them; every other stage follows them.
-func startIdentity(cfg Configuration, logger *slog.Logger, reg *prometheus.Registry, b bus.Bus,
+func startIdentity(cfg Configuration, logger *slog.Logger, reg *prometheus.Registry, b bus.Bus, ch *clickhousedb.DB,
 	http *httpserver.Component, sources bool) (identities, error) {
 	if !cfg.Identity.Active() {
 		return identities{}, nil
@@ -261,13 +261,32 @@ func startIdentity(cfg Configuration, logger *slog.Logger, reg *prometheus.Regis
 	if err != nil {
 		return identities{}, err
 	}
+	// The writer of subscriber_bindings joins the topic before anything
+	// is recorded: the in-process bus keeps nothing for later readers.
+	var writer *identity.BindingsWriter
+	if ch != nil {
+		writer = identity.NewBindingsWriter(cfg.Identity, b, ch, logger, reg)
+		if err := writer.Start(); err != nil {
+			return identities{}, err
+		}
+	}
+	stop := func() error {
+		c.Stop()
+		if writer != nil {
+			writer.Stop()
+		}
+		return nil
+	}
 	if err := c.Start(); err != nil {
+		if writer != nil {
+			writer.Stop()
+		}
 		return identities{}, err
 	}
 	if h := c.LeaseHandler(); h != nil {
 		http.Handle(identity.LeasePath, h)
 	}
-	return identities{store: store, stop: func() error { c.Stop(); return nil }}, nil
+	return identities{store: store, stop: stop}, nil
 }
 
 func migrate(ctx context.Context, cfg Configuration, logger *slog.Logger) error {
@@ -286,12 +305,12 @@ func migrate(ctx context.Context, cfg Configuration, logger *slog.Logger) error 
 // made-up token is printed once, with the console's URL, on stderr (stdout
 // carries alerts); a configured token is never printed.
 func startConsole(cfg Configuration, logger *slog.Logger, reg *prometheus.Registry, http *httpserver.Component, b bus.Bus,
-	ch *clickhousedb.DB, token string, generated bool, holder console.Holder) (func() error, error) {
+	ch *clickhousedb.DB, token string, generated bool, holder console.Holder, bindings *identity.Table) (func() error, error) {
 	c, err := console.New(cfg.Console, console.Dependencies{
 		Logger: logger.With("component", "console"), Registry: reg, Bus: b,
 		AlertsTopic: cfg.Kafka.AlertsTopic, FlowsTopic: cfg.Kafka.FlowsTopic, ClickHouse: ch,
 		Subscribers: cfg.subscribers(), Token: token, Holder: holder,
-		Limiter: http.Limiter(),
+		Limiter: http.Limiter(), Identity: bindings,
 	})
 	if err != nil {
 		return nil, err

@@ -16,7 +16,7 @@
       else if (k === "text") e.textContent = v;
       else e.setAttribute(k, v === true ? "" : v);
     }
-    for (const c of children.flat()) {
+    for (const c of children.flat(Infinity)) {
       if (c === null || c === undefined) continue;
       e.append(c instanceof Node ? c : document.createTextNode(String(c)));
     }
@@ -53,6 +53,75 @@
   function num(x) { return (x === undefined || x === null) ? "" : Number(x).toLocaleString("en-US"); }
   function score(x) { return (Math.round((x || 0) * 100) / 100).toFixed(2); }
   function shortID(id) { return id.length > 12 ? id.slice(0, 12) + "…" : id; }
+  function customerLink(id, cls) {
+    return el("a", { href: "/customers/" + encodeURIComponent(id), class: "mono" + (cls ? " " + cls : "") }, id);
+  }
+  // A prefix's page is its address's: the subscriber page takes an
+  // address of any prefix length.
+  function addressLink(prefix) {
+    const addr = prefix.replace(/\/\d+$/, "");
+    return el("a", { href: "/subscribers/" + encodeURIComponent(addr), class: "mono" }, prefix);
+  }
+  // looksLikeAddress tells an address or prefix from a customer id; the
+  // URL parser judges IPv6 (a MAC address is not one).
+  function looksLikeAddress(s) {
+    const parts = s.split("/");
+    if (parts.length > 2 || (parts.length === 2 && !/^\d{1,3}$/.test(parts[1]))) return false;
+    const a = parts[0];
+    if (/^\d{1,3}(\.\d{1,3}){3}$/.test(a)) return a.split(".").every((x) => Number(x) <= 255);
+    if (!a.includes(":")) return false;
+    try { new URL("http://[" + a + "]/"); return true; } catch (e) { return false; }
+  }
+  const SOURCES = { radius: "RADIUS accounting", dhcp: "DHCP lease", cgnat: "CGNAT port block", static: "static map" };
+  function sourceBadge(src) { return el("span", { class: "source source-" + src, title: SOURCES[src] || src }, src); }
+  // until says how a holding ended: still held, ended (and why), expired.
+  function until(h) {
+    if (h.open) return el("span", { class: "badge badge-held" }, "held now");
+    if (h.end) return [utc(h.end), h.end_reason ? el("span", { class: "muted small" }, " " + h.end_reason) : null];
+    if (h.expires) return [utc(h.expires), el("span", { class: "muted small" }, " expired")];
+    return "–";
+  }
+  function nasCell(h) {
+    if (!h.nas && !h.nas_identifier) return "–";
+    return h.nas_identifier ? [h.nas_identifier, h.nas ? el("span", { class: "muted small mono" }, " " + h.nas) : null] : el("span", { class: "mono" }, h.nas);
+  }
+  function holdingsFrom(from) {
+    return ({ clickhouse: "ClickHouse subscriber_bindings (identity.retention)", memory: "this process's identity table (identity.keep)" }[from]) ||
+      "no identity source here (identity: RADIUS, DHCP, CGNAT)";
+  }
+  // holdingsTable lists holdings; first names the holder (an address's
+  // page) or the address (a customer's page).
+  function holdingsTable(id, hs, first) {
+    const head = first === "holder" ? "Held by" : "Address";
+    return el("table", { id: id, class: "board holdings" },
+      el("thead", {}, el("tr", {}, [head, first === "holder" ? "Prefix" : null, "Source", "Session", "NAS", "From", "Until"]
+        .filter((h) => h).map((h) => el("th", { scope: "col" }, h)))),
+      el("tbody", {}, hs.map((h) => el("tr", { class: h.open ? "held" : "" },
+        first === "holder" ?
+          el("td", {}, h.customer ? customerLink(h.customer) : el("span", {}, "inside ", el("a", { href: "/subscribers/" + encodeURIComponent(h.inside), class: "mono" }, h.inside),
+            el("span", { class: "muted small" }, " ports " + h.port_lo + "–" + h.port_hi))) :
+          el("td", {}, addressLink(h.prefix)),
+        first === "holder" ? el("td", { class: "mono" }, h.prefix) : null,
+        el("td", {}, sourceBadge(h.source)),
+        el("td", { class: "mono small" }, h.session || "–"),
+        el("td", {}, nasCell(h)),
+        el("td", {}, utc(h.start)),
+        el("td", {}, until(h))))));
+  }
+  function incidentsTable(id, incidents, withSubscriber) {
+    return el("table", { class: "board", id: id },
+      el("thead", {}, el("tr", {}, ["Kind", withSubscriber ? "Subscriber" : null, "Incident", "State", "Score", "First seen", "Destinations", "Ack"]
+        .filter((h) => h).map((h) => el("th", { scope: "col" }, h)))),
+      el("tbody", {}, incidents.map((a) => el("tr", { "data-id": a.id },
+        el("td", {}, el("span", { class: "kind kind-" + a.kind }, a.kind)),
+        withSubscriber ? el("td", { class: "mono" }, el("a", { href: "/subscribers/" + encodeURIComponent(a.subscriber_ip) }, a.subscriber_ip)) : null,
+        el("td", { class: "mono" }, el("a", { href: "/incidents/" + encodeURIComponent(a.id) }, shortID(a.id))),
+        el("td", {}, el("span", { class: "badge badge-" + a.state }, a.state)),
+        el("td", { class: "num" }, score(a.score)),
+        el("td", {}, utc(a.first_seen), " (", timeCell(a.first_seen), ")"),
+        el("td", { class: "num" }, num(a.distinct_dsts)),
+        el("td", {}, a.ack ? "✓ " + a.ack.by : "not acked")))));
+  }
   function refreshAges() {
     for (const t of document.querySelectorAll("[data-age]")) t.textContent = age(t.getAttribute("data-age"));
     document.getElementById("clock").textContent = new Date().toISOString().slice(11, 19) + " UTC";
@@ -138,7 +207,7 @@
         return el("tr", { "data-id": a.id, class: (fresh.has(a.id) ? "fresh " : "") + "state-" + a.state },
           el("td", {}, el("span", { class: "kind kind-" + a.kind }, a.kind)),
           el("td", { class: "mono" }, el("a", { href: "/subscribers/" + encodeURIComponent(a.subscriber_ip) }, a.subscriber_ip),
-            a.subscriber_id ? el("div", { class: "muted small" }, a.subscriber_id) : null),
+            a.subscriber_id ? el("div", { class: "small" }, customerLink(a.subscriber_id, "muted")) : null),
           el("td", { class: "mono" }, el("a", { href: "/incidents/" + encodeURIComponent(a.id), title: a.id }, shortID(a.id))),
           el("td", { class: "num" }, score(a.score)),
           el("td", {}, timeCell(a.first_seen)),
@@ -276,7 +345,7 @@
         el("span", { class: "badge badge-" + a.state }, a.state)),
       el("dl", { class: "facts" },
         el("dt", {}, "Score"), el("dd", { id: "score" }, score(a.score)),
-        el("dt", {}, "Subscriber id"), el("dd", {}, a.subscriber_id || "–"),
+        el("dt", {}, "Customer"), el("dd", {}, a.subscriber_id ? customerLink(a.subscriber_id) : "–"),
         el("dt", {}, "Incident id"), el("dd", { class: "mono" }, a.id),
         el("dt", {}, "First seen"), el("dd", {}, utc(a.first_seen), " (", timeCell(a.first_seen), ")"),
         el("dt", {}, "Last seen"), el("dd", {}, utc(a.last_seen), " (", timeCell(a.last_seen), ")"),
@@ -316,9 +385,19 @@
       el("img", { src: "/api/v1/subscribers/" + encodeURIComponent(ip) + "/chart.svg?hours=24&metric=" + metric, alt: label + " for " + d.subscriber_ip + ", last 24 hours", width: "960", height: "200" }));
     const total = d.series.reduce((s, p) => s + p.flows, 0);
     const smtp = d.series.reduce((s, p) => s + p.smtp_flows, 0);
+    const sources = [...new Set(d.holdings.map((h) => h.source))];
     main.replaceChildren(
       el("p", { class: "crumbs" }, el("a", { href: "/" }, "Incidents"), " › subscriber"),
-      el("h1", {}, "Subscriber ", el("span", { class: "mono" }, d.subscriber_ip), d.subscriber_id ? " (" + d.subscriber_id + ")" : ""),
+      el("h1", {}, "Subscriber ", el("span", { class: "mono" }, d.subscriber_ip)),
+      el("dl", { class: "facts", id: "who" },
+        el("dt", {}, "Customer now"), el("dd", { id: "customer" }, d.customer ? customerLink(d.customer) : el("span", { class: "muted" }, "nobody known")),
+        d.subscriber_id && d.subscriber_id !== d.customer ? [el("dt", {}, "In its latest incident"), el("dd", {}, customerLink(d.subscriber_id))] : null,
+        el("dt", {}, "Bindings from"), el("dd", {}, sources.length ? sources.map((x) => [sourceBadge(x), " "]) : "–",
+          el("span", { class: "muted small" }, " via " + holdingsFrom(d.holdings_from)))),
+      el("section", { "aria-labelledby": "held-h" },
+        el("h2", { id: "held-h" }, "Who held this address"),
+        d.holdings_error ? el("p", { class: "error", id: "holders" }, d.holdings_error) :
+          d.holdings.length ? holdingsTable("holders", d.holdings, "holder") : el("p", { class: "muted", id: "holders" }, "No holder known.")),
       el("p", {}, "Last 24 hours (" + utc(d.from) + " – " + utc(d.to) + "): " + num(total) + " flows, " + num(smtp) + " of them to TCP port 25, in " + d.series.length + " active minutes."),
       el("section", { id: "charts" },
         chart("flows", "Flows per minute"),
@@ -326,16 +405,39 @@
         chart("destinations", "Distinct destinations per minute"),
         chart("smtp_destinations", "Distinct TCP/25 destinations per minute")),
       el("h2", {}, "Incidents"),
-      d.incidents.length ? el("table", { class: "board", id: "sub-incidents" },
-        el("thead", {}, el("tr", {}, ["Kind", "Incident", "State", "Score", "First seen", "Destinations", "Ack"].map((h) => el("th", { scope: "col" }, h)))),
-        el("tbody", {}, d.incidents.map((a) => el("tr", { "data-id": a.id },
-          el("td", {}, el("span", { class: "kind kind-" + a.kind }, a.kind)),
-          el("td", { class: "mono" }, el("a", { href: "/incidents/" + encodeURIComponent(a.id) }, shortID(a.id))),
-          el("td", {}, el("span", { class: "badge badge-" + a.state }, a.state)),
-          el("td", { class: "num" }, score(a.score)),
-          el("td", {}, utc(a.first_seen), " (", timeCell(a.first_seen), ")"),
-          el("td", { class: "num" }, num(a.distinct_dsts)),
-          el("td", {}, a.ack ? "✓ " + a.ack.by : "not acked"))))) : el("p", { class: "muted" }, "No incidents."));
+      d.incidents.length ? incidentsTable("sub-incidents", d.incidents, false) : el("p", { class: "muted" }, "No incidents."));
+  }
+
+  // ---- Customer page ----
+  async function customerPage(id) {
+    let d;
+    try { d = await api("/api/v1/customers/" + encodeURIComponent(id)); } catch (e) { return showError(e); }
+    document.title = "Customer " + d.customer + " · wormsign";
+    const now = d.holdings.filter((h) => h.open);
+    const sources = [...new Set(d.holdings.map((h) => h.source))];
+    main.replaceChildren(
+      el("p", { class: "crumbs" }, el("a", { href: "/" }, "Incidents"), " › customer"),
+      el("h1", {}, "Customer ", el("span", { class: "mono", id: "customer-id" }, d.customer)),
+      el("dl", { class: "facts" },
+        el("dt", {}, "Holds now"), el("dd", { id: "holds-now" }, now.length ? now.map((h, i) => [i ? ", " : "", addressLink(h.prefix)]) : el("span", { class: "muted" }, "no address")),
+        el("dt", {}, "Bindings from"), el("dd", {}, sources.length ? sources.map((x) => [sourceBadge(x), " "]) : "–",
+          el("span", { class: "muted small" }, " via " + holdingsFrom(d.holdings_from))),
+        el("dt", {}, "Incidents"), el("dd", {}, num(d.incidents.length))),
+      el("section", { "aria-labelledby": "hist-h" },
+        el("h2", { id: "hist-h" }, "Address history"),
+        d.holdings_error ? el("p", { class: "error", id: "history" }, d.holdings_error) :
+          d.holdings.length ? holdingsTable("history", d.holdings.slice().reverse(), "address") : el("p", { class: "muted", id: "history" }, "No address known for this customer.")),
+      el("section", { "aria-labelledby": "inc-h" },
+        el("h2", { id: "inc-h" }, "Incidents"),
+        d.incidents.length ? incidentsTable("customer-incidents", d.incidents, true) : el("p", { class: "muted" }, "No incidents.")));
+  }
+
+  // ---- Search: an address goes to its subscriber page, anything else to
+  // the customer of that id. ----
+  function search() {
+    const q = (new URLSearchParams(location.search).get("q") || "").trim();
+    if (!q) return location.replace("/");
+    location.replace((looksLikeAddress(q) ? "/subscribers/" : "/customers/") + encodeURIComponent(q));
   }
 
   // ---- Top TCP/25 talkers ----
@@ -364,6 +466,10 @@
     if (e.key === "b") location.href = "/";
     else if (e.key === "t") location.href = "/top";
     else if (e.key === "r") route();
+    else if (e.key === "s") {
+      e.preventDefault();
+      document.getElementById("search-q").focus();
+    }
     else if (e.key === "/") {
       const f = document.getElementById("state-filter");
       if (f) { e.preventDefault(); f.focus(); }
@@ -379,6 +485,8 @@
     if (p === "/") board();
     else if ((m = p.match(/^\/incidents\/([^/]+)$/))) incidentPage(decodeURIComponent(m[1]));
     else if ((m = p.match(/^\/subscribers\/([^/]+)$/))) subscriberPage(decodeURIComponent(m[1]));
+    else if ((m = p.match(/^\/customers\/([^/]+)$/))) customerPage(decodeURIComponent(m[1]));
+    else if (p === "/search") return search();
     else if (p === "/top") topPage();
     else main.replaceChildren(el("p", {}, "No such page."));
     refreshAges();
