@@ -29,6 +29,7 @@ type Lab struct {
 	Subscriber  string       // namespace of the subscriber hosts
 	Internet    string       // namespace answering on the internet addresses
 	RouterIf    string       // root-side interface facing the subscribers
+	InternetIf  string       // root-side interface facing the internet
 	Subscribers []netip.Addr // addresses in the subscriber namespace
 	Servers     []netip.Addr // addresses in the internet namespace
 	lock        *os.File
@@ -65,6 +66,7 @@ func NewLab(t testing.TB, nSubs, nServers int) *Lab {
 	l.Internet = fmt.Sprintf("wslab%d-inet", i)
 	l.RouterIf = fmt.Sprintf("wslab%ds", i)
 	routerInet := fmt.Sprintf("wslab%di", i)
+	l.InternetIf = routerInet
 	subNet := netip.PrefixFrom(netip.AddrFrom4([4]byte{203, 0, 113, byte(16 * (i - 1))}), 28)
 	subGW := subNet.Addr().Next()
 	inetGW := netip.AddrFrom4([4]byte{198, 18, byte(i), 1})
@@ -133,12 +135,17 @@ func (l *Lab) Command(ns string, name string, args ...string) *exec.Cmd {
 // flows of them.
 func (l *Lab) Nudge(t testing.TB) {
 	t.Helper()
+	l.nudge(t, l.RouterIf)
+}
+
+func (l *Lab) nudge(t testing.TB, iface string) {
+	t.Helper()
 	fd, err := syscall.Socket(syscall.AF_PACKET, syscall.SOCK_RAW, 0)
 	if err != nil {
 		t.Fatalf("cannot open packet socket: %v", err)
 	}
 	defer syscall.Close(fd)
-	ifi, err := interfaceIndex(l.RouterIf)
+	ifi, err := interfaceIndex(iface)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,6 +171,7 @@ func interfaceIndex(name string) (int, error) {
 // Softflowd is a running softflowd exporting from the lab's router interface.
 type Softflowd struct {
 	lab     *Lab
+	iface   string
 	control string
 	cmd     *exec.Cmd
 }
@@ -172,10 +180,17 @@ type Softflowd struct {
 // version (5, 9 or 10 for IPFIX) to 127.0.0.1:port. It stops at cleanup.
 func (l *Lab) StartSoftflowd(t testing.TB, version, port int) *Softflowd {
 	t.Helper()
+	return l.StartSoftflowdOn(t, l.RouterIf, version, port)
+}
+
+// StartSoftflowdOn is StartSoftflowd on another of the root namespace's
+// interfaces: InternetIf sees the subscribers' traffic after a NAT.
+func (l *Lab) StartSoftflowdOn(t testing.TB, iface string, version, port int) *Softflowd {
+	t.Helper()
 	bin := Tool(t, "softflowd")
 	dir := t.TempDir()
-	s := &Softflowd{lab: l, control: filepath.Join(dir, "ctl")}
-	s.cmd = exec.Command(bin, "-d", "-i", l.RouterIf, "-n", fmt.Sprintf("127.0.0.1:%d", port),
+	s := &Softflowd{lab: l, iface: iface, control: filepath.Join(dir, "ctl")}
+	s.cmd = exec.Command(bin, "-d", "-i", iface, "-n", fmt.Sprintf("127.0.0.1:%d", port),
 		"-v", strconv.Itoa(version), "-c", s.control, "-p", filepath.Join(dir, "pid"))
 	s.cmd.Stdout, s.cmd.Stderr = nil, nil
 	if err := s.cmd.Start(); err != nil {
@@ -250,7 +265,7 @@ func (s *Softflowd) ExpireAll(t testing.TB) {
 		if time.Now().After(deadline) {
 			t.Fatalf("softflowd handled %d of %d captured packets", handled, want)
 		}
-		s.lab.Nudge(t)
+		s.lab.nudge(t, s.iface)
 		time.Sleep(20 * time.Millisecond)
 	}
 	if out, err := s.ctl("expire-all"); err != nil {
