@@ -21,4 +21,13 @@ export DEBIAN_FRONTEND=noninteractive
 # tshark asks whether non-root users may capture; answer for it.
 echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
 apt-get update -qq
+# The tests run FreeRADIUS, Kea and dnsmasq with configurations of their
+# own: keep the packages' services from starting (and taking 1812, 1813
+# and 67 on the host) while they install.
+policy=/usr/sbin/policy-rc.d
+if [ ! -e "$policy" ]; then
+	printf '#!/bin/sh\nexit 101\n' >"$policy"
+	chmod 755 "$policy"
+	trap 'rm -f "$policy"' EXIT
+fi
 apt-get install -y -qq "${missing[@]}" >/dev/null

@@ -13,7 +13,8 @@ import (
 // the same loader and checks as every subcommand.
 func TestExampleConfiguration(t *testing.T) {
 	creds := t.TempDir()
-	want := map[string]string{"kafka-password": "k-dummy", "clickhouse-password": "c-dummy", "http-token": "t-dummy", "webhook-secret": "w-dummy"}
+	want := map[string]string{"kafka-password": "k-dummy", "clickhouse-password": "c-dummy", "http-token": "t-dummy", "webhook-secret": "w-dummy",
+		"radius-secret": "r-dummy", "lease-token": "l-dummy"}
 	for name, value := range want {
 		if err := os.WriteFile(filepath.Join(creds, name), []byte(value+"\n"), 0o600); err != nil {
 			t.Fatal(err)
@@ -25,7 +26,7 @@ func TestExampleConfiguration(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := map[string]string{"kafka-password": cfg.Kafka.SASL.Password, "clickhouse-password": cfg.ClickHouse.Password,
-		"http-token": cfg.HTTP.Token}
+		"http-token": cfg.HTTP.Token, "radius-secret": cfg.Identity.RADIUS.Secret, "lease-token": cfg.Identity.DHCP.Token}
 	if len(cfg.Sink.Webhooks) == 1 {
 		got["webhook-secret"] = cfg.Sink.Webhooks[0].Secret
 	}

@@ -44,7 +44,7 @@ func TestUnits(t *testing.T) {
 	for _, u := range units {
 		path := filepath.Join(dir, u)
 		out, err := exec.Command(analyze, "verify", "--man=no", path).CombinedOutput()
-		if err != nil || strings.TrimSpace(string(out)) != "" {
+		if err != nil || ownWarnings(string(out)) != "" {
 			t.Errorf("systemd-analyze verify %s: %v\n%s", u, err, out)
 		}
 		out, _ = exec.Command(analyze, "security", "--offline=yes", path).CombinedOutput()
@@ -58,4 +58,18 @@ func TestUnits(t *testing.T) {
 		}
 		t.Logf("%s: exposure %s", u, m[1])
 	}
+}
+
+// ownWarnings drops the lines of verify's output about the machine's units:
+// verify also loads the machine's own units, and a warning about one of
+// those (Debian's freeradius.service uses the old MemoryLimit=) says
+// nothing about ours.
+func ownWarnings(out string) string {
+	var own []string
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if line != "" && !strings.HasPrefix(line, "/lib/systemd/") && !strings.HasPrefix(line, "/usr/lib/systemd/") && !strings.HasPrefix(line, "/etc/systemd/") {
+			own = append(own, line)
+		}
+	}
+	return strings.Join(own, "\n")
 }
