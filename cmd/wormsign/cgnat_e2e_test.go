@@ -2,15 +2,12 @@ package main
 
 import (
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -58,12 +55,7 @@ func TestCGNATCountsPerCustomer(t *testing.T) {
 
 	port := testenv.FreeUDPPort(t)
 	radius := fmt.Sprintf("127.0.0.1:%d", testenv.FreeUDPPort(t))
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	api := l.Addr().String()
-	l.Close()
+	api := freeAPIAddr(t)
 	p := startWormsign(t, append(labEnv(port),
 		"WORMSIGN_HTTP_LISTEN="+api,
 		"WORMSIGN_HTTP_TOKEN=lab-token",
@@ -104,17 +96,7 @@ func TestCGNATCountsPerCustomer(t *testing.T) {
 	conn.Write(msg)
 	conn.Close()
 
-	var mu sync.Mutex
-	var alerts []alert.Alert
-	go func() {
-		for p.stdout.Scan() {
-			if a, err := alert.Unmarshal(p.stdout.Bytes()); err == nil {
-				mu.Lock()
-				alerts = append(alerts, a)
-				mu.Unlock()
-			}
-		}
-	}()
+	seen := collectAlerts(p)
 	lab.StartSMTPServers(t, lab.Servers[:30])
 	sf := lab.StartSoftflowdOn(t, lab.InternetIf, 9, port)
 	if n := lab.SMTPSessions(t, zombie, lab.Servers[:30]); n != 30 {
@@ -127,13 +109,11 @@ func TestCGNATCountsPerCustomer(t *testing.T) {
 	deadline := time.Now().Add(30 * time.Second)
 	var opened alert.Alert
 	for opened.ID == "" {
-		mu.Lock()
-		for _, a := range alerts {
+		for _, a := range seen() {
 			if a.Kind == alert.KindSMTPFanout && a.State == alert.StateOpen {
 				opened = a
 			}
 		}
-		mu.Unlock()
 		if time.Now().After(deadline) {
 			t.Fatal("no smtp_fanout alert for the customer behind the NAT")
 		}
@@ -143,31 +123,21 @@ func TestCGNATCountsPerCustomer(t *testing.T) {
 		t.Errorf("alert for %s (%s), want customer-A on its inside address %s", opened.SubscriberIP, opened.SubscriberID, zombie)
 	}
 	time.Sleep(2 * time.Second)
-	mu.Lock()
-	for _, a := range alerts {
+	for _, a := range seen() {
 		if a.SubscriberID != "customer-A" || a.SubscriberIP == public.String() {
 			t.Errorf("alert %s %s for %s (%s): only customer A, on its inside address, did wrong", a.Kind, a.State, a.SubscriberIP, a.SubscriberID)
 		}
 	}
-	mu.Unlock()
 
 	// The block lands on the inside address, where the router applies
 	// it before the NAT: the zombie's mail stops, the neighbour's not.
-	load := func() {
-		t.Helper()
-		file := filepath.Join(t.TempDir(), "wormsign.nft")
-		os.WriteFile(file, []byte(getBlocklist(t, api, "nftables")), 0o644)
-		if out, err := exec.Command(nft, "-f", file).CombinedOutput(); err != nil {
-			t.Fatalf("nft -f: %v\n%s", err, out)
-		}
-	}
 	for getBlocklist(t, api, "plain") != zombie.String()+"\n" {
 		if time.Now().After(deadline) {
 			t.Fatalf("block list %q, want only the inside address %s", getBlocklist(t, api, "plain"), zombie)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	load()
+	loadBlocklist(t, nft, api)
 	if n := lab.SMTPSessions(t, zombie, lab.Servers[:2]); n != 0 {
 		t.Errorf("blocked zombie had %d SMTP sessions, want 0", n)
 	}
@@ -175,21 +145,4 @@ func TestCGNATCountsPerCustomer(t *testing.T) {
 		t.Errorf("its neighbour behind the same public address had %d SMTP sessions, want 2", n)
 	}
 	p.stop(t)
-}
-
-// getBlocklist reads the block list in format from the API at api.
-func getBlocklist(t *testing.T, api, format string) string {
-	t.Helper()
-	req, _ := http.NewRequest("GET", "http://"+api+"/api/v1/blocklist?format="+format, nil)
-	req.Header.Set("Authorization", "Bearer lab-token")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 200 {
-		t.Fatalf("GET blocklist %s: %s %s", format, resp.Status, body)
-	}
-	return string(body)
 }

@@ -2,8 +2,6 @@ package main
 
 import (
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -26,12 +24,7 @@ func TestContainmentBlocksZombieSMTP(t *testing.T) {
 	python := testenv.Tool(t, "python3")
 	lab := testenv.NewLab(t, 2, 40)
 	port := testenv.FreeUDPPort(t)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	api := l.Addr().String()
-	l.Close()
+	api := freeAPIAddr(t)
 	table := fmt.Sprintf("wormsign_lab%d", lab.Index)
 	exec.Command(nft, "delete", "table", "inet", table).Run()
 	t.Cleanup(func() { exec.Command(nft, "delete", "table", "inet", table).Run() })
@@ -49,21 +42,7 @@ func TestContainmentBlocksZombieSMTP(t *testing.T) {
 	zombieScenario(t, lab, port)
 	zombie, user := lab.Subscribers[0], lab.Subscribers[1]
 
-	get := func(format string) string {
-		t.Helper()
-		req, _ := http.NewRequest("GET", "http://"+api+"/api/v1/blocklist?format="+format, nil)
-		req.Header.Set("Authorization", "Bearer lab-token")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode != 200 {
-			t.Fatalf("GET blocklist %s: %s %s", format, resp.Status, body)
-		}
-		return string(body)
-	}
+	get := func(format string) string { return getBlocklist(t, api, format) }
 	deadline := time.Now().Add(30 * time.Second)
 	for get("plain") != zombie.String()+"\n" {
 		if time.Now().After(deadline) {
@@ -71,14 +50,7 @@ func TestContainmentBlocksZombieSMTP(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	load := func() {
-		t.Helper()
-		file := filepath.Join(t.TempDir(), "wormsign.nft")
-		os.WriteFile(file, []byte(get("nftables")), 0o644)
-		if out, err := exec.Command(nft, "-f", file).CombinedOutput(); err != nil {
-			t.Fatalf("nft -f: %v\n%s", err, out)
-		}
-	}
+	load := func() { loadBlocklist(t, nft, api) }
 	load()
 	load() // twice is harmless
 

@@ -3,8 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -12,7 +10,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -96,12 +93,7 @@ func blockFollowsCustomer(t *testing.T, env []string, source string, start, stop
 	exec.Command(nft, "delete", "table", "inet", table).Run()
 	t.Cleanup(func() { exec.Command(nft, "delete", "table", "inet", table).Run() })
 	port := testenv.FreeUDPPort(t)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	api := l.Addr().String()
-	l.Close()
+	api := freeAPIAddr(t)
 	p := startWormsign(t, append(append(labEnv(port),
 		"WORMSIGN_HTTP_LISTEN="+api,
 		"WORMSIGN_HTTP_TOKEN=lab-token",
@@ -116,44 +108,8 @@ func blockFollowsCustomer(t *testing.T, env []string, source string, start, stop
 	// .a7 and .a9 of the issue; the lab's second address stays unused.
 	a7, a9 := lab.Subscribers[0], lab.Subscribers[2]
 
-	var mu sync.Mutex
-	var alerts []alert.Alert
-	go func() {
-		for p.stdout.Scan() {
-			if a, err := alert.Unmarshal(p.stdout.Bytes()); err == nil {
-				mu.Lock()
-				alerts = append(alerts, a)
-				mu.Unlock()
-			}
-		}
-	}()
-	seen := func() []alert.Alert {
-		mu.Lock()
-		defer mu.Unlock()
-		return slices.Clone(alerts)
-	}
-	export := func(format string) string {
-		t.Helper()
-		req, _ := http.NewRequest("GET", "http://"+api+"/api/v1/blocklist?format="+format, nil)
-		req.Header.Set("Authorization", "Bearer lab-token")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		return string(body)
-	}
-	blocklist := func() string { return export("plain") }
-	// The router applies the list as the edge would: nft -f of the export.
-	load := func() {
-		t.Helper()
-		file := filepath.Join(t.TempDir(), "wormsign.nft")
-		os.WriteFile(file, []byte(export("nftables")), 0o644)
-		if out, err := exec.Command(nft, "-f", file).CombinedOutput(); err != nil {
-			t.Fatalf("nft -f: %v\n%s", err, out)
-		}
-	}
+	seen := collectAlerts(p)
+	blocklist := func() string { return getBlocklist(t, api, "plain") }
 	waitFor := func(what string, ok func() bool) {
 		t.Helper()
 		deadline := time.Now().Add(30 * time.Second)
@@ -195,7 +151,7 @@ func blockFollowsCustomer(t *testing.T, env []string, source string, start, stop
 	start(api, "customer-B", "b-1", a7)
 	start(api, "customer-A", "a-2", a9)
 	waitFor("the block to move to "+a9.String(), func() bool { return blocklist() == a9.String()+"\n" })
-	load()
+	loadBlocklist(t, nft, api)
 
 	// B mails two servers from .a7; A goes on from .a9, where the
 	// router now drops its mail.
