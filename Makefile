@@ -35,7 +35,8 @@ test: build
 # Fuzz the decoder's protocol entry points and the configuration loader,
 # FUZZTIME each; decoder seeds come from the vendor captures in ../shared
 # and collector/decode/testdata/fuzz. The API's parameter parsers (the
-# incident list query, the block list's manual add) are small: FUZZTIME_API
+# incident list query, the block list's manual add) and RADIUS accounting
+# packets are small: FUZZTIME_API
 # each.
 FUZZTIME ?= 45s
 FUZZTIME_API ?= 20s
@@ -45,6 +46,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) ./internal/config/
 	$(GO) test -run '^$$' -fuzz '^FuzzIncidentQuery$$' -fuzztime $(FUZZTIME_API) ./console/
 	$(GO) test -run '^$$' -fuzz '^FuzzManualAdd$$' -fuzztime $(FUZZTIME_API) ./containment/
+	$(GO) test -run '^$$' -fuzz '^FuzzRADIUSPacket$$' -fuzztime $(FUZZTIME_API) ./identity/
 
 bench: build
 	deploy/services.sh up
