@@ -1,6 +1,6 @@
 // Package alert defines the alert event that the detector emits and the sink,
 // webhooks and dashboard consume. Its JSON form is the contract documented in
-// the README and in schemas/alert.schema.json.
+// docs/detection.md (Alert JSON) and in schemas/alert.schema.json.
 package alert
 
 import (

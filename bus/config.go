@@ -40,7 +40,7 @@ type SASLConfiguration struct {
 	PasswordFile string `yaml:"password_file"`
 }
 
-// DefaultConfiguration returns the defaults documented in the README.
+// DefaultConfiguration returns the defaults documented in docs/configuration.md.
 func DefaultConfiguration() Configuration {
 	return Configuration{
 		FlowsTopic:        "wormsign-flows-v1",

@@ -14,7 +14,7 @@ import (
 	"github.com/wormsign/wormsign/network"
 )
 
-// The collector section's keys as the README documents them, in YAML and
+// The collector section's keys as docs/collector.md documents them, in YAML and
 // in the environment: the decoder's keys sit in the section itself.
 func TestConfigurationKeys(t *testing.T) {
 	type file struct {

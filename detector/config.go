@@ -247,7 +247,7 @@ type OutboundFloodConfiguration struct {
 	Cooldown       time.Duration `yaml:"cooldown"`
 }
 
-// DefaultConfiguration returns the defaults documented in the README (Detection).
+// DefaultConfiguration returns the defaults documented in docs/detection.md.
 func DefaultConfiguration() Configuration {
 	return Configuration{
 		Group:               "wormsign-detector",

@@ -10,7 +10,7 @@ import (
 //go:embed analyst/*.sql
 var analystFS embed.FS
 
-// AnalystQueries returns the ready queries of the README by name (the file
+// AnalystQueries returns the ready queries of docs/clickhouse.md by name (the file
 // name without .sql), written for the default database "wormsign".
 func AnalystQueries() (map[string]string, error) {
 	entries, err := fs.ReadDir(analystFS, "analyst")

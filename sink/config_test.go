@@ -12,7 +12,7 @@ import (
 	"github.com/wormsign/wormsign/internal/config"
 )
 
-// The keys as the README documents them, in YAML and in the environment.
+// The keys as docs/clickhouse.md documents them, in YAML and in the environment.
 func TestConfigurationKeys(t *testing.T) {
 	yaml := `
 webhooks:

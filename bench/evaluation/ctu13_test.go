@@ -513,7 +513,7 @@ func TestCTU13(t *testing.T) {
 			if v.name == "default" && !s.entropyBot {
 				t.Error("dst_entropy did not flag the bot's one-port fan-out at the defaults")
 			}
-			// The README's "no false positive", for every kind: at the
+			// docs/detection.md's "no false positive", for every kind: at the
 			// defaults nobody but the bot raises an alert of any kind.
 			if v.name == "default" {
 				for _, a := range r.alerts {

@@ -31,7 +31,7 @@ type labelledSet struct {
 	// labelled hosts and what they do
 	hosts map[string]string
 	// found: the labelled hosts and kinds the defaults find, as measured
-	// (README, Evaluation); a regression loses one.
+	// (docs/detection.md, Evaluation); a regression loses one.
 	found []string
 	// maxFP: alerted hosts that are not labelled, per kind, as measured.
 	maxFP map[string]int

@@ -72,7 +72,7 @@ func (r *replayTarget) clearPartial(ctx context.Context, logger *slog.Logger) er
 	if n == 0 {
 		return nil
 	}
-	logger.Warn("an earlier replay of these captures did not finish: deleting its rows from flows and alerts; flows_1m keeps its part (see the README to rebuild it)",
+	logger.Warn("an earlier replay of these captures did not finish: deleting its rows from flows and alerts; flows_1m keeps its part (see docs/clickhouse.md to rebuild it)",
 		"replay", r.id)
 	for i, table := range []string{"flows", "alerts", "sink_ledger"} {
 		cond := fmt.Sprintf("sink_partition IN (%d, %d)", parts[0], parts[1])
