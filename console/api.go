@@ -1,6 +1,7 @@
 package console
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -312,16 +313,18 @@ func (c *Component) serveIncident(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, d)
 }
 
+// ackRequest is the body of an ack. Who acknowledges is the name the
+// request authenticated as (http.tokens): there is no "by", and a body
+// that has one is refused, as every unknown field.
 type ackRequest struct {
-	By   string `json:"by"`
 	Note string `json:"note"`
 	// Hold asks containment to hold the incident's block (postpone it
 	// within the grace, lift it when active) while the desk works.
 	Hold bool `json:"hold"`
 }
 
-// ackBodyLimit bounds an ack's body: "by" and "note" are at most 2,100
-// bytes, even JSON-escaped many times over.
+// ackBodyLimit bounds an ack's body: "note" is at most 2,000 bytes, even
+// JSON-escaped many times over.
 const ackBodyLimit = 16 << 10
 
 // serveAck is POST /api/v1/incidents/{id}/ack.
@@ -329,7 +332,7 @@ func (c *Component) serveAck(w http.ResponseWriter, r *http.Request) {
 	// A JSON body cannot come from a cross-site form without a CORS
 	// preflight, which this server never grants.
 	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/json" {
-		writeError(w, http.StatusUnsupportedMediaType, `send the ack as JSON (Content-Type: application/json): {"by":"...","note":"..."}`)
+		writeError(w, http.StatusUnsupportedMediaType, `send the ack as JSON (Content-Type: application/json): {"note":"..."}`)
 		return
 	}
 	id := r.PathValue("id")
@@ -341,21 +344,16 @@ func (c *Component) serveAck(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusRequestEntityTooLarge, httpserver.TooLargeMessage(ackBodyLimit))
 			return
 		}
-		c.fail(w, badf("body: %v; want {\"by\":\"...\",\"note\":\"...\"}", err))
+		c.fail(w, badf("body: %v; want {\"note\":\"...\",\"hold\":false}%s", err, byHint(err)))
 		return
 	}
 	if dec.Decode(&struct{}{}) != io.EOF {
 		c.fail(w, badf("body: want one JSON object"))
 		return
 	}
-	req.By, req.Note = strings.TrimSpace(req.By), strings.TrimSpace(req.Note)
+	req.Note = strings.TrimSpace(req.Note)
+	by := actor(r)
 	switch {
-	case req.By == "":
-		c.fail(w, badf("by: who acknowledges must be given"))
-		return
-	case len(req.By) > 100:
-		c.fail(w, badf("by: at most 100 bytes"))
-		return
 	case len(req.Note) > 2000:
 		c.fail(w, badf("note: at most 2000 bytes"))
 		return
@@ -367,23 +365,71 @@ func (c *Component) serveAck(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, err)
 		return
 	}
-	ack := Ack{By: req.By, Note: req.Note, At: c.now().UTC()}
-	if err := c.store.AddAck(r.Context(), id, ack); err != nil {
-		c.fail(w, err)
-		return
-	}
+	ack := Ack{By: by, Note: req.Note, At: c.now().UTC()}
+	// An ack with hold records both or neither: the hold first (the
+	// part that may be refused), then the ack; when the ack cannot be
+	// stored the hold is taken back. The answer says what happened:
+	// "recorded" for the ack, "hold" none (not asked), held, refused (not
+	// held, ack not stored either) or undone (held, then taken back).
+	ans := struct {
+		Error    string `json:"error,omitempty"`
+		ID       string `json:"id"`
+		Ack      *Ack   `json:"ack"`
+		Recorded bool   `json:"recorded"`
+		Hold     string `json:"hold"`
+	}{ID: id, Hold: "none"}
+	var undo func(context.Context) error
 	if req.Hold {
-		if err := c.deps.Holder.Hold(r.Context(), id, req.By, req.Note); err != nil {
-			c.fail(w, badf("hold: %v", err))
+		var err error
+		if h, ok := c.deps.Holder.(interface {
+			HoldWithUndo(ctx context.Context, incidentID, by, note string) (func(context.Context) error, error)
+		}); ok {
+			undo, err = h.HoldWithUndo(r.Context(), id, by, req.Note)
+		} else {
+			err = c.deps.Holder.Hold(r.Context(), id, by, req.Note)
+		}
+		if err != nil {
+			ans.Hold, ans.Error = "refused", fmt.Sprintf("hold: %v; the acknowledgement is not recorded either", err)
+			writeJSON(w, http.StatusBadRequest, ans)
 			return
 		}
+		ans.Hold = "held"
 	}
+	if err := c.store.AddAck(r.Context(), id, ack); err != nil {
+		status, msg := http.StatusServiceUnavailable, "the store does not answer: "+err.Error()
+		if errors.Is(err, errNotFound) {
+			status, msg = http.StatusNotFound, "no such incident"
+		} else {
+			c.metrics.storeErrors.Inc()
+			c.deps.Logger.Warn("console store failed", "error", err)
+		}
+		if req.Hold {
+			why := "containment cannot take it back"
+			if undo != nil {
+				uctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 30*time.Second)
+				uerr := undo(uctx)
+				cancel()
+				if uerr == nil {
+					ans.Hold = "undone"
+				} else {
+					why = "taking it back failed: " + uerr.Error()
+					c.deps.Logger.Warn("cannot undo the hold of an ack not stored", "id", id, "error", uerr)
+				}
+			}
+			if ans.Hold == "undone" {
+				msg += "; the hold is taken back"
+			} else {
+				msg += "; the hold stays (" + why + ")"
+			}
+		}
+		ans.Error = msg
+		writeJSON(w, status, ans)
+		return
+	}
+	ans.Ack, ans.Recorded = &ack, true
 	c.metrics.acks.Inc()
 	c.deps.Logger.Info("incident acknowledged", "id", id, "by", ack.By, "hold", req.Hold)
-	writeJSON(w, http.StatusCreated, struct {
-		ID  string `json:"id"`
-		Ack Ack    `json:"ack"`
-	}{id, ack})
+	writeJSON(w, http.StatusCreated, ans)
 }
 
 type subscriberView struct {
@@ -491,7 +537,7 @@ func (c *Component) serveChart(w http.ResponseWriter, r *http.Request) {
 		metric = "flows"
 	}
 	if _, ok := chartMetrics[metric]; !ok {
-		c.fail(w, badf("metric: %q, want flows, smtp_flows, destinations or smtp_destinations", metric))
+		c.fail(w, badf("metric: %q, want flows, smtp_flows, destinations, smtp_destinations, bytes or packets", metric))
 		return
 	}
 	to := c.now().UTC().Truncate(time.Minute).Add(time.Minute)
@@ -506,34 +552,80 @@ func (c *Component) serveChart(w http.ResponseWriter, r *http.Request) {
 	w.Write(drawChart(series, metric, from, to))
 }
 
-// serveTopSMTP is GET /api/v1/top/smtp.
+// topList is the answer of GET /api/v1/top.
+type topList struct {
+	Kind    string      `json:"kind"`
+	Window  string      `json:"window"`
+	From    time.Time   `json:"from"`
+	Talkers []TopTalker `json:"talkers"`
+}
+
+// top reads a top list of kind with the window and limit the request
+// names.
+func (c *Component) top(r *http.Request, kind string) (topList, error) {
+	l := topList{Kind: kind, Talkers: []TopTalker{}}
+	window, err := durationParam(r, "window", time.Hour, time.Minute, c.maxHistory())
+	if err != nil {
+		return l, err
+	}
+	limit, err := intParam(r, "limit", 20, 1, 1000)
+	if err != nil {
+		return l, err
+	}
+	l.Window, l.From = window.String(), c.now().UTC().Add(-window).Truncate(time.Minute)
+	talkers, err := c.store.Top(r.Context(), kind, l.From, limit)
+	if err != nil {
+		return l, err
+	}
+	if talkers != nil {
+		l.Talkers = talkers
+	}
+	return l, nil
+}
+
+// serveTop is GET /api/v1/top: the subscribers with the most flows,
+// bytes, packets, distinct destinations or distinct TCP/25 destinations
+// over a window.
+func (c *Component) serveTop(w http.ResponseWriter, r *http.Request) {
+	if err := params(r, "kind", "window", "limit"); err != nil {
+		c.fail(w, err)
+		return
+	}
+	kind := r.URL.Query().Get("kind")
+	if kind == "" {
+		kind = "smtp"
+	}
+	if _, ok := topKinds[kind]; !ok {
+		c.fail(w, badf("kind: %q, want smtp, flows, destinations, bytes or packets", kind))
+		return
+	}
+	l, err := c.top(r, kind)
+	if err != nil {
+		c.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, l)
+}
+
+// serveTopSMTP is GET /api/v1/top/smtp: GET /api/v1/top?kind=smtp in the
+// shape it had before there were other lists.
 func (c *Component) serveTopSMTP(w http.ResponseWriter, r *http.Request) {
 	if err := params(r, "window", "limit"); err != nil {
 		c.fail(w, err)
 		return
 	}
-	window, err := durationParam(r, "window", time.Hour, time.Minute, c.maxHistory())
+	l, err := c.top(r, "smtp")
 	if err != nil {
 		c.fail(w, err)
 		return
 	}
-	limit, err := intParam(r, "limit", 20, 1, 1000)
-	if err != nil {
-		c.fail(w, err)
-		return
-	}
-	from := c.now().UTC().Add(-window).Truncate(time.Minute)
-	talkers, err := c.store.TopSMTP(r.Context(), from, limit)
-	if err != nil {
-		c.fail(w, err)
-		return
-	}
-	if talkers == nil {
-		talkers = []Talker{}
+	talkers := make([]Talker, len(l.Talkers))
+	for i, t := range l.Talkers {
+		talkers[i] = Talker{SubscriberIP: t.SubscriberIP, SMTPDestinations: t.SMTPDestinations, SMTPFlows: t.SMTPFlows, Flows: t.Flows}
 	}
 	writeJSON(w, http.StatusOK, struct {
 		Window  string    `json:"window"`
 		From    time.Time `json:"from"`
 		Talkers []Talker  `json:"talkers"`
-	}{window.String(), from, talkers})
+	}{l.Window, l.From, talkers})
 }

@@ -110,7 +110,7 @@ func waitIncidents(t *testing.T, c *Component, n int) {
 func TestUnauthorized(t *testing.T) {
 	c, srv, _ := newTestConsole(t)
 	c.guard.limiter.FreeFailures = 1000 // throttling: TestLoginThrottle
-	for _, path := range []string{"/api/v1/incidents", "/api/v1/incidents/x", "/api/v1/top/smtp", "/api/v1/alerts/stream", "/api/v1/subscribers/203.0.113.7", "/api/v1/customers/cust-1", "/api/v1/nope"} {
+	for _, path := range []string{"/api/v1/incidents", "/api/v1/incidents/x", "/api/v1/top/smtp", "/api/v1/top?kind=bytes", "/api/v1/alerts/stream", "/api/v1/subscribers/203.0.113.7", "/api/v1/customers/cust-1", "/api/v1/nope"} {
 		for _, header := range []string{"", "Bearer wrong", "Bearer " + testToken + "x", "Basic " + testToken, testToken} {
 			req, _ := http.NewRequest("GET", srv.URL+path, nil)
 			if header != "" {
@@ -198,10 +198,16 @@ func TestBadParameters(t *testing.T) {
 		"/api/v1/subscribers/not-an-ip",
 		"/api/v1/subscribers/203.0.113.7?hours=0",
 		"/api/v1/subscribers/203.0.113.7?hours=100000",
-		"/api/v1/subscribers/203.0.113.7/chart.svg?metric=bytes",
+		"/api/v1/subscribers/203.0.113.7/chart.svg?metric=joules",
 		"/api/v1/top/smtp?window=forever",
 		"/api/v1/top/smtp?window=1s",
 		"/api/v1/top/smtp?limit=-1",
+		"/api/v1/top/smtp?kind=bytes",
+		"/api/v1/top?kind=ports",
+		"/api/v1/top?kind=bytes&kind=flows",
+		"/api/v1/top?window=25h",
+		"/api/v1/top?limit=1001",
+		"/api/v1/top?sort=bytes",
 	} {
 		code, body := get(t, srv, path, true)
 		var e apiError
@@ -275,7 +281,8 @@ func TestPaginationAndAck(t *testing.T) {
 		t.Errorf("state=any: %d, %d incidents, counts %v; want 27", code, len(all.Incidents), all.Counts)
 	}
 
-	// Ack: refused without a name or as a form, recorded as JSON.
+	// Ack: refused with a "by" (who acks is the token's name), with an
+	// unknown field or as a form; recorded as JSON.
 	post := func(id, ctype, body string) (int, string) {
 		req, _ := http.NewRequest("POST", srv.URL+"/api/v1/incidents/"+id+"/ack", strings.NewReader(body))
 		req.Header.Set("Authorization", "Bearer "+testToken)
@@ -292,13 +299,13 @@ func TestPaginationAndAck(t *testing.T) {
 		id, ctype, body string
 		code            int
 	}{
-		{"inc03", "application/json", `{"by":"","note":"x"}`, 400},
-		{"inc03", "application/json", `{"by":"ann","extra":1}`, 400},
+		{"inc03", "application/json", `{"by":"ann","note":"x"}`, 400},
+		{"inc03", "application/json", `{"note":"x","extra":1}`, 400},
 		{"inc03", "application/json", `not json`, 400},
-		{"inc03", "application/x-www-form-urlencoded", `by=ann`, 415},
-		{"inc03", "application/json", `{"by":"ann","hold":true}`, 400}, // no containment here
-		{"nope", "application/json", `{"by":"ann"}`, 404},
-		{"inc03", "application/json", `{"by":"ann","note":"called the customer"}`, 201},
+		{"inc03", "application/x-www-form-urlencoded", `note=x`, 415},
+		{"inc03", "application/json", `{"hold":true}`, 400}, // no containment here
+		{"nope", "application/json", `{"note":"x"}`, 404},
+		{"inc03", "application/json", `{"note":"called the customer"}`, 201},
 	} {
 		if code, body := post(tc.id, tc.ctype, tc.body); code != tc.code {
 			t.Errorf("ack %s %s %s: %d %s, want %d", tc.id, tc.ctype, tc.body, code, body, tc.code)
@@ -312,12 +319,12 @@ func TestPaginationAndAck(t *testing.T) {
 	if len(d.Events) != 2 || d.Events[0].State != "open" || d.Events[1].State != "update" || d.Incident.State != "update" {
 		t.Errorf("events %+v, want open then update, latest update", d.Events)
 	}
-	wantAck := Ack{By: "ann", Note: "called the customer", At: testNow}
+	wantAck := Ack{By: "admin", Note: "called the customer", At: testNow} // http.token's name
 	if diff := cmp.Diff([]Ack{wantAck}, d.Acks); diff != "" || d.Incident.Ack == nil || *d.Incident.Ack != wantAck {
 		t.Errorf("acks (-want +got):\n%s\nincident ack %+v", diff, d.Incident.Ack)
 	}
 	_, body = get(t, srv, "/api/v1/incidents?limit=2", true) // late (50), then inc03 (9)
-	if !strings.Contains(string(body), `"ack":{"by":"ann","note":"called the customer","at":"2026-11-27T12:00:00Z"}`) {
+	if !strings.Contains(string(body), `"ack":{"by":"admin","note":"called the customer","at":"2026-11-27T12:00:00Z"}`) {
 		t.Errorf("list does not carry the ack: %s", body)
 	}
 }
@@ -467,6 +474,65 @@ func TestMemorySubscriberAndTop(t *testing.T) {
 	}
 }
 
+// The top lists of every kind from the memory store: each ranks by its
+// own figure (bytes and packets scaled by sampling), the subscriber's
+// series and charts carry bytes and packets.
+func TestMemoryTop(t *testing.T) {
+	c, srv, _ := newTestConsole(t)
+	end := testNow.Add(-10 * time.Minute).UnixMilli()
+	var flows []flow.Flow
+	// 203.0.113.7: 30 TCP/25 flows of 100 bytes, 2 packets, to 30 servers,
+	// and 5 DNS flows to one.
+	for i := 0; i < 35; i++ {
+		f := flow.Flow{EndMs: end, Proto: 6, DstPort: 25, Bytes: 100, Packets: 2, SrcAddr: mustAddr("203.0.113.7"), DstAddr: mustAddr(fmt.Sprintf("198.18.0.%d", i+2))}
+		if i >= 30 {
+			f.Proto, f.DstPort, f.DstAddr = 17, 53, mustAddr("198.18.1.1")
+		}
+		flows = append(flows, f)
+	}
+	// 203.0.113.8: 2 UDP flows of 1 MB and 1,000 packets, sampled 1:10,
+	// one of them 20 minutes old and one an hour and a half old.
+	flood := flow.Flow{EndMs: end - 10*60000, Proto: 17, DstPort: 80, Bytes: 1_000_000, Packets: 1000, SamplingRate: 10,
+		SrcAddr: mustAddr("203.0.113.8"), DstAddr: mustAddr("198.51.100.9")}
+	old := flood
+	old.EndMs = end - 80*60000
+	flows = append(flows, flood, flood, old)
+	c.memory.addFlows(flows)
+
+	seven := TopTalker{SubscriberIP: "203.0.113.7", Flows: 35, Bytes: 3500, Packets: 70, Destinations: 31, SMTPFlows: 30, SMTPDestinations: 30}
+	eight := TopTalker{SubscriberIP: "203.0.113.8", Flows: 20, Bytes: 20_000_000, Packets: 20_000, Destinations: 1}
+	for _, tc := range []struct {
+		query string
+		want  []TopTalker
+	}{
+		{"", []TopTalker{seven}},
+		{"kind=smtp", []TopTalker{seven}},
+		{"kind=flows", []TopTalker{seven, eight}},
+		{"kind=destinations&window=1h", []TopTalker{seven, eight}},
+		{"kind=bytes", []TopTalker{eight, seven}},
+		{"kind=packets&limit=1", []TopTalker{eight}},
+		{"kind=bytes&window=15m", []TopTalker{seven}},
+	} {
+		l := getJSON[topList](t, srv, "/api/v1/top?"+tc.query)
+		if diff := cmp.Diff(tc.want, l.Talkers); diff != "" || l.Window != "1h0m0s" && !strings.Contains(tc.query, "window=15m") {
+			t.Errorf("top?%s: window %q (-want +got):\n%s", tc.query, l.Window, diff)
+		}
+	}
+	if l := getJSON[topList](t, srv, "/api/v1/top?kind=bytes&window=2h"); len(l.Talkers) != 2 || l.Talkers[0].Bytes != 30_000_000 {
+		t.Errorf("top bytes over 2 hours: %+v", l.Talkers)
+	}
+	v := getJSON[subscriberView](t, srv, "/api/v1/subscribers/203.0.113.8?hours=1")
+	if len(v.Series) != 1 || v.Series[0].Bytes != 20_000_000 || v.Series[0].Packets != 20_000 {
+		t.Errorf("series: %+v", v.Series)
+	}
+	for metric, peak := range map[string]string{"bytes": "peak 20 MB", "packets": "peak 20k", "flows": "peak 20<"} {
+		code, body := get(t, srv, "/api/v1/subscribers/203.0.113.8/chart.svg?hours=1&metric="+metric, true)
+		if code != 200 || !strings.Contains(string(body), peak) {
+			t.Errorf("chart %s: %d %.300s, want %q", metric, code, body, peak)
+		}
+	}
+}
+
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
 
 // fakeHolder records the holds the console passes on.
@@ -484,7 +550,7 @@ func TestAckHold(t *testing.T) {
 	c.deps.Holder = holder
 	publish(testAlert("h1", alert.StateOpen, 2, -1))
 	waitIncidents(t, c, 1)
-	for _, body := range []string{`{"by":"ann","note":"calling"}`, `{"by":"ann","note":"customer cleans the PC","hold":true}`} {
+	for _, body := range []string{`{"note":"calling"}`, `{"note":"customer cleans the PC","hold":true}`} {
 		req, _ := http.NewRequest("POST", srv.URL+"/api/v1/incidents/h1/ack", strings.NewReader(body))
 		req.Header.Set("Authorization", "Bearer "+testToken)
 		req.Header.Set("Content-Type", "application/json")
@@ -497,7 +563,7 @@ func TestAckHold(t *testing.T) {
 			t.Fatalf("ack %s: %d", body, resp.StatusCode)
 		}
 	}
-	if diff := cmp.Diff([]string{"h1 ann customer cleans the PC"}, holder.holds); diff != "" {
+	if diff := cmp.Diff([]string{"h1 admin customer cleans the PC"}, holder.holds); diff != "" {
 		t.Errorf("holds (-want +got):\n%s", diff)
 	}
 }

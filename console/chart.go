@@ -3,6 +3,7 @@ package console
 import (
 	"bytes"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -13,6 +14,8 @@ var chartMetrics = map[string]string{
 	"smtp_flows":        "TCP/25 flows per minute",
 	"destinations":      "distinct destinations per minute",
 	"smtp_destinations": "distinct TCP/25 destinations per minute",
+	"bytes":             "bytes per minute",
+	"packets":           "packets per minute",
 }
 
 func pointValue(p *Point, metric string) uint64 {
@@ -23,6 +26,10 @@ func pointValue(p *Point, metric string) uint64 {
 		return p.Destinations
 	case "smtp_destinations":
 		return p.SMTPDestinations
+	case "bytes":
+		return p.Bytes
+	case "packets":
+		return p.Packets
 	}
 	return p.Flows
 }
@@ -50,11 +57,11 @@ func drawChart(series []Point, metric string, from, to time.Time) []byte {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 %.0f %.0f" width="%.0f" height="%.0f" role="img" aria-label="%s">`, w, h, w, h, chartMetrics[metric])
 	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="#11161d"/>`)
-	fmt.Fprintf(&b, `<text x="%.0f" y="18" fill="#e6edf3" font-family="sans-serif" font-size="14">%s (UTC), peak %d</text>`, left, chartMetrics[metric], peak)
+	fmt.Fprintf(&b, `<text x="%.0f" y="18" fill="#e6edf3" font-family="sans-serif" font-size="14">%s (UTC), peak %s</text>`, left, chartMetrics[metric], chartNumber(peak, metric))
 	// Horizontal grid: 0, half, top.
 	for _, v := range []uint64{0, top1 / 2, top1} {
 		fmt.Fprintf(&b, `<line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="#2d3640"/>`, left, w-right, y(v), y(v))
-		fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" fill="#9aa7b4" font-family="sans-serif" font-size="11" text-anchor="end">%d</text>`, left-6, y(v)+4, v)
+		fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" fill="#9aa7b4" font-family="sans-serif" font-size="11" text-anchor="end">%s</text>`, left-6, y(v)+4, chartNumber(v, metric))
 	}
 	// Time axis: a tick every few hours on the hour.
 	step := time.Hour
@@ -74,6 +81,30 @@ func drawChart(series []Point, metric string, from, to time.Time) []byte {
 	fmt.Fprintf(&b, ` L%.1f %.1f Z"/>`, x(minutes), y(0))
 	b.WriteString(`</svg>`)
 	return b.Bytes()
+}
+
+// chartNumber writes a value short enough for the axis: bytes in kB, MB,
+// GB (powers of 1000), other counts beyond 9,999 as 12.3k or 4.5M.
+func chartNumber(v uint64, metric string) string {
+	units := []string{"", "k", "M", "G", "T", "P"}
+	suffix, limit := "", uint64(10000)
+	if metric == "bytes" {
+		units = []string{" B", " kB", " MB", " GB", " TB", " PB"}
+		suffix, limit = " B", 1000
+	}
+	if v < limit {
+		return fmt.Sprintf("%d%s", v, suffix)
+	}
+	f, i := float64(v), 0
+	for f >= 1000 && i < len(units)-1 {
+		f /= 1000
+		i++
+	}
+	s := fmt.Sprintf("%.1f", f)
+	if f >= 100 || strings.HasSuffix(s, ".0") {
+		s = fmt.Sprintf("%.0f", f)
+	}
+	return s + units[i]
 }
 
 // niceCeil rounds v up to 1, 2 or 5 times a power of ten (at least 1).

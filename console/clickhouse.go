@@ -120,7 +120,8 @@ func (s *clickhouseStore) AddAck(ctx context.Context, id string, ack Ack) error 
 }
 
 func (s *clickhouseStore) Series(ctx context.Context, ip netip.Addr, from, to time.Time) ([]Point, error) {
-	rows, err := s.db.Query(ctx, `SELECT minute, sum(flows), sum(smtp_flows), uniqMerge(dsts), uniqMerge(smtp_dsts)
+	rows, err := s.db.Query(ctx, `SELECT minute, sum(flows), sum(smtp_flows), uniqMerge(dsts), uniqMerge(smtp_dsts),
+		sum(bytes), sum(packets)
 		FROM `+s.table("flows_1m")+`
 		WHERE subscriber_ip = ? AND minute >= toDateTime(?) AND minute < toDateTime(?)
 		GROUP BY minute ORDER BY minute`, s.subscribers.Label(ip), from.Unix(), to.Unix())
@@ -131,7 +132,7 @@ func (s *clickhouseStore) Series(ctx context.Context, ip netip.Addr, from, to ti
 	var out []Point
 	for rows.Next() {
 		var p Point
-		if err := rows.Scan(&p.Minute, &p.Flows, &p.SMTPFlows, &p.Destinations, &p.SMTPDestinations); err != nil {
+		if err := rows.Scan(&p.Minute, &p.Flows, &p.SMTPFlows, &p.Destinations, &p.SMTPDestinations, &p.Bytes, &p.Packets); err != nil {
 			return nil, fmt.Errorf("cannot read flows_1m: %w", err)
 		}
 		p.Minute = p.Minute.UTC()
@@ -143,23 +144,35 @@ func (s *clickhouseStore) Series(ctx context.Context, ip netip.Addr, from, to ti
 	return out, nil
 }
 
-func (s *clickhouseStore) TopSMTP(ctx context.Context, from time.Time, limit int) ([]Talker, error) {
-	rows, err := s.db.Query(ctx, `SELECT subscriber_ip, uniqMerge(smtp_dsts) AS smtp_destinations,
-		sum(smtp_flows) AS smtp_flows, sum(flows) AS flows
+// Top ranks the subscribers of flows_1m. The aliases differ from the
+// columns they sum: a current server would otherwise read "sum(flows) AS
+// flows" as a cycle.
+func (s *clickhouseStore) Top(ctx context.Context, kind string, from time.Time, limit int) ([]TopTalker, error) {
+	by, ok := topKinds[kind]
+	if !ok {
+		return nil, fmt.Errorf("no top list of %q", kind)
+	}
+	having := "t_" + by[0]
+	if kind == "smtp" {
+		having = "t_smtp_flows"
+	}
+	rows, err := s.db.Query(ctx, `SELECT subscriber_ip, sum(flows) AS t_flows, sum(bytes) AS t_bytes,
+		sum(packets) AS t_packets, uniqMerge(dsts) AS t_destinations,
+		sum(smtp_flows) AS t_smtp_flows, uniqMerge(smtp_dsts) AS t_smtp_destinations
 		FROM `+s.table("flows_1m")+`
 		WHERE minute >= toDateTime(?)
 		GROUP BY subscriber_ip
-		HAVING smtp_flows > 0
-		ORDER BY smtp_destinations DESC, smtp_flows DESC, subscriber_ip
+		HAVING `+having+` > 0
+		ORDER BY t_`+by[0]+` DESC, t_`+by[1]+` DESC, subscriber_ip
 		LIMIT `+fmt.Sprint(limit), from.Unix())
 	if err != nil {
 		return nil, fmt.Errorf("cannot query flows_1m: %w", err)
 	}
 	defer rows.Close()
-	var out []Talker
+	var out []TopTalker
 	for rows.Next() {
-		var t Talker
-		if err := rows.Scan(&t.SubscriberIP, &t.SMTPDestinations, &t.SMTPFlows, &t.Flows); err != nil {
+		var t TopTalker
+		if err := rows.Scan(&t.SubscriberIP, &t.Flows, &t.Bytes, &t.Packets, &t.Destinations, &t.SMTPFlows, &t.SMTPDestinations); err != nil {
 			return nil, fmt.Errorf("cannot read flows_1m: %w", err)
 		}
 		out = append(out, t)

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wormsign/wormsign/alert"
@@ -31,8 +32,14 @@ import (
 // flows of the first subscriber: 30 TCP/25 destinations and 5 DNS flows.
 func openTestDB(t *testing.T) (*clickhousedb.DB, time.Time) {
 	t.Helper()
+	return openTestDBAt(t, testenv.ClickHouseAddr(t))
+}
+
+// openTestDBAt is openTestDB on the server at addr.
+func openTestDBAt(t *testing.T, server string) (*clickhousedb.DB, time.Time) {
+	t.Helper()
 	cfg := clickhousedb.DefaultConfiguration()
-	cfg.Addr = testenv.ClickHouseAddr(t)
+	cfg.Addr = server
 	cfg.Database = testenv.Name(t, "wscons")
 	ctx := context.Background()
 	db := chtest.Database(t, cfg)
@@ -137,12 +144,12 @@ func TestClickHouseStore(t *testing.T) {
 		t.Errorf("unknown incident: %d, want 404", code)
 	}
 
-	if code, body := postJSON(t, a, "/api/v1/incidents/live/ack", `{"by":"noc-1","note":"ticket 42"}`); code != 201 {
+	if code, body := postJSON(t, a, "/api/v1/incidents/live/ack", `{"note":"ticket 42"}`); code != 201 {
 		t.Fatalf("ack: %d %s", code, body)
 	}
 	code, body = get(t, b, "/api/v1/incidents/live", true)
 	json.Unmarshal(body, &d)
-	if code != 200 || len(d.Acks) != 1 || d.Acks[0].By != "noc-1" || d.Incident.Ack == nil || d.Incident.Ack.Note != "ticket 42" {
+	if code != 200 || len(d.Acks) != 1 || d.Acks[0].By != "admin" || d.Incident.Ack == nil || d.Incident.Ack.Note != "ticket 42" {
 		t.Errorf("ack seen by the other instance: %d %s", code, body)
 	}
 
@@ -161,6 +168,76 @@ func TestClickHouseStore(t *testing.T) {
 	if code != 200 || !strings.Contains(string(body), "peak 30") {
 		t.Errorf("chart: %d %.300s", code, body)
 	}
+}
+
+// The top lists of every kind from flows_1m, on both servers: each ranks
+// by its own figure, scaled by sampling; top/smtp keeps its shape; the
+// subscriber's series carries bytes and packets, and so do its charts.
+func TestClickHouseTop(t *testing.T) {
+	testenv.ForEachClickHouse(t, func(t *testing.T, server string) {
+		db, now := openTestDBAt(t, server)
+		// A second subscriber: 2 UDP flows of 1 MB and 1,000 packets to
+		// one target, sampled 1:10.
+		fb, err := db.PrepareBatch(context.Background(), "INSERT INTO "+db.Database()+".flows (date, time_received, time_start, time_end, subscriber_ip, "+
+			"exporter, src_addr, dst_addr, dst_port, proto, bytes, packets, sampling_rate, sink_partition, sink_offset)")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := func(s string) any {
+			if db.Features().IPType() == "IPv6" {
+				return net.ParseIP(s).To16()
+			}
+			return s
+		}
+		at := now.Add(-20 * time.Minute)
+		for i := 0; i < 2; i++ {
+			if err := fb.Append(at.Truncate(24*time.Hour), at, at, at, "203.0.113.8", addr("192.0.2.1"), addr("203.0.113.8"), addr("198.51.100.9"),
+				uint16(80), uint8(17), uint64(1_000_000), uint64(1000), uint32(10), uint32(1), uint64(i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := fb.Send(); err != nil {
+			t.Fatal(err)
+		}
+		srv := newCHConsole(t, db)
+		seven := TopTalker{SubscriberIP: "203.0.113.7", Flows: 35, Bytes: 3500, Packets: 70, Destinations: 31, SMTPFlows: 30, SMTPDestinations: 30}
+		eight := TopTalker{SubscriberIP: "203.0.113.8", Flows: 20, Bytes: 20_000_000, Packets: 20_000, Destinations: 1}
+		for _, tc := range []struct {
+			kind string
+			want []TopTalker
+		}{
+			{"smtp", []TopTalker{seven}},
+			{"flows", []TopTalker{seven, eight}},
+			{"destinations", []TopTalker{seven, eight}},
+			{"bytes", []TopTalker{eight, seven}},
+			{"packets", []TopTalker{eight, seven}},
+		} {
+			l := getJSON[topList](t, srv, "/api/v1/top?kind="+tc.kind+"&window=1h&limit=10")
+			if diff := cmp.Diff(tc.want, l.Talkers); diff != "" || l.Kind != tc.kind || l.Window != "1h0m0s" {
+				t.Errorf("top %s: kind %q window %q (-want +got):\n%s", tc.kind, l.Kind, l.Window, diff)
+			}
+		}
+		if l := getJSON[topList](t, srv, "/api/v1/top?kind=bytes&limit=1"); len(l.Talkers) != 1 || l.Talkers[0].SubscriberIP != "203.0.113.8" {
+			t.Errorf("top bytes limit 1: %+v", l.Talkers)
+		}
+		if l := getJSON[topList](t, srv, "/api/v1/top?kind=bytes&window=15m"); len(l.Talkers) != 1 || l.Talkers[0].SubscriberIP != "203.0.113.7" {
+			t.Errorf("top bytes of 15 minutes (the 1 MB flows are 20 minutes old): %+v", l.Talkers)
+		}
+		code, body := get(t, srv, "/api/v1/top/smtp?window=1h", true)
+		if code != 200 || !strings.Contains(string(body), `"talkers":[{"subscriber_ip":"203.0.113.7","smtp_destinations":30,"smtp_flows":30,"flows":35}]`) {
+			t.Errorf("top/smtp: %d %s", code, body)
+		}
+		v := getJSON[subscriberView](t, srv, "/api/v1/subscribers/203.0.113.8?hours=1")
+		if len(v.Series) != 1 || v.Series[0].Bytes != 20_000_000 || v.Series[0].Packets != 20_000 || v.Series[0].Flows != 20 {
+			t.Errorf("series of 203.0.113.8: %+v", v.Series)
+		}
+		for metric, peak := range map[string]string{"bytes": "peak 20 MB", "packets": "peak 20k"} {
+			code, body := get(t, srv, "/api/v1/subscribers/203.0.113.8/chart.svg?hours=1&metric="+metric, true)
+			if code != 200 || !strings.Contains(string(body), peak) {
+				t.Errorf("chart %s: %d %.300s, want %q", metric, code, body, peak)
+			}
+		}
+	})
 }
 
 func postJSON(t *testing.T, srv *httptest.Server, path, body string) (int, string) {

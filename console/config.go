@@ -6,8 +6,8 @@ import (
 )
 
 // Configuration of the console and its API: the `console:` section of the
-// configuration file (WORMSIGN_CONSOLE_* in the environment). The token
-// that guards them is http.token.
+// configuration file (WORMSIGN_CONSOLE_* in the environment). The
+// credentials that guard them are http.token and http.tokens.
 type Configuration struct {
 	// Group names the consumer groups the console reads the alerts (and,
 	// without ClickHouse, flows) topics with. On Kafka each instance adds
@@ -34,6 +34,9 @@ type Configuration struct {
 	Heartbeat time.Duration `yaml:"heartbeat"`
 	// Lookback is the default `since` of the incident list.
 	Lookback time.Duration `yaml:"lookback"`
+	// SessionLifetime is how long a console login lasts; logging out, or
+	// a change of the token it logged in with, ends it sooner.
+	SessionLifetime time.Duration `yaml:"session_lifetime"`
 }
 
 // DefaultConfiguration returns the documented defaults.
@@ -47,6 +50,7 @@ func DefaultConfiguration() Configuration {
 		StreamBacklog:         1000,
 		Heartbeat:             15 * time.Second,
 		Lookback:              7 * 24 * time.Hour,
+		SessionLifetime:       12 * time.Hour,
 	}
 }
 
@@ -69,6 +73,8 @@ func (c Configuration) Validate() error {
 		return fmt.Errorf("console.heartbeat: %s, want > 0", c.Heartbeat)
 	case c.Lookback <= 0:
 		return fmt.Errorf("console.lookback: %s, want > 0", c.Lookback)
+	case c.SessionLifetime < time.Minute || c.SessionLifetime > 31*24*time.Hour:
+		return fmt.Errorf("console.session_lifetime: %s, want 1m to 744h", c.SessionLifetime)
 	}
 	return nil
 }

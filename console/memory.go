@@ -3,6 +3,7 @@ package console
 import (
 	"container/list"
 	"context"
+	"fmt"
 	"net/netip"
 	"sort"
 	"sync"
@@ -41,6 +42,7 @@ type memSubscriber struct {
 
 type memMinute struct {
 	flows, smtpFlows uint64
+	bytes, packets   uint64 // scaled by sampling, as flows_1m
 	dsts, smtpDsts   map[netip.Addr]struct{}
 	dstsOver         uint64 // beyond the set's cap: lower bound
 	smtpOver         uint64
@@ -135,6 +137,8 @@ func (s *memoryStore) addFlows(flows []flow.Flow) {
 		}
 		scale := f.Scale()
 		mm.flows += scale
+		mm.bytes = flow.SaturatingAdd(mm.bytes, f.ScaledBytes())
+		mm.packets = flow.SaturatingAdd(mm.packets, flow.SaturatingMul(f.Packets, scale))
 		dst := f.DstAddr.Unmap()
 		addCapped(mm.dsts, &mm.dstsOver, dst, s.config.MaxMinuteDestinations)
 		if f.Proto == 6 && f.DstPort == 25 {
@@ -235,55 +239,89 @@ func (s *memoryStore) Series(_ context.Context, ip netip.Addr, from, to time.Tim
 			Minute: t, Flows: mm.flows, SMTPFlows: mm.smtpFlows,
 			Destinations:     uint64(len(mm.dsts)) + mm.dstsOver,
 			SMTPDestinations: uint64(len(mm.smtpDsts)) + mm.smtpOver,
+			Bytes:            mm.bytes, Packets: mm.packets,
 		})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Minute.Before(out[j].Minute) })
 	return out, nil
 }
 
-func (s *memoryStore) TopSMTP(_ context.Context, from time.Time, limit int) ([]Talker, error) {
+func (s *memoryStore) Top(_ context.Context, kind string, from time.Time, limit int) ([]TopTalker, error) {
+	by, ok := topKinds[kind]
+	if !ok {
+		return nil, fmt.Errorf("no top list of %q", kind)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	fromMin := from.Unix() / 60
-	var out []Talker
+	type ranked struct {
+		t   TopTalker
+		sub *memSubscriber
+	}
+	var all []ranked
 	for ip, e := range s.subs {
 		sub := e.Value.(*memSubscriber)
-		t := Talker{SubscriberIP: s.subscribers.Label(ip)}
-		dsts := map[netip.Addr]struct{}{}
-		var over uint64
+		t := TopTalker{SubscriberIP: s.subscribers.Label(ip)}
 		for m, mm := range sub.minutes {
 			if m < fromMin {
 				continue
 			}
 			t.Flows += mm.flows
 			t.SMTPFlows += mm.smtpFlows
-			for d := range mm.smtpDsts {
-				dsts[d] = struct{}{}
-			}
-			over = max(over, mm.smtpOver)
+			t.Bytes = flow.SaturatingAdd(t.Bytes, mm.bytes)
+			t.Packets = flow.SaturatingAdd(t.Packets, mm.packets)
 		}
-		if t.SMTPFlows == 0 {
+		if t.Flows == 0 || kind == "smtp" && t.SMTPFlows == 0 {
 			continue
 		}
-		t.SMTPDestinations = uint64(len(dsts)) + over
-		out = append(out, t)
+		// Distinct counts are unions over the minutes: counted for every
+		// subscriber only where the list ranks by one.
+		switch kind {
+		case "smtp":
+			t.SMTPDestinations = sub.distinct(fromMin, true)
+		case "destinations":
+			t.Destinations = sub.distinct(fromMin, false)
+		}
+		if topValue(&t, by[0]) == 0 {
+			continue
+		}
+		all = append(all, ranked{t, sub})
 	}
-	sortTalkers(out)
-	if len(out) > limit {
-		out = out[:limit]
+	sort.Slice(all, func(i, j int) bool { return topBefore(&all[i].t, &all[j].t, kind) })
+	if len(all) > limit {
+		all = all[:limit]
+	}
+	out := make([]TopTalker, len(all))
+	for i := range all {
+		out[i] = all[i].t
+		sub := all[i].sub
+		if kind != "destinations" {
+			out[i].Destinations = sub.distinct(fromMin, false)
+		}
+		if kind != "smtp" && out[i].SMTPFlows > 0 {
+			out[i].SMTPDestinations = sub.distinct(fromMin, true)
+		}
 	}
 	return out, nil
 }
 
-func sortTalkers(ts []Talker) {
-	sort.Slice(ts, func(i, j int) bool {
-		a, b := ts[i], ts[j]
-		if a.SMTPDestinations != b.SMTPDestinations {
-			return a.SMTPDestinations > b.SMTPDestinations
+// distinct counts the subscriber's distinct destinations (TCP/25 ones
+// with smtp) from minute fromMin on; beyond a minute's cap, a lower bound.
+func (sub *memSubscriber) distinct(fromMin int64, smtp bool) uint64 {
+	dsts := map[netip.Addr]struct{}{}
+	var over uint64
+	for m, mm := range sub.minutes {
+		if m < fromMin {
+			continue
 		}
-		if a.SMTPFlows != b.SMTPFlows {
-			return a.SMTPFlows > b.SMTPFlows
+		set, o := mm.dsts, mm.dstsOver
+		if smtp {
+			set, o = mm.smtpDsts, mm.smtpOver
 		}
-		return a.SubscriberIP < b.SubscriberIP
-	})
+		for d := range set {
+			dsts[d] = struct{}{}
+		}
+		over = max(over, o)
+	}
+	return uint64(len(dsts)) + over
 }

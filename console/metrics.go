@@ -5,6 +5,7 @@ import "github.com/prometheus/client_golang/prometheus"
 type metrics struct {
 	requests      *prometheus.CounterVec
 	unauthorized  prometheus.Counter
+	forbidden     *prometheus.CounterVec
 	crossOrigin   prometheus.Counter
 	alerts        prometheus.Counter
 	flows         prometheus.Counter
@@ -25,6 +26,9 @@ func newMetrics(reg prometheus.Registerer, c *Component) *metrics {
 		unauthorized: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wormsign_console_unauthorized_total", Help: "Requests refused for a missing or wrong token.",
 		}),
+		forbidden: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wormsign_console_forbidden_total", Help: "Requests refused (403) because the role of the name they authenticated as lacks the route's, by route.",
+		}, []string{"route"}),
 		crossOrigin: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wormsign_console_cross_origin_refused_total", Help: "Cookie-authenticated POSTs refused by the CSRF rule (403).",
 		}),
@@ -56,7 +60,7 @@ func newMetrics(reg prometheus.Registerer, c *Component) *metrics {
 	m.subscribers = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "wormsign_console_memory_subscribers", Help: "Subscribers with minute counters in memory.",
 	}, func() float64 { return float64(c.memory.subscriberCount()) })
-	reg.MustRegister(m.requests, m.unauthorized, m.crossOrigin, m.alerts, m.flows, m.badMessages, m.acks,
+	reg.MustRegister(m.requests, m.unauthorized, m.forbidden, m.crossOrigin, m.alerts, m.flows, m.badMessages, m.acks,
 		m.streamClients, m.streamDropped, m.storeErrors, m.incidents, m.subscribers)
 	return m
 }

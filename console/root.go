@@ -1,5 +1,5 @@
 // Package console is the NOC console and its HTTP API: the incident board,
-// incident and subscriber pages, top TCP/25 talkers, acknowledgements and
+// incident and subscriber pages, top talkers, acknowledgements and
 // a Server-Sent Events stream of alerts. `wormsign run` serves it on
 // http.listen next to /metrics; `wormsign console` serves it alone in a
 // Kafka + ClickHouse deployment.
@@ -61,9 +61,16 @@ type Dependencies struct {
 	// Subscribers says which address of a flow is its subscriber, for the
 	// in-memory counters (as the sink does for flows_1m).
 	Subscribers network.Subscribers
-	// Token guards the console and /api/ (http.token); it must not be
-	// empty: cmd generates one when none is configured.
-	Token string
+	// Token is http.token: the credential "admin", role admin. Credentials
+	// are the others (http.tokens). Together they guard the console and
+	// /api/, and must not be empty: cmd generates a token when none is
+	// configured.
+	Token       string
+	Credentials []httpserver.Credential
+	// Guard, when set, checks the credentials instead of one made from
+	// Token and Credentials: cmd shares one with the block list API, so
+	// that a logout ends the session for both.
+	Guard *Guard
 	// Holder, when containment runs in this process, takes the acks that
 	// ask to hold an incident's block; nil answers such acks with 400.
 	Holder Holder
@@ -96,7 +103,7 @@ type Component struct {
 	bindings bindingSource
 	hub      *hub
 	handler  http.Handler
-	guard    *guard
+	guard    *Guard
 
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
@@ -110,8 +117,8 @@ func New(config Configuration, deps Dependencies) (*Component, error) {
 	if err := config.Validate(); err != nil {
 		return nil, err
 	}
-	if deps.Token == "" {
-		return nil, errors.New("console: no token (http.token)")
+	if deps.Token == "" && len(deps.Credentials) == 0 && deps.Guard == nil {
+		return nil, errors.New("console: no credentials (http.token or http.tokens)")
 	}
 	if deps.Now == nil {
 		deps.Now = time.Now
@@ -130,7 +137,21 @@ func New(config Configuration, deps Dependencies) (*Component, error) {
 		deps.Limiter = httpserver.NewAuthLimiter(deps.Registry)
 		c.deps.Limiter = deps.Limiter
 	}
-	c.guard = newGuard(deps.Token, deps.Limiter)
+	if c.guard = deps.Guard; c.guard == nil {
+		creds := deps.Credentials
+		if deps.Token != "" {
+			creds = append([]httpserver.Credential{{Name: httpserver.AdminName, Role: httpserver.RoleAdmin, Token: deps.Token}}, creds...)
+		}
+		if err := httpserver.ValidateCredentials(creds, deps.Token != ""); err != nil {
+			return nil, fmt.Errorf("console: %w", err)
+		}
+		g, err := NewGuard(creds, deps.Limiter)
+		if err != nil {
+			return nil, err
+		}
+		g.now = deps.Now
+		c.guard = g
+	}
 	c.hub = newHub(config.StreamBacklog, c.metrics.streamDropped.Inc)
 	c.handler = c.routes()
 	return c, nil
@@ -273,20 +294,24 @@ func (c *Component) counted(route string, h http.HandlerFunc) http.HandlerFunc {
 
 func (c *Component) routes() http.Handler {
 	mux := http.NewServeMux()
-	api := func(pattern, route string, h http.HandlerFunc) {
-		mux.HandleFunc(pattern, c.counted(route, c.requireAPI(h)))
+	// Every route names the role it needs (see httpserver.Role).
+	api := func(pattern, route string, need httpserver.Role, h http.HandlerFunc) {
+		mux.HandleFunc(pattern, c.counted(route, c.requireAPI(route, need, h)))
 	}
-	api("GET /api/v1/incidents", "incidents", c.serveIncidents)
-	api("GET /api/v1/incidents/{id}", "incident", c.serveIncident)
-	api("POST /api/v1/incidents/{id}/ack", "ack", c.serveAck)
-	api("GET /api/v1/subscribers/{ip}", "subscriber", c.serveSubscriber)
-	api("GET /api/v1/subscribers/{ip}/chart.svg", "chart", c.serveChart)
-	api("GET /api/v1/customers/{id}", "customer", c.serveCustomer)
-	api("GET /api/v1/top/smtp", "top_smtp", c.serveTopSMTP)
-	api("GET /api/v1/alerts/stream", "stream", c.serveStream)
-	mux.HandleFunc("/api/", c.counted("unknown", c.requireAPI(func(w http.ResponseWriter, r *http.Request) {
+	viewer, operator := httpserver.RoleViewer, httpserver.RoleOperator
+	api("GET /api/v1/incidents", "incidents", viewer, c.serveIncidents)
+	api("GET /api/v1/incidents/{id}", "incident", viewer, c.serveIncident)
+	api("POST /api/v1/incidents/{id}/ack", "ack", operator, c.serveAck)
+	api("GET /api/v1/subscribers/{ip}", "subscriber", viewer, c.serveSubscriber)
+	api("GET /api/v1/subscribers/{ip}/chart.svg", "chart", viewer, c.serveChart)
+	api("GET /api/v1/customers/{id}", "customer", viewer, c.serveCustomer)
+	api("GET /api/v1/top", "top", viewer, c.serveTop)
+	api("GET /api/v1/top/smtp", "top_smtp", viewer, c.serveTopSMTP)
+	api("GET /api/v1/alerts/stream", "stream", viewer, c.serveStream)
+	api("GET /api/v1/session", "session", httpserver.RoleExport, c.serveSession)
+	api("/api/", "unknown", httpserver.RoleExport, func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such API endpoint: "+r.Method+" "+r.URL.Path)
-	})))
+	})
 
 	static, _ := fs.Sub(webFS, "web/static")
 	mux.Handle("GET /static/", http.StripPrefix("/static/", http.FileServer(http.FS(static))))
@@ -294,7 +319,7 @@ func (c *Component) routes() http.Handler {
 	mux.HandleFunc("POST /logout", c.counted("logout", c.serveLogout))
 	page := func(w http.ResponseWriter, r *http.Request) { c.servePage(w, "index.html", http.StatusOK) }
 	for _, p := range []string{"GET /{$}", "GET /incidents/{id}", "GET /subscribers/{ip}", "GET /customers/{id}", "GET /search", "GET /top"} {
-		mux.HandleFunc(p, c.counted("page", c.requirePage(page)))
+		mux.HandleFunc(p, c.counted("page", c.requirePage("page", viewer, page)))
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)

@@ -98,11 +98,11 @@ func TestCrossOriginPosts(t *testing.T) {
 	sameOrigin := map[string]string{"Sec-Fetch-Site": "same-origin", "Origin": srv.URL}
 	oldBrowser := map[string]string{"Origin": "https://evil.example"}
 	form := "application/x-www-form-urlencoded"
-	ack := `{"by":"ann","note":"x"}`
+	ack := `{"note":"x"}`
 	for _, tc := range []post{
 		{"ack cross-site", "/api/v1/incidents/abc/ack", "application/json", ack, true, false, crossSite, 403},
 		{"ack Origin only", "/api/v1/incidents/abc/ack", "application/json", ack, true, false, oldBrowser, 403},
-		{"ack as a form", "/api/v1/incidents/abc/ack", form, "by=ann", true, false, nil, 403},
+		{"ack as a form", "/api/v1/incidents/abc/ack", form, "note=x", true, false, nil, 403},
 		{"ack as text/plain", "/api/v1/incidents/abc/ack", "text/plain", ack, true, false, sameOrigin, 403},
 		{"ack same-origin", "/api/v1/incidents/abc/ack", "application/json", ack, true, false, sameOrigin, 404},
 		{"ack Bearer cross-site", "/api/v1/incidents/abc/ack", "application/json", ack, false, true, crossSite, 404},
@@ -141,7 +141,7 @@ func TestBodyLimits(t *testing.T) {
 	c, srv, publish := newTestConsole(t)
 	publish(testAlert("aaaaaaaaaaaaaaaaaaaaaaaa", "open", 10, 1))
 	waitIncidents(t, c, 1)
-	big := `{"by":"ann","note":"` + strings.Repeat("x", ackBodyLimit) + `"}`
+	big := `{"note":"` + strings.Repeat("x", ackBodyLimit) + `"}`
 	req, _ := http.NewRequest("POST", srv.URL+"/api/v1/incidents/aaaaaaaaaaaaaaaaaaaaaaaa/ack", strings.NewReader(big))
 	req.Header.Set("Authorization", "Bearer "+testToken)
 	req.Header.Set("Content-Type", "application/json")

@@ -31,14 +31,66 @@ type Point struct {
 	SMTPFlows        uint64    `json:"smtp_flows"`
 	Destinations     uint64    `json:"destinations"`
 	SMTPDestinations uint64    `json:"smtp_destinations"`
+	// Bytes and Packets are scaled by sampling, as flows are.
+	Bytes   uint64 `json:"bytes"`
+	Packets uint64 `json:"packets"`
 }
 
-// Talker is one subscriber of the top TCP/25 list.
+// Talker is one subscriber of the top TCP/25 list (GET /api/v1/top/smtp).
 type Talker struct {
 	SubscriberIP     string `json:"subscriber_ip"`
 	SMTPDestinations uint64 `json:"smtp_destinations"`
 	SMTPFlows        uint64 `json:"smtp_flows"`
 	Flows            uint64 `json:"flows"`
+}
+
+// TopTalker is one subscriber of a top list (GET /api/v1/top): its
+// traffic since the list's start, all of it whatever the list ranks by.
+type TopTalker struct {
+	SubscriberIP     string `json:"subscriber_ip"`
+	Flows            uint64 `json:"flows"`
+	Bytes            uint64 `json:"bytes"`
+	Packets          uint64 `json:"packets"`
+	Destinations     uint64 `json:"destinations"`
+	SMTPFlows        uint64 `json:"smtp_flows"`
+	SMTPDestinations uint64 `json:"smtp_destinations"`
+}
+
+// topKinds are what a top list ranks by: the figure, then the one that
+// breaks its ties (the subscriber's label breaks the rest).
+var topKinds = map[string][2]string{
+	"smtp":         {"smtp_destinations", "smtp_flows"},
+	"flows":        {"flows", "bytes"},
+	"destinations": {"destinations", "flows"},
+	"bytes":        {"bytes", "packets"},
+	"packets":      {"packets", "bytes"},
+}
+
+// topValue is one figure of a talker, by its JSON name.
+func topValue(t *TopTalker, name string) uint64 {
+	switch name {
+	case "flows":
+		return t.Flows
+	case "bytes":
+		return t.Bytes
+	case "packets":
+		return t.Packets
+	case "destinations":
+		return t.Destinations
+	case "smtp_flows":
+		return t.SMTPFlows
+	}
+	return t.SMTPDestinations
+}
+
+// topBefore is the order of the top list of kind.
+func topBefore(a, b *TopTalker, kind string) bool {
+	for _, k := range topKinds[kind] {
+		if va, vb := topValue(a, k), topValue(b, k); va != vb {
+			return va > vb
+		}
+	}
+	return a.SubscriberIP < b.SubscriberIP
 }
 
 // errNotFound is what a store answers for an unknown incident.
@@ -61,9 +113,10 @@ type Store interface {
 	// Series returns a subscriber's minutes in [from, to), oldest first,
 	// minutes without traffic left out.
 	Series(ctx context.Context, ip netip.Addr, from, to time.Time) ([]Point, error)
-	// TopSMTP returns the subscribers with the most distinct TCP/25
-	// destinations since from.
-	TopSMTP(ctx context.Context, from time.Time, limit int) ([]Talker, error)
+	// Top returns the subscribers that rank highest since from by kind
+	// (a key of topKinds), in topBefore's order, leaving out those whose
+	// figure is zero (kind smtp: those without TCP/25 flows).
+	Top(ctx context.Context, kind string, from time.Time, limit int) ([]TopTalker, error)
 }
 
 // stateRank orders the events of one incident that end together.

@@ -159,6 +159,9 @@ func (c *Component) serveStream(w http.ResponseWriter, r *http.Request) {
 			writeEvent(w, ev)
 			flush()
 		case <-tick.C:
+			if s := sessionFrom(r.Context()); s != nil && !c.guard.valid(s) {
+				return // logged out, or expired: the stream ends too
+			}
 			rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
 			fmt.Fprint(w, ": heartbeat\n\n")
 			flush()

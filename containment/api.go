@@ -15,42 +15,76 @@ import (
 	"github.com/wormsign/wormsign/network"
 )
 
-// Handler serves the block list API, guarded by deps.Authorize (and, for
-// requests its cookie authenticates, the console's CSRF rule:
-// same-origin JSON only), with the console's security headers and
-// Cache-Control: no-store:
+// Handler serves the block list API, guarded by deps.Authorize for the
+// role each route needs (and, for requests the console's cookie
+// authenticates, its CSRF rule: same-origin JSON only), with the console's
+// security headers and Cache-Control: no-store:
 //
-//	GET  /api/v1/blocklist?format=json|plain|nftables|ipset|exabgp|exabgp-conf
-//	POST /api/v1/blocklist                 {"ip","action","reason","duration","by"}
-//	POST /api/v1/blocklist/{ip}/release    {"by","note"}
-//	POST /api/v1/blocklist/hold            {"incident_id","by","note"}
-//	GET  /api/v1/blocklist/actions?limit=N the audit trail, newest first
+//	GET  /api/v1/blocklist?format=json|plain|nftables|ipset|exabgp|exabgp-conf  export
+//	GET  /api/v1/blocklist/actions?limit=N the audit trail, newest first         viewer
+//	POST /api/v1/blocklist/hold            {"incident_id","note"}                operator
+//	POST /api/v1/blocklist                 {"ip","action","reason","duration"}   admin
+//	POST /api/v1/blocklist/{ip}/release    {"note"}                              admin
 //
-// Mount it at "/api/v1/blocklist" and "/api/v1/blocklist/".
+// The actor of a hold, add or release is the name the request
+// authenticated as; a body with "by" is refused (400), as every unknown
+// field. Mount it at "/api/v1/blocklist" and "/api/v1/blocklist/".
 func (c *Component) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /api/v1/blocklist", c.serveList)
-	mux.HandleFunc("POST /api/v1/blocklist", c.serveAdd)
-	mux.HandleFunc("POST /api/v1/blocklist/hold", c.serveHold)
-	mux.HandleFunc("POST /api/v1/blocklist/{ip}/release", c.serveRelease)
-	mux.HandleFunc("GET /api/v1/blocklist/actions", c.serveActions)
+	route := func(pattern, name string, need httpserver.Role, h http.HandlerFunc) {
+		c.metrics.apiForbidden.WithLabelValues(name)
+		mux.HandleFunc(pattern, c.guarded(name, need, h))
+	}
+	route("GET /api/v1/blocklist", "list", httpserver.RoleExport, c.serveList)
+	route("GET /api/v1/blocklist/actions", "actions", httpserver.RoleViewer, c.serveActions)
+	route("POST /api/v1/blocklist/hold", "hold", httpserver.RoleOperator, c.serveHold)
+	route("POST /api/v1/blocklist", "add", httpserver.RoleAdmin, c.serveAdd)
+	route("POST /api/v1/blocklist/{ip}/release", "release", httpserver.RoleAdmin, c.serveRelease)
+	// Anything else is answered once the request authenticated.
+	unknown := func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "no such block list endpoint: "+r.Method+" "+r.URL.Path)
+	}
+	route("/api/v1/blocklist", "unknown", httpserver.RoleExport, unknown)
+	route("/api/v1/blocklist/", "unknown", httpserver.RoleExport, unknown)
 	return httpserver.SecurityHeaders(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
 		defer func() { c.metrics.apiRequests.WithLabelValues(strconv.Itoa(rec.code)).Inc() }()
+		mux.ServeHTTP(rec, r)
+	}), true)
+}
+
+// guarded checks a request for the role need, counts a 403 of the route
+// name, applies the CSRF rule and passes who it authenticated as to h in
+// the request's context.
+func (c *Component) guarded(name string, need httpserver.Role, h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
 		if c.deps.Authorize == nil {
-			writeError(rec, http.StatusUnauthorized, "missing or wrong token: send Authorization: Bearer <http.token>")
+			writeError(w, http.StatusUnauthorized, "missing or wrong token: send Authorization: Bearer <a token of http.token or http.tokens>")
 			return
 		}
-		if !c.deps.Authorize(rec, r) {
+		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+		p, ok := c.deps.Authorize(rec, r, need)
+		if !ok {
+			if rec.code == http.StatusForbidden {
+				c.metrics.apiForbidden.WithLabelValues(name).Inc()
+			}
 			return
 		}
 		// The console's cookie authenticates only same-origin JSON POSTs.
 		if err := httpserver.CheckCookieRequest(r, true); err != nil {
-			writeError(rec, http.StatusForbidden, err.Error())
+			writeError(w, http.StatusForbidden, err.Error())
 			return
 		}
-		mux.ServeHTTP(rec, r)
-	}), true)
+		h(w, r.WithContext(httpserver.WithPrincipal(r.Context(), p)))
+	}
+}
+
+// actor is who a request authenticated as: the actor of its change.
+func actor(r *http.Request) string {
+	if p, ok := httpserver.PrincipalFrom(r.Context()); ok && p.Name != "" {
+		return p.Name
+	}
+	return "api"
 }
 
 type statusRecorder struct {
@@ -78,11 +112,13 @@ func fail(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, errTooLarge):
 		writeError(w, http.StatusRequestEntityTooLarge, err.Error())
-	case errors.Is(err, ErrBadInput):
+	case errors.Is(err, ErrBadInput), errors.Is(err, ErrAllowed):
+		// An allow-listed address, or a prefix that covers one, is a
+		// request that can never succeed: 400.
 		writeError(w, http.StatusBadRequest, err.Error())
 	case errors.Is(err, ErrNotFound), errors.Is(err, ErrNotBlocked):
 		writeError(w, http.StatusNotFound, err.Error())
-	case errors.Is(err, ErrAllowed), errors.Is(err, ErrFull):
+	case errors.Is(err, ErrFull):
 		writeError(w, http.StatusConflict, err.Error())
 	default:
 		writeError(w, http.StatusInternalServerError, err.Error())
@@ -127,6 +163,9 @@ func decodeBody(body io.Reader, v any) error {
 		if httpserver.BodyTooLarge(err) {
 			return errTooLarge
 		}
+		if strings.Contains(err.Error(), `unknown field "by"`) {
+			return fmt.Errorf("%w: body: %v: \"by\" is not accepted: the actor is the name of the token (http.token is \"admin\", http.tokens name theirs)", ErrBadInput, err)
+		}
 		return fmt.Errorf("%w: body: %v", ErrBadInput, err)
 	}
 	if _, err := dec.Token(); err != io.EOF {
@@ -146,8 +185,6 @@ type AddRequest struct {
 	Reason string `json:"reason"`
 	// Duration like "24h"; empty: containment.duration.
 	Duration string `json:"duration"`
-	// By is who adds it; "api" when empty.
-	By string `json:"by"`
 }
 
 // manualAdd is a checked AddRequest.
@@ -160,8 +197,8 @@ type manualAdd struct {
 }
 
 // parseAdd reads and checks the body of POST /api/v1/blocklist (the policy
-// checks the rest: action, width, allow list).
-func parseAdd(body io.Reader) (manualAdd, error) {
+// checks the rest: action, width, allow list); by is who adds it.
+func parseAdd(body io.Reader, by string) (manualAdd, error) {
 	var req AddRequest
 	if err := decodeBody(body, &req); err != nil {
 		return manualAdd{}, err
@@ -170,20 +207,17 @@ func parseAdd(body io.Reader) (manualAdd, error) {
 	if err != nil || req.IP == "" {
 		return manualAdd{}, fmt.Errorf("%w: ip: %q is not an address or prefix", ErrBadInput, req.IP)
 	}
-	m := manualAdd{prefix: pfx, action: req.Action, by: req.By, reason: req.Reason}
+	m := manualAdd{prefix: pfx, action: req.Action, by: by, reason: req.Reason}
 	if req.Duration != "" {
 		if m.duration, err = time.ParseDuration(req.Duration); err != nil || m.duration <= 0 {
 			return manualAdd{}, fmt.Errorf("%w: duration: %q, want a positive duration such as 24h", ErrBadInput, req.Duration)
 		}
 	}
-	if m.by == "" {
-		m.by = "api"
-	}
 	return m, nil
 }
 
 func (c *Component) serveAdd(w http.ResponseWriter, r *http.Request) {
-	m, err := parseAdd(http.MaxBytesReader(w, r.Body, BodyLimit))
+	m, err := parseAdd(http.MaxBytesReader(w, r.Body, BodyLimit), actor(r))
 	if err != nil {
 		fail(w, err)
 		return
@@ -196,10 +230,10 @@ func (c *Component) serveAdd(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, ch)
 }
 
-// NoteRequest is the body of a release or a hold.
+// NoteRequest is the body of a release or a hold (incident_id: a hold's
+// only). Who acts is the name the request authenticated as.
 type NoteRequest struct {
 	IncidentID string `json:"incident_id,omitempty"`
-	By         string `json:"by"`
 	Note       string `json:"note"`
 }
 
@@ -215,10 +249,7 @@ func (c *Component) serveRelease(w http.ResponseWriter, r *http.Request) {
 		fail(w, fmt.Errorf("%w: %q is not an address or prefix", ErrBadInput, ip))
 		return
 	}
-	if req.By == "" {
-		req.By = "api"
-	}
-	ch, err := c.Release(r.Context(), pfx, req.By, req.Note)
+	ch, err := c.Release(r.Context(), pfx, actor(r), req.Note)
 	if err != nil {
 		fail(w, err)
 		return
@@ -232,7 +263,7 @@ func (c *Component) serveHold(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
-	ch, err := c.hold(r.Context(), req.IncidentID, req.By, req.Note)
+	ch, err := c.hold(r.Context(), req.IncidentID, actor(r), req.Note)
 	if err != nil {
 		fail(w, err)
 		return

@@ -2,6 +2,7 @@ package containment
 
 import (
 	"fmt"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -13,7 +14,8 @@ import (
 const (
 	// ActionBlockSMTP drops the subscriber's outbound TCP/25.
 	ActionBlockSMTP = "block_smtp"
-	// ActionQuarantine drops everything but DNS and quarantine_allow.
+	// ActionQuarantine drops everything but DNS to quarantine_dns and
+	// quarantine_allow.
 	ActionQuarantine = "quarantine"
 	// ActionNone: the kind leads to no entry.
 	ActionNone = "none"
@@ -42,8 +44,14 @@ type Configuration struct {
 	// audited as such).
 	MaxEntries int `yaml:"max_entries"`
 	// QuarantineAllow lists what quarantined subscribers may still reach
-	// besides DNS: "tcp/443", "udp/123".
+	// besides DNS to QuarantineDNS: "tcp/443", "udp/123".
 	QuarantineAllow []PortRule `yaml:"quarantine_allow"`
+	// QuarantineDNS lists the resolvers (IPv4 and IPv6 addresses, the
+	// ISP's own) quarantined subscribers may still query on udp/tcp 53;
+	// DNS to any other server is dropped, so a flood to port 53 does not
+	// pass. Empty, the default: no DNS at all while quarantined (the
+	// exports say so in their comments).
+	QuarantineDNS []netip.Addr `yaml:"quarantine_dns"`
 	// AllowList is added to detector.allow_list: never contained.
 	AllowList []network.Prefix `yaml:"allow_list"`
 	// WidestPrefixV4 and WidestPrefixV6 bound manual entries: a prefix
@@ -58,6 +66,16 @@ type Configuration struct {
 	// StateFile keeps the list across restarts without Kafka. Empty: in
 	// memory only.
 	StateFile string `yaml:"state_file"`
+	// ReleasedRetention is how long a released entry is kept after its
+	// release; then it is removed: a tombstone on the topic, gone from the
+	// state file (the audit in ClickHouse stays). While kept, the
+	// entry remembers its incidents: none of them blocks the prefix
+	// again. 0 keeps released entries forever. Default 7 days: the
+	// topic keeps every change uncompacted for a week anyway
+	// (min.compaction.lag.ms), an incident still open a week after its
+	// release is a subscriber still infected, worth blocking again, and
+	// the list stays bounded by a week of releases.
+	ReleasedRetention time.Duration `yaml:"released_retention"`
 	// Tick is how often the wall clock advances containment's time
 	// (grace ends, expiries) in live operation.
 	Tick time.Duration `yaml:"tick"`
@@ -66,6 +84,10 @@ type Configuration struct {
 	// Groups switch containment off or change actions per subscriber
 	// group. YAML only.
 	Groups []GroupConfiguration `yaml:"groups"`
+	// CoA sends RADIUS CoA or Disconnect requests (RFC 5176) to the NASes
+	// of customers' sessions as their entries go on and off the list
+	// (see coa.go).
+	CoA CoAConfiguration `yaml:"coa"`
 }
 
 // ActionsConfiguration is the action per alert kind.
@@ -176,6 +198,11 @@ func DefaultConfiguration() Configuration {
 		Group:          "wormsign-containment",
 		Tick:           10 * time.Second,
 		Nftables:       NftablesConfiguration{Table: "wormsign"},
+		CoA:            DefaultCoAConfiguration(),
+
+		// A week, as the topic's min.compaction.lag.ms (see
+		// Configuration.ReleasedRetention).
+		ReleasedRetention: 7 * 24 * time.Hour,
 	}
 }
 
@@ -200,8 +227,15 @@ func (c Configuration) Validate() error {
 		return fmt.Errorf("containment.group must not be empty")
 	case c.Tick <= 0:
 		return fmt.Errorf("containment.tick: %s, want > 0", c.Tick)
+	case c.ReleasedRetention < 0:
+		return fmt.Errorf("containment.released_retention: %s, want >= 0 (0 keeps released entries)", c.ReleasedRetention)
 	case !validName(c.Nftables.Table):
 		return fmt.Errorf("containment.nftables.table: %q, want letters, digits and _", c.Nftables.Table)
+	}
+	for _, a := range c.QuarantineDNS {
+		if !a.IsValid() || a.Zone() != "" {
+			return fmt.Errorf("containment.quarantine_dns: %q, want IPv4 or IPv6 addresses of resolvers", a)
+		}
 	}
 	for _, i := range c.Nftables.Interfaces {
 		if !validIfname(i) {
@@ -209,6 +243,9 @@ func (c Configuration) Validate() error {
 		}
 	}
 	if err := c.Actions.validate("containment.actions"); err != nil {
+		return err
+	}
+	if err := c.CoA.validate("containment.coa"); err != nil {
 		return err
 	}
 	for i, g := range c.Groups {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"strings"
 	"time"
 )
@@ -77,9 +78,9 @@ func (l List) Write(w io.Writer, format string, cfg Configuration) error {
 	case "ipset":
 		return l.writeIpset(w, cfg)
 	case "exabgp":
-		return l.writeExaBGP(w, false)
+		return l.writeExaBGP(w, cfg, false)
 	case "exabgp-conf":
-		return l.writeExaBGP(w, true)
+		return l.writeExaBGP(w, cfg, true)
 	}
 	return fmt.Errorf("%w: unknown format %q, want one of %s", ErrBadInput, format, strings.Join(Formats, ", "))
 }
@@ -156,6 +157,44 @@ func setName(e Entry) string {
 
 var setNames = []string{"smtp_block", "smtp_block6", "quarantine", "quarantine6"}
 
+// resolvers returns containment.quarantine_dns as text, IPv4 and IPv6
+// apart.
+func resolvers(cfg Configuration) (v4, v6 []string) {
+	for _, a := range cfg.QuarantineDNS {
+		a = a.Unmap()
+		switch {
+		case !a.IsValid():
+		case a.Is4():
+			v4 = append(v4, a.String())
+		default:
+			v6 = append(v6, a.String())
+		}
+	}
+	return v4, v6
+}
+
+// quarantineText says what a quarantined subscriber may still reach, for
+// the exports' comments: DNS (only to containment.quarantine_dns, none
+// when it is empty) and containment.quarantine_allow.
+func quarantineText(cfg Configuration) (dns, allow string) {
+	v4, v6 := resolvers(cfg)
+	if all := slices.Concat(v4, v6); len(all) > 0 {
+		dns = "DNS (udp/tcp 53) only to " + strings.Join(all, ", ") + " (containment.quarantine_dns)"
+	} else {
+		dns = "no DNS (containment.quarantine_dns is empty)"
+	}
+	if len(cfg.QuarantineAllow) > 0 {
+		rules := make([]string, len(cfg.QuarantineAllow))
+		for i, r := range cfg.QuarantineAllow {
+			rules[i] = r.Proto + "/" + fmt.Sprint(r.Port)
+		}
+		allow = strings.Join(rules, ", ") + " (containment.quarantine_allow)"
+	} else {
+		allow = "no other port (containment.quarantine_allow is empty)"
+	}
+	return dns, allow
+}
+
 // writeNftables writes a script for `nft -f`: the first two lines make sure
 // the table exists and delete it, the rest defines it anew, and nft applies
 // the whole file in one transaction, so the swap is atomic and loading it
@@ -167,6 +206,8 @@ func (l List) writeNftables(w io.Writer, cfg Configuration) error {
 	if l.DryRun {
 		b.WriteString("# containment.dry_run: the sets are left empty\n")
 	}
+	dns, allow := quarantineText(cfg)
+	fmt.Fprintf(&b, "# smtp_block: tcp/25 dropped\n# quarantine: %s; %s; everything else dropped\n", dns, allow)
 	fmt.Fprintf(&b, "table inet %s {}\ndelete table inet %s\ntable inet %s {\n", t, t, t)
 	elements := map[string][]string{}
 	for _, e := range l.Active {
@@ -193,9 +234,18 @@ func (l List) writeNftables(w io.Writer, cfg Configuration) error {
 		iif = "iifname { " + strings.Join(quoted, ", ") + " } "
 	}
 	b.WriteString("\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n")
-	for _, fam := range []struct{ ip, sfx string }{{"ip", ""}, {"ip6", "6"}} {
+	v4, v6 := resolvers(cfg)
+	for _, fam := range []struct {
+		ip, sfx string
+		dns     []string
+	}{{"ip", "", v4}, {"ip6", "6", v6}} {
 		fmt.Fprintf(&b, "\t\t%s%s saddr @smtp_block%s tcp dport 25 drop\n", iif, fam.ip, fam.sfx)
-		fmt.Fprintf(&b, "\t\t%s%s saddr @quarantine%s meta l4proto { tcp, udp } th dport 53 accept\n", iif, fam.ip, fam.sfx)
+		// DNS only to the configured resolvers: a flood to port 53 of
+		// anyone else is dropped with the rest.
+		if len(fam.dns) > 0 {
+			fmt.Fprintf(&b, "\t\t%s%s saddr @quarantine%s %s daddr { %s } meta l4proto { tcp, udp } th dport 53 accept\n",
+				iif, fam.ip, fam.sfx, fam.ip, strings.Join(fam.dns, ", "))
+		}
 		for _, a := range cfg.QuarantineAllow {
 			fmt.Fprintf(&b, "\t\t%s%s saddr @quarantine%s %s dport %d accept\n", iif, fam.ip, fam.sfx, a.Proto, a.Port)
 		}
@@ -210,10 +260,34 @@ func (l List) writeNftables(w io.Writer, cfg Configuration) error {
 // missing (-exist), flushed and filled, each address with its time left.
 // hash:ip holds addresses; an IPv4 prefix is added as its range (ipset
 // expands it), an IPv6 prefix other than /128 cannot be and is left out
-// with a comment.
+// with a comment. The sets carry no rules: comments say what the quarantine
+// sets allow, with iptables rules that do it.
 func (l List) writeIpset(w io.Writer, cfg Configuration) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# wormsign containment block list, generated %s\n", l.GeneratedAt.Format(time.RFC3339))
+	dns, allow := quarantineText(cfg)
+	if strings.HasPrefix(dns, "DNS ") {
+		dns = strings.Replace(dns, " only to ", " to ", 1)
+		fmt.Fprintf(&b, "# smtp_block, smtp_block6: drop tcp/25 from these sources\n# quarantine, quarantine6: drop everything from these sources but %s and %s\n", dns, allow)
+	} else {
+		fmt.Fprintf(&b, "# smtp_block, smtp_block6: drop tcp/25 from these sources\n# quarantine, quarantine6: drop everything from these sources but %s, and %s\n", allow, dns)
+	}
+	v4, v6 := resolvers(cfg)
+	for _, fam := range []struct {
+		cmd, sfx string
+		dns      []string
+	}{{"iptables", "", v4}, {"ip6tables", "6", v6}} {
+		fmt.Fprintf(&b, "#   %s -A FORWARD -m set --match-set smtp_block%s src -p tcp --dport 25 -j DROP\n", fam.cmd, fam.sfx)
+		for _, r := range fam.dns {
+			for _, proto := range []string{"udp", "tcp"} {
+				fmt.Fprintf(&b, "#   %s -A FORWARD -m set --match-set quarantine%s src -d %s -p %s --dport 53 -j ACCEPT\n", fam.cmd, fam.sfx, r, proto)
+			}
+		}
+		for _, a := range cfg.QuarantineAllow {
+			fmt.Fprintf(&b, "#   %s -A FORWARD -m set --match-set quarantine%s src -p %s --dport %d -j ACCEPT\n", fam.cmd, fam.sfx, a.Proto, a.Port)
+		}
+		fmt.Fprintf(&b, "#   %s -A FORWARD -m set --match-set quarantine%s src -j DROP\n", fam.cmd, fam.sfx)
+	}
 	def := int64(cfg.Duration.Seconds())
 	for _, n := range setNames {
 		fam := "inet"
@@ -236,13 +310,41 @@ func (l List) writeIpset(w io.Writer, cfg Configuration) error {
 // writeExaBGP writes BGP FlowSpec discard routes: as commands for ExaBGP's
 // API (announce flow route { ... }), or as a flow { } block for its
 // configuration. block_smtp matches the source, TCP and destination port
-// 25; quarantine matches the source alone (FlowSpec cannot say "all but
-// DNS": a quarantined subscriber loses DNS too on FlowSpec routers).
-func (l List) writeExaBGP(w io.Writer, conf bool) error {
+// 25; quarantine matches the source alone, and for each resolver of
+// containment.quarantine_dns of the source's family an accept route
+// (destination, source, udp/tcp, port 53) lets DNS to it through: a
+// route with a destination component comes before one without (RFC 8955
+// §5.1), so routers match it first. containment.quarantine_allow is not
+// exported: on FlowSpec routers a quarantined subscriber loses it.
+func (l List) writeExaBGP(w io.Writer, cfg Configuration, conf bool) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# wormsign containment block list, generated %s\n", l.GeneratedAt.Format(time.RFC3339))
+	dns, _ := quarantineText(cfg)
+	fmt.Fprintf(&b, "# smtp_block: tcp/25 discarded\n# quarantine: %s; everything else discarded (containment.quarantine_allow too: not exported to FlowSpec)\n", dns)
 	if conf {
 		b.WriteString("flow {\n")
+	}
+	v4, v6 := resolvers(cfg)
+	route := func(name, match, then string) {
+		if conf {
+			fmt.Fprintf(&b, "\troute %s {\n\t\tmatch { %s }\n\t\tthen { %s; }\n\t}\n", name, match, then)
+		} else {
+			fmt.Fprintf(&b, "announce flow route { match { %s } then { %s; } }\n", match, then)
+		}
+	}
+	routeName := strings.NewReplacer(".", "-", ":", "-", "/", "-").Replace
+	for _, e := range l.Active {
+		if e.Action != ActionQuarantine {
+			continue
+		}
+		src, dsts, bits := e.Prefix.String(), v4, "/32"
+		if e.Prefix.Addr().Is6() {
+			src, dsts, bits = src+"/0", v6, "/128/0"
+		}
+		for _, r := range dsts {
+			route("wormsign-dns-"+routeName(e.Prefix.String())+"-"+routeName(r),
+				fmt.Sprintf("destination %s%s; source %s; protocol [ udp tcp ]; destination-port =53;", r, bits, src), "accept")
+		}
 	}
 	for _, e := range l.Active {
 		match := fmt.Sprintf("source %s; protocol tcp; destination-port =25;", e.Prefix)
@@ -253,12 +355,7 @@ func (l List) writeExaBGP(w io.Writer, conf bool) error {
 			// IPv6 FlowSpec source takes an offset: /len/0.
 			match = strings.Replace(match, e.Prefix.String(), e.Prefix.String()+"/0", 1)
 		}
-		if conf {
-			name := "wormsign-" + strings.NewReplacer(".", "-", ":", "-", "/", "-").Replace(e.Prefix.String())
-			fmt.Fprintf(&b, "\troute %s {\n\t\tmatch { %s }\n\t\tthen { discard; }\n\t}\n", name, match)
-		} else {
-			fmt.Fprintf(&b, "announce flow route { match { %s } then { discard; } }\n", match)
-		}
+		route("wormsign-"+routeName(e.Prefix.String()), match, "discard")
 	}
 	if conf {
 		b.WriteString("}\n")

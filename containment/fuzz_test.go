@@ -13,7 +13,7 @@ import (
 // prefix no wider than the configured widest.
 func FuzzManualAdd(f *testing.F) {
 	for _, s := range []string{
-		`{"ip":"203.0.113.5","reason":"complaint","duration":"2h","by":"carol"}`,
+		`{"ip":"203.0.113.5","reason":"complaint","duration":"2h"}`, `{"ip":"203.0.113.5","by":"carol"}`,
 		`{"ip":"203.0.113.0/24"}`, `{"ip":"2001:db8::/64","action":"quarantine"}`, `{"ip":"::ffff:203.0.113.5/128"}`,
 		`{"ip":"203.0.113.6","duration":"-1h"}`, `{"ip":"203.0.113.6","duration":"9999999999h"}`, `{"ip":"x","colour":"red"}`,
 		`{"ip":"10.0.0.1"}{}`, `not json`, `{"ip":"fe80::1%eth0"}`, `{"ip":"0.0.0.0/0","by":""}`,
@@ -23,7 +23,7 @@ func FuzzManualAdd(f *testing.F) {
 	cfg := testConfig()
 	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
 	f.Fuzz(func(t *testing.T, body string) {
-		m, err := parseAdd(strings.NewReader(body))
+		m, err := parseAdd(strings.NewReader(body), "fuzz")
 		if err != nil {
 			if !errors.Is(err, ErrBadInput) && !errors.Is(err, errTooLarge) {
 				t.Fatalf("%q: %v is not a 400", body, err)

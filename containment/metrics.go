@@ -7,9 +7,11 @@ type metrics struct {
 	changes       *prometheus.CounterVec
 	errors        *prometheus.CounterVec
 	audited       prometheus.Counter
-	webhooks      *prometheus.CounterVec
 	apiRequests   *prometheus.CounterVec
+	apiForbidden  *prometheus.CounterVec
 	entriesActive prometheus.GaugeFunc
+	coaRequests   *prometheus.CounterVec
+	coaNAKs       *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, c *Component) metrics {
@@ -26,16 +28,22 @@ func newMetrics(reg prometheus.Registerer, c *Component) metrics {
 		audited: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wormsign_containment_audited_changes_total", Help: "Changes written to ClickHouse containment_actions.",
 		}),
-		webhooks: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "wormsign_containment_webhook_attempts_total", Help: "Webhook deliveries of changes, by target and result.",
-		}, []string{"target", "result"}),
 		apiRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wormsign_containment_api_requests_total", Help: "Block list API requests, by status code.",
 		}, []string{"code"}),
+		apiForbidden: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wormsign_containment_api_forbidden_total", Help: "Block list API requests refused (403) because the role of the name they authenticated as lacks the route's, by route.",
+		}, []string{"route"}),
+		coaRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wormsign_containment_coa_requests_total", Help: "RADIUS CoA and Disconnect requests, by type (coa, disconnect) and result (ack, nak, timeout, error, dropped).",
+		}, []string{"type", "result"}),
+		coaNAKs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wormsign_containment_coa_naks_total", Help: "CoA-NAK and Disconnect-NAK answers, by type and Error-Cause (RFC 5176).",
+		}, []string{"type", "cause"}),
 	}
 	m.entriesActive = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "wormsign_containment_entries", Help: "Entries on the exported block list.",
 	}, func() float64 { return float64(len(c.List().Active)) })
-	reg.MustRegister(m.alerts, m.changes, m.errors, m.audited, m.webhooks, m.apiRequests, m.entriesActive)
+	reg.MustRegister(m.alerts, m.changes, m.errors, m.audited, m.apiRequests, m.apiForbidden, m.entriesActive, m.coaRequests, m.coaNAKs)
 	return m
 }

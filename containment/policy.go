@@ -39,7 +39,17 @@ const (
 	ChangeHold     = "hold"     // held by a person, off the list meanwhile
 	ChangeRelease  = "release"  // off the list: expired, by hand, or resolved while held
 	ChangeRefuse   = "refuse"   // max_entries reached: not added
+	// ChangeIncident: the entry's incidents changed (one resolved, or
+	// another joined it); noted in the entry, the list is unchanged.
+	ChangeIncident = "incident"
+	// ChangeRemove: a released entry removed after
+	// containment.released_retention. On the topic it is a tombstone
+	// (the prefix's key with no value); the audit never sees it.
+	ChangeRemove = "remove"
 )
+
+// maxIncidents bounds each of an entry's lists of incident ids.
+const maxIncidents = 32
 
 // PolicyActor is the actor of the policy's own decisions.
 const PolicyActor = "policy"
@@ -57,6 +67,19 @@ type Entry struct {
 	// The reason: the incident and its kind ("manual" for a person's add).
 	IncidentID string `json:"incident_id"`
 	Kind       string `json:"kind"`
+	// Incidents are the incidents the entry carries since its block was
+	// scheduled: IncidentID, those it replaced by upgrades and those that
+	// extended it, oldest first (at most maxIncidents). Resolved are
+	// those of them whose resolved alert came: a hold that ends when all
+	// have resolved releases the entry.
+	Incidents []string `json:"incidents,omitempty"`
+	Resolved  []string `json:"resolved,omitempty"`
+	// ReleasedIncidents are incidents whose block of this prefix is over
+	// (released by hand, expired, resolved while held, refused): they
+	// never block it again, nor, for an entry of a customer, the
+	// customer anywhere. Kept across later blocks of the prefix (at most
+	// maxIncidents, newest last) until the entry is removed.
+	ReleasedIncidents []string `json:"released_incidents,omitempty"`
 	// Who put it there, and why.
 	Actor string `json:"actor"`
 	Note  string `json:"note,omitempty"`
@@ -67,9 +90,62 @@ type Entry struct {
 	// ends.
 	BlockAt   time.Time `json:"block_at,omitzero"`
 	HeldUntil time.Time `json:"held_until,omitzero"`
+	// ReleasedAt is when a released entry came off the list; it is
+	// removed containment.released_retention later.
+	ReleasedAt time.Time `json:"released_at,omitzero"`
 	// Seq counts the entry's changes; of two records of one prefix the
 	// higher Seq wins.
 	Seq uint64 `json:"seq"`
+}
+
+// incidents returns the incidents e carries; for an entry recorded before
+// Entry.Incidents, its IncidentID.
+func (e *Entry) incidents() []string {
+	if len(e.Incidents) == 0 && e.IncidentID != "" {
+		return []string{e.IncidentID}
+	}
+	return e.Incidents
+}
+
+// carries tells whether e carries incident id.
+func (e *Entry) carries(id string) bool {
+	return id != "" && slices.Contains(e.incidents(), id)
+}
+
+// join adds incident id to those e carries; it tells whether id is new.
+func (e *Entry) join(id string) bool {
+	if id == "" || e.carries(id) {
+		return false
+	}
+	e.Incidents = appendID(e.incidents(), id)
+	// Resolved only names incidents still carried.
+	e.Resolved = slices.DeleteFunc(e.Resolved, func(r string) bool { return !slices.Contains(e.Incidents, r) })
+	return true
+}
+
+// allResolved tells whether every incident e carries has resolved. An
+// entry without incidents (a manual one) has not: nothing resolves it.
+func (e *Entry) allResolved() bool {
+	ids := e.incidents()
+	if len(ids) == 0 {
+		return false
+	}
+	for _, id := range ids {
+		if !slices.Contains(e.Resolved, id) {
+			return false
+		}
+	}
+	return true
+}
+
+// appendID appends id to list (a fresh copy), keeping the newest
+// maxIncidents.
+func appendID(list []string, id string) []string {
+	out := append(slices.Clone(list), id)
+	if len(out) > maxIncidents {
+		out = out[len(out)-maxIncidents:]
+	}
+	return out
 }
 
 // Change is one audited change to the list: what happened, by whom, and the
@@ -259,28 +335,22 @@ func (p *Policy) applyTo(pfx netip.Prefix, customer string, a alert.Alert, t tim
 	}
 	e := p.entries[pfx]
 	if a.State == alert.StateResolved {
-		// A held entry whose incident ends is released; a pending one
-		// still blocks when its grace ends, an active one runs out.
-		if e != nil && e.State == StateHeld && e.IncidentID == a.ID {
-			e.State = StateReleased
-			out = append(out, p.change(e, ChangeRelease, PolicyActor, "incident resolved while held"))
-		}
-		return out
+		return p.resolve(e, a)
 	}
 	if action == ActionNone {
 		return out
 	}
+	if p.over(pfx, customer, a.ID) {
+		return out // released by hand, expired, ...: not again for this incident
+	}
 	switch {
 	case e == nil || e.State == StateReleased:
-		if e != nil && e.IncidentID == a.ID {
-			return out // released by hand or expired: not again for this incident
-		}
 		if e == nil {
 			e = &Entry{Prefix: pfx}
 			p.entries[pfx] = e
 		}
 		*e = Entry{Prefix: pfx, Action: action, SubscriberID: a.SubscriberID, Customer: customer, IncidentID: a.ID, Kind: a.Kind,
-			Actor: PolicyActor, Seq: e.Seq}
+			Incidents: []string{a.ID}, ReleasedIncidents: e.ReleasedIncidents, Actor: PolicyActor, Seq: e.Seq}
 		switch {
 		case unbound:
 			e.State, e.BlockAt = StateUnbound, t.Add(p.config.Grace)
@@ -292,20 +362,89 @@ func (p *Policy) applyTo(pfx netip.Prefix, customer string, a alert.Alert, t tim
 			out = append(out, p.change(e, ChangeSchedule, PolicyActor, "grace "+p.config.Grace.String()))
 		}
 	case e.State == StateActive:
+		// Every incident that joins is recorded (every instance must
+		// know which are open when a hold ends); a manual entry stays a
+		// person's, which no hold of an incident lifts.
+		joined := e.Kind != "manual" && e.join(a.ID)
 		if stronger(action, e.Action) {
 			e.Action, e.IncidentID, e.Kind = action, a.ID, a.Kind
 			e.Expires = laterOf(e.Expires, t.Add(p.config.Duration))
 			out = append(out, p.change(e, ChangeAdd, PolicyActor, "upgraded by "+a.Kind))
-		} else if exp := t.Add(p.config.Duration); exp.Sub(e.Expires) >= time.Minute {
-			e.Expires = exp
-			out = append(out, p.change(e, ChangeExtend, PolicyActor, a.Kind+" "+a.State))
+		} else if exp := t.Add(p.config.Duration); exp.Sub(e.Expires) >= time.Minute || joined {
+			e.Expires = laterOf(e.Expires, exp)
+			note := a.Kind + " " + a.State
+			if joined {
+				note += ", incident " + a.ID + " joined"
+			}
+			out = append(out, p.change(e, ChangeExtend, PolicyActor, note))
 		}
-	case e.State == StatePending || e.State == StateUnbound:
-		if stronger(action, e.Action) {
+	case e.State == StatePending || e.State == StateUnbound || e.State == StateHeld:
+		joined := e.join(a.ID)
+		switch {
+		case stronger(action, e.Action):
 			e.Action, e.IncidentID, e.Kind = action, a.ID, a.Kind
+			typ := ChangeSchedule
+			if e.State == StateHeld {
+				typ = ChangeIncident // still held; the stronger block comes when the hold ends
+			}
+			out = append(out, p.change(e, typ, PolicyActor, "upgraded by "+a.Kind))
+		case joined:
+			out = append(out, p.change(e, ChangeIncident, PolicyActor, "incident "+a.ID+" joined: "+a.Kind+" "+a.State))
 		}
 	}
 	return out
+}
+
+// resolve notes that incident a resolved in e, when e carries it: a held
+// entry whose incidents have all resolved is released; a pending one
+// still blocks when its grace ends, an active one runs out. The note is a
+// change of its own so that every instance knows, when a hold ends,
+// whether the incident is still open.
+func (p *Policy) resolve(e *Entry, a alert.Alert) []Change {
+	if e == nil || e.State == StateReleased || !e.carries(a.ID) || slices.Contains(e.Resolved, a.ID) {
+		return nil
+	}
+	e.Incidents = e.incidents()
+	e.Resolved = appendID(e.Resolved, a.ID)
+	if e.State == StateHeld && e.allResolved() {
+		p.release(e, p.now, true)
+		return []Change{p.change(e, ChangeRelease, PolicyActor, "incident resolved while held")}
+	}
+	return []Change{p.change(e, ChangeIncident, PolicyActor, "incident "+a.ID+" resolved")}
+}
+
+// release takes e off the list at t. final says its incidents are over for
+// the prefix (released by hand, expired, resolved, refused): they never
+// block it again. A move of the customer is not final: its block goes on
+// where the customer is.
+func (p *Policy) release(e *Entry, t time.Time, final bool) {
+	e.State, e.ReleasedAt = StateReleased, t
+	if final {
+		for _, id := range e.incidents() {
+			if !slices.Contains(e.ReleasedIncidents, id) {
+				e.ReleasedIncidents = appendID(e.ReleasedIncidents, id)
+			}
+		}
+	}
+}
+
+// over tells whether incident id must not block pfx: its block there is
+// over (see Entry.ReleasedIncidents; a released entry that carried it, as
+// one released because the customer moved), or, for customer's alert,
+// its block of the customer is over on any prefix.
+func (p *Policy) over(pfx netip.Prefix, customer, id string) bool {
+	if e := p.entries[pfx]; e != nil && (slices.Contains(e.ReleasedIncidents, id) || e.State == StateReleased && e.carries(id)) {
+		return true
+	}
+	if customer == "" {
+		return false
+	}
+	for _, e := range p.entries {
+		if e.Customer == customer && slices.Contains(e.ReleasedIncidents, id) {
+			return true
+		}
+	}
+	return false
 }
 
 // Follow moves customer's entries to the prefixes it holds at the
@@ -352,7 +491,7 @@ func (p *Policy) Follow(customer string, t time.Time) []Change {
 		if !identity.IsKey(e.Prefix.Addr()) {
 			from = e.Prefix.String()
 		}
-		e.State = StateReleased
+		p.release(e, p.now, false)
 		note := "address reassigned"
 		if identity.IsKey(e.Prefix.Addr()) {
 			note = "address of customer " + customer + " known"
@@ -390,9 +529,14 @@ func (p *Policy) place(pfx netip.Prefix, model Entry, from string) []Change {
 		e = &Entry{Prefix: pfx}
 		p.entries[pfx] = e
 	}
-	seq := e.Seq
+	seq, released := e.Seq, e.ReleasedIncidents
 	*e = model
-	e.Prefix, e.Seq = pfx, seq
+	e.Prefix, e.Seq, e.ReleasedAt = pfx, seq, time.Time{}
+	for _, id := range released {
+		if !slices.Contains(e.ReleasedIncidents, id) {
+			e.ReleasedIncidents = appendID(e.ReleasedIncidents, id)
+		}
+	}
 	note := "follows customer " + model.Customer
 	if from != "" {
 		note += " from " + from
@@ -402,7 +546,7 @@ func (p *Policy) place(pfx netip.Prefix, model Entry, from string) []Change {
 		return []Change{p.change(e, ChangeSchedule, PolicyActor, "waits for an address of customer "+model.Customer)}
 	}
 	if p.allow.Contains(pfx.Addr()) {
-		e.State = StateReleased
+		p.release(e, p.now, false)
 		return []Change{p.change(e, ChangeRelease, PolicyActor, "allow-listed: "+note)}
 	}
 	switch model.State {
@@ -411,7 +555,7 @@ func (p *Policy) place(pfx netip.Prefix, model Entry, from string) []Change {
 		// the same expiry.
 		if !model.Expires.IsZero() {
 			if !model.Expires.After(p.now) {
-				e.State = StateReleased
+				p.release(e, p.now, true)
 				return []Change{p.change(e, ChangeRelease, PolicyActor, "expired while no address was known")}
 			}
 			e.State = StateActive
@@ -427,7 +571,7 @@ func (p *Policy) place(pfx netip.Prefix, model Entry, from string) []Change {
 		return []Change{p.change(e, ChangeSchedule, PolicyActor, note)}
 	case StateActive:
 		if p.countActive() >= p.config.MaxEntries {
-			e.State = StateReleased
+			p.release(e, p.now, true)
 			return []Change{p.change(e, ChangeRefuse, PolicyActor, "max_entries "+strconv.Itoa(p.config.MaxEntries)+" reached")}
 		}
 		return []Change{p.change(e, ChangeAdd, PolicyActor, note)}
@@ -458,7 +602,7 @@ func laterOf(a, b time.Time) time.Time {
 // activate puts e on the list at t, unless the list is full.
 func (p *Policy) activate(e *Entry, t time.Time, note string) []Change {
 	if p.countActive() >= p.config.MaxEntries {
-		e.State = StateReleased
+		p.release(e, t, true)
 		return []Change{p.changeAt(e, ChangeRefuse, PolicyActor, "max_entries "+strconv.Itoa(p.config.MaxEntries)+" reached", t)}
 	}
 	e.State, e.Since, e.Expires, e.BlockAt, e.HeldUntil = StateActive, t, t.Add(p.config.Duration), time.Time{}, time.Time{}
@@ -475,8 +619,9 @@ func (p *Policy) countActive() int {
 	return n
 }
 
-// Advance runs the timers up to t: grace ends, holds end, blocks expire, in
-// the order of their times (then of prefixes).
+// Advance runs the timers up to t: grace ends, holds end, blocks expire,
+// released entries are removed, in the order of their times (then of
+// prefixes).
 func (p *Policy) Advance(t time.Time) []Change {
 	p.advanceTo(t)
 	var out []Change
@@ -492,6 +637,11 @@ func (p *Policy) Advance(t time.Time) []Change {
 				when = e.HeldUntil
 			case StateActive:
 				when = e.Expires
+			case StateReleased:
+				if p.config.ReleasedRetention <= 0 {
+					continue
+				}
+				when = releasedAt(e).Add(p.config.ReleasedRetention)
 			default:
 				continue
 			}
@@ -509,12 +659,41 @@ func (p *Policy) Advance(t time.Time) []Change {
 		case StatePending:
 			out = append(out, p.activate(next, at, "grace ended")...)
 		case StateHeld:
-			out = append(out, p.activate(next, at, "hold ended")...)
+			if next.allResolved() {
+				// The incident ended meanwhile (or before the hold):
+				// nothing left to block.
+				p.release(next, at, true)
+				out = append(out, p.changeAt(next, ChangeRelease, PolicyActor, "hold ended; incident resolved", at))
+			} else {
+				out = append(out, p.activate(next, at, "hold ended")...)
+			}
 		case StateActive:
-			next.State = StateReleased
+			p.release(next, at, true)
 			out = append(out, p.changeAt(next, ChangeRelease, PolicyActor, "expired", at))
+		case StateReleased:
+			delete(p.entries, next.Prefix)
+			out = append(out, p.changeAt(next, ChangeRemove, PolicyActor, "released "+p.config.ReleasedRetention.String()+" ago", at))
 		}
 	}
+}
+
+// releasedAt is when e was released; for an entry recorded before
+// Entry.ReleasedAt, the latest of its times.
+func releasedAt(e *Entry) time.Time {
+	if !e.ReleasedAt.IsZero() {
+		return e.ReleasedAt
+	}
+	return laterOf(laterOf(e.Since, e.Expires), laterOf(e.BlockAt, e.HeldUntil))
+}
+
+// Remove drops the entry of pfx, as a tombstone read from the topic says;
+// it tells whether there was one.
+func (p *Policy) Remove(pfx netip.Prefix) bool {
+	if _, ok := p.entries[pfx]; !ok {
+		return false
+	}
+	delete(p.entries, pfx)
+	return true
 }
 
 // Add puts prefix on the list by hand at t, for d (the configured duration
@@ -539,8 +718,9 @@ func (p *Policy) Add(pfx netip.Prefix, action, actor, note string, d time.Durati
 		d = p.config.Duration
 	}
 	pfx = pfx.Masked()
-	if p.allow.Contains(pfx.Addr()) {
-		return Change{}, fmt.Errorf("%s: %w", pfx, ErrAllowed)
+	if p.allow.Overlaps(pfx) {
+		// Any allow-listed address inside pfx, not only its first.
+		return Change{}, fmt.Errorf("%s: %w (containment.allow_list or detector.allow_list holds addresses in it)", pfx, ErrAllowed)
 	}
 	p.Advance(t)
 	e := p.entries[pfx]
@@ -552,7 +732,7 @@ func (p *Policy) Add(pfx netip.Prefix, action, actor, note string, d time.Durati
 		p.entries[pfx] = e
 	}
 	*e = Entry{Prefix: pfx, State: StateActive, Action: action, SubscriberID: e.SubscriberID, Kind: "manual",
-		Actor: actor, Note: note, Since: p.now, Expires: p.now.Add(d), Seq: e.Seq}
+		Actor: actor, Note: note, Since: p.now, Expires: p.now.Add(d), ReleasedIncidents: e.ReleasedIncidents, Seq: e.Seq}
 	return p.change(e, ChangeAdd, actor, note), nil
 }
 
@@ -572,7 +752,8 @@ func (p *Policy) checkPrefix(pfx netip.Prefix) error {
 }
 
 // Release takes prefix off the list by hand at t. A pending or held entry
-// is released too, so that its incident does not put it back.
+// is released too. It is final: no incident the entry carried puts it
+// back (Entry.ReleasedIncidents).
 func (p *Policy) Release(pfx netip.Prefix, actor, note string, t time.Time) (Change, error) {
 	if !pfx.IsValid() {
 		return Change{}, fmt.Errorf("%w: not an address or prefix", ErrBadInput)
@@ -585,29 +766,66 @@ func (p *Policy) Release(pfx netip.Prefix, actor, note string, t time.Time) (Cha
 	if e == nil || e.State == StateReleased {
 		return Change{}, fmt.Errorf("%s: %w", pfx, ErrNotBlocked)
 	}
-	e.State = StateReleased
+	p.release(e, p.now, true)
 	return p.change(e, ChangeRelease, actor, note), nil
 }
 
 // Hold keeps the subscriber of incident off the list until t plus the
 // configured hold: a pending block waits, an active one is lifted. When the
-// hold ends and the incident has not resolved, the block comes (back).
+// hold ends and an incident of the entry is still open, the block comes
+// (back); when all have resolved, the entry is released.
 func (p *Policy) Hold(incidentID, actor, note string, t time.Time) (Change, error) {
+	_, ch, err := p.hold(incidentID, actor, note, t)
+	return ch, err
+}
+
+// hold is Hold; it also returns the entry as it was before, for Unhold.
+func (p *Policy) hold(incidentID, actor, note string, t time.Time) (Entry, Change, error) {
 	if incidentID == "" || actor == "" {
-		return Change{}, fmt.Errorf("%w: incident id and by must be given", ErrBadInput)
+		return Entry{}, Change{}, fmt.Errorf("%w: incident id and by must be given", ErrBadInput)
 	}
 	p.Advance(t)
-	for _, e := range p.entries {
-		if e.IncidentID != incidentID {
+	var e *Entry
+	found := false
+	for _, x := range p.entries {
+		if !x.carries(incidentID) {
 			continue
 		}
-		if e.State == StateReleased {
-			return Change{}, fmt.Errorf("incident %s: %w", incidentID, ErrNotBlocked)
+		found = true
+		if x.State != StateReleased && (e == nil || comparePrefix(x.Prefix, e.Prefix) < 0) {
+			e = x
 		}
-		e.State, e.HeldUntil, e.BlockAt = StateHeld, p.now.Add(p.config.Hold), time.Time{}
-		return p.change(e, ChangeHold, actor, note), nil
 	}
-	return Change{}, fmt.Errorf("incident %s: %w", incidentID, ErrNotFound)
+	switch {
+	case e == nil && found:
+		return Entry{}, Change{}, fmt.Errorf("incident %s: %w", incidentID, ErrNotBlocked)
+	case e == nil:
+		return Entry{}, Change{}, fmt.Errorf("incident %s: %w", incidentID, ErrNotFound)
+	}
+	before := *e
+	e.State, e.HeldUntil, e.BlockAt = StateHeld, p.now.Add(p.config.Hold), time.Time{}
+	return before, p.change(e, ChangeHold, actor, note), nil
+}
+
+// Unhold takes back the hold that made change held, when the entry is
+// still under that hold: it gets its state, grace and hold end back from
+// before (the entry as it was before the hold), recorded as an add (an
+// active entry) or a schedule, then the timers run up to t.
+func (p *Policy) Unhold(before Entry, held Change, actor, note string, t time.Time) ([]Change, error) {
+	e := p.entries[held.Entry.Prefix]
+	if e == nil || e.State != StateHeld || !e.HeldUntil.Equal(held.Entry.HeldUntil) {
+		return nil, fmt.Errorf("%s: the hold is over or changed: cannot undo it", held.Entry.Prefix)
+	}
+	e.State, e.BlockAt, e.HeldUntil = before.State, before.BlockAt, before.HeldUntil
+	typ := ChangeSchedule
+	switch e.State {
+	case StateActive:
+		typ = ChangeAdd
+	case StateHeld:
+		typ = ChangeHold
+	}
+	out := []Change{p.change(e, typ, actor, note)}
+	return append(out, p.Advance(t)...), nil
 }
 
 // Restore takes a recorded change (from the topic or the state file) into

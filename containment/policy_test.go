@@ -1,6 +1,7 @@
 package containment
 
 import (
+	"encoding/json"
 	"errors"
 	"net/netip"
 	"testing"
@@ -116,7 +117,7 @@ func TestPolicyOnEventTime(t *testing.T) {
 			// Block lasts duration (4h) from the block; an update at 60
 			// moves the expiry to 60+4h.
 			{alert: ptr(mkAlert("i1", "smtp_fanout", "update", z, at(60))), want: []string{"extend"}, active: blocked},
-			{alert: ptr(mkAlert("i1", "smtp_fanout", "resolved", z, at(70))), active: blocked},
+			{alert: ptr(mkAlert("i1", "smtp_fanout", "resolved", z, at(70))), want: []string{"incident"}, active: blocked},
 			{advance: at(60 + 239), active: blocked},
 			{advance: at(60 + 240), want: []string{"release"}},
 			// The same incident does not come back; a new one does.
@@ -219,5 +220,246 @@ func TestPolicyRestore(t *testing.T) {
 	ca, cb := a.Advance(at(300)), b.Advance(at(300))
 	if diff := cmp.Diff(ca, cb, cmp.Comparer(func(x, y netip.Prefix) bool { return x == y })); diff != "" {
 		t.Errorf("timer changes differ (-a +b):\n%s", diff)
+	}
+}
+
+// TestPolicyReleaseFinalAfterUpgrade: a release by hand is final for every
+// incident the entry carried, also the one an upgrade (a stronger action
+// from another incident) replaced as the entry's latest, also after a
+// restart from the state file, and for a customer's entry wherever the
+// customer goes.
+func TestPolicyReleaseFinalAfterUpgrade(t *testing.T) {
+	const z = "203.0.113.2"
+	cfg := testConfig()
+	cfg.Grace = 0
+	p := NewPolicy(cfg, nil, nil)
+	runSteps(t, p, []step{
+		{alert: ptr(mkAlert("i1", "smtp_fanout", "open", z, at(0))), want: []string{"add"}, active: []string{"block_smtp " + z}},
+		{alert: ptr(mkAlert("i2", "dst_entropy", "open", z, at(1))), want: []string{"add"}, active: []string{"quarantine " + z}},
+		{release: z + "/32", at: at(2), want: []string{"release"}},
+		// The upgraded-from incident's next update must not block again.
+		{alert: ptr(mkAlert("i1", "smtp_fanout", "update", z, at(3)))},
+		{alert: ptr(mkAlert("i2", "dst_entropy", "update", z, at(4)))},
+	})
+	// The same after a restart from the state file.
+	raw, err := json.Marshal(p.Records())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var records []Entry
+	if err := json.Unmarshal(raw, &records); err != nil {
+		t.Fatal(err)
+	}
+	q := NewPolicy(cfg, nil, nil)
+	for _, e := range records {
+		q.Restore(Change{Entry: e}, true)
+	}
+	runSteps(t, q, []step{
+		{alert: ptr(mkAlert("i1", "smtp_fanout", "update", z, at(5)))},
+		{alert: ptr(mkAlert("i2", "dst_entropy", "update", z, at(6)))},
+		// A new incident blocks; the released ones neither extend nor
+		// upgrade it.
+		{alert: ptr(mkAlert("i3", "smtp_fanout", "open", z, at(7))), want: []string{"add"}, active: []string{"block_smtp " + z}},
+		{alert: ptr(mkAlert("i2", "dst_entropy", "update", z, at(8))), active: []string{"block_smtp " + z}},
+		{alert: ptr(mkAlert("i1", "smtp_fanout", "update", z, at(9))), active: []string{"block_smtp " + z}},
+		{release: z + "/32", at: at(10), want: []string{"release"}},
+		{alert: ptr(mkAlert("i3", "smtp_fanout", "update", z, at(11)))},
+		{alert: ptr(mkAlert("i1", "smtp_fanout", "update", z, at(12)))},
+	})
+
+	// A customer's entry released by hand does not come back on the
+	// customer's next address.
+	c := NewPolicy(cfg, nil, nil)
+	held := map[string][]netip.Prefix{"A": {netip.MustParsePrefix("203.0.113.7/32")}}
+	c.SetHoldings(func(cu string, _ time.Time) []netip.Prefix { return held[cu] })
+	withCustomer := func(a alert.Alert) *alert.Alert {
+		a.Evidence.Identity = &alert.Identity{Customer: "A"}
+		return &a
+	}
+	runSteps(t, c, []step{
+		{alert: withCustomer(mkAlert("c1", "smtp_fanout", "open", "203.0.113.7", at(0))), want: []string{"add"}, active: []string{"block_smtp 203.0.113.7"}},
+		{alert: withCustomer(mkAlert("c2", "dst_entropy", "open", "203.0.113.7", at(1))), want: []string{"add"}, active: []string{"quarantine 203.0.113.7"}},
+		{release: "203.0.113.7/32", at: at(2), want: []string{"release"}},
+	})
+	held["A"] = []netip.Prefix{netip.MustParsePrefix("203.0.113.9/32")}
+	runSteps(t, c, []step{
+		{alert: withCustomer(mkAlert("c1", "smtp_fanout", "update", "203.0.113.9", at(3)))},
+		{alert: withCustomer(mkAlert("c2", "dst_entropy", "update", "203.0.113.9", at(4)))},
+	})
+}
+
+// TestPolicyHoldEndsOnResolvedIncident: a hold that ends after its
+// incident resolved (before the hold or while it ran, on this instance or
+// on the one that decided on the alert) releases the entry rather than
+// blocking it again; one that ends while an incident of the entry is
+// still open blocks.
+func TestPolicyHoldEndsOnResolvedIncident(t *testing.T) {
+	const z = "203.0.113.2"
+	blocked := []string{"block_smtp " + z}
+	for _, tc := range []struct {
+		name  string
+		grace time.Duration
+		steps []step
+	}{
+		{"resolved before the hold", 0, []step{
+			{alert: ptr(mkAlert("i1", "smtp_fanout", "open", z, at(0))), want: []string{"add"}, active: blocked},
+			{alert: ptr(mkAlert("i1", "smtp_fanout", "resolved", z, at(10))), want: []string{"incident"}, active: blocked},
+			{hold: "i1", at: at(20), want: []string{"hold"}},
+			{advance: at(139)},
+			{advance: at(140), want: []string{"release"}},
+			{advance: at(600)},
+		}},
+		{"resolved within the grace, held after", 30 * time.Minute, []step{
+			{alert: ptr(mkAlert("i1", "smtp_fanout", "open", z, at(0))), want: []string{"schedule"}},
+			{alert: ptr(mkAlert("i1", "smtp_fanout", "resolved", z, at(10))), want: []string{"incident"}},
+			{hold: "i1", at: at(20), want: []string{"hold"}},
+			{advance: at(140), want: []string{"release"}},
+		}},
+		{"one of two incidents resolved while held: the other blocks", 0, []step{
+			{alert: ptr(mkAlert("i1", "smtp_fanout", "open", z, at(0))), want: []string{"add"}, active: blocked},
+			{alert: ptr(mkAlert("i2", "smtp_fanout", "open", z, at(1))), want: []string{"extend"}, active: blocked},
+			{hold: "i1", at: at(20), want: []string{"hold"}},
+			{alert: ptr(mkAlert("i1", "smtp_fanout", "resolved", z, at(30))), want: []string{"incident"}},
+			{advance: at(140), want: []string{"add"}, active: blocked},
+		}},
+		{"both resolved while held", 0, []step{
+			{alert: ptr(mkAlert("i1", "smtp_fanout", "open", z, at(0))), want: []string{"add"}, active: blocked},
+			{alert: ptr(mkAlert("i2", "smtp_fanout", "open", z, at(1))), want: []string{"extend"}, active: blocked},
+			{hold: "i2", at: at(20), want: []string{"hold"}},
+			{alert: ptr(mkAlert("i1", "smtp_fanout", "resolved", z, at(30))), want: []string{"incident"}},
+			{alert: ptr(mkAlert("i2", "smtp_fanout", "resolved", z, at(40))), want: []string{"release"}},
+			{advance: at(600)},
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testConfig()
+			cfg.Grace = tc.grace
+			runSteps(t, NewPolicy(cfg, nil, nil), tc.steps)
+		})
+	}
+	// Another instance learns of the resolution from the topic alone
+	// and releases at the hold's end with the same change.
+	cfg := testConfig()
+	cfg.Grace = 0
+	a := NewPolicy(cfg, nil, nil)
+	var log []Change
+	log = append(log, a.Apply(mkAlert("i1", "smtp_fanout", "open", z, at(0)))...)
+	log = append(log, a.Apply(mkAlert("i1", "smtp_fanout", "resolved", z, at(10)))...)
+	ch, err := a.Hold("i1", "alice", "", at(20))
+	if err != nil {
+		t.Fatal(err)
+	}
+	log = append(log, ch)
+	b := NewPolicy(cfg, nil, nil)
+	for _, c := range log {
+		b.Restore(c, true)
+	}
+	ca, cb := a.Advance(at(140)), b.Advance(at(140))
+	if diff := cmp.Diff(ca, cb, cmp.Comparer(func(x, y netip.Prefix) bool { return x == y })); diff != "" {
+		t.Errorf("timer changes differ (-a +b):\n%s", diff)
+	}
+	if len(cb) != 1 || cb[0].Type != ChangeRelease {
+		t.Errorf("hold end on the other instance: %+v, want a release", cb)
+	}
+}
+
+// TestPolicyRemovesReleased: a released entry is removed
+// released_retention after its release (a "remove" change: a tombstone on
+// the topic), not before; it then no longer remembers its incidents.
+func TestPolicyRemovesReleased(t *testing.T) {
+	const z = "203.0.113.2"
+	cfg := testConfig()
+	cfg.Grace = 0
+	cfg.ReleasedRetention = 48 * time.Hour
+	p := NewPolicy(cfg, nil, nil)
+	runSteps(t, p, []step{
+		{alert: ptr(mkAlert("i1", "smtp_fanout", "open", z, at(0))), want: []string{"add"}, active: []string{"block_smtp " + z}},
+		{release: z + "/32", at: at(10), want: []string{"release"}},
+		{add: "203.0.113.8", at: at(20), want: []string{"add"}, active: []string{"block_smtp 203.0.113.8"}},
+		{advance: at(20 + 240), want: []string{"release"}}, // the manual add expires
+		{advance: at(10 + 48*60 - 1)},
+	})
+	if n := len(p.Records()); n != 2 {
+		t.Fatalf("%d records before the retention ends, want 2", n)
+	}
+	got := p.Advance(at(20 + 240 + 48*60))
+	var removed []string
+	for _, c := range got {
+		if c.Type != ChangeRemove || c.Entry.State != StateReleased {
+			t.Errorf("change %+v, want remove of a released entry", c)
+		}
+		removed = append(removed, c.Entry.Prefix.String())
+	}
+	if diff := cmp.Diff([]string{z + "/32", "203.0.113.8/32"}, removed); diff != "" {
+		t.Errorf("removed (-want +got):\n%s", diff)
+	}
+	if n := len(p.Records()); n != 0 {
+		t.Errorf("%d records after the retention, want 0", n)
+	}
+	// A tombstone read back removes the entry (Remove), and only a
+	// released one is ever removed by the timer.
+	q := NewPolicy(cfg, nil, nil)
+	q.Apply(mkAlert("i2", "smtp_fanout", "open", "203.0.113.3", at(0)))
+	if !q.Remove(netip.MustParsePrefix("203.0.113.3/32")) || len(q.Records()) != 0 {
+		t.Errorf("Remove left %+v", q.Records())
+	}
+	if q.Remove(netip.MustParsePrefix("203.0.113.3/32")) {
+		t.Errorf("a second Remove removed something")
+	}
+}
+
+// TestPolicyAddOverlappingAllowList: a manual prefix that covers any
+// allow-listed address is refused, not only one whose first address is
+// allow-listed.
+func TestPolicyAddOverlappingAllowList(t *testing.T) {
+	cfg := testConfig()
+	cfg.WidestPrefixV4, cfg.WidestPrefixV6 = 24, 48
+	cfg.AllowList = []network.Prefix{network.MustParsePrefix("2001:db8:0:1::/64")}
+	p := NewPolicy(cfg, []network.Prefix{network.MustParsePrefix("203.0.113.25"), network.MustParsePrefix("198.51.100.128/25")}, nil)
+	for _, pfx := range []string{"203.0.113.25/32", "203.0.113.16/28", "203.0.113.0/24", "198.51.100.0/24", "198.51.100.200/32", "2001:db8::/48"} {
+		if _, err := p.Add(netip.MustParsePrefix(pfx), "", "carol", "", 0, at(0)); !errors.Is(err, ErrAllowed) {
+			t.Errorf("manual add of %s: %v, want ErrAllowed", pfx, err)
+		}
+	}
+	for _, pfx := range []string{"203.0.113.32/28", "198.51.100.0/25", "2001:db8:0:2::/64"} {
+		if _, err := p.Add(netip.MustParsePrefix(pfx), "", "carol", "", 0, at(0)); err != nil {
+			t.Errorf("manual add of %s: %v", pfx, err)
+		}
+	}
+	if n := len(p.Entries()); n != 3 {
+		t.Errorf("%d entries, want the 3 that do not overlap the allow list", n)
+	}
+}
+
+// TestPolicyUnhold: a hold taken back leaves the entry as it was before:
+// a pending one blocks when its grace ends, an active one keeps its
+// expiry; a hold that is over cannot be taken back.
+func TestPolicyUnhold(t *testing.T) {
+	const z = "203.0.113.2"
+	cfg := testConfig()
+	p := NewPolicy(cfg, nil, nil)
+	p.Apply(mkAlert("i1", "smtp_fanout", "open", z, at(0)))
+	before, held, err := p.hold("i1", "alice", "", at(5))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := p.Unhold(before, held, "alice", "ack not stored", at(6))
+	if err != nil || len(got) != 1 || got[0].Type != ChangeSchedule || got[0].Entry.State != StatePending || !got[0].Entry.BlockAt.Equal(at(30)) {
+		t.Fatalf("unhold of a pending entry: %+v %v, want it pending until 30", got, err)
+	}
+	if got := p.Advance(at(30)); len(got) != 1 || got[0].Type != ChangeAdd {
+		t.Fatalf("grace end after the unhold: %+v, want add", got)
+	}
+	expires := p.Entries()[0].Expires
+	before, held, err = p.hold("i1", "alice", "", at(40))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err = p.Unhold(before, held, "alice", "ack not stored", at(41))
+	if err != nil || len(got) != 1 || got[0].Type != ChangeAdd || !got[0].Entry.Expires.Equal(expires) {
+		t.Fatalf("unhold of an active entry: %+v %v, want it active until %s", got, err, expires)
+	}
+	if _, err := p.Unhold(before, held, "alice", "again", at(42)); err == nil {
+		t.Errorf("a second unhold of the same hold succeeded")
 	}
 }

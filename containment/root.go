@@ -32,7 +32,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -45,13 +44,16 @@ import (
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/clickhousedb"
 	"github.com/wormsign/wormsign/identity"
+	"github.com/wormsign/wormsign/internal/httpserver"
 	"github.com/wormsign/wormsign/network"
 	"github.com/wormsign/wormsign/retry"
-	"github.com/wormsign/wormsign/sink"
+	"github.com/wormsign/wormsign/webhook"
 )
 
 // Holder is what the console calls when an acknowledgement asks to hold
-// containment for an incident. The Component implements it.
+// containment for an incident. The Component implements it, and
+// HoldWithUndo, with which the console records an ack and its hold both or
+// neither.
 type Holder interface {
 	Hold(ctx context.Context, incidentID, by, note string) error
 }
@@ -64,16 +66,18 @@ type Dependencies struct {
 	AlertsTopic string
 	// ClickHouse, when set, receives the audit trail.
 	ClickHouse *clickhousedb.DB
-	// Webhooks receive every change, signed as the sink signs alerts.
-	Webhooks []sink.WebhookConfiguration
+	// Webhooks receive every change, signed as the sink signs alerts (the
+	// targets of sink.webhooks).
+	Webhooks []webhook.Configuration
 	// The detector's allow list and groups (name -> networks).
 	DetectorAllowList []network.Prefix
 	DetectorGroups    map[string][]network.Prefix
-	// Authorize checks a request to the API (the console's token: see
-	// console.Authorizer); when it returns false it has answered the
-	// request (401, or 429 while the client is throttled). Nil refuses
-	// every request.
-	Authorize func(http.ResponseWriter, *http.Request) bool
+	// Authorize checks a request to the API for the role its route needs
+	// (the console's guard: see console.Guard.Authorize) and says who it
+	// authenticated as: the actor of a hold, add or release. When it
+	// returns false it has answered the request (401, 403, or 429 while
+	// the client is throttled). Nil refuses every request.
+	Authorize httpserver.AuthorizeFunc
 	// Now is the wall clock; time.Now when nil.
 	Now func() time.Time
 }
@@ -93,11 +97,16 @@ type Component struct {
 	wg       sync.WaitGroup
 	// moved hears of customers whose bindings changed.
 	moved chan string
+	// coa sends RADIUS CoA requests; nil unless containment.coa.enabled.
+	coa *coaSender
 }
 
 // New checks the configuration; it starts nothing.
 func New(config Configuration, deps Dependencies) (*Component, error) {
 	if err := config.Validate(); err != nil {
+		return nil, err
+	}
+	if err := webhook.ValidateTargets("sink.webhooks", deps.Webhooks); err != nil {
 		return nil, err
 	}
 	if deps.Logger == nil {
@@ -112,6 +121,12 @@ func New(config Configuration, deps Dependencies) (*Component, error) {
 	c := &Component{config: config, deps: deps,
 		policy: NewPolicy(config, deps.DetectorAllowList, deps.DetectorGroups), moved: make(chan string, 1024)}
 	c.metrics = newMetrics(deps.Registry, c)
+	if config.CoA.Enabled {
+		var err error
+		if c.coa, err = newCoASender(config.CoA, &c.metrics, deps.Logger, deps.Now); err != nil {
+			return nil, err
+		}
+	}
 	return c, nil
 }
 
@@ -129,6 +144,11 @@ func (c *Component) FollowIdentity(store *identity.Store) {
 		}
 		return out
 	})
+	if c.coa != nil {
+		c.coa.holdings = func(customer string, t time.Time) []identity.Binding {
+			return table.Holdings(customer, t.UnixMilli())
+		}
+	}
 	store.OnApply(func(res identity.Applied) {
 		for _, customer := range res.Customers {
 			select {
@@ -177,6 +197,9 @@ func (c *Component) Start() error {
 	if err != nil {
 		cancel()
 		return fmt.Errorf("cannot consume alerts: %w", err)
+	}
+	if c.coa != nil {
+		c.coa.start(ctx)
 	}
 	c.wg.Add(4)
 	go func() { defer c.wg.Done(); c.follow(ctx) }()
@@ -234,6 +257,15 @@ func (c *Component) load(ctx context.Context) error {
 // restart reads them all again from the start, which ends in the same
 // list.
 func (c *Component) restoreMessage(m bus.Message) error {
+	if len(m.Value) == 0 {
+		// A tombstone: the entry was removed (released_retention).
+		if pfx, err := netip.ParsePrefix(string(m.Key)); err == nil {
+			c.mu.Lock()
+			c.policy.Remove(pfx)
+			c.mu.Unlock()
+		}
+		return nil
+	}
 	var ch Change
 	if err := json.Unmarshal(m.Value, &ch); err != nil {
 		c.metrics.errors.WithLabelValues("decode").Inc()
@@ -251,6 +283,9 @@ func (c *Component) Stop() error {
 		c.cancel()
 	}
 	c.wg.Wait()
+	if c.coa != nil {
+		c.coa.wait()
+	}
 	if c.producer != nil {
 		return c.producer.Close()
 	}
@@ -303,6 +338,7 @@ func (c *Component) tick(ctx context.Context) {
 		if c.record(ctx, changes) != nil {
 			return
 		}
+		c.syncCoA("")
 	}
 }
 
@@ -319,6 +355,7 @@ func (c *Component) follow(ctx context.Context) {
 			if c.record(ctx, changes) != nil {
 				return
 			}
+			c.syncCoA(customer)
 		}
 	}
 }
@@ -330,10 +367,17 @@ func (c *Component) record(ctx context.Context, changes []Change) error {
 		return nil
 	}
 	msgs := make([]bus.Message, len(changes))
+	audited := make([]Change, 0, len(changes))
 	for i, ch := range changes {
-		body, err := json.Marshal(ch)
-		if err != nil {
-			return fmt.Errorf("cannot encode containment change: %w", err)
+		// A removal is a tombstone: the key with no value, which
+		// compaction turns into no record of the prefix at all.
+		var body []byte
+		if ch.Type != ChangeRemove {
+			var err error
+			if body, err = json.Marshal(ch); err != nil {
+				return fmt.Errorf("cannot encode containment change: %w", err)
+			}
+			audited = append(audited, ch)
 		}
 		msgs[i] = bus.Message{Key: []byte(ch.Entry.Prefix.String()), Value: body}
 		c.metrics.changes.WithLabelValues(ch.Type).Inc()
@@ -342,7 +386,7 @@ func (c *Component) record(ctx context.Context, changes []Change) error {
 			"expires", ch.Entry.Expires, "dry_run", ch.DryRun)
 	}
 	c.mu.Lock()
-	c.recent = append(c.recent, changes...)
+	c.recent = append(c.recent, audited...)
 	if len(c.recent) > recentChanges {
 		c.recent = c.recent[len(c.recent)-recentChanges:]
 	}
@@ -364,6 +408,9 @@ func (c *Component) record(ctx context.Context, changes []Change) error {
 			c.metrics.errors.WithLabelValues("state_file").Inc()
 			c.deps.Logger.Error("cannot save the containment state", "error", err)
 		}
+	}
+	if c.coa != nil {
+		c.coa.record(changes)
 	}
 	return nil
 }
@@ -420,6 +467,35 @@ func (c *Component) hold(ctx context.Context, incidentID, by, note string) (Chan
 		return ch, err
 	}
 	return ch, c.record(ctx, []Change{ch})
+}
+
+// HoldWithUndo holds as Hold does and returns undo, which takes the hold
+// back (the entry gets its state, grace and expiry as they were, recorded
+// as a change of its own) as long as the hold is still as it was made.
+// The console holds first, then stores the ack that asked for the hold,
+// and undoes the hold when the ack cannot be stored: both or neither.
+func (c *Component) HoldWithUndo(ctx context.Context, incidentID, by, note string) (undo func(context.Context) error, err error) {
+	c.mu.Lock()
+	before, ch, err := c.policy.hold(incidentID, by, note, c.deps.Now())
+	c.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	undo = func(ctx context.Context) error {
+		c.mu.Lock()
+		changes, err := c.policy.Unhold(before, ch, by, "hold undone: the acknowledgement that asked for it was not stored", c.deps.Now())
+		c.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		return c.record(ctx, changes)
+	}
+	if err := c.record(ctx, []Change{ch}); err != nil {
+		// Not published (ctx ended): take it back here too.
+		undo(ctx)
+		return nil, err
+	}
+	return undo, nil
 }
 
 // Recent returns the latest changes this process made, newest last.
@@ -482,6 +558,12 @@ func ReadState(ctx context.Context, config Configuration, b bus.Bus) (*Policy, e
 		ReadSince(ctx context.Context, topic string, since time.Time, fn func(bus.Message) error) error
 	}); ok && b != nil && b.Durable() {
 		err := kb.ReadSince(ctx, config.Topic, time.Unix(0, 0), func(m bus.Message) error {
+			if len(m.Value) == 0 { // a tombstone: the entry was removed
+				if pfx, err := netip.ParsePrefix(string(m.Key)); err == nil {
+					p.Remove(pfx)
+				}
+				return nil
+			}
 			var ch Change
 			if err := json.Unmarshal(m.Value, &ch); err == nil {
 				p.Restore(ch, true)

@@ -13,22 +13,44 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/wormsign/wormsign/alert"
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/clickhousedb"
+	"github.com/wormsign/wormsign/internal/httpserver"
 	"github.com/wormsign/wormsign/internal/testenv"
 	"github.com/wormsign/wormsign/internal/testenv/chtest"
-	"github.com/wormsign/wormsign/sink"
+	"github.com/wormsign/wormsign/network"
+	"github.com/wormsign/wormsign/webhook"
 )
 
+// token is the tests' admin token, of the name "tester"; testTokens has
+// one of every role.
 const token = "s3cret"
 
-func authorize(w http.ResponseWriter, r *http.Request) bool {
-	if r.Header.Get("Authorization") != "Bearer "+token {
+var testTokens = map[string]httpserver.Principal{
+	token:        {Name: "tester", Role: httpserver.RoleAdmin},
+	"export-t":   {Name: "router", Role: httpserver.RoleExport},
+	"viewer-t":   {Name: "vera", Role: httpserver.RoleViewer},
+	"operator-t": {Name: "olga", Role: httpserver.RoleOperator},
+	"admin-t":    {Name: "ada", Role: httpserver.RoleAdmin},
+}
+
+// authorize is the console guard's part the block list relies on: 401
+// for no or a wrong token, 403 for a role short of the route's.
+func authorize(w http.ResponseWriter, r *http.Request, need httpserver.Role) (httpserver.Principal, bool) {
+	t, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	p, known := testTokens[t]
+	if !ok || !known {
 		w.WriteHeader(http.StatusUnauthorized)
-		return false
+		return p, false
 	}
-	return true
+	if !p.Can(need) {
+		httpserver.Forbid(w, p, need)
+		return p, false
+	}
+	return p, true
 }
 
 func startComponent(t *testing.T, cfg Configuration, b bus.Bus, deps Dependencies) *Component {
@@ -49,7 +71,7 @@ func TestAPIBadInputChangesNothing(t *testing.T) {
 	cfg := testConfig()
 	c := startComponent(t, cfg, bus.NewMemory(64), Dependencies{})
 	h := c.Handler()
-	if code, body := call(t, h, "POST", "/api/v1/blocklist", `{"ip":"203.0.113.5","reason":"complaint","duration":"2h","by":"carol"}`); code != 201 {
+	if code, body := call(t, h, "POST", "/api/v1/blocklist", `{"ip":"203.0.113.5","reason":"complaint","duration":"2h"}`); code != 201 {
 		t.Fatalf("add: %d %s", code, body)
 	}
 	_, before := call(t, h, "GET", "/api/v1/blocklist?format=plain", "")
@@ -63,8 +85,8 @@ func TestAPIBadInputChangesNothing(t *testing.T) {
 		{"POST", "/api/v1/blocklist", `{"ip":"203.0.113.6","colour":"red"}`},
 		{"POST", "/api/v1/blocklist", `not json`},
 		{"GET", "/api/v1/blocklist?format=pf", ""},
-		{"POST", "/api/v1/blocklist/bogus/release", `{"by":"x"}`},
-		{"POST", "/api/v1/blocklist/hold", `{"by":"x"}`},
+		{"POST", "/api/v1/blocklist/bogus/release", `{}`},
+		{"POST", "/api/v1/blocklist/hold", `{}`},
 	} {
 		code, body := call(t, h, tc.method, tc.path, tc.body)
 		var msg struct{ Error string }
@@ -81,7 +103,7 @@ func TestAPIBadInputChangesNothing(t *testing.T) {
 	if rec.Code != 401 {
 		t.Errorf("without token: %d, want 401", rec.Code)
 	}
-	if code, body := call(t, h, "POST", "/api/v1/blocklist/203.0.113.5/release", `{"by":"bob","note":"fixed"}`); code != 200 {
+	if code, body := call(t, h, "POST", "/api/v1/blocklist/203.0.113.5/release", `{"note":"fixed"}`); code != 200 {
 		t.Errorf("release: %d %s", code, body)
 	}
 	if _, after := call(t, h, "GET", "/api/v1/blocklist?format=plain", ""); after != "" {
@@ -98,7 +120,7 @@ func TestStateFileSurvivesRestart(t *testing.T) {
 	cfg := testConfig()
 	cfg.StateFile = filepath.Join(t.TempDir(), "containment.json")
 	c := startComponent(t, cfg, bus.NewMemory(64), Dependencies{})
-	if code, body := call(t, c.Handler(), "POST", "/api/v1/blocklist", `{"ip":"203.0.113.5","by":"carol"}`); code != 201 {
+	if code, body := call(t, c.Handler(), "POST", "/api/v1/blocklist", `{"ip":"203.0.113.5"}`); code != 201 {
 		t.Fatalf("add: %d %s", code, body)
 	}
 	c.Stop()
@@ -140,7 +162,7 @@ func TestKafkaInstancesAgree(t *testing.T) {
 	var hooks []Change
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
-		if !sink.VerifySignature([]byte("k"), body, r.Header.Get(sink.SignatureHeader)) {
+		if !webhook.VerifySignature([]byte("k"), body, r.Header.Get(webhook.SignatureHeader)) {
 			t.Errorf("webhook signature does not verify")
 		}
 		var ch Change
@@ -150,7 +172,7 @@ func TestKafkaInstancesAgree(t *testing.T) {
 		mu.Unlock()
 	}))
 	defer srv.Close()
-	deps := Dependencies{ClickHouse: db, Webhooks: []sink.WebhookConfiguration{{Name: "t", URL: srv.URL, Secret: "k"}}}
+	deps := Dependencies{ClickHouse: db, Webhooks: []webhook.Configuration{{Name: "t", URL: srv.URL, Secret: "k"}}}
 	a := startOnAlerts(t, cfg, k, deps, kcfg.AlertsTopic)
 	b := startOnAlerts(t, cfg, k, deps, kcfg.AlertsTopic)
 
@@ -175,7 +197,7 @@ func TestKafkaInstancesAgree(t *testing.T) {
 		_, lb := call(t, b.Handler(), "GET", "/api/v1/blocklist?format=plain", "")
 		return la == want && lb == want
 	})
-	if code, body := call(t, b.Handler(), "POST", "/api/v1/blocklist/203.0.113.3/release", `{"by":"bob","note":"called"}`); code != 200 {
+	if code, body := call(t, b.Handler(), "POST", "/api/v1/blocklist/203.0.113.3/release", `{"note":"called"}`); code != 200 {
 		t.Fatalf("release on b: %d %s", code, body)
 	}
 	want = "203.0.113.2\n203.0.113.4\n203.0.113.5\n"
@@ -202,7 +224,7 @@ func TestKafkaInstancesAgree(t *testing.T) {
 		return n == 5 && len(hooks) == 5
 	})
 	code, body := call(t, a.Handler(), "GET", "/api/v1/blocklist/actions", "")
-	if code != 200 || !strings.Contains(body, `"actor":"bob"`) || strings.Count(body, `"type":"add"`) != 4 {
+	if code != 200 || !strings.Contains(body, `"actor":"tester"`) || strings.Count(body, `"type":"add"`) != 4 {
 		t.Errorf("actions from ClickHouse: %d %s", code, body)
 	}
 }
@@ -230,5 +252,158 @@ func waitFor(t *testing.T, what string, ok func() bool) {
 			t.Fatalf("timed out waiting until %s", what)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// A manual prefix that covers an allow-listed address is refused with
+// 400 (as one naming the address itself), and changes nothing.
+func TestAPIAddAllowListedPrefix(t *testing.T) {
+	cfg := testConfig()
+	cfg.WidestPrefixV4 = 24
+	cfg.AllowList = []network.Prefix{network.MustParsePrefix("203.0.113.25")}
+	c := startComponent(t, cfg, bus.NewMemory(64), Dependencies{})
+	h := c.Handler()
+	for _, ip := range []string{"203.0.113.25", "203.0.113.16/28", "203.0.113.0/24"} {
+		code, body := call(t, h, "POST", "/api/v1/blocklist", `{"ip":"`+ip+`"}`)
+		if code != 400 || !strings.Contains(body, "allow list") {
+			t.Errorf("add %s: %d %s, want 400 naming the allow list", ip, code, body)
+		}
+	}
+	if _, list := call(t, h, "GET", "/api/v1/blocklist?format=plain", ""); list != "" {
+		t.Errorf("list after refused adds: %q, want empty", list)
+	}
+	if code, body := call(t, h, "POST", "/api/v1/blocklist", `{"ip":"203.0.113.32/28"}`); code != 201 {
+		t.Errorf("add of a /28 clear of the allow list: %d %s", code, body)
+	}
+}
+
+// clock is a wall clock a test moves.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *clock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+// has tells whether c's policy has a record (released ones too) of pfx.
+func has(c *Component, pfx string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, e := range c.policy.Records() {
+		if e.Prefix.String() == pfx {
+			return true
+		}
+	}
+	return false
+}
+
+// TestStateFileDropsReleased: without Kafka, released_retention after its
+// release an entry leaves the state file; the tombstone on the in-process
+// bus is no decode error for the audit.
+func TestStateFileDropsReleased(t *testing.T) {
+	cfg := testConfig()
+	cfg.StateFile = filepath.Join(t.TempDir(), "containment.json")
+	cfg.ReleasedRetention = time.Hour
+	cfg.Tick = 20 * time.Millisecond
+	clk := &clock{now: time.Now().UTC()}
+	c := startComponent(t, cfg, bus.NewMemory(64), Dependencies{Now: clk.Now})
+	h := c.Handler()
+	for _, req := range [][2]string{{"/api/v1/blocklist", `{"ip":"203.0.113.5"}`}, {"/api/v1/blocklist/203.0.113.5/release", `{}`}} {
+		if code, body := call(t, h, "POST", req[0], req[1]); code/100 != 2 {
+			t.Fatalf("%s: %d %s", req[0], code, body)
+		}
+	}
+	if entries, err := ReadStateFile(cfg.StateFile); err != nil || len(entries) != 1 || entries[0].State != StateReleased {
+		t.Fatalf("state file after the release: %+v %v, want the released entry", entries, err)
+	}
+	clk.Add(59 * time.Minute)
+	time.Sleep(100 * time.Millisecond)
+	if !has(c, "203.0.113.5/32") {
+		t.Fatalf("removed before released_retention")
+	}
+	clk.Add(2 * time.Minute)
+	waitFor(t, "the released entry leaves the state file", func() bool {
+		entries, err := ReadStateFile(cfg.StateFile)
+		return err == nil && len(entries) == 0 && !has(c, "203.0.113.5/32")
+	})
+	time.Sleep(100 * time.Millisecond)
+	if n := testutil.ToFloat64(c.metrics.errors.WithLabelValues("decode")); n != 0 {
+		t.Errorf("%v decode errors, want none for a tombstone", n)
+	}
+	c.Stop()
+	c2 := startComponent(t, cfg, bus.NewMemory(64), Dependencies{Now: clk.Now})
+	if has(c2, "203.0.113.5/32") {
+		t.Errorf("a restart brought the removed entry back")
+	}
+}
+
+// TestKafkaTombstoneRemovesEverywhere: the instance whose clock passes
+// released_retention publishes a tombstone (nil value) for the released
+// entry; another instance, whose clock never gets there, drops it as it
+// follows the topic; a new instance and ReadState (wormsign blocklist)
+// never see it.
+func TestKafkaTombstoneRemovesEverywhere(t *testing.T) {
+	brokers := testenv.KafkaBrokers(t)
+	ctx := context.Background()
+	kcfg := bus.DefaultConfiguration()
+	kcfg.Brokers = brokers
+	kcfg.FlowsTopic, kcfg.AlertsTopic = testenv.Name(t, "flows"), testenv.Name(t, "alerts")
+	k, err := bus.NewKafka(ctx, kcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig()
+	cfg.Topic, cfg.Group = testenv.Name(t, "containment"), testenv.Name(t, "containment")
+	cfg.ReleasedRetention = time.Hour
+	cfg.Tick = 50 * time.Millisecond
+	t.Cleanup(func() { k.DeleteTopics(context.Background(), kcfg.FlowsTopic, kcfg.AlertsTopic, cfg.Topic) })
+	start := time.Now().UTC()
+	moving, frozen := &clock{now: start}, &clock{now: start}
+	a := startOnAlerts(t, cfg, k, Dependencies{Now: moving.Now}, kcfg.AlertsTopic)
+	b := startOnAlerts(t, cfg, k, Dependencies{Now: frozen.Now}, kcfg.AlertsTopic)
+	for _, req := range [][2]string{{"/api/v1/blocklist", `{"ip":"203.0.113.5"}`}, {"/api/v1/blocklist", `{"ip":"203.0.113.6"}`},
+		{"/api/v1/blocklist/203.0.113.5/release", `{}`}} {
+		if code, body := call(t, a.Handler(), "POST", req[0], req[1]); code/100 != 2 {
+			t.Fatalf("%s: %d %s", req[0], code, body)
+		}
+	}
+	waitFor(t, "b holds both entries", func() bool { return has(b, "203.0.113.5/32") && has(b, "203.0.113.6/32") })
+	moving.Add(61 * time.Minute)
+	waitFor(t, "a removes the released entry and b follows", func() bool { return !has(a, "203.0.113.5/32") && !has(b, "203.0.113.5/32") })
+	if !has(b, "203.0.113.6/32") || !has(a, "203.0.113.6/32") {
+		t.Errorf("the active entry went too")
+	}
+	var last *bus.Message
+	if err := k.ReadSince(ctx, cfg.Topic, time.Unix(0, 0), func(m bus.Message) error {
+		if string(m.Key) == "203.0.113.5/32" {
+			last = &m
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if last == nil || last.Value != nil {
+		t.Errorf("last record of the removed entry %+v, want a tombstone (nil value)", last)
+	}
+	p, err := ReadState(ctx, cfg, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := p.Records(); len(got) != 1 || got[0].Prefix.String() != "203.0.113.6/32" {
+		t.Errorf("ReadState: %+v, want 203.0.113.6 alone", got)
+	}
+	c := startOnAlerts(t, cfg, k, Dependencies{Now: frozen.Now}, kcfg.AlertsTopic)
+	if has(c, "203.0.113.5/32") || !has(c, "203.0.113.6/32") {
+		t.Errorf("a new instance: 203.0.113.5 %v, 203.0.113.6 %v, want 203.0.113.6 alone", has(c, "203.0.113.5/32"), has(c, "203.0.113.6/32"))
 	}
 }

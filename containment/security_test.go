@@ -1,18 +1,18 @@
 package containment
 
 import (
-	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
-	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wormsign/wormsign/bus"
-	"github.com/wormsign/wormsign/retry"
-	"github.com/wormsign/wormsign/sink"
+	"github.com/wormsign/wormsign/internal/httpserver"
+	"github.com/wormsign/wormsign/webhook"
 )
 
 // The console's cookie authenticates only same-origin JSON POSTs; a Bearer
@@ -20,14 +20,14 @@ import (
 // changes the list.
 func TestAPICrossOriginAndLimits(t *testing.T) {
 	c := startComponent(t, testConfig(), bus.NewMemory(64), Dependencies{})
-	c.deps.Authorize = func(w http.ResponseWriter, r *http.Request) bool {
+	c.deps.Authorize = func(w http.ResponseWriter, r *http.Request, need httpserver.Role) (httpserver.Principal, bool) {
 		if ck, err := r.Cookie("session"); err == nil && ck.Value == "ok" {
-			return true
+			return httpserver.Principal{Name: "ann", Role: httpserver.RoleAdmin}, true
 		}
-		return authorize(w, r)
+		return authorize(w, r, need)
 	}
 	h := c.Handler()
-	add := `{"ip":"203.0.113.9","by":"ann"}`
+	add := `{"ip":"203.0.113.9"}`
 	for _, tc := range []struct {
 		name, path, contentType, body string
 		bearer                        bool
@@ -38,9 +38,9 @@ func TestAPICrossOriginAndLimits(t *testing.T) {
 		{"cookie other Origin", "/api/v1/blocklist", "application/json", add, false, map[string]string{"Origin": "https://evil.example"}, 403},
 		{"cookie form", "/api/v1/blocklist", "application/x-www-form-urlencoded", add, false, nil, 403},
 		{"cookie text/plain", "/api/v1/blocklist", "text/plain", add, false, map[string]string{"Sec-Fetch-Site": "same-origin"}, 403},
-		{"cookie release cross-site", "/api/v1/blocklist/203.0.113.5/release", "application/json", `{"by":"x"}`, false, map[string]string{"Sec-Fetch-Site": "same-site"}, 403},
-		{"cookie hold cross-site", "/api/v1/blocklist/hold", "application/json", `{"by":"x"}`, false, map[string]string{"Sec-Fetch-Site": "cross-site"}, 403},
-		{"oversized", "/api/v1/blocklist", "application/json", `{"ip":"203.0.113.9","by":"ann","reason":"` + strings.Repeat("x", BodyLimit) + `"}`, true, nil, 413},
+		{"cookie release cross-site", "/api/v1/blocklist/203.0.113.5/release", "application/json", `{}`, false, map[string]string{"Sec-Fetch-Site": "same-site"}, 403},
+		{"cookie hold cross-site", "/api/v1/blocklist/hold", "application/json", `{}`, false, map[string]string{"Sec-Fetch-Site": "cross-site"}, 403},
+		{"oversized", "/api/v1/blocklist", "application/json", `{"ip":"203.0.113.9","reason":"` + strings.Repeat("x", BodyLimit) + `"}`, true, nil, 413},
 		{"two objects", "/api/v1/blocklist", "application/json", add + add, true, nil, 400},
 	} {
 		req := httptest.NewRequest("POST", tc.path, strings.NewReader(tc.body))
@@ -68,7 +68,7 @@ func TestAPICrossOriginAndLimits(t *testing.T) {
 		bearer  bool
 		headers map[string]string
 	}{{false, map[string]string{"Sec-Fetch-Site": "same-origin", "Origin": "http://example.com"}}, {true, map[string]string{"Sec-Fetch-Site": "cross-site"}}} {
-		req := httptest.NewRequest("POST", "/api/v1/blocklist", strings.NewReader(`{"ip":"203.0.113.`+string(rune('1'+i))+`","by":"ann"}`))
+		req := httptest.NewRequest("POST", "/api/v1/blocklist", strings.NewReader(`{"ip":"203.0.113.`+string(rune('1'+i))+`"}`))
 		req.Header.Set("Content-Type", "application/json")
 		if tc.bearer {
 			req.Header.Set("Authorization", "Bearer "+token)
@@ -100,9 +100,10 @@ func TestAPICrossOriginAndLimits(t *testing.T) {
 }
 
 // A webhook target answering with a redirect is not followed: the
-// redirect's target never gets the change, and the attempt is a failure.
+// redirect's target never gets the change, and the attempts are failures,
+// counted, until the audit gives the change up.
 func TestAuditWebhookRedirectNotFollowed(t *testing.T) {
-	c := startComponent(t, testConfig(), bus.NewMemory(64), Dependencies{})
+	fastAuditWebhooks(t, 3)
 	var mu sync.Mutex
 	var stolen []string
 	second := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -112,22 +113,25 @@ func TestAuditWebhookRedirectNotFollowed(t *testing.T) {
 		mu.Unlock()
 	}))
 	defer second.Close()
-	tries := 0
 	first := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		tries++
-		mu.Unlock()
 		http.Redirect(w, r, second.URL, http.StatusTemporaryRedirect)
 	}))
 	defer first.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-	defer cancel()
-	client := auditClient()
-	ok := c.deliver(ctx, client, sink.WebhookConfiguration{Name: "r", URL: first.URL, Secret: "k"}, []byte(`{"x":1}`), "id1",
-		retry.Backoff{Min: 10 * time.Millisecond, Max: 20 * time.Millisecond})
+	reg := prometheus.NewRegistry()
+	c := startComponent(t, testConfig(), bus.NewMemory(64), Dependencies{Registry: reg,
+		Webhooks: []webhook.Configuration{{Name: "r", URL: first.URL, Secret: "k"}}})
+	if code, body := call(t, c.Handler(), "POST", "/api/v1/blocklist", `{"ip":"203.0.113.5"}`); code != 201 {
+		t.Fatalf("add: %d %s", code, body)
+	}
+	waitFor(t, "the change given up", func() bool {
+		return webhookMetric(t, reg, "dropped_total", "r", "gave_up") == 1
+	})
+	if got := webhookMetric(t, reg, "attempts_total", "r", "http_3xx"); got != 3 {
+		t.Errorf("%g attempts answered 3xx, want 3", got)
+	}
 	mu.Lock()
 	defer mu.Unlock()
-	if ok || tries < 2 || len(stolen) != 0 {
-		t.Errorf("delivered %v after %d tries; the redirect's target got %q, want nothing", ok, tries, stolen)
+	if len(stolen) != 0 {
+		t.Errorf("the redirect's target got %q, want nothing", stolen)
 	}
 }

@@ -19,6 +19,7 @@ func sampleList(t *testing.T) (List, Configuration) {
 	t.Helper()
 	cfg := testConfig()
 	cfg.QuarantineAllow = []PortRule{{"tcp", 443}, {"udp", 123}}
+	cfg.QuarantineDNS = []netip.Addr{netip.MustParseAddr("192.0.2.53"), netip.MustParseAddr("2001:db8::53")}
 	cfg.WidestPrefixV4 = 28
 	p := NewPolicy(cfg, nil, nil)
 	now := at(0)
@@ -74,9 +75,16 @@ func TestNftablesLoads(t *testing.T) {
 	out := inNS(t, ns, nil, "nft", "list", "table", "inet", "wormsign")
 	for _, want := range []string{"set smtp_block ", "set smtp_block6 ", "set quarantine ", "set quarantine6 ",
 		"203.0.113.2 timeout", "203.0.113.16/28 timeout", "2001:db8::2 timeout", "203.0.113.3 timeout", "2001:db8::3 timeout",
-		"hook forward", "@smtp_block tcp dport 25 drop", "@quarantine drop", "tcp dport 443 accept"} {
+		"hook forward", "@smtp_block tcp dport 25 drop", "@quarantine drop", "tcp dport 443 accept",
+		"@quarantine ip daddr 192.0.2.53 meta l4proto { tcp, udp } th dport 53 accept",
+		"@quarantine6 ip6 daddr 2001:db8::53 meta l4proto { tcp, udp } th dport 53 accept"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("nft list lacks %q:\n%s", want, out)
+		}
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(line, "dport 53") && !strings.Contains(line, "daddr") {
+			t.Errorf("quarantine accepts DNS to any server: %q", line)
 		}
 	}
 	if n := strings.Count(out, "table inet wormsign"); n != 1 {

@@ -121,6 +121,15 @@ func (s *Set) Contains(a netip.Addr) bool {
 	return s.t.Contains(a.Unmap())
 }
 
+// Overlaps tells whether p and a prefix of s share an address: p holds
+// one of them or lies inside one. A nil or empty set overlaps nothing.
+func (s *Set) Overlaps(p netip.Prefix) bool {
+	if s == nil || !p.IsValid() {
+		return false
+	}
+	return s.t.OverlapsPrefix(canonical(p))
+}
+
 // Len is the number of prefixes.
 func (s *Set) Len() int {
 	if s == nil {

@@ -105,6 +105,23 @@ func TestSet(t *testing.T) {
 	}
 }
 
+func TestSetOverlaps(t *testing.T) {
+	s := NewSet(MustParsePrefix("192.0.2.25"), MustParsePrefix("198.51.100.128/25"), MustParsePrefix("2001:db8:0:1::/64"))
+	for pfx, want := range map[string]bool{
+		"192.0.2.25/32": true, "192.0.2.16/28": true, "192.0.2.0/24": true, "192.0.2.32/28": false,
+		"198.51.100.0/24": true, "198.51.100.200/32": true, "198.51.100.0/25": false,
+		"::ffff:192.0.2.0/120": true, "2001:db8::/48": true, "2001:db8:0:1:1::/80": true, "2001:db8:0:2::/64": false,
+	} {
+		if got := s.Overlaps(MustParsePrefix(pfx).Prefix); got != want {
+			t.Errorf("Overlaps(%s) = %v, want %v", pfx, got, want)
+		}
+	}
+	var none *Set
+	if none.Overlaps(MustParsePrefix("0.0.0.0/0").Prefix) {
+		t.Error("a nil set overlaps a prefix")
+	}
+}
+
 func TestSubscriberRule(t *testing.T) {
 	space := NewSubscribers([]Prefix{MustParsePrefix("203.0.113.0/24")})
 	sub, other, other2 := netip.MustParseAddr("203.0.113.5"), netip.MustParseAddr("198.18.0.1"), netip.MustParseAddr("198.18.0.2")

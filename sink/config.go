@@ -2,10 +2,9 @@ package sink
 
 import (
 	"fmt"
-	"net/url"
-	"regexp"
-	"strings"
 	"time"
+
+	"github.com/wormsign/wormsign/webhook"
 )
 
 // Configuration of the sink. Zero values of the keys added after the first
@@ -35,8 +34,9 @@ type Configuration struct {
 	Stdout bool `yaml:"stdout"`
 	// Retention of the ClickHouse tables.
 	Retention RetentionConfiguration `yaml:"retention"`
-	// Webhooks receive every alert, each on its own.
-	Webhooks []WebhookConfiguration `yaml:"webhooks"`
+	// Webhooks receive every alert, each on its own (and containment's
+	// changes, see containment.Dependencies.Webhooks).
+	Webhooks []webhook.Configuration `yaml:"webhooks"`
 	// WebhookMinBackoff and WebhookMaxBackoff bound the exponential wait
 	// between delivery attempts; a target is retried until it accepts.
 	WebhookMinBackoff time.Duration `yaml:"webhook_min_backoff"`
@@ -56,51 +56,6 @@ type RetentionConfiguration struct {
 	AlertsDays int           `yaml:"alerts_days"`
 	LedgerDays int           `yaml:"ledger_days"`
 	Interval   time.Duration `yaml:"interval"`
-}
-
-// WebhookConfiguration is one webhook target. In the environment a list of
-// targets is written as WORMSIGN_SINK_WEBHOOKS="name=URL;secret=S;timeout=5s,..."
-// (or secret_file=PATH instead of secret=S).
-type WebhookConfiguration struct {
-	// Name identifies the target in metrics and in its consumer group;
-	// keep it stable, or the target starts over from the oldest alert.
-	Name string `yaml:"name"`
-	URL  string `yaml:"url"`
-	// Secret keys the HMAC-SHA256 signature of every body.
-	Secret string `yaml:"secret"`
-	// SecretFile holds the secret instead (read at start).
-	SecretFile string `yaml:"secret_file"`
-	// Timeout bounds one delivery attempt.
-	Timeout time.Duration `yaml:"timeout"`
-}
-
-// UnmarshalText reads the environment form "name=URL;secret=S;timeout=5s".
-// In YAML a target is a mapping with the same keys.
-func (w *WebhookConfiguration) UnmarshalText(text []byte) error {
-	parts := strings.Split(string(text), ";")
-	name, u, ok := strings.Cut(parts[0], "=")
-	if !ok {
-		return fmt.Errorf("webhook %q: want name=URL;secret=S[;timeout=D]", parts[0])
-	}
-	*w = WebhookConfiguration{Name: strings.TrimSpace(name), URL: strings.TrimSpace(u)}
-	for _, p := range parts[1:] {
-		k, v, _ := strings.Cut(p, "=")
-		switch strings.TrimSpace(k) {
-		case "secret":
-			w.Secret = v
-		case "secret_file":
-			w.SecretFile = strings.TrimSpace(v)
-		case "timeout":
-			d, err := time.ParseDuration(strings.TrimSpace(v))
-			if err != nil {
-				return fmt.Errorf("webhook %s timeout: %w", w.Name, err)
-			}
-			w.Timeout = d
-		default:
-			return fmt.Errorf("webhook %s: unknown key %q (secret, secret_file, timeout)", w.Name, k)
-		}
-	}
-	return nil
 }
 
 // DefaultConfiguration returns the documented defaults.
@@ -140,15 +95,8 @@ func (c Configuration) withDefaults() Configuration {
 	if c.WebhookBacklog == 0 {
 		c.WebhookBacklog = d.WebhookBacklog
 	}
-	for i := range c.Webhooks {
-		if c.Webhooks[i].Timeout == 0 {
-			c.Webhooks[i].Timeout = 10 * time.Second
-		}
-	}
 	return c
 }
-
-var webhookName = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
 
 // Validate names the first bad key.
 func (c Configuration) Validate() error {
@@ -174,31 +122,5 @@ func (c Configuration) Validate() error {
 	case c.Retention.Interval < 0:
 		return fmt.Errorf("sink.retention.interval: %s, want > 0", c.Retention.Interval)
 	}
-	seen := map[string]bool{}
-	for i, w := range c.Webhooks {
-		key := fmt.Sprintf("sink.webhooks[%d]", i)
-		if !webhookName.MatchString(w.Name) {
-			return fmt.Errorf("%s.name: %q, want letters, digits, '-' or '_'", key, w.Name)
-		}
-		if seen[w.Name] {
-			return fmt.Errorf("%s.name: %q is used twice", key, w.Name)
-		}
-		seen[w.Name] = true
-		u, err := url.Parse(w.URL)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			// A password in the URL is not shown.
-			shown := "(unparsable, not shown)"
-			if err == nil {
-				shown = u.Redacted()
-			}
-			return fmt.Errorf("%s.url: %q, want an http or https URL", key, shown)
-		}
-		if w.Secret == "" {
-			return fmt.Errorf("%s.secret: empty; receivers need it to check the signature", key)
-		}
-		if w.Timeout < 0 {
-			return fmt.Errorf("%s.timeout: %s, want > 0", key, w.Timeout)
-		}
-	}
-	return nil
+	return webhook.ValidateTargets("sink.webhooks", c.Webhooks)
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/wormsign/wormsign/internal/config"
+	"github.com/wormsign/wormsign/webhook"
 )
 
 // The keys as docs/clickhouse.md documents them, in YAML and in the environment.
@@ -38,7 +39,7 @@ workers: 4
 		want func(*Configuration)
 	}{
 		{name: "yaml", path: path, want: func(c *Configuration) {
-			c.Webhooks = []WebhookConfiguration{
+			c.Webhooks = []webhook.Configuration{
 				{Name: "noc", URL: "https://noc.example.net/wormsign", Secret: "s3cret", Timeout: 5 * time.Second},
 				{Name: "chat", URL: "http://127.0.0.1:8099/hook", Secret: "other"},
 			}
@@ -48,7 +49,7 @@ workers: 4
 			"WORMSIGN_WEBHOOKS=noc=https://noc.example.net/wormsign;secret=s3cret;timeout=5s,chat=http://127.0.0.1:8099/hook;secret=other",
 			"WORMSIGN_RETENTION_FLOWS_DAYS=14", "WORMSIGN_WEBHOOK_MAX_BACKOFF=1m",
 		}, want: func(c *Configuration) {
-			c.Webhooks = []WebhookConfiguration{
+			c.Webhooks = []webhook.Configuration{
 				{Name: "noc", URL: "https://noc.example.net/wormsign", Secret: "s3cret", Timeout: 5 * time.Second},
 				{Name: "chat", URL: "http://127.0.0.1:8099/hook", Secret: "other"},
 			}
@@ -77,7 +78,7 @@ workers: 4
 func TestWebhookURLErrorHidesPassword(t *testing.T) {
 	for _, u := range []string{"ftp://ann:pw-4417@example.net/x", "http://ann:pw-4417@[::1/x"} {
 		c := DefaultConfiguration()
-		c.Webhooks = []WebhookConfiguration{{Name: "a", URL: u, Secret: "s"}}
+		c.Webhooks = []webhook.Configuration{{Name: "a", URL: u, Secret: "s"}}
 		err := c.Validate()
 		if err == nil || strings.Contains(err.Error(), "pw-4417") {
 			t.Errorf("%s: error %v, want one without the password", u, err)

@@ -15,13 +15,8 @@ type metrics struct {
 	stdoutLines  prometheus.Counter
 	dropped      prometheus.Counter
 	retentionErr prometheus.Counter
-
-	webhookAttempts   *prometheus.CounterVec   // target, result
-	webhookDelivered  *prometheus.CounterVec   // target
-	webhookSeconds    *prometheus.HistogramVec // target
-	webhookRetrying   *prometheus.GaugeVec     // target
-	webhookLastUnixOK *prometheus.GaugeVec     // target
-	webhookDropped    *prometheus.CounterVec   // target
+	// The webhooks' metrics are the webhook package's, with component
+	// "sink".
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -51,23 +46,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "wormsign_sink_retention_dropped_partitions_total", Help: "Daily partitions dropped by retention."}),
 		retentionErr: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wormsign_sink_retention_errors_total", Help: "Failed retention runs."}),
-		webhookAttempts: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "wormsign_sink_webhook_attempts_total", Help: "Webhook delivery attempts by result (ok, http_3xx, http_4xx, http_5xx, timeout, error)."},
-			[]string{"target", "result"}),
-		webhookDelivered: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "wormsign_sink_webhook_delivered_total", Help: "Alerts a webhook target accepted."}, []string{"target"}),
-		webhookSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "wormsign_sink_webhook_attempt_seconds", Help: "Duration of one webhook delivery attempt.",
-			Buckets: prometheus.ExponentialBuckets(0.005, 2, 12)}, []string{"target"}),
-		webhookRetrying: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "wormsign_sink_webhook_retrying", Help: "1 while a target is failing and its alerts wait."}, []string{"target"}),
-		webhookLastUnixOK: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "wormsign_sink_webhook_last_success_timestamp_seconds", Help: "When a target last accepted an alert."}, []string{"target"}),
-		webhookDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "wormsign_sink_webhook_dropped_total", Help: "Alerts dropped from a full in-memory backlog (in-process bus only)."}, []string{"target"}),
 	}
 	reg.MustRegister(m.rows, m.batches, m.writeErrors, m.commitErrors, m.committed, m.duplicates, m.inflight,
-		m.batchSeconds, m.badMessages, m.stdoutLines, m.dropped, m.retentionErr,
-		m.webhookAttempts, m.webhookDelivered, m.webhookSeconds, m.webhookRetrying, m.webhookLastUnixOK, m.webhookDropped)
+		m.batchSeconds, m.badMessages, m.stdoutLines, m.dropped, m.retentionErr)
 	return m
 }

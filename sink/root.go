@@ -105,7 +105,12 @@ func New(config Configuration, deps Dependencies) (*Component, error) {
 		if err != nil {
 			return nil, fmt.Errorf("cannot consume %s for webhook %s: %w", deps.AlertsTopic, w.Name, err)
 		}
-		c.webhooks = append(c.webhooks, newWebhookTarget(w, consumer, durable, config, deps.Logger, c.metrics))
+		target, err := newWebhookTarget(w, consumer, durable, config, deps, c.metrics)
+		if err != nil {
+			consumer.Close()
+			return nil, err
+		}
+		c.webhooks = append(c.webhooks, target)
 	}
 	return c, nil
 }

@@ -12,19 +12,20 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wormsign/wormsign/bus"
+	"github.com/wormsign/wormsign/webhook"
 )
 
 // Only http and https URLs are accepted, and the error names the key.
 func TestWebhookURLSchemes(t *testing.T) {
 	for _, u := range []string{"file:///etc/passwd", "gopher://127.0.0.1:70/_x", "ftp://x/", "javascript:alert(1)",
 		"unix:///run/x.sock", "http:///no-host", "//noc.example/hook", "noc.example/hook", ""} {
-		err := webhookConfig(WebhookConfiguration{Name: "a", URL: u, Secret: "s"}).Validate()
+		err := webhookConfig(webhook.Configuration{Name: "a", URL: u, Secret: "s"}).Validate()
 		if err == nil || !strings.Contains(err.Error(), "sink.webhooks[0].url") {
 			t.Errorf("url %q: error %v, want one naming sink.webhooks[0].url", u, err)
 		}
 	}
 	for _, u := range []string{"http://127.0.0.1:9/x", "https://noc.example/hook?a=b", "HTTPS://noc.example/"} {
-		if err := webhookConfig(WebhookConfiguration{Name: "a", URL: u, Secret: "s"}).Validate(); err != nil {
+		if err := webhookConfig(webhook.Configuration{Name: "a", URL: u, Secret: "s"}).Validate(); err != nil {
 			t.Errorf("url %q: %v", u, err)
 		}
 	}
@@ -41,10 +42,11 @@ func TestWebhookRedirectNotFollowed(t *testing.T) {
 		}))
 		t.Cleanup(first.Close)
 		msgs, _ := testAlerts(2)
-		cfg := webhookConfig(WebhookConfiguration{Name: "redirecting", URL: first.URL, Secret: "s3cret", Timeout: time.Second})
+		cfg := webhookConfig(webhook.Configuration{Name: "redirecting", URL: first.URL, Secret: "s3cret", Timeout: time.Second})
 		cfg.DrainTimeout = 200 * time.Millisecond
 		mem := bus.NewMemory(64)
-		s, err := New(cfg, Dependencies{Logger: slog.New(slog.DiscardHandler), Registry: prometheus.NewRegistry(), Bus: mem, FlowsTopic: "f", AlertsTopic: "a"})
+		reg := prometheus.NewRegistry()
+		s, err := New(cfg, Dependencies{Logger: slog.New(slog.DiscardHandler), Registry: reg, Bus: mem, FlowsTopic: "f", AlertsTopic: "a"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -53,14 +55,15 @@ func TestWebhookRedirectNotFollowed(t *testing.T) {
 		if err := p.Publish(context.Background(), msgs...); err != nil {
 			t.Fatal(err)
 		}
-		attempts := s.metrics.webhookAttempts.WithLabelValues("redirecting", "http_3xx")
-		waitFor(t, "three refused attempts", 10*time.Second, func() bool { return value(attempts) >= 3 })
+		waitFor(t, "three refused attempts", 10*time.Second, func() bool {
+			return webhookMetric(t, reg, "attempts_total", "redirecting", "http_3xx") >= 3
+		})
 		mem.CloseTopic("a")
 		s.Stop()
 		if got := second.received(); len(got) != 0 {
 			t.Errorf("%d: the redirect's target received %d bodies, want none", code, len(got))
 		}
-		if got := value(s.metrics.webhookDelivered.WithLabelValues("redirecting")); got != 0 {
+		if got := webhookMetric(t, reg, "delivered_total", "redirecting"); got != 0 {
 			t.Errorf("%d: delivered = %g, want 0", code, got)
 		}
 	}

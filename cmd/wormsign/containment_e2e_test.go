@@ -77,7 +77,7 @@ func TestContainmentBlocksZombieSMTP(t *testing.T) {
 	}
 
 	req, _ := http.NewRequest("POST", "http://"+api+"/api/v1/blocklist/"+zombie.String()+"/release",
-		strings.NewReader(`{"by":"abuse-desk","note":"customer cleaned the PC"}`))
+		strings.NewReader(`{"note":"customer cleaned the PC"}`))
 	req.Header.Set("Authorization", "Bearer lab-token")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

@@ -30,6 +30,10 @@ func TestStartupErrorsNameTheKey(t *testing.T) {
 			args: []string{"collector"}, wantErr: "cannot reach Kafka brokers 127.0.0.1:1 (kafka.brokers)"},
 		{name: "stage without kafka", env: map[string]string{"WORMSIGN_HTTP_LISTEN": "127.0.0.1:0"},
 			args: []string{"detector"}, wantErr: "kafka.brokers is empty"},
+		{name: "duplicate credential name", env: map[string]string{"WORMSIGN_HTTP_TOKENS": "ann=viewer;token=tok-a,ann=admin;token=tok-b"},
+			args: []string{"run"}, wantErr: `http.tokens[1].name: "ann" is also http.tokens[0]'s`},
+		{name: "credential without role", env: map[string]string{"WORMSIGN_HTTP_TOKENS": "ann;token=tok-a"},
+			args: []string{"run"}, wantErr: "invalid value for WORMSIGN_HTTP_TOKENS (not shown: it may hold a secret)"},
 		{name: "unknown command", args: []string{"frobnicate"}, wantErr: `unknown command "frobnicate"`},
 		{name: "replay without files", args: []string{"replay"}, wantErr: "at least one capture file"},
 	}

@@ -19,13 +19,14 @@ import (
 
 	"github.com/wormsign/wormsign/internal/nfbuild"
 	"github.com/wormsign/wormsign/internal/testenv"
-	"github.com/wormsign/wormsign/sink"
+	"github.com/wormsign/wormsign/webhook"
 )
 
 // TestSecureRunKeepsSecrets runs `wormsign run` against a private Kafka
 // through its SASL_SSL listener (SCRAM-SHA-256) and a private ClickHouse
 // 18.16 through its secure native port with a password, every secret
-// (Kafka and ClickHouse passwords, the HTTP token, a webhook secret) from
+// (Kafka and ClickHouse passwords, the HTTP token and a viewer's token of
+// http.tokens set from the environment, a webhook secret) from
 // files under $CREDENTIALS_DIRECTORY as systemd's LoadCredential= gives
 // them. A spam zombie's flows go collector → Kafka → detector → Kafka →
 // sink → ClickHouse and the webhook; the console's API reads the incident
@@ -38,6 +39,7 @@ func TestSecureRunKeepsSecrets(t *testing.T) {
 		"kafka-password":      "kafkaSecret-3e8b1f2c",
 		"clickhouse-password": "chSecret-91d4a7e0",
 		"token":               "tokenSecret-0c5e2b77",
+		"viewer-token":        "viewerSecret-4f7a0c19",
 		"webhook-secret":      "hookSecret-6a1f9d3b",
 	}
 	creds := t.TempDir()
@@ -54,8 +56,8 @@ func TestSecureRunKeepsSecrets(t *testing.T) {
 	var delivered []string
 	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
-		if !sink.VerifySignature([]byte(secrets["webhook-secret"]), body, r.Header.Get(sink.SignatureHeader)) {
-			t.Errorf("webhook signature %q does not verify with the secret from the file", r.Header.Get(sink.SignatureHeader))
+		if !webhook.VerifySignature([]byte(secrets["webhook-secret"]), body, r.Header.Get(webhook.SignatureHeader)) {
+			t.Errorf("webhook signature %q does not verify with the secret from the file", r.Header.Get(webhook.SignatureHeader))
 		}
 		mu.Lock()
 		delivered = append(delivered, string(body))
@@ -98,7 +100,9 @@ console: {group: %[11]s}
 	if err := os.WriteFile(cfgFile, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	env := []string{"CREDENTIALS_DIRECTORY=" + creds}
+	// A viewer of http.tokens, set from the environment, its token from a
+	// file beside the others.
+	env := []string{"CREDENTIALS_DIRECTORY=" + creds, "WORMSIGN_HTTP_TOKENS=noc-viewer=viewer;token_file=${CREDENTIALS_DIRECTORY}/viewer-token"}
 
 	// Every byte the processes write, and every answer they give.
 	var captured strings.Builder
@@ -194,6 +198,24 @@ console: {group: %[11]s}
 	if code, _ := get("/api/v1/incidents", false); code != 401 {
 		t.Errorf("API without the token: %d, want 401", code)
 	}
+	for _, tc := range []struct {
+		method, path string
+		want         int
+	}{{"GET", "/api/v1/incidents", 200}, {"GET", "/api/v1/session", 200}, {"POST", "/api/v1/incidents/x/ack", 403}} {
+		req, _ := http.NewRequest(tc.method, base+tc.path, strings.NewReader(`{"note":"x"}`))
+		req.Header.Set("Authorization", "Bearer "+secrets["viewer-token"])
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		captured.WriteString(fmt.Sprintf("%s %s %d\n%s\n", tc.method, tc.path, resp.StatusCode, body))
+		if resp.StatusCode != tc.want {
+			t.Errorf("%s %s as the viewer: %d %s, want %d", tc.method, tc.path, resp.StatusCode, body, tc.want)
+		}
+	}
 	get("/metrics", false)
 	get("/readyz", false)
 	get("/", true)
@@ -247,7 +269,7 @@ console: {group: %[11]s}
 	}
 
 	all := captured.String()
-	if !strings.Contains(all, "wormsign_sink_webhook_delivered_total") {
+	if !strings.Contains(all, "wormsign_webhook_delivered_total") {
 		t.Error("the /metrics page was not captured")
 	}
 	for name, value := range secrets {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -99,18 +100,36 @@ func runStages(ctx context.Context, cfg Configuration, logger *slog.Logger, stdo
 		}
 		http.AddReadyCheck("clickhouse", func() error { return ch.Ping(context.Background()) })
 	}
-	// One token guards the console and the block list API; made up for
-	// this run when none is configured.
-	token, generated := cfg.HTTP.Token, false
-	var cont *containment.Component
+	// One guard checks the credentials (http.token, http.tokens) of the
+	// console and the block list API, so that a logout ends the session
+	// for both; an admin token is made up for this run when none is
+	// configured.
+	var (
+		guard     *console.Guard
+		token     string
+		generated bool
+		cont      *containment.Component
+	)
 	if want.console || (want.sink && cfg.Containment.Enabled) {
-		if token == "" {
+		creds := cfg.HTTP.Credentials()
+		if len(creds) == 0 {
 			token, generated = console.GenerateToken(), true
+			creds = []httpserver.Credential{{Name: httpserver.AdminName, Role: httpserver.RoleAdmin, Token: token}}
+		} else {
+			names := make([]string, len(creds))
+			for i, c := range creds {
+				names[i] = c.Name + " (" + c.Role.String() + ")"
+			}
+			logger.Info("http credentials", "names", strings.Join(names, ", "))
+		}
+		var err error
+		if guard, err = console.NewGuard(creds, http.Limiter()); err != nil {
+			return err
 		}
 	}
 	if want.sink && cfg.Containment.Enabled {
 		var err error
-		if cont, err = newContainment(cfg, logger, reg, b, ch, http, token); err != nil {
+		if cont, err = newContainment(cfg, logger, reg, b, ch, http, guard); err != nil {
 			return err
 		}
 	}
@@ -133,7 +152,7 @@ func runStages(ctx context.Context, cfg Configuration, logger *slog.Logger, stdo
 		if cont != nil {
 			holder = cont
 		}
-		stop, err := startConsole(cfg, logger, reg, http, b, ch, token, generated, holder, ids.table())
+		stop, err := startConsole(cfg, logger, reg, http, b, ch, guard, token, generated, holder, ids.table())
 		if err != nil {
 			return err
 		}
@@ -305,11 +324,11 @@ func migrate(ctx context.Context, cfg Configuration, logger *slog.Logger) error 
 // made-up token is printed once, with the console's URL, on stderr (stdout
 // carries alerts); a configured token is never printed.
 func startConsole(cfg Configuration, logger *slog.Logger, reg *prometheus.Registry, http *httpserver.Component, b bus.Bus,
-	ch *clickhousedb.DB, token string, generated bool, holder console.Holder, bindings *identity.Table) (func() error, error) {
+	ch *clickhousedb.DB, guard *console.Guard, token string, generated bool, holder console.Holder, bindings *identity.Table) (func() error, error) {
 	c, err := console.New(cfg.Console, console.Dependencies{
 		Logger: logger.With("component", "console"), Registry: reg, Bus: b,
 		AlertsTopic: cfg.Kafka.AlertsTopic, FlowsTopic: cfg.Kafka.FlowsTopic, ClickHouse: ch,
-		Subscribers: cfg.subscribers(), Token: token, Holder: holder,
+		Subscribers: cfg.subscribers(), Guard: guard, Holder: holder,
 		Limiter: http.Limiter(), Identity: bindings,
 	})
 	if err != nil {
@@ -344,10 +363,10 @@ func consoleURL(addr string) string {
 }
 
 // newContainment prepares the block list policy that runs next to the sink
-// and mounts its API on the HTTP server, guarded like the console's (the
-// token, or the console's login cookie).
+// and mounts its API on the HTTP server, guarded by the console's guard (a
+// token, or the console's login cookie; each route's role).
 func newContainment(cfg Configuration, logger *slog.Logger, reg *prometheus.Registry, b bus.Bus,
-	ch *clickhousedb.DB, http *httpserver.Component, token string) (*containment.Component, error) {
+	ch *clickhousedb.DB, http *httpserver.Component, guard *console.Guard) (*containment.Component, error) {
 	groups := map[string][]network.Prefix{}
 	for _, g := range cfg.Detector.Groups {
 		groups[g.Name] = g.Networks
@@ -356,7 +375,7 @@ func newContainment(cfg Configuration, logger *slog.Logger, reg *prometheus.Regi
 		Logger: logger.With("component", "containment"), Registry: reg, Bus: b,
 		AlertsTopic: cfg.Kafka.AlertsTopic, ClickHouse: ch, Webhooks: cfg.Sink.Webhooks,
 		DetectorAllowList: cfg.Detector.AllowList, DetectorGroups: groups,
-		Authorize: console.Authorizer(token, http.Limiter()),
+		Authorize: guard.Authorize,
 	})
 	if err != nil {
 		return nil, err

@@ -9,9 +9,10 @@ import (
 
 // ReadSecretFiles fills every secret that comes from a file: a string key
 // NAME_file (kafka.sasl.password_file, clickhouse.password_file,
-// http.token_file, sink.webhooks[].secret_file) beside a string key NAME is
-// read, one trailing newline dropped, into NAME. Setting both is an error,
-// as is an empty or unreadable file; errors name the key and the path,
+// http.token_file, http.tokens[].token_file, sink.webhooks[].secret_file)
+// beside a string key NAME is read, one trailing newline dropped, into
+// NAME. Setting both is an error, as is an empty or unreadable file;
+// errors name the key (http.tokens[1].token) and the path,
 // never what the file holds. In every *_file path (these and the tls
 // sections' ca_file, cert_file, key_file), ${CREDENTIALS_DIRECTORY} (or
 // $CREDENTIALS_DIRECTORY) is replaced by that variable of environ: the
@@ -124,13 +125,16 @@ func secretKey(name string) bool {
 }
 
 // redact removes from msg the secrets value could hold: all of it, and
-// what follows "secret=" in a webhook list.
+// what follows "secret=" in a webhook list or "token=" in a list of
+// credentials (WORMSIGN_HTTP_TOKENS).
 func redact(msg, value string) string {
 	var secrets []string
 	for _, item := range strings.Split(value, ",") {
 		for _, part := range strings.Split(item, ";") {
-			if v, ok := strings.CutPrefix(strings.TrimSpace(part), "secret="); ok && v != "" {
-				secrets = append(secrets, v)
+			for _, key := range []string{"secret=", "token="} {
+				if v, ok := strings.CutPrefix(strings.TrimSpace(part), key); ok && v != "" {
+					secrets = append(secrets, v)
+				}
 			}
 		}
 	}

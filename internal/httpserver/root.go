@@ -1,6 +1,7 @@
 // Package httpserver serves /metrics, /healthz and /readyz for whichever
 // stages run in the process, and whatever else a component mounts (the
-// console at "/"). Those three stay open; http.token guards the console.
+// console at "/"). Those three stay open; http.token and http.tokens
+// guard the console and the APIs, each route asking for a role.
 package httpserver
 
 import (
@@ -23,12 +24,17 @@ import (
 type Configuration struct {
 	Listen string `yaml:"listen"`
 	// Token guards the console and /api/ (not /metrics, /healthz,
-	// /readyz). Empty: `wormsign run` and `wormsign console` generate one
-	// at start and print the console's URL with it once.
+	// /readyz): the credential "admin", with the role admin. Empty, and no
+	// Tokens either: `wormsign run` and `wormsign console` generate one at
+	// start and print the console's URL with it once.
 	Token string `yaml:"token"`
 	// TokenFile holds the token instead (read at start by the
 	// configuration loader, internal/config.ReadSecretFiles).
 	TokenFile string `yaml:"token_file"`
+	// Tokens are named credentials with roles (export, viewer, operator,
+	// admin), each its token or token_file; http.token is one more, named
+	// "admin" with the role admin. Names and tokens are unique.
+	Tokens []Credential `yaml:"tokens"`
 
 	// ReadHeaderTimeout bounds reading a request's headers, ReadTimeout
 	// the whole request with its body, WriteTimeout the response (the
@@ -69,7 +75,7 @@ func (c Configuration) Validate() error {
 	if c.MaxBodyBytes < 0 {
 		return fmt.Errorf("http.max_body_bytes: %d, want > 0", c.MaxBodyBytes)
 	}
-	return nil
+	return ValidateCredentials(c.Credentials(), c.Token != "")
 }
 
 // withDefaults replaces zero limits with the defaults.

@@ -2,11 +2,13 @@ package testenv
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -25,9 +27,7 @@ type FreeRADIUSProxy struct {
 	// Secret is the shared secret of its NAS client, 127.0.0.1.
 	Secret string
 
-	cmd  *exec.Cmd
-	out  *syncBuffer
-	done chan struct{}
+	*freeRADIUS
 }
 
 // FreeRADIUSProxyConfig says where the proxy forwards accounting.
@@ -46,7 +46,6 @@ type FreeRADIUSProxyConfig struct {
 // processes requests.
 func StartFreeRADIUSProxy(t testing.TB, c FreeRADIUSProxyConfig) *FreeRADIUSProxy {
 	t.Helper()
-	bin := Tool(t, "freeradius")
 	if c.NASSecret == "" {
 		c.NASSecret = "testing123"
 	}
@@ -57,11 +56,29 @@ func StartFreeRADIUSProxy(t testing.TB, c FreeRADIUSProxyConfig) *FreeRADIUSProx
 	dir := t.TempDir()
 	listen := FreeUDPPort(t)
 	conf := fmt.Sprintf(freeRADIUSProxyConf, dir, listen, host, port, c.HomeSecret, c.NASSecret)
+	p := &FreeRADIUSProxy{Addr: loopback(listen), Secret: c.NASSecret}
+	p.freeRADIUS = startFreeRADIUS(t, dir, conf)
+	return p
+}
+
+// freeRADIUS is a running FreeRADIUS: its process and what it wrote.
+type freeRADIUS struct {
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+}
+
+// startFreeRADIUS writes conf as radiusd.conf in dir, starts FreeRADIUS
+// on it in the foreground and waits until it processes requests. It is
+// stopped at cleanup; its debug log is printed when the test failed.
+func startFreeRADIUS(t testing.TB, dir, conf string) *freeRADIUS {
+	t.Helper()
+	bin := Tool(t, "freeradius")
 	// FreeRADIUS refuses a configuration others may write.
 	if err := os.WriteFile(filepath.Join(dir, "radiusd.conf"), []byte(conf), 0o640); err != nil {
 		t.Fatal(err)
 	}
-	p := &FreeRADIUSProxy{Addr: loopback(listen), Secret: c.NASSecret, out: &syncBuffer{}, done: make(chan struct{})}
+	p := &freeRADIUS{out: &syncBuffer{}, done: make(chan struct{})}
 	// -X: foreground, one thread, every packet in the debug log on
 	// stdout. As root it keeps running as root: the configuration names
 	// no user (Debian's own runs as freerad).
@@ -91,9 +108,9 @@ func StartFreeRADIUSProxy(t testing.TB, c FreeRADIUSProxyConfig) *FreeRADIUSProx
 }
 
 // Log is what FreeRADIUS wrote so far.
-func (p *FreeRADIUSProxy) Log() string { return p.out.String() }
+func (p *freeRADIUS) Log() string { return p.out.String() }
 
-func (p *FreeRADIUSProxy) stop() {
+func (p *freeRADIUS) stop() {
 	select {
 	case <-p.done:
 		return
@@ -181,6 +198,181 @@ server default {
 		}
 	}
 	accounting {
+		ok
+	}
+}
+`
+
+// FreeRADIUSCoA is a FreeRADIUS server (Debian's freeradius, 3.x) in the
+// NAS's place as the Dynamic Authorization Server of RFC 5176: it takes
+// CoA-Request and Disconnect-Request from a client at 127.0.0.1, writes
+// each to a detail file (Requests reads it back) and answers CoA-ACK or
+// Disconnect-ACK, or, with NAKCause, a NAK with that Error-Cause. A
+// request whose authenticator does not match the secret is dropped
+// unanswered, as a NAS does. It is stopped at cleanup; its debug log is
+// printed when the test failed.
+type FreeRADIUSCoA struct {
+	// Addr is where it listens ("127.0.0.1:port"), Port its port.
+	Addr string
+	Port int
+	// Secret is the shared secret of its client, 127.0.0.1.
+	Secret string
+
+	*freeRADIUS
+	detail string
+}
+
+// FreeRADIUSCoAConfig says how the CoA server answers.
+type FreeRADIUSCoAConfig struct {
+	// Secret is shared with the client; "testing123" when empty.
+	Secret string
+	// NAKCause, when set, makes it NAK every request with this
+	// Error-Cause, by FreeRADIUS's name ("Session-Context-Not-Found").
+	NAKCause string
+}
+
+// StartFreeRADIUSCoA starts the CoA server on a free loopback port and
+// waits until it processes requests.
+func StartFreeRADIUSCoA(t testing.TB, c FreeRADIUSCoAConfig) *FreeRADIUSCoA {
+	t.Helper()
+	if c.Secret == "" {
+		c.Secret = "testing123"
+	}
+	dir := t.TempDir()
+	port := FreeUDPPort(t)
+	// recv-coa runs for CoA-Request and Disconnect-Request alike; the
+	// section's reject makes FreeRADIUS answer the NAK of the request's
+	// kind, with the reply's Error-Cause.
+	answer := "ok"
+	if c.NAKCause != "" {
+		answer = fmt.Sprintf("update reply {\n\t\t\t&Error-Cause := %s\n\t\t}\n\t\treject", c.NAKCause)
+	}
+	detail := filepath.Join(dir, "coa.detail")
+	conf := fmt.Sprintf(freeRADIUSCoAConf, dir, port, c.Secret, detail, answer)
+	s := &FreeRADIUSCoA{Addr: loopback(port), Port: port, Secret: c.Secret, detail: detail}
+	s.freeRADIUS = startFreeRADIUS(t, dir, conf)
+	return s
+}
+
+// RADIUSRequest is one request as FreeRADIUS's detail file recorded it:
+// its Packet-Type ("CoA-Request", "Disconnect-Request") and attributes by
+// name, values as FreeRADIUS prints them (strings unquoted, dates as
+// "Jan  2 2026 15:04:05 UTC", enumerations by name).
+type RADIUSRequest struct {
+	Type       string
+	Attributes map[string][]string
+}
+
+// Get is the first value of attribute name, "" when absent.
+func (r RADIUSRequest) Get(name string) string {
+	if v := r.Attributes[name]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+// Requests are the requests received so far, in order.
+func (s *FreeRADIUSCoA) Requests(t testing.TB) []RADIUSRequest {
+	t.Helper()
+	raw, err := os.ReadFile(s.detail)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return parseDetail(string(raw))
+}
+
+// parseDetail reads a FreeRADIUS detail file: records separated by a blank
+// line, each a time line and then one "\tName = value" line per
+// attribute.
+func parseDetail(text string) []RADIUSRequest {
+	var out []RADIUSRequest
+	for _, rec := range strings.Split(text, "\n\n") {
+		lines := strings.Split(strings.TrimSpace(rec), "\n")
+		if len(lines) < 2 {
+			continue
+		}
+		r := RADIUSRequest{Attributes: map[string][]string{}}
+		for _, line := range lines[1:] {
+			name, value, ok := strings.Cut(strings.TrimSpace(line), " = ")
+			if !ok {
+				continue
+			}
+			if u, err := strconv.Unquote(value); err == nil {
+				value = u
+			}
+			if name == "Packet-Type" {
+				r.Type = value
+				continue
+			}
+			r.Attributes[name] = append(r.Attributes[name], value)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// freeRADIUSCoAConf is a whole radiusd.conf (no Debian include files,
+// like freeRADIUSProxyConf): a coa listener on 127.0.0.1 for one client,
+// and a virtual server whose recv-coa section writes the request to a
+// detail file and then answers (ok: ACK; reject: NAK). Arguments: the
+// directory, the port, the client's secret, the detail file, the answer.
+const freeRADIUSCoAConf = `prefix = /usr
+exec_prefix = /usr
+sysconfdir = /etc
+localstatedir = /var
+sbindir = /usr/sbin
+confdir = %[1]s
+raddbdir = %[1]s
+logdir = %[1]s
+run_dir = %[1]s
+libdir = /usr/lib/freeradius
+pidfile = %[1]s/radiusd.pid
+max_request_time = 30
+cleanup_delay = 5
+max_requests = 1024
+hostname_lookups = no
+log {
+	destination = stdout
+	colourise = no
+}
+security {
+	allow_core_dumps = no
+	max_attributes = 200
+	status_server = no
+}
+client wormsign {
+	ipaddr = 127.0.0.1
+	secret = %[3]s
+}
+modules {
+	always ok {
+		rcode = ok
+	}
+	always reject {
+		rcode = reject
+	}
+	detail coa_detail {
+		filename = %[4]s
+		escape_filenames = no
+		permissions = 0600
+		header = "%%t"
+		locking = no
+	}
+}
+server coa {
+	listen {
+		type = coa
+		ipaddr = 127.0.0.1
+		port = %[2]d
+	}
+	recv-coa {
+		coa_detail
+		%[5]s
+	}
+	send-coa {
 		ok
 	}
 }

@@ -34,6 +34,18 @@
     return body;
   }
 
+  // Who is logged in ({name, role}, from the session or the token): the
+  // forms a role cannot use are not shown (the API refuses them anyway).
+  const ROLES = ["export", "viewer", "operator", "admin"];
+  let me = null;
+  const session = api("/api/v1/session").then(function (s) {
+    me = s;
+    const shown = document.getElementById("me");
+    if (shown) shown.textContent = s.name + " (" + s.role + ")";
+    return s;
+  }).catch(() => null);
+  function can(role) { return !!me && ROLES.indexOf(me.role) >= ROLES.indexOf(role); }
+
   // Times: UTC text, relative age beside it.
   function utc(s) {
     const d = new Date(s);
@@ -49,10 +61,114 @@
   function timeCell(s) {
     return el("time", { datetime: s, title: utc(s), class: "age", "data-age": s }, age(s));
   }
-  function pct(x) { return (Math.round((x || 0) * 1000) / 10) + " %"; }
+  // Numbers keep their units on their line (no-break spaces).
+  function pct(x) { return (Math.round((x || 0) * 1000) / 10) + "\u00a0%"; }
   function num(x) { return (x === undefined || x === null) ? "" : Number(x).toLocaleString("en-US"); }
   function score(x) { return (Math.round((x || 0) * 100) / 100).toFixed(2); }
   function shortID(id) { return id.length > 12 ? id.slice(0, 12) + "…" : id; }
+  // si writes a quantity with k, M, G, T (powers of 1000) and its unit:
+  // 512 B, 48.2 MB, 1.2 Gbit/s.
+  function si(x, unit) {
+    x = Number(x) || 0;
+    const pre = ["", "k", "M", "G", "T", "P"];
+    let i = 0;
+    while (Math.abs(x) >= 1000 && i < pre.length - 1) { x /= 1000; i++; }
+    const v = i === 0 ? String(Math.round(x)) : (Math.abs(x) >= 100 ? x.toFixed(0) : x.toFixed(1).replace(/\.0$/, ""));
+    return unit ? v + "\u00a0" + pre[i] + unit : v + pre[i];
+  }
+  function odds(x) {
+    x = Number(x) || 0;
+    return x < 1e6 ? num(Math.round(x)) : x < 1e15 ? si(x, "") : x.toExponential(1).replace("e+", "e");
+  }
+  function bytes(x) { return si(x, "B"); }
+  function bits(x) { return si(x, "bit/s"); }
+  function rate(x) { return Number(x) >= 100000 ? si(x, "") : num(Math.round(Number(x) || 0)); }
+  function list(xs, max) {
+    xs = xs || [];
+    return xs.join(", ") + (max && xs.length >= max ? ", …" : "");
+  }
+  // darkPorts names the ports of darknet evidence: ICMP ones are
+  // type<<8|code, told apart only when ICMP is all there was.
+  function darkPorts(d) {
+    const ports = d.ports || [], protos = d.protocols || [];
+    if (!ports.length) return "";
+    if (protos.length === 1 && protos[0] === "icmp") {
+      return "ICMP " + ports.map((p) => "type " + (p >> 8) + "/code " + (p & 255)).join(", ");
+    }
+    return "ports " + list(ports, 16) + (protos.includes("icmp") ? " (ICMP ones as type×256+code)" : "");
+  }
+  function flowsToTarget(f) {
+    return (f.protocol || "?") + (f.ports && f.ports.length ? "/" + f.ports.join(",") : "") + " → " + f.target;
+  }
+  // headline is the figure an incident of each kind is judged by: its
+  // value, unit and what it means; what the board shows in its "Figure"
+  // column and the incident page at the top.
+  function headline(a) {
+    const ev = a.evidence || {};
+    switch (a.kind) {
+      case "smtp_fanout":
+        return { value: num(a.distinct_dsts), unit: "mail servers", title: "distinct TCP/25 destinations within " + (ev.window || "the window") };
+      case "dst_entropy":
+        if (ev.entropy) return { value: ev.entropy.dst_addr.toFixed(2), unit: "address entropy", title: "normalised entropy of destination addresses (1: every flow elsewhere)" };
+        break;
+      case "darknet":
+        return { value: num(a.distinct_dsts), unit: "dark destinations", title: "distinct destinations in unused space and honeypots" };
+      case "relay_abuse":
+        if (ev.relay) return { value: num(ev.relay.connections), unit: "relay connections", title: "connections to the ISP's submission servers within " + (ev.window || "the window") };
+        break;
+      case "outbound_flood":
+        if (ev.flood) return { value: rate(ev.flood.pps), unit: "pps", title: "packets per second toward " + ev.flood.target };
+        break;
+    }
+    return { value: num(a.distinct_dsts), unit: "destinations", title: "distinct destinations" };
+  }
+  // brief is the rest of the evidence in a few words, for the board's rows.
+  function brief(a) {
+    const ev = a.evidence || {};
+    switch (a.kind) {
+      case "smtp_fanout": {
+        const attempts = (ev.failed_attempts || 0) + (ev.completed_attempts || 0);
+        const out = [pct(ev.failed_share) + " failed (" + num(ev.failed_attempts) + " of " + num(attempts) + ")"];
+        if (ev.sequential) out.push("odds " + odds(ev.sequential.odds) + ":1");
+        return out.join(" · ");
+      }
+      case "dst_entropy": {
+        const e = ev.entropy;
+        if (!e) return "";
+        return "baseline " + e.baseline_dst_addr.toFixed(2) + " · port " + e.top_port + " in " + pct(e.top_port_share) + " · port entropy " + e.dst_port.toFixed(2);
+      }
+      case "darknet": {
+        const d = ev.darknet;
+        if (!d) return "";
+        return [list(d.protocols), darkPorts(d)].filter((x) => x).join(" · ");
+      }
+      case "relay_abuse": {
+        const r = ev.relay;
+        if (!r) return "";
+        return bytes(r.bytes) + " to " + num((r.relays || []).length) + " relay" + ((r.relays || []).length === 1 ? "" : "s") +
+          (r.ports && r.ports.length ? " (port " + r.ports.join(", ") + ")" : "") +
+          " · baseline " + num(Math.round(r.baseline_connections)) + "\u00a0±\u00a0" + num(Math.round(r.baseline_stddev));
+      }
+      case "outbound_flood": {
+        const f = ev.flood;
+        if (!f) return "";
+        return flowsToTarget(f) + " · " + bits(f.bps) + " · answers " + pct(f.answer_ratio);
+      }
+    }
+    return ev.trigger || "";
+  }
+  // figureCell is an incident's figure and, below it, the rest of its
+  // evidence in a few words.
+  function figureCell(a) {
+    const h = headline(a), b = brief(a);
+    return el("td", { class: "fig" }, el("span", { class: "figline", title: h.title }, el("b", {}, h.value), " ", el("span", { class: "unit" }, h.unit)),
+      b ? el("div", { class: "brief" }, b) : null);
+  }
+  // customerOf is who the incident's subscriber was: subscriber_id, else
+  // the customer its identity evidence names.
+  function customerOf(a) {
+    return a.subscriber_id || ((a.evidence || {}).identity || {}).customer || "";
+  }
   function customerLink(id, cls) {
     return el("a", { href: "/customers/" + encodeURIComponent(id), class: "mono" + (cls ? " " + cls : "") }, id);
   }
@@ -110,7 +226,7 @@
   }
   function incidentsTable(id, incidents, withSubscriber) {
     return el("table", { class: "board", id: id },
-      el("thead", {}, el("tr", {}, ["Kind", withSubscriber ? "Subscriber" : null, "Incident", "State", "Score", "First seen", "Destinations", "Ack"]
+      el("thead", {}, el("tr", {}, ["Kind", withSubscriber ? "Subscriber" : null, "Incident", "State", "Score", "First seen", "Evidence", "Ack"]
         .filter((h) => h).map((h) => el("th", { scope: "col" }, h)))),
       el("tbody", {}, incidents.map((a) => el("tr", { "data-id": a.id },
         el("td", {}, el("span", { class: "kind kind-" + a.kind }, a.kind)),
@@ -119,7 +235,7 @@
         el("td", {}, el("span", { class: "badge badge-" + a.state }, a.state)),
         el("td", { class: "num" }, score(a.score)),
         el("td", {}, utc(a.first_seen), " (", timeCell(a.first_seen), ")"),
-        el("td", { class: "num" }, num(a.distinct_dsts)),
+        figureCell(a),
         el("td", {}, a.ack ? "✓ " + a.ack.by : "not acked")))));
   }
   function refreshAges() {
@@ -165,6 +281,12 @@
     const incidents = new Map();
     let counts = {};
     const fresh = new Set();
+    // Paging: the API's cursor. cursors[i] starts page i (null: the first);
+    // nextCursor is the one the page loaded last gave. The first page is
+    // live (the stream's alerts go into it); the others are not, and count
+    // what they miss.
+    const PAGE = 50;
+    let cursors = [null], page = 0, nextCursor = null, missed = 0, reloadTimer = null;
 
     const stateSel = el("select", { id: "state-filter", "aria-label": "State" },
       ["open", "resolved", "any"].map((s) => el("option", { value: s, selected: s === state }, s)));
@@ -176,16 +298,24 @@
     const table = el("table", { id: "board", class: "board" },
       el("caption", { class: "sr" }, "Incidents"),
       el("thead", {}, el("tr", {},
-        ["Kind", "Subscriber", "Incident", "Score", "Age", "Trigger", "Destinations", "Failed", "State", "Ack"]
+        ["Kind", "Subscriber", "Incident", "Score", "Age", "Trigger", "Evidence", "State", "Ack"]
           .map((h) => el("th", { scope: "col" }, h)))),
       tbody);
     const empty = el("p", { id: "board-empty", class: "muted" }, "No incidents.");
+    const prevBtn = el("button", { type: "button", id: "page-prev", title: "previous page (p)" }, "‹ Previous");
+    const nextBtn = el("button", { type: "button", id: "page-next", title: "next page (n)" }, "Next page ›");
+    const firstBtn = el("button", { type: "button", id: "page-first", title: "the first page, live" }, "« First");
+    const pageInfo = el("span", { id: "page-info", class: "page-info", "aria-live": "polite" });
+    const pager = el("nav", { class: "pager", "aria-label": "Pages of incidents" }, firstBtn, prevBtn, pageInfo, nextBtn);
+    const prevBtn2 = el("button", { type: "button" }, "‹ Previous"), nextBtn2 = el("button", { type: "button" }, "Next page ›");
+    const pager2 = el("nav", { class: "pager pager-foot", "aria-label": "Pages of incidents, at the foot" }, prevBtn2, nextBtn2);
     main.replaceChildren(
       el("div", { class: "bar" },
         el("h1", {}, "Incidents"),
         el("label", {}, "State ", stateSel),
         el("label", {}, "Kind ", kindSel)),
-      countsBox, table, empty);
+      el("div", { class: "bar2" }, countsBox, pager),
+      table, empty, pager2);
 
     function matches(a) {
       if (kind && a.kind !== kind) return false;
@@ -201,19 +331,24 @@
       return a.id < b.id ? -1 : 1;
     }
     function render() {
-      const list = [...incidents.values()].filter(matches).sort(order);
+      // Live alerts can make the first page longer than a page: the rest
+      // belongs to the next one (reloaded shortly).
+      const list = [...incidents.values()].filter(matches).sort(order).slice(0, PAGE);
       tbody.replaceChildren(...list.map((a) => {
         const ev = a.evidence || {};
-        return el("tr", { "data-id": a.id, class: (fresh.has(a.id) ? "fresh " : "") + "state-" + a.state },
+        const id = ev.identity;
+        const cust = customerOf(a);
+        return el("tr", { "data-id": a.id, "data-kind": a.kind, class: (fresh.has(a.id) ? "fresh " : "") + "state-" + a.state },
           el("td", {}, el("span", { class: "kind kind-" + a.kind }, a.kind)),
           el("td", { class: "mono" }, el("a", { href: "/subscribers/" + encodeURIComponent(a.subscriber_ip) }, a.subscriber_ip),
-            a.subscriber_id ? el("div", { class: "small" }, customerLink(a.subscriber_id, "muted")) : null),
+            cust ? el("div", { class: "small nowrap" }, customerLink(cust, "muted"),
+              id && id.source ? [" ", sourceBadge(id.source)] : null,
+              id && id.changed ? [" ", el("span", { class: "tag", title: "the customer's address changed within the window: " + (id.addresses || []).map((x) => x.address).join(", ") }, "moved")] : null) : null),
           el("td", { class: "mono" }, el("a", { href: "/incidents/" + encodeURIComponent(a.id), title: a.id }, shortID(a.id))),
           el("td", { class: "num" }, score(a.score)),
-          el("td", {}, timeCell(a.first_seen)),
-          el("td", {}, ev.trigger || ""),
-          el("td", { class: "num" }, num(a.distinct_dsts)),
-          el("td", { class: "num" }, a.kind === "smtp_fanout" ? pct(ev.failed_share) : "–"),
+          el("td", { class: "nowrap" }, timeCell(a.first_seen)),
+          el("td", { class: "trigger" }, ev.trigger || ""),
+          figureCell(a),
           el("td", {}, el("span", { class: "badge badge-" + a.state }, a.state)),
           el("td", {}, a.ack ? el("span", { class: "acked", title: (a.ack.note || "") + " (" + utc(a.ack.at) + ")" }, "✓ " + a.ack.by) : el("span", { class: "unacked" }, "not acked")));
       }));
@@ -221,27 +356,70 @@
       const total = Object.values(counts).reduce((x, y) => x + y, 0);
       countsBox.replaceChildren(el("span", { class: "count" }, el("b", {}, String(total)), " " + state),
         ...Object.keys(counts).sort().map((k) => el("span", { class: "count kind-" + k }, el("b", {}, String(counts[k])), " " + k)));
+      // The pager: where this page is among the incidents the filters
+      // select.
+      const of = kind ? (counts[kind] || 0) : total;
+      const more = !!nextCursor || [...incidents.values()].filter(matches).length > PAGE;
+      prevBtn.disabled = prevBtn2.disabled = page === 0;
+      firstBtn.hidden = page < 2;
+      nextBtn.disabled = nextBtn2.disabled = !nextCursor;
+      pager.hidden = page === 0 && !more;
+      pager2.hidden = pager.hidden || list.length < 15;
+      pageInfo.replaceChildren(el("span", {}, list.length ? (page * PAGE + 1) + "–" + (page * PAGE + list.length) + " of " + num(Math.max(of, page * PAGE + list.length)) : "none here",
+        " · page " + (page + 1),
+        page > 0 ? el("span", { class: "muted" }, " · not live" + (missed ? ": " + missed + " new alert event" + (missed === 1 ? "" : "s") + " on the first page" : "")) : null));
     }
     async function load() {
-      const p = new URLSearchParams({ state: state, limit: "1000" });
+      const p = new URLSearchParams({ state: state, limit: String(PAGE) });
       if (kind) p.set("kind", kind);
+      if (cursors[page]) p.set("cursor", cursors[page]);
       try {
         const body = await api("/api/v1/incidents?" + p);
         incidents.clear();
         for (const i of body.incidents) incidents.set(i.id, i);
         counts = body.counts || {};
+        nextCursor = body.next_cursor || null;
+        missed = 0;
         render();
       } catch (e) { showError(e); }
     }
-    function recount() {
-      counts = {};
-      for (const a of incidents.values()) {
-        if (state === "open" && a.state === "resolved") continue;
-        if (state === "resolved" && a.state !== "resolved") continue;
-        counts[a.kind] = (counts[a.kind] || 0) + 1;
+    async function go(to) {
+      if (to > page) {
+        // Live alerts pushed rows of the first page onto the next: its
+        // cursor is stale until the first page reloads.
+        if (page === 0 && (reloadTimer || [...incidents.values()].filter(matches).length > PAGE)) {
+          clearTimeout(reloadTimer);
+          reloadTimer = null;
+          await load();
+        }
+        if (!nextCursor) return;
+        cursors[to] = nextCursor;
       }
+      page = Math.max(0, to);
+      cursors.length = page + 1;
+      nextCursor = null;
+      load().then(() => table.scrollIntoView({ block: "nearest" }));
+    }
+    prevBtn.addEventListener("click", () => go(page - 1));
+    prevBtn2.addEventListener("click", () => go(page - 1));
+    nextBtn.addEventListener("click", () => go(page + 1));
+    nextBtn2.addEventListener("click", () => go(page + 1));
+    firstBtn.addEventListener("click", () => go(0));
+    // count keeps the counts of the kinds right as the stream's events
+    // come (until the next load): an open event is a new incident, a
+    // resolved one leaves the open ones.
+    function count(a, prev) {
+      if (prev && prev.state === a.state) return;
+      let d = 0;
+      if (a.state === "open" && !prev) d = state === "resolved" ? 0 : 1;
+      else if (a.state === "resolved") d = state === "open" ? -1 : state === "resolved" ? 1 : 0;
+      if (!d) return;
+      counts[a.kind] = Math.max(0, (counts[a.kind] || 0) + d);
+      if (!counts[a.kind]) delete counts[a.kind];
     }
     function filter() {
+      cursors = [null];
+      page = 0;
       state = stateSel.value;
       kind = kindSel.value;
       const p = new URLSearchParams();
@@ -252,18 +430,36 @@
     }
     stateSel.addEventListener("change", filter);
     kindSel.addEventListener("change", filter);
-    listeners.push({
+    const listener = {
       reload: load,
+      pageKey: function (k) {
+        if (k === "n") go(page + 1);
+        else if (k === "p" && page > 0) go(page - 1);
+      },
       alert: function (a) {
+        if (page > 0) {
+          missed++;
+          render();
+          return;
+        }
         const prev = incidents.get(a.id);
         a.ack = prev ? prev.ack : null;
+        count(a, prev);
         incidents.set(a.id, a);
         fresh.add(a.id);
         setTimeout(() => { fresh.delete(a.id); render(); }, 10000);
-        recount();
         render();
+        // Where there are more pages, the first one reloads within a few
+        // seconds for its cursor, counts and acks (at most every 3 s).
+        if ((nextCursor || incidents.size > PAGE) && !reloadTimer) {
+          reloadTimer = setTimeout(function () {
+            reloadTimer = null;
+            if (listeners.includes(listener) && page === 0) load();
+          }, 3000);
+        }
       },
-    });
+    };
+    listeners.push(listener);
     // Acks made elsewhere show up within a minute.
     refreshTimer = setInterval(load, 60000);
     load();
@@ -295,6 +491,35 @@
         "; " + num(e.distinct_ports) + " distinct ports, port " + e.top_port + " in " + pct(e.top_port_share) + " of flows.");
       if (ev.trigger === "worm_pattern") out.push("Many addresses on one port: the pattern of a scanning worm.");
       if (ev.trigger === "baseline_departure") out.push("A sharp departure from this subscriber's usual pattern.");
+      if (e.thinning > 1) out.push("Records were thinned to 1/" + e.thinning + " of the destinations; counts are scaled back.");
+    }
+    if (a.kind === "darknet") {
+      const d = ev.darknet || {};
+      out.push("Contacted " + num(a.distinct_dsts) + " distinct dark destinations (unused space and honeypots: nobody legitimate goes there) within " +
+        (ev.window || "the window") + " (a few are enough: threshold " + num(ev.threshold) + ")" + (ev.saturated ? ", at least: the exact set is full" : "") + ".");
+      if ((d.protocols || []).length || (d.ports || []).length) {
+        out.push("Protocols " + (list(d.protocols) || "–") + "; " + (darkPorts(d) || "no ports") + ".");
+      }
+      if (d.first_contact) out.push("First dark contact still in the window: " + utc(d.first_contact) + " (" + age(d.first_contact) + ").");
+      out.push(num(a.flows) + " flows into dark space.");
+    }
+    if (a.kind === "relay_abuse" && ev.relay) {
+      const r = ev.relay;
+      out.push(num(r.connections) + " connections and " + bytes(r.bytes) + " (" + num(r.bytes) + " bytes) to the ISP's own submission servers " +
+        list(r.relays) + (r.ports && r.ports.length ? " on port " + r.ports.join(", ") : "") + " within " + (ev.window || "the window") +
+        " (ceiling " + num(ev.threshold) + " connections).");
+      out.push(r.baseline_steps ? "This subscriber usually makes " + num(Math.round(r.baseline_connections)) + " ± " + num(Math.round(r.baseline_stddev)) +
+        " connections in such a window (" + num(r.baseline_steps) + " minutes learnt)." : "No baseline learnt for this subscriber yet.");
+      out.push("A spam bot with its owner's stolen SMTP AUTH credentials sends through the ISP's relays.");
+    }
+    if (a.kind === "outbound_flood" && ev.flood) {
+      const f = ev.flood;
+      out.push(rate(f.pps) + " packets/s and " + bits(f.bps) + " of " + (f.traffic || f.protocol) + " toward " + f.target +
+        " (" + flowsToTarget(f) + ") over " + num(Math.round(f.seconds)) + " s: " + num(f.packets) + " packets, " + bytes(f.bytes) + ", " +
+        num(Math.round(f.flows_per_minute)) + " flows per minute.");
+      out.push("The target answered " + num(f.answer_packets) + " packets, " + pct(f.answer_ratio) + " of those sent: a flood target answers little or nothing.");
+      out.push(f.baseline_steps ? "This subscriber's usual rate toward its busiest target is " + rate(f.baseline_pps) + " packets/s of " + (f.traffic || "this traffic") +
+        " (" + num(f.baseline_steps) + " minutes learnt)." : "No baseline learnt for this subscriber yet.");
     }
     if (ev.trigger) out.push("Opened by: " + ({
       threshold: "the fixed threshold of distinct destinations",
@@ -302,35 +527,63 @@
       sequential: "the sequential test on first contacts, before the threshold",
       worm_pattern: "the worm pattern",
       baseline_departure: "a departure from the baseline",
-    }[ev.trigger] || ev.trigger) + ".");
+      min_dsts: "the minimum of distinct dark destinations",
+      max_connections: "the ceiling of relay connections",
+      max_bytes: "the ceiling of bytes to the relays",
+      max_pps: "the ceiling of packets per second",
+      max_bps: "the ceiling of bits per second",
+      max_flows_per_minute: "the ceiling of flows per minute",
+      max_icmp_pps: "the ceiling of ICMP packets per second",
+      max_udp_pps: "the ceiling of UDP packets per second",
+      max_syn_pps: "the ceiling of TCP SYN packets per second",
+      max_other_pps: "the ceiling of packets per second of other protocols",
+    }[ev.trigger] || ev.trigger) + " (" + ev.trigger + ").");
     if (ev.sampling_rate > 1) out.push("Flows are sampled 1:" + ev.sampling_rate + "; flow counts are scaled, distinct counts are as observed.");
     if (ev.group) out.push("Thresholds of subscriber group " + ev.group + ".");
     return out;
   }
 
+  // identitySection is who the subscriber was (evidence.identity): the
+  // customer, the binding behind its latest address, and the addresses its
+  // flows came from within the window.
+  function identitySection(id) {
+    if (!id) return el("section", { "aria-labelledby": "id-h" }, el("h2", { id: "id-h" }, "Customer"),
+      el("p", { class: "muted", id: "identity" }, "No identity source knew who held this address (identity: RADIUS, DHCP, CGNAT)."));
+    const addrs = id.addresses || [];
+    return el("section", { "aria-labelledby": "id-h" },
+      el("h2", { id: "id-h" }, "Customer"),
+      el("dl", { class: "facts", id: "identity" },
+        el("dt", {}, "Customer"), el("dd", {}, customerLink(id.customer)),
+        el("dt", {}, "Binding"), el("dd", {}, id.source ? [sourceBadge(id.source), id.session ? el("span", { class: "mono small" }, " session " + id.session) : null,
+          id.since ? [" since " + utc(id.since) + " (", timeCell(id.since), ")"] : null] : el("span", { class: "muted" }, "no longer known")),
+        el("dt", {}, "Addresses in the window"), el("dd", {}, addrs.length ? el("ul", { class: "plain" }, addrs.map((x) => el("li", {},
+          addressLink(x.address), el("span", { class: "muted small" }, " " + utc(x.first_seen) + " – " + utc(x.last_seen))))) : "–"),
+        el("dt", {}, "Address changed"), el("dd", {}, id.changed ? el("span", { class: "tag" }, "yes: the binding changed within the window; the incident follows the customer") : "no")));
+  }
+
   async function incidentPage(id) {
     let d;
     try { d = await api("/api/v1/incidents/" + encodeURIComponent(id)); } catch (e) { return showError(e); }
+    await session;
     const a = d.incident;
     document.title = a.kind + " " + a.subscriber_ip + " · wormsign";
     const ev = a.evidence || {};
     const samples = (ev.sample_dsts || []);
-    const who = el("input", { id: "ack-by", name: "by", required: true, maxlength: "100", autocomplete: "name", value: localStorage.getItem("wormsign-ack-by") || "" });
+    const hl = headline(a);
     const note = el("textarea", { id: "ack-note", name: "note", rows: "2", maxlength: "2000" });
     const status = el("p", { id: "ack-status", role: "status" });
     const hold = el("input", { id: "ack-hold", name: "hold", type: "checkbox" });
     const form = el("form", { id: "ack-form", class: "ack-form" },
-      el("label", { for: "ack-by" }, "Your name"), who,
+      el("p", { id: "ack-as", class: "muted" }, "As " + (me ? me.name : "you")),
       el("label", { for: "ack-note" }, "Note"), note,
       el("label", { for: "ack-hold", title: "where containment runs: postpone or lift this incident's block while you work on it" }, hold, " Hold the block"),
       el("button", { type: "submit", id: "ack-submit" }, a.ack ? "Acknowledge again" : "Acknowledge"), status);
     form.addEventListener("submit", async function (e) {
       e.preventDefault();
-      localStorage.setItem("wormsign-ack-by", who.value);
       try {
         await api("/api/v1/incidents/" + encodeURIComponent(id) + "/ack", {
           method: "POST", headers: { "Content-Type": "application/json", "Accept": "application/json" },
-          body: JSON.stringify({ by: who.value, note: note.value, hold: hold.checked }),
+          body: JSON.stringify({ note: note.value, hold: hold.checked }),
         });
         incidentPage(id);
       } catch (err) {
@@ -343,37 +596,43 @@
       el("h1", {}, el("span", { class: "kind kind-" + a.kind }, a.kind), " ",
         el("a", { href: "/subscribers/" + encodeURIComponent(a.subscriber_ip), class: "mono" }, a.subscriber_ip), " ",
         el("span", { class: "badge badge-" + a.state }, a.state)),
-      el("dl", { class: "facts" },
+      el("p", { id: "headline", class: "headline", title: hl.title }, el("b", {}, hl.value), " " + hl.unit,
+        el("span", { class: "muted" }, " · " + brief(a))),
+      el("dl", { class: "facts two" },
         el("dt", {}, "Score"), el("dd", { id: "score" }, score(a.score)),
-        el("dt", {}, "Customer"), el("dd", {}, a.subscriber_id ? customerLink(a.subscriber_id) : "–"),
+        el("dt", {}, "Customer"), el("dd", {}, customerOf(a) ? customerLink(customerOf(a)) : "–"),
         el("dt", {}, "Incident id"), el("dd", { class: "mono" }, a.id),
+        el("dt", {}, "Acknowledged"), el("dd", { id: "ack-state" }, a.ack ? ("by " + a.ack.by + ", " + utc(a.ack.at) + (a.ack.note ? ": " + a.ack.note : "")) : "not yet"),
         el("dt", {}, "First seen"), el("dd", {}, utc(a.first_seen), " (", timeCell(a.first_seen), ")"),
         el("dt", {}, "Last seen"), el("dd", {}, utc(a.last_seen), " (", timeCell(a.last_seen), ")"),
         el("dt", {}, "Window"), el("dd", {}, utc(a.window_start) + " – " + utc(a.window_end)),
-        el("dt", {}, "Flows"), el("dd", {}, num(a.flows)),
-        el("dt", {}, "Distinct destinations"), el("dd", {}, num(a.distinct_dsts)),
         el("dt", {}, "Exporter"), el("dd", { class: "mono" }, a.exporter),
-        el("dt", {}, "Acknowledged"), el("dd", { id: "ack-state" }, a.ack ? ("by " + a.ack.by + ", " + utc(a.ack.at) + (a.ack.note ? ": " + a.ack.note : "")) : "not yet")),
+        el("dt", {}, "Flows"), el("dd", {}, num(a.flows)),
+        // relay_abuse counts its relays there, outbound_flood its one target.
+        a.kind === "relay_abuse" || a.kind === "outbound_flood" ? null : [el("dt", {}, "Distinct destinations"), el("dd", {}, num(a.distinct_dsts))]),
       el("section", { "aria-labelledby": "ev-h" },
         el("h2", { id: "ev-h" }, "Evidence"),
         el("ul", { id: "evidence", class: "evidence" }, evidenceWords(a).map((s) => el("li", {}, s))),
-        samples.length ? el("p", {}, "Sample destinations (first contacts): ",
-          el("span", { id: "samples", class: "mono" }, samples.join(", "))) : null),
+        samples.length ? el("p", {}, ({
+          darknet: "Dark destinations (first contacts): ", relay_abuse: "Relays: ", outbound_flood: "Target: ",
+        }[a.kind] || "Sample destinations (first contacts): "),
+        el("span", { id: "samples", class: "mono" }, samples.join(", "))) : null),
+      identitySection(ev.identity),
       el("section", { "aria-labelledby": "tl-h" },
         el("h2", { id: "tl-h" }, "Timeline"),
         el("table", { id: "timeline", class: "board" },
-          el("thead", {}, el("tr", {}, ["Window end (UTC)", "State", "Destinations", "Flows", "Score", "Failed", "Trigger"].map((h) => el("th", { scope: "col" }, h)))),
+          el("thead", {}, el("tr", {}, ["Window end (UTC)", "State", "Evidence", "Flows", "Score", "Trigger"].map((h) => el("th", { scope: "col" }, h)))),
           el("tbody", {}, d.events.map((e) => el("tr", { class: "state-" + e.state },
             el("td", {}, utc(e.window_end)), el("td", {}, el("span", { class: "badge badge-" + e.state }, e.state)),
-            el("td", { class: "num" }, num(e.distinct_dsts)), el("td", { class: "num" }, num(e.flows)),
+            figureCell(e), el("td", { class: "num" }, num(e.flows)),
             el("td", { class: "num" }, score(e.score)),
-            el("td", { class: "num" }, e.kind === "smtp_fanout" ? pct((e.evidence || {}).failed_share) : "–"),
             el("td", {}, (e.evidence || {}).trigger || "")))))),
       el("section", { "aria-labelledby": "ack-h" },
         el("h2", { id: "ack-h" }, "Acknowledgements"),
         d.acks.length ? el("ul", { id: "acks" }, d.acks.map((k) => el("li", {}, utc(k.at) + " " + k.by + (k.note ? ": " + k.note : "")))) :
           el("p", { class: "muted", id: "acks" }, "None yet."),
-        form));
+        can("operator") ? form : el("p", { class: "muted", id: "ack-denied" },
+          "Acknowledging needs the operator role" + (me ? "; " + me.name + " is " + me.role : "") + ".")));
   }
 
   // ---- Subscriber page ----
@@ -382,9 +641,11 @@
     try { d = await api("/api/v1/subscribers/" + encodeURIComponent(ip) + "?hours=24"); } catch (e) { return showError(e); }
     document.title = d.subscriber_ip + " · wormsign";
     const chart = (metric, label) => el("figure", { class: "chart" },
-      el("img", { src: "/api/v1/subscribers/" + encodeURIComponent(ip) + "/chart.svg?hours=24&metric=" + metric, alt: label + " for " + d.subscriber_ip + ", last 24 hours", width: "960", height: "200" }));
+      el("img", { src: "/api/v1/subscribers/" + encodeURIComponent(ip) + "/chart.svg?hours=24&metric=" + metric, "data-metric": metric, alt: label + " for " + d.subscriber_ip + ", last 24 hours", width: "960", height: "200" }));
     const total = d.series.reduce((s, p) => s + p.flows, 0);
     const smtp = d.series.reduce((s, p) => s + p.smtp_flows, 0);
+    const octets = d.series.reduce((s, p) => s + (p.bytes || 0), 0);
+    const packets = d.series.reduce((s, p) => s + (p.packets || 0), 0);
     const sources = [...new Set(d.holdings.map((h) => h.source))];
     main.replaceChildren(
       el("p", { class: "crumbs" }, el("a", { href: "/" }, "Incidents"), " › subscriber"),
@@ -398,11 +659,14 @@
         el("h2", { id: "held-h" }, "Who held this address"),
         d.holdings_error ? el("p", { class: "error", id: "holders" }, d.holdings_error) :
           d.holdings.length ? holdingsTable("holders", d.holdings, "holder") : el("p", { class: "muted", id: "holders" }, "No holder known.")),
-      el("p", {}, "Last 24 hours (" + utc(d.from) + " – " + utc(d.to) + "): " + num(total) + " flows, " + num(smtp) + " of them to TCP port 25, in " + d.series.length + " active minutes."),
-      el("section", { id: "charts" },
+      el("p", { id: "traffic" }, "Last 24 hours (" + utc(d.from) + " – " + utc(d.to) + "): " + num(total) + " flows, " + num(smtp) + " of them to TCP port 25, " +
+        bytes(octets) + " in " + num(packets) + " packets, in " + num(d.series.length) + " active minutes."),
+      el("section", { id: "charts", class: "charts" },
         chart("flows", "Flows per minute"),
-        chart("smtp_flows", "TCP/25 flows per minute"),
+        chart("bytes", "Bytes per minute"),
+        chart("packets", "Packets per minute"),
         chart("destinations", "Distinct destinations per minute"),
+        chart("smtp_flows", "TCP/25 flows per minute"),
         chart("smtp_destinations", "Distinct TCP/25 destinations per minute")),
       el("h2", {}, "Incidents"),
       d.incidents.length ? incidentsTable("sub-incidents", d.incidents, false) : el("p", { class: "muted" }, "No incidents."));
@@ -440,22 +704,49 @@
     location.replace((looksLikeAddress(q) ? "/subscribers/" : "/customers/") + encodeURIComponent(q));
   }
 
-  // ---- Top TCP/25 talkers ----
+  // ---- Top talkers: by distinct TCP/25 destinations, flows, distinct
+  // destinations, bytes or packets, over a window ----
+  const TOPS = [
+    { kind: "smtp", label: "TCP/25 destinations", what: "distinct destinations on TCP port 25" },
+    { kind: "destinations", label: "Destinations", what: "distinct destinations" },
+    { kind: "flows", label: "Flows", what: "flows" },
+    { kind: "bytes", label: "Bytes", what: "bytes" },
+    { kind: "packets", label: "Packets", what: "packets" },
+  ];
+  const TOP_WINDOWS = ["15m", "1h", "6h", "24h"];
   async function topPage() {
-    document.title = "Top TCP/25 talkers · wormsign";
+    const q = new URLSearchParams(location.search);
+    const top = TOPS.find((x) => x.kind === q.get("kind")) || TOPS[0];
+    const win = TOP_WINDOWS.includes(q.get("window")) ? q.get("window") : "1h";
+    document.title = "Top talkers by " + top.label.toLowerCase() + " · wormsign";
     let d;
-    try { d = await api("/api/v1/top/smtp?window=1h&limit=20"); } catch (e) { return showError(e); }
+    try { d = await api("/api/v1/top?" + new URLSearchParams({ kind: top.kind, window: win, limit: "20" })); } catch (e) { return showError(e); }
+    const link = (kind, w) => "/top?" + new URLSearchParams({ kind: kind, window: w });
+    const cols = [
+      ["smtp_destinations", "TCP/25 destinations", "smtp", num],
+      ["smtp_flows", "TCP/25 flows", null, num],
+      ["destinations", "Destinations", "destinations", num],
+      ["flows", "Flows", "flows", num],
+      ["bytes", "Bytes", "bytes", bytes],
+      ["packets", "Packets", "packets", num],
+    ];
+    const winSel = el("select", { id: "top-window", "aria-label": "Window" }, TOP_WINDOWS.map((w) => el("option", { value: w, selected: w === win }, "last " + w)));
+    winSel.addEventListener("change", () => { location.href = link(top.kind, winSel.value); });
     main.replaceChildren(
-      el("h1", {}, "Top TCP/25 talkers, last hour"),
-      el("p", { class: "muted" }, "Subscribers by distinct destinations on TCP port 25 since " + utc(d.from) + "."),
-      d.talkers.length ? el("table", { id: "top", class: "board" },
-        el("thead", {}, el("tr", {}, ["#", "Subscriber", "Distinct TCP/25 destinations", "TCP/25 flows", "All flows"].map((h) => el("th", { scope: "col" }, h)))),
+      el("div", { class: "bar" },
+        el("h1", {}, "Top talkers"),
+        el("nav", { class: "tabs", id: "top-kinds", "aria-label": "Rank by" }, TOPS.map((x) =>
+          el("a", { href: link(x.kind, win), class: x.kind === top.kind ? "tab on" : "tab", "aria-current": x.kind === top.kind ? "page" : null }, x.label))),
+        el("label", {}, "Window ", winSel)),
+      el("p", { class: "muted", id: "top-what" }, "Subscribers by " + top.what + " since " + utc(d.from) + " (last " + win + "), from the per-minute rollup; counts are scaled by sampling."),
+      d.talkers.length ? el("table", { id: "top", class: "board", "data-kind": d.kind },
+        el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "#"), el("th", { scope: "col" }, "Subscriber"),
+          cols.map((c) => el("th", { scope: "col", class: "num" + (c[2] === top.kind ? " ranked" : "") }, c[2] && c[2] !== top.kind ? el("a", { href: link(c[2], win), title: "rank by " + c[1].toLowerCase() }, c[1]) : c[1] + (c[2] === top.kind ? " ▼" : ""))))),
         el("tbody", {}, d.talkers.map((t, i) => el("tr", {},
           el("td", { class: "num" }, String(i + 1)),
           el("td", { class: "mono" }, el("a", { href: "/subscribers/" + encodeURIComponent(t.subscriber_ip) }, t.subscriber_ip)),
-          el("td", { class: "num" }, num(t.smtp_destinations)),
-          el("td", { class: "num" }, num(t.smtp_flows)),
-          el("td", { class: "num" }, num(t.flows)))))) : el("p", { class: "muted" }, "No TCP/25 traffic in the last hour."));
+          cols.map((c) => el("td", { class: "num" + (c[2] === top.kind ? " ranked" : ""), title: c[0] === "bytes" ? num(t.bytes) + " bytes" : null }, c[3](t[c[0]]))))))) :
+        el("p", { class: "muted", id: "top-empty" }, top.kind === "smtp" ? "No TCP/25 traffic in the last " + win + "." : "No traffic in the last " + win + "."));
   }
 
   // ---- Keyboard ----
@@ -466,6 +757,7 @@
     if (e.key === "b") location.href = "/";
     else if (e.key === "t") location.href = "/top";
     else if (e.key === "r") route();
+    else if (e.key === "n" || e.key === "p") listeners.forEach((l) => l.pageKey && l.pageKey(e.key));
     else if (e.key === "s") {
       e.preventDefault();
       document.getElementById("search-q").focus();
