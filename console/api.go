@@ -21,6 +21,7 @@ import (
 	"github.com/wormsign/wormsign/network"
 )
 
+// apiError is the body of every error answer (httpserver.Error).
 type apiError struct {
 	Error string `json:"error"`
 }
@@ -34,8 +35,9 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	enc.Encode(v)
 }
 
+// writeError answers {"error": msg}, as every API of the server does.
 func writeError(w http.ResponseWriter, status int, msg string) {
-	writeJSON(w, status, apiError{Error: msg})
+	httpserver.WriteError(w, status, msg)
 }
 
 // badRequest is a client mistake, answered 400 with its message.
@@ -46,7 +48,8 @@ func (e badRequest) Error() string { return e.msg }
 func badf(format string, args ...any) error { return badRequest{fmt.Sprintf(format, args...)} }
 
 // fail answers err: 400 for a client mistake, 404 for an unknown
-// incident, 503 for a store that does not answer (logged and counted).
+// incident, 503 with Retry-After for a store that does not answer (logged
+// and counted).
 func (c *Component) fail(w http.ResponseWriter, err error) {
 	var bad badRequest
 	switch {
@@ -57,24 +60,14 @@ func (c *Component) fail(w http.ResponseWriter, err error) {
 	default:
 		c.metrics.storeErrors.Inc()
 		c.deps.Logger.Warn("console store failed", "error", err)
-		writeError(w, http.StatusServiceUnavailable, "the store does not answer: "+err.Error())
+		httpserver.Unavailable(w, 0, "the store does not answer: %v", err)
 	}
 }
 
 // params checks that a request names only known parameters, each once.
 func params(r *http.Request, known ...string) error {
-	q := r.URL.Query()
-	for k, v := range q {
-		ok := false
-		for _, kk := range known {
-			ok = ok || k == kk
-		}
-		if !ok {
-			return badf("unknown parameter %q (known: %s)", k, strings.Join(known, ", "))
-		}
-		if len(v) > 1 {
-			return badf("parameter %q given %d times", k, len(v))
-		}
+	if err := httpserver.CheckParams(r, known...); err != nil {
+		return badRequest{err.Error()}
 	}
 	return nil
 }
@@ -402,6 +395,7 @@ func (c *Component) serveAck(w http.ResponseWriter, r *http.Request) {
 		} else {
 			c.metrics.storeErrors.Inc()
 			c.deps.Logger.Warn("console store failed", "error", err)
+			httpserver.SetRetryAfter(w, httpserver.StoreRetryAfter)
 		}
 		if req.Hold {
 			why := "containment cannot take it back"

@@ -21,7 +21,7 @@ type metrics struct {
 func newMetrics(reg prometheus.Registerer, c *Component) *metrics {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "wormsign_console_requests_total", Help: "API and console requests by route and status class.",
+			Name: "wormsign_console_requests_total", Help: "API and console requests by route and status code (\"200\", \"404\", \"503\"...).",
 		}, []string{"route", "code"}),
 		unauthorized: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wormsign_console_unauthorized_total", Help: "Requests refused for a missing or wrong token.",

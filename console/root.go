@@ -259,36 +259,11 @@ func (c *Component) Stop() error {
 	return errors.Join(errs...)
 }
 
-type statusWriter struct {
-	http.ResponseWriter
-	status int
-}
-
-func (s *statusWriter) WriteHeader(code int) {
-	if s.status == 0 {
-		s.status = code
-	}
-	s.ResponseWriter.WriteHeader(code)
-}
-
-// Unwrap lets http.ResponseController reach the connection (the stream
-// sets its own deadlines).
-func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
-
-func (s *statusWriter) Flush() {
-	if f, ok := s.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-	}
-}
-
 func (c *Component) counted(route string, h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		sw := &statusWriter{ResponseWriter: w}
+		sw := httpserver.NewStatusRecorder(w)
 		h(sw, r)
-		if sw.status == 0 {
-			sw.status = http.StatusOK
-		}
-		c.metrics.requests.WithLabelValues(route, fmt.Sprintf("%dxx", sw.status/100)).Inc()
+		c.metrics.requests.WithLabelValues(route, httpserver.CodeLabel(sw.Status())).Inc()
 	}
 }
 
@@ -318,7 +293,7 @@ func (c *Component) routes() http.Handler {
 	mux.HandleFunc("/login", c.counted("login", c.serveLogin))
 	mux.HandleFunc("POST /logout", c.counted("logout", c.serveLogout))
 	page := func(w http.ResponseWriter, r *http.Request) { c.servePage(w, "index.html", http.StatusOK) }
-	for _, p := range []string{"GET /{$}", "GET /incidents/{id}", "GET /subscribers/{ip}", "GET /customers/{id}", "GET /search", "GET /top"} {
+	for _, p := range []string{"GET /{$}", "GET /incidents/{id}", "GET /subscribers/{ip}", "GET /customers/{id}", "GET /search", "GET /top", "GET /blocklist", "GET /blocklist/actions"} {
 		mux.HandleFunc(p, c.counted("page", c.requirePage("page", viewer, page)))
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

@@ -105,6 +105,10 @@ func (c *Component) serveStream(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, "streaming not supported")
 		return
 	}
+	if err := params(r, "last_event_id"); err != nil {
+		c.fail(w, err)
+		return
+	}
 	var lastID uint64
 	resume := false
 	last := r.Header.Get("Last-Event-ID")

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
@@ -22,6 +21,7 @@ import (
 //
 //	GET  /api/v1/blocklist?format=json|plain|nftables|ipset|exabgp|exabgp-conf  export
 //	GET  /api/v1/blocklist/actions?limit=N the audit trail, newest first         viewer
+//	     (&prefix= &customer= &actor= &incident= &before=: see ActionsFilter)
 //	POST /api/v1/blocklist/hold            {"incident_id","note"}                operator
 //	POST /api/v1/blocklist                 {"ip","action","reason","duration"}   admin
 //	POST /api/v1/blocklist/{ip}/release    {"note"}                              admin
@@ -47,8 +47,8 @@ func (c *Component) Handler() http.Handler {
 	route("/api/v1/blocklist", "unknown", httpserver.RoleExport, unknown)
 	route("/api/v1/blocklist/", "unknown", httpserver.RoleExport, unknown)
 	return httpserver.SecurityHeaders(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
-		defer func() { c.metrics.apiRequests.WithLabelValues(strconv.Itoa(rec.code)).Inc() }()
+		rec := httpserver.NewStatusRecorder(w)
+		defer func() { c.metrics.apiRequests.WithLabelValues(httpserver.CodeLabel(rec.Status())).Inc() }()
 		mux.ServeHTTP(rec, r)
 	}), true)
 }
@@ -62,16 +62,17 @@ func (c *Component) guarded(name string, need httpserver.Role, h http.HandlerFun
 			writeError(w, http.StatusUnauthorized, "missing or wrong token: send Authorization: Bearer <a token of http.token or http.tokens>")
 			return
 		}
-		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+		rec := httpserver.NewStatusRecorder(w)
 		p, ok := c.deps.Authorize(rec, r, need)
 		if !ok {
-			if rec.code == http.StatusForbidden {
+			if rec.Status() == http.StatusForbidden {
 				c.metrics.apiForbidden.WithLabelValues(name).Inc()
 			}
 			return
 		}
 		// The console's cookie authenticates only same-origin JSON POSTs.
 		if err := httpserver.CheckCookieRequest(r, true); err != nil {
+			c.metrics.crossOrigin.Inc()
 			writeError(w, http.StatusForbidden, err.Error())
 			return
 		}
@@ -87,24 +88,20 @@ func actor(r *http.Request) string {
 	return "api"
 }
 
-type statusRecorder struct {
-	http.ResponseWriter
-	code int
-}
-
-func (s *statusRecorder) WriteHeader(code int) {
-	s.code = code
-	s.ResponseWriter.WriteHeader(code)
-}
-
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
 	json.NewEncoder(w).Encode(v)
 }
 
+// writeError answers {"error": msg}, as every API of the server does.
 func writeError(w http.ResponseWriter, code int, msg string) {
-	writeJSON(w, code, map[string]string{"error": msg})
+	httpserver.WriteError(w, code, msg)
+}
+
+// unavailable answers 503 with Retry-After: ClickHouse does not answer.
+func unavailable(w http.ResponseWriter, err error) {
+	httpserver.Unavailable(w, 0, "%v", err)
 }
 
 // fail answers an error of the policy with its status.
@@ -126,6 +123,10 @@ func fail(w http.ResponseWriter, err error) {
 }
 
 func (c *Component) serveList(w http.ResponseWriter, r *http.Request) {
+	if err := httpserver.CheckParams(r, "format"); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
 	format := r.URL.Query().Get("format")
 	if format == "" {
 		format = "json"
@@ -269,60 +270,4 @@ func (c *Component) serveHold(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, ch)
-}
-
-func (c *Component) serveActions(w http.ResponseWriter, r *http.Request) {
-	limit := 100
-	if s := r.URL.Query().Get("limit"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > 10000 {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("limit: %q, want 1..10000", s))
-			return
-		}
-		limit = n
-	}
-	var out []Change
-	if c.deps.ClickHouse != nil {
-		var err error
-		if out, err = c.queryActions(r, limit); err != nil {
-			writeError(w, http.StatusBadGateway, err.Error())
-			return
-		}
-	} else {
-		recent := c.Recent()
-		for i := len(recent) - 1; i >= 0 && len(out) < limit; i-- {
-			out = append(out, recent[i])
-		}
-	}
-	if out == nil {
-		out = []Change{}
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"actions": out})
-}
-
-func (c *Component) queryActions(r *http.Request, limit int) ([]Change, error) {
-	db := c.deps.ClickHouse
-	rows, err := db.Query(r.Context(), "SELECT at, id, type, prefix, action, subscriber_id, incident_id, kind, actor, note, since, expires, dry_run FROM "+
-		db.Database()+".containment_actions FINAL ORDER BY at DESC, id LIMIT "+strconv.Itoa(limit))
-	if err != nil {
-		return nil, fmt.Errorf("cannot query containment_actions: %w", err)
-	}
-	defer rows.Close()
-	var out []Change
-	for rows.Next() {
-		var ch Change
-		var prefix string
-		var dry uint8
-		e := &ch.Entry
-		if err := rows.Scan(&ch.At, &ch.ID, &ch.Type, &prefix, &e.Action, &e.SubscriberID, &e.IncidentID, &e.Kind,
-			&ch.Actor, &ch.Note, &e.Since, &e.Expires, &dry); err != nil {
-			return nil, fmt.Errorf("cannot read containment_actions: %w", err)
-		}
-		if p, err := network.ParsePrefix(prefix); err == nil {
-			e.Prefix = p.Prefix
-		}
-		ch.Event, ch.DryRun = "containment", dry == 1
-		out = append(out, ch)
-	}
-	return out, rows.Err()
 }

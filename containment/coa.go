@@ -72,6 +72,7 @@ import (
 	_ "layeh.com/radius/rfc5176"
 
 	"github.com/wormsign/wormsign/identity"
+	"github.com/wormsign/wormsign/lograte"
 )
 
 // CoAConfiguration is the RADIUS CoA / Disconnect action.
@@ -287,8 +288,6 @@ const (
 	// the list (what it sent there, and the change's Seq, so that a change
 	// recorded late is not sent after a later one).
 	coaStateKeep = 10 * time.Minute
-	// coaLogEvery is how often a warning of one kind is logged.
-	coaLogEvery = 10 * time.Second
 )
 
 // coaSender turns changes of the list into CoA and Disconnect requests.
@@ -306,7 +305,7 @@ type coaSender struct {
 
 	mu     sync.Mutex
 	states map[netip.Prefix]*coaState
-	logs   coaLogLimiter
+	logs   lograte.Limiter
 
 	queues []chan coaJob
 	ctx    context.Context
@@ -708,35 +707,12 @@ func coaErrorCause(p *radius.Packet) string {
 }
 
 func (s *coaSender) logLimited(kind, msg string, args ...any) {
-	if n, ok := s.logs.allow(kind, time.Now()); ok {
+	if n, ok := s.logs.Allow(kind, time.Now()); ok {
 		if n > 0 {
 			args = append(args, "suppressed", n)
 		}
 		s.logger.Warn(msg, args...)
 	}
-}
-
-// coaLogLimiter lets one warning of a kind through every coaLogEvery, so
-// that a NAS down cannot flood the log; it says how many it held back.
-type coaLogLimiter struct {
-	mu   sync.Mutex
-	last map[string]time.Time
-	held map[string]int
-}
-
-func (l *coaLogLimiter) allow(kind string, now time.Time) (int, bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.last == nil {
-		l.last, l.held = map[string]time.Time{}, map[string]int{}
-	}
-	if t, ok := l.last[kind]; ok && now.Sub(t) < coaLogEvery && now.Sub(t) >= 0 {
-		l.held[kind]++
-		return 0, false
-	}
-	n := l.held[kind]
-	l.last[kind], l.held[kind] = now, 0
-	return n, true
 }
 
 // syncCoA has the sender check the sessions of customer's active entries

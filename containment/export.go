@@ -38,6 +38,9 @@ type List struct {
 	// Active entries (exported), and those pending, held or waiting for
 	// the customer's address (shown in JSON only).
 	Active, Waiting []Entry
+	// Released entries (kept released_retention), newest first: only in
+	// the json export.
+	Released []Entry
 }
 
 // MakeList splits entries at now: active and not expired are exported;
@@ -108,6 +111,12 @@ type JSONEntry struct {
 	TimeoutSeconds int64     `json:"timeout_seconds,omitempty"`
 	BlockAt        time.Time `json:"block_at,omitzero"`
 	HeldUntil      time.Time `json:"held_until,omitzero"`
+	// Added for the console; routers may ignore them.
+	Customer   string    `json:"customer,omitempty"`
+	Incidents  []string  `json:"incidents,omitempty"`
+	ReleasedAt time.Time `json:"released_at,omitzero"`
+	// ReleasedIncidents are incidents whose block of the prefix is over.
+	ReleasedIncidents []string `json:"released_incidents,omitempty"`
 }
 
 // JSONList is the json export.
@@ -118,12 +127,16 @@ type JSONList struct {
 	// Waiting holds pending (grace running) and held entries, and with
 	// dry_run what would be on the list.
 	Waiting []JSONEntry `json:"waiting"`
+	// Released are entries taken off the list and not yet removed
+	// (containment.released_retention): never exported, for the console.
+	Released []JSONEntry `json:"released"`
 }
 
 func (l List) jsonEntry(e Entry) JSONEntry {
 	j := JSONEntry{IP: entryText(e), State: e.State, Action: e.Action, SubscriberID: e.SubscriberID,
 		IncidentID: e.IncidentID, Kind: e.Kind, Actor: e.Actor, Note: e.Note, Since: e.Since,
-		BlockAt: e.BlockAt, HeldUntil: e.HeldUntil}
+		BlockAt: e.BlockAt, HeldUntil: e.HeldUntil, Customer: e.Customer, Incidents: e.incidents(),
+		ReleasedAt: e.ReleasedAt, ReleasedIncidents: e.ReleasedIncidents}
 	if e.State == StateActive {
 		j.Expires, j.TimeoutSeconds = e.Expires, l.timeout(e)
 	}
@@ -131,12 +144,15 @@ func (l List) jsonEntry(e Entry) JSONEntry {
 }
 
 func (l List) writeJSON(w io.Writer) error {
-	out := JSONList{GeneratedAt: l.GeneratedAt, DryRun: l.DryRun, Entries: []JSONEntry{}, Waiting: []JSONEntry{}}
+	out := JSONList{GeneratedAt: l.GeneratedAt, DryRun: l.DryRun, Entries: []JSONEntry{}, Waiting: []JSONEntry{}, Released: []JSONEntry{}}
 	for _, e := range l.Active {
 		out.Entries = append(out.Entries, l.jsonEntry(e))
 	}
 	for _, e := range l.Waiting {
 		out.Waiting = append(out.Waiting, l.jsonEntry(e))
+	}
+	for _, e := range l.Released {
+		out.Released = append(out.Released, l.jsonEntry(e))
 	}
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")

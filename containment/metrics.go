@@ -9,6 +9,7 @@ type metrics struct {
 	audited       prometheus.Counter
 	apiRequests   *prometheus.CounterVec
 	apiForbidden  *prometheus.CounterVec
+	crossOrigin   prometheus.Counter
 	entriesActive prometheus.GaugeFunc
 	coaRequests   *prometheus.CounterVec
 	coaNAKs       *prometheus.CounterVec
@@ -34,6 +35,9 @@ func newMetrics(reg prometheus.Registerer, c *Component) metrics {
 		apiForbidden: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wormsign_containment_api_forbidden_total", Help: "Block list API requests refused (403) because the role of the name they authenticated as lacks the route's, by route.",
 		}, []string{"route"}),
+		crossOrigin: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wormsign_containment_cross_origin_refused_total", Help: "Cookie-authenticated block list POSTs refused by the CSRF rule (403).",
+		}),
 		coaRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wormsign_containment_coa_requests_total", Help: "RADIUS CoA and Disconnect requests, by type (coa, disconnect) and result (ack, nak, timeout, error, dropped).",
 		}, []string{"type", "result"}),
@@ -44,6 +48,6 @@ func newMetrics(reg prometheus.Registerer, c *Component) metrics {
 	m.entriesActive = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "wormsign_containment_entries", Help: "Entries on the exported block list.",
 	}, func() float64 { return float64(len(c.List().Active)) })
-	reg.MustRegister(m.alerts, m.changes, m.errors, m.audited, m.apiRequests, m.apiForbidden, m.entriesActive, m.coaRequests, m.coaNAKs)
+	reg.MustRegister(m.alerts, m.changes, m.errors, m.audited, m.apiRequests, m.apiForbidden, m.crossOrigin, m.entriesActive, m.coaRequests, m.coaNAKs)
 	return m
 }

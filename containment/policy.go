@@ -856,6 +856,24 @@ func (p *Policy) Entries() []Entry {
 	return out
 }
 
+// Released returns the released entries not yet removed, the latest
+// released first.
+func (p *Policy) Released() []Entry {
+	var out []Entry
+	for _, e := range p.entries {
+		if e.State == StateReleased {
+			out = append(out, *e)
+		}
+	}
+	slices.SortFunc(out, func(a, b Entry) int {
+		if c := b.ReleasedAt.Compare(a.ReleasedAt); c != 0 {
+			return c
+		}
+		return comparePrefix(a.Prefix, b.Prefix)
+	})
+	return out
+}
+
 // Records returns every entry including released ones, for the state file.
 func (p *Policy) Records() []Entry {
 	out := make([]Entry, 0, len(p.entries))

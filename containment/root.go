@@ -428,7 +428,9 @@ func (c *Component) List() List {
 	defer c.mu.Unlock()
 	now := c.deps.Now()
 	c.policy.advanceTo(now)
-	return MakeList(c.policy.Entries(), c.policy.Now(), c.config.DryRun)
+	l := MakeList(c.policy.Entries(), c.policy.Now(), c.config.DryRun)
+	l.Released = c.policy.Released()
+	return l
 }
 
 // Add puts a prefix on the list by hand.

@@ -42,8 +42,9 @@ package identity
 // Answers: 204 recorded; 200 with a text body when there was nothing to
 // record (a release or expire of an address the customer does not hold:
 // the DHCP server is not at fault, and retrying would not help); 400,
-// 401, 405, 413, 415 refused (do not retry); 503 when the binding could
-// not be recorded (Kafka down): retry.
+// 401, 405, 413, 415 refused (do not retry); 503 with Retry-After when
+// the binding could not be recorded (Kafka down): retry. Errors are
+// {"error": "..."} in JSON (httpserver.Error), as every API's.
 
 import (
 	"bytes"
@@ -64,6 +65,9 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/wormsign/wormsign/internal/httpserver"
+	"github.com/wormsign/wormsign/lograte"
 )
 
 // The lease endpoint's bounds.
@@ -131,7 +135,7 @@ type leaseHandler struct {
 	metrics  *metrics
 	logger   *slog.Logger
 	now      func() time.Time
-	logs     logLimiter
+	logs     lograte.Limiter
 	// mu makes a report's look at the table and its record one step: Kea
 	// runs its hook scripts concurrently, and two reports of one lease
 	// deciding on a start each would make two holdings.
@@ -227,8 +231,7 @@ func (h *leaseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if _, err := h.rec.Record(ctx, b); err != nil {
 		h.metrics.recordErrors.Inc()
 		h.logLimited("record", "cannot record lease", "event", l.event, "address", l.prefix.Addr(), "error", err)
-		w.Header().Set("Retry-After", "1")
-		http.Error(w, "cannot record the binding now, retry", http.StatusServiceUnavailable)
+		httpserver.Unavailable(w, time.Second, "cannot record the binding now, retry")
 		return
 	}
 	h.metrics.leases.WithLabelValues(l.event).Inc()
@@ -246,16 +249,16 @@ func (h *leaseHandler) authorized(r *http.Request) bool {
 	return subtle.ConstantTimeCompare(got[:], h.token[:]) == 1
 }
 
-// refuse counts and answers a refused report; the answer's text is what
-// the script logs.
+// refuse counts and answers a refused report, {"error": msg} as every
+// API answers errors; the answer is what the script logs.
 func (h *leaseHandler) refuse(w http.ResponseWriter, r *http.Request, reason string, status int, msg string) {
 	h.metrics.leasesRefused.WithLabelValues(reason).Inc()
 	h.logLimited(reason, "lease report refused", "reason", reason, "from", r.RemoteAddr, "error", msg)
-	http.Error(w, msg, status)
+	httpserver.WriteError(w, status, msg)
 }
 
 func (h *leaseHandler) logLimited(kind, msg string, args ...any) {
-	if n, ok := h.logs.allow(kind, h.now()); ok {
+	if n, ok := h.logs.Allow(kind, h.now()); ok {
 		if n > 0 {
 			args = append(args, "suppressed", n)
 		}

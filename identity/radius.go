@@ -23,6 +23,8 @@ import (
 	"layeh.com/radius/rfc4372"
 	"layeh.com/radius/rfc4818"
 	"layeh.com/radius/rfc6911"
+
+	"github.com/wormsign/wormsign/lograte"
 )
 
 // The accounting listener's bounds.
@@ -79,7 +81,7 @@ type radiusServer struct {
 	logger  *slog.Logger
 	now     func() time.Time
 	seed    maphash.Seed
-	logs    logLimiter
+	logs    lograte.Limiter
 
 	conn    *net.UDPConn
 	workers []*radiusWorker
@@ -587,39 +589,12 @@ func (s *radiusServer) drop(reason string, src netip.AddrPort, msg string, args 
 }
 
 func (s *radiusServer) logLimited(kind, msg string, args ...any) {
-	if n, ok := s.logs.allow(kind, s.now()); ok {
+	if n, ok := s.logs.Allow(kind, s.now()); ok {
 		if n > 0 {
 			args = append(args, "suppressed", n)
 		}
 		s.logger.Warn(msg, args...)
 	}
-}
-
-// logEvery is how often logLimiter lets a message of one kind through.
-const logEvery = 10 * time.Second
-
-// logLimiter lets one message of a kind through every logEvery, so that a
-// flood of bad packets or reports cannot flood the log; it says how many
-// it held back. The DHCP endpoint uses it too.
-type logLimiter struct {
-	mu   sync.Mutex
-	last map[string]time.Time
-	held map[string]int
-}
-
-func (l *logLimiter) allow(kind string, now time.Time) (int, bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.last == nil {
-		l.last, l.held = map[string]time.Time{}, map[string]int{}
-	}
-	if t, ok := l.last[kind]; ok && now.Sub(t) < logEvery && now.Sub(t) >= 0 {
-		l.held[kind]++
-		return 0, false
-	}
-	n := l.held[kind]
-	l.last[kind], l.held[kind] = now, 0
-	return n, true
 }
 
 // radiusDupKey names one request as its NAS sends it: a retransmission repeats

@@ -110,7 +110,12 @@ func runStages(ctx context.Context, cfg Configuration, logger *slog.Logger, stdo
 		generated bool
 		cont      *containment.Component
 	)
-	if want.console || (want.sink && cfg.Containment.Enabled) {
+	// Containment runs in every process that serves the console or runs
+	// the sink: the console's holds and block list pages need it in the
+	// process, and every instance is an identical decider (the same
+	// topic, the same consumer group; see package containment).
+	withContainment := (want.sink || want.console) && cfg.Containment.Enabled
+	if want.console || withContainment {
 		creds := cfg.HTTP.Credentials()
 		if len(creds) == 0 {
 			token, generated = console.GenerateToken(), true
@@ -127,7 +132,7 @@ func runStages(ctx context.Context, cfg Configuration, logger *slog.Logger, stdo
 			return err
 		}
 	}
-	if want.sink && cfg.Containment.Enabled {
+	if withContainment {
 		var err error
 		if cont, err = newContainment(cfg, logger, reg, b, ch, http, guard); err != nil {
 			return err
@@ -363,7 +368,7 @@ func consoleURL(addr string) string {
 }
 
 // newContainment prepares the block list policy that runs next to the sink
-// and mounts its API on the HTTP server, guarded by the console's guard (a
+// and the console and mounts its API on the HTTP server, guarded by the console's guard (a
 // token, or the console's login cookie; each route's role).
 func newContainment(cfg Configuration, logger *slog.Logger, reg *prometheus.Registry, b bus.Bus,
 	ch *clickhousedb.DB, http *httpserver.Component, guard *console.Guard) (*containment.Component, error) {

@@ -1,11 +1,11 @@
 package httpserver
 
 import (
+	"hash/maphash"
 	"math"
 	"net"
 	"net/http"
 	"net/netip"
-	"strconv"
 	"sync"
 	"time"
 
@@ -23,8 +23,14 @@ import (
 // plus GlobalRate per second (many addresses guessing together), every
 // address with a recent failure waits for the budget to refill, while an
 // address that never failed is still checked, so that the NOC gets in
-// during an attack. Client addresses are the TCP peer's: behind a reverse
-// proxy, every client shares the proxy's address.
+// during an attack. The per-address table holds at most MaxAddresses; an
+// address that fails while it is full of recent failures gets no backoff
+// of its own, but is marked in a fixed table of overflowBuckets buckets
+// (by a keyed hash of its key, for Forget), and an address whose bucket is
+// marked waits for the server-wide budget as every address that failed:
+// the budget holds every address, and one that never failed waits only if
+// it shares a bucket with one that did. Client addresses are the TCP
+// peer's: behind a reverse proxy, every client shares the proxy's address.
 type AuthLimiter struct {
 	FreeFailures int
 	Base, Max    time.Duration
@@ -38,6 +44,11 @@ type AuthLimiter struct {
 	clients map[netip.Prefix]*failures
 	tokens  float64 // global budget left
 	refill  time.Time
+	// overflow marks, by bucket, when an address the table had no room
+	// for last failed (UnixNano; 0: never); allocated at the first such
+	// failure.
+	overflow []int64
+	seed     maphash.Seed
 
 	failed    *prometheus.CounterVec
 	throttled prometheus.Counter
@@ -57,7 +68,7 @@ func NewAuthLimiter(reg prometheus.Registerer) *AuthLimiter {
 	l := &AuthLimiter{
 		FreeFailures: 5, Base: time.Second, Max: 5 * time.Minute, Forget: 15 * time.Minute,
 		GlobalBurst: 100, GlobalRate: 1, MaxAddresses: 100000, Now: time.Now,
-		clients: map[netip.Prefix]*failures{}, tokens: 100,
+		clients: map[netip.Prefix]*failures{}, tokens: 100, seed: maphash.MakeSeed(),
 		failed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wormsign_http_auth_failures_total",
 			Help: "Failed token checks (a wrong Bearer token or a wrong token in the login form), by where the token came.",
@@ -109,15 +120,23 @@ func (l *AuthLimiter) Wait(r *http.Request) time.Duration {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.Now()
-	f := l.clients[clientKey(r)]
-	if f == nil {
-		return 0
+	key := clientKey(r)
+	f := l.clients[key]
+	var wait time.Duration
+	switch {
+	case f != nil && now.Sub(f.last) > l.Forget:
+		delete(l.clients, key)
+		f = nil
+		fallthrough
+	case f == nil:
+		// Untracked: it waits for the budget only if it failed while
+		// the table had no room for it (or shares its bucket).
+		if !l.overflowedLocked(key, now) {
+			return 0
+		}
+	default:
+		wait = f.until.Sub(now)
 	}
-	if now.Sub(f.last) > l.Forget {
-		delete(l.clients, clientKey(r))
-		return 0
-	}
-	wait := f.until.Sub(now)
 	l.refillLocked(now)
 	if l.tokens < 1 && l.GlobalRate > 0 {
 		wait = max(wait, time.Duration((1-l.tokens)/l.GlobalRate*float64(time.Second)))
@@ -146,6 +165,10 @@ func (l *AuthLimiter) Failed(r *http.Request, via string) {
 		if len(l.clients) >= l.MaxAddresses {
 			// Full of addresses that failed recently: this one is
 			// held by the global budget only.
+			if l.overflow == nil {
+				l.overflow = make([]int64, overflowBuckets)
+			}
+			l.overflow[l.bucket(key)] = now.UnixNano()
 			return
 		}
 		f = &failures{}
@@ -160,6 +183,25 @@ func (l *AuthLimiter) Failed(r *http.Request, via string) {
 		}
 		f.until = now.Add(wait)
 	}
+}
+
+// overflowBuckets is the size of the table of addresses that failed while
+// the per-address table was full: 512 KiB once allocated.
+const overflowBuckets = 1 << 16
+
+func (l *AuthLimiter) bucket(key netip.Prefix) int {
+	b, _ := key.MarshalBinary()
+	return int(maphash.Bytes(l.seed, b) % overflowBuckets)
+}
+
+// overflowedLocked tells whether key's bucket holds a failure within
+// Forget.
+func (l *AuthLimiter) overflowedLocked(key netip.Prefix, now time.Time) bool {
+	if l.overflow == nil {
+		return false
+	}
+	at := l.overflow[l.bucket(key)]
+	return at != 0 && now.Sub(time.Unix(0, at)) <= l.Forget
 }
 
 func (l *AuthLimiter) sweepLocked(now time.Time) {
@@ -185,7 +227,6 @@ func (l *AuthLimiter) Refuse(w http.ResponseWriter, wait time.Duration) {
 	if l != nil {
 		l.throttled.Inc()
 	}
-	w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
-	WriteError(w, http.StatusTooManyRequests, "too many failed token checks from this address: retry after "+
-		strconv.Itoa(int(math.Ceil(wait.Seconds())))+" s")
+	SetRetryAfter(w, wait)
+	Error(w, http.StatusTooManyRequests, "too many failed token checks from this address: retry after %d s", max(1, int(math.Ceil(wait.Seconds()))))
 }

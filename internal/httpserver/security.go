@@ -1,7 +1,6 @@
 package httpserver
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"mime"
@@ -51,16 +50,6 @@ func BodyTooLarge(err error) bool {
 // TooLargeMessage is the error message of a 413.
 func TooLargeMessage(limit int64) string {
 	return fmt.Sprintf("request body larger than %d bytes", limit)
-}
-
-// WriteError answers {"error": msg} with status.
-func WriteError(w http.ResponseWriter, status int, msg string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(struct {
-		Error string `json:"error"`
-	}{msg})
 }
 
 // crossOrigin refuses unsafe requests a browser sends from another origin

@@ -126,3 +126,40 @@ func TestServerLimits(t *testing.T) {
 		t.Errorf("negative read_timeout: %v", err)
 	}
 }
+
+// The server-wide budget holds every address that failed, also those the
+// per-address table had no room for (past MaxAddresses), while an address
+// that never failed is still checked.
+func TestAuthLimiterBudgetPastMaxAddresses(t *testing.T) {
+	l := NewAuthLimiter(prometheus.NewRegistry())
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	l.Now = func() time.Time { return now }
+	l.MaxAddresses, l.GlobalBurst, l.tokens = 2, 3, 3
+	tracked, untracked := []string{"192.0.2.1:1", "192.0.2.2:1"}, "192.0.2.3:1"
+	for _, a := range tracked {
+		l.Failed(from(a), "bearer")
+	}
+	l.Failed(from(untracked), "bearer") // the table is full: not tracked
+	if len(l.clients) != 2 {
+		t.Fatalf("%d addresses tracked, want 2", len(l.clients))
+	}
+	for _, a := range append(tracked, untracked) {
+		if w := l.Wait(from(a)); w <= 0 || w > time.Second+time.Millisecond {
+			t.Errorf("budget spent: %s, which failed, waits %s, want up to 1s", a, w)
+		}
+	}
+	if w := l.Wait(from("198.51.100.9:1")); w != 0 {
+		t.Errorf("budget spent: an address that never failed waits %s, want 0", w)
+	}
+	now = now.Add(2 * time.Second)
+	if w := l.Wait(from(untracked)); w != 0 {
+		t.Errorf("budget refilled: wait %s", w)
+	}
+	// Forgotten after Forget, as a tracked address is.
+	l.tokens = 0
+	now = now.Add(l.Forget + time.Second)
+	l.refill = now
+	if w := l.Wait(from(untracked)); w != 0 {
+		t.Errorf("after Forget: wait %s", w)
+	}
+}

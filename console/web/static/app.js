@@ -573,6 +573,7 @@
     const note = el("textarea", { id: "ack-note", name: "note", rows: "2", maxlength: "2000" });
     const status = el("p", { id: "ack-status", role: "status" });
     const hold = el("input", { id: "ack-hold", name: "hold", type: "checkbox" });
+    const contBox = el("section", { id: "containment-section", "aria-labelledby": "cont-h" }, el("h2", { id: "cont-h" }, "Containment"), el("p", { class: "muted" }, "Loading…"));
     const form = el("form", { id: "ack-form", class: "ack-form" },
       el("p", { id: "ack-as", class: "muted" }, "As " + (me ? me.name : "you")),
       el("label", { for: "ack-note" }, "Note"), note,
@@ -618,6 +619,7 @@
         }[a.kind] || "Sample destinations (first contacts): "),
         el("span", { id: "samples", class: "mono" }, samples.join(", "))) : null),
       identitySection(ev.identity),
+      contBox,
       el("section", { "aria-labelledby": "tl-h" },
         el("h2", { id: "tl-h" }, "Timeline"),
         el("table", { id: "timeline", class: "board" },
@@ -633,6 +635,7 @@
           el("p", { class: "muted", id: "acks" }, "None yet."),
         can("operator") ? form : el("p", { class: "muted", id: "ack-denied" },
           "Acknowledging needs the operator role" + (me ? "; " + me.name + " is " + me.role : "") + ".")));
+    containmentSection(contBox, a);
   }
 
   // ---- Subscriber page ----
@@ -647,6 +650,7 @@
     const octets = d.series.reduce((s, p) => s + (p.bytes || 0), 0);
     const packets = d.series.reduce((s, p) => s + (p.packets || 0), 0);
     const sources = [...new Set(d.holdings.map((h) => h.source))];
+    const histBox = el("section", { id: "block-history-section" });
     main.replaceChildren(
       el("p", { class: "crumbs" }, el("a", { href: "/" }, "Incidents"), " › subscriber"),
       el("h1", {}, "Subscriber ", el("span", { class: "mono" }, d.subscriber_ip)),
@@ -669,7 +673,9 @@
         chart("smtp_flows", "TCP/25 flows per minute"),
         chart("smtp_destinations", "Distinct TCP/25 destinations per minute")),
       el("h2", {}, "Incidents"),
-      d.incidents.length ? incidentsTable("sub-incidents", d.incidents, false) : el("p", { class: "muted" }, "No incidents."));
+      d.incidents.length ? incidentsTable("sub-incidents", d.incidents, false) : el("p", { class: "muted" }, "No incidents."),
+      histBox);
+    blockHistory(histBox, d.subscriber_ip);
   }
 
   // ---- Customer page ----
@@ -749,6 +755,285 @@
         el("p", { class: "muted", id: "top-empty" }, top.kind === "smtp" ? "No TCP/25 traffic in the last " + win + "." : "No traffic in the last " + win + "."));
   }
 
+  // ---- Containment: the block list, its audit trail, and the state of
+  // one incident's block. The API is containment's: where it does not run
+  // in this process the console answers 404 and the pages say so. ----
+  const NO_CONTAINMENT = "Containment does not run here (containment.enabled is off, or this process serves no block list).";
+  async function blocklist() {
+    try { return await api("/api/v1/blocklist?format=json"); } catch (e) {
+      if (/no such API endpoint/.test(e.message)) return null;
+      throw e;
+    }
+  }
+  async function auditRows(params) {
+    try { return await api("/api/v1/blocklist/actions?" + new URLSearchParams(params)); } catch (e) {
+      if (/no such API endpoint/.test(e.message)) return null;
+      throw e;
+    }
+  }
+  // fill replaces node's children; arrays are flattened, nulls dropped.
+  function fill(node, ...kids) {
+    node.replaceChildren(...kids.flat(Infinity).filter((k) => k !== null && k !== undefined && k !== false));
+  }
+  function postJSON(path, body) {
+    return api(path, { method: "POST", headers: { "Content-Type": "application/json", "Accept": "application/json" }, body: JSON.stringify(body) });
+  }
+  // left is the time from now to t in words: "4 min 10 s".
+  function left(t) {
+    let s = Math.max(0, Math.round((new Date(t).getTime() - Date.now()) / 1000));
+    if (s < 60) return s + " s";
+    if (s < 3600) return Math.floor(s / 60) + " min " + (s % 60) + " s";
+    if (s < 86400) return Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
+    return Math.floor(s / 86400) + " d " + Math.floor((s % 86400) / 3600) + " h";
+  }
+  const STATE_WORDS = { active: "blocked", pending: "waiting", held: "held", unbound: "unbound", released: "released" };
+  function stateBadge(st) { return el("span", { class: "cstate cstate-" + st, title: st }, STATE_WORDS[st] || st); }
+  // stateLine says where an entry is, in words, with its times.
+  function stateLine(e, rel) {
+    switch (e.state) {
+      case "pending": return "waiting: grace until " + utc(e.block_at) + " (in " + left(e.block_at) + ")";
+      case "active": return "blocked since " + utc(e.since) + (e.expires ? ", until " + utc(e.expires) + " (" + left(e.expires) + " left)" : "");
+      case "held": return "held until " + utc(e.held_until) + " (" + left(e.held_until) + " left), then back to the policy";
+      case "unbound": return "unbound: waiting for an address of customer " + (e.customer || e.subscriber_id || "?");
+      case "released": return "released " + utc(e.released_at) + (rel ? " by " + rel.actor + (rel.note ? ": " + rel.note : "") : "");
+    }
+    return e.state;
+  }
+  function timeLeftCell(e) {
+    const t = { pending: e.block_at, active: e.expires, held: e.held_until }[e.state];
+    if (t) return el("td", { class: "nowrap", title: utc(t) }, left(t));
+    if (e.state === "released") return el("td", { class: "nowrap muted", title: utc(e.released_at) }, age(e.released_at));
+    return el("td", { class: "muted" }, "–");
+  }
+  function reasonCell(kind, incident) {
+    return el("td", {}, el("span", { class: "kind kind-" + kind }, kind || "–"),
+      incident ? [" ", el("a", { href: "/incidents/" + encodeURIComponent(incident), class: "mono small", title: incident }, shortID(incident))] : null);
+  }
+  function customerCell(e) {
+    const id = e.customer || e.subscriber_id;
+    return el("td", {}, id ? customerLink(id) : el("span", { class: "muted" }, "–"));
+  }
+  // lastReleases maps a prefix to its latest release in the audit rows.
+  function lastReleases(rows) {
+    const out = {};
+    for (const r of rows || []) {
+      if (r.type === "release" && !out[r.entry.prefix]) out[r.entry.prefix] = r;
+    }
+    return out;
+  }
+  function entryPrefix(e) { return e.ip.includes("/") ? e.ip : e.ip + (e.ip.includes(":") ? "/128" : "/32"); }
+  // answer shows what the API said to a form.
+  function answer(status, ok, text) {
+    status.className = ok ? "answer ok" : "answer error";
+    status.textContent = text;
+  }
+
+  async function blocklistPage() {
+    document.title = "Block list · wormsign";
+    await session;
+    let d, audit;
+    try { [d, audit] = await Promise.all([blocklist(), auditRows({ limit: "500" })]); } catch (e) { return showError(e); }
+    if (!d) return main.replaceChildren(el("h1", {}, "Block list"), el("p", { class: "muted", id: "no-containment" }, NO_CONTAINMENT));
+    const tableBox = el("div", { id: "blocklist-box" });
+    const countsBox = el("div", { class: "counts", id: "bl-counts" });
+    const relIP = el("input", { id: "rel-ip", name: "ip", required: true, maxlength: "64", autocomplete: "off", placeholder: "203.0.113.5" });
+    function render() {
+      const rels = lastReleases(audit && audit.actions);
+      const entries = [].concat(d.entries, d.waiting, d.released || []);
+      const order = ["active", "pending", "held", "unbound", "released"];
+      entries.sort((a, b) => order.indexOf(a.state) - order.indexOf(b.state));
+      countsBox.replaceChildren(...order.map((st) => el("span", { class: "count", "data-state": st },
+        el("b", {}, String(entries.filter((e) => e.state === st).length)), " " + STATE_WORDS[st])),
+        ...(d.dry_run ? [el("span", { class: "tag" }, "dry run: nothing is exported")] : []));
+      tableBox.replaceChildren(entries.length ? el("table", { id: "blocklist", class: "board" },
+        el("thead", {}, el("tr", {}, ["Address", "State", "Time left", "Action", "Reason", "Customer", "Actor", "Note", can("admin") ? "" : null]
+          .filter((h) => h !== null).map((h) => el("th", { scope: "col" }, h)))),
+        el("tbody", {}, entries.map((e) => {
+          const rel = e.state === "released" ? rels[entryPrefix(e)] : null;
+          let btn = null;
+          if (can("admin")) {
+            btn = el("td", {});
+            if (e.state !== "released") {
+              const b = el("button", { type: "button", class: "small-btn", "data-ip": e.ip, title: "release " + e.ip + " by hand" }, "Release…");
+              b.addEventListener("click", () => { relIP.value = e.ip; document.getElementById("rel-note").focus(); });
+              btn.append(b);
+            }
+          }
+          return el("tr", { class: "cs-" + e.state, "data-ip": e.ip, "data-state": e.state },
+            el("td", { class: "mono" }, addressLink(e.ip)),
+            el("td", { title: stateLine(e, rel) }, stateBadge(e.state), el("div", { class: "small muted" }, stateLine(e, rel).replace(/ \((in|[^)]* left)[^)]*\)/, ""))),
+            timeLeftCell(e),
+            el("td", { class: "mono small" }, e.action),
+            reasonCell(e.kind, e.incident_id),
+            customerCell(e),
+            el("td", {}, rel ? rel.actor : e.actor),
+            el("td", { class: "small" }, (rel ? rel.note : e.note) || ""),
+            btn);
+        }))) : el("p", { class: "muted", id: "blocklist" }, "The list is empty: nothing blocked, waiting, held or recently released."));
+    }
+    async function reload() {
+      try { [d, audit] = await Promise.all([blocklist(), auditRows({ limit: "500" })]); } catch (e) { return; }
+      if (d) render();
+    }
+    render();
+    // Forms, as the role allows (the API refuses the others anyway).
+    const forms = [];
+    if (can("admin")) {
+      const ip = el("input", { id: "add-ip", name: "ip", required: true, maxlength: "64", autocomplete: "off", placeholder: "203.0.113.5 or 2001:db8:1:2::/64" });
+      const action = el("select", { id: "add-action", name: "action" }, el("option", { value: "block_smtp" }, "block_smtp (TCP/25)"), el("option", { value: "quarantine" }, "quarantine"));
+      const dur = el("input", { id: "add-duration", name: "duration", maxlength: "16", placeholder: "default (containment.duration)", autocomplete: "off" });
+      const note = el("input", { id: "add-note", name: "note", maxlength: "2000", autocomplete: "off", placeholder: "why" });
+      const st = el("p", { id: "add-status", role: "status" });
+      const f = el("form", { id: "add-form", class: "act-form" }, el("h3", {}, "Add"),
+        el("label", { for: "add-ip" }, "Address or prefix"), ip, el("label", { for: "add-action" }, "Action"), action,
+        el("label", { for: "add-duration" }, "Duration"), dur, el("label", { for: "add-note" }, "Note"), note,
+        el("button", { type: "submit", id: "add-submit" }, "Add to the list"), st);
+      f.addEventListener("submit", async (ev) => {
+        ev.preventDefault();
+        try {
+          const ch = await postJSON("/api/v1/blocklist", { ip: ip.value.trim(), action: action.value, duration: dur.value.trim(), reason: note.value });
+          answer(st, true, "Added " + ch.entry.prefix + ": " + stateLine(Object.assign({ ip: ch.entry.prefix }, ch.entry)) + ".");
+          reload();
+        } catch (err) { answer(st, false, "Not added: " + err.message); }
+      });
+      forms.push(f);
+      const rnote = el("input", { id: "rel-note", name: "note", maxlength: "2000", autocomplete: "off", placeholder: "e.g. customer cleaned the PC" });
+      const rst = el("p", { id: "rel-status", role: "status" });
+      const rf = el("form", { id: "release-form", class: "act-form" }, el("h3", {}, "Release"),
+        el("label", { for: "rel-ip" }, "Address or prefix"), relIP, el("label", { for: "rel-note" }, "Note"), rnote,
+        el("button", { type: "submit", id: "rel-submit" }, "Release"), rst);
+      rf.addEventListener("submit", async (ev) => {
+        ev.preventDefault();
+        try {
+          const ch = await postJSON("/api/v1/blocklist/" + encodeURIComponent(relIP.value.trim()) + "/release", { note: rnote.value });
+          answer(rst, true, "Released " + ch.entry.prefix + " (" + ch.entry.kind + ").");
+          reload();
+        } catch (err) { answer(rst, false, "Not released: " + err.message); }
+      });
+      forms.push(rf);
+    }
+    if (can("operator")) forms.push(holdForm("", reload));
+    main.replaceChildren(
+      el("div", { class: "bar" }, el("h1", {}, "Block list"),
+        el("nav", { class: "tabs", "aria-label": "Containment" }, el("a", { href: "/blocklist", class: "tab on", "aria-current": "page" }, "List"),
+          el("a", { href: "/blocklist/actions", class: "tab" }, "Audit trail"))),
+      el("p", { class: "muted", id: "bl-what" }, "Blocked entries are exported to the routers (nftables, ipset, FlowSpec); waiting ones after their grace; held ones when the hold ends; unbound ones when the customer has an address again. Released ones stay here for containment.released_retention."),
+      countsBox, tableBox,
+      forms.length ? el("section", { class: "act-forms", "aria-label": "Change the list" }, forms) :
+        el("p", { class: "muted", id: "bl-denied" }, "Holding needs the operator role, adding and releasing the admin role" + (me ? "; " + me.name + " is " + me.role : "") + "."));
+    refreshTimer = setInterval(reload, 5000);
+  }
+
+  // holdForm holds an incident's block (operator): incident id given, or
+  // asked for when empty.
+  function holdForm(incident, done) {
+    const id = el("input", { id: "hold-incident", name: "incident_id", required: true, maxlength: "256", autocomplete: "off", value: incident || null, placeholder: "incident id" });
+    const note = el("input", { id: "hold-note", name: "note", maxlength: "2000", autocomplete: "off", placeholder: "e.g. customer is cleaning the PC" });
+    const st = el("p", { id: "hold-status", role: "status" });
+    const f = el("form", { id: "hold-form", class: "act-form" }, el("h3", {}, "Hold the block"),
+      incident ? null : [el("label", { for: "hold-incident" }, "Incident id"), id],
+      el("label", { for: "hold-note" }, "Note"), note,
+      el("button", { type: "submit", id: "hold-submit" }, "Hold"), st);
+    f.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      try {
+        const ch = await postJSON("/api/v1/blocklist/hold", { incident_id: incident || id.value.trim(), note: note.value });
+        answer(st, true, "Held " + ch.entry.prefix + " until " + utc(ch.entry.held_until) + ".");
+        done();
+      } catch (err) { answer(st, false, "Not held: " + err.message); }
+    });
+    return f;
+  }
+
+  function auditTable(tid, rows) {
+    return el("table", { id: tid, class: "board" },
+      el("thead", {}, el("tr", {}, ["At (UTC)", "Change", "Address", "Action", "Reason", "Customer", "Actor", "Note"].map((h) => el("th", { scope: "col" }, h)))),
+      el("tbody", {}, rows.map((r) => el("tr", { class: "ch-" + r.type, "data-type": r.type },
+        el("td", { class: "nowrap" }, utc(r.at), el("div", { class: "small muted" }, age(r.at))),
+        el("td", {}, el("span", { class: "change change-" + r.type }, r.type), r.dry_run ? el("span", { class: "tag" }, " dry run") : null),
+        el("td", { class: "mono" }, el("a", { href: "/blocklist/actions?" + new URLSearchParams({ prefix: r.entry.prefix }) , title: "this prefix's changes" }, r.entry.prefix)),
+        el("td", { class: "mono small" }, r.entry.action),
+        reasonCell(r.entry.kind, r.entry.incident_id),
+        customerCell(r.entry),
+        el("td", {}, el("a", { href: "/blocklist/actions?" + new URLSearchParams({ actor: r.actor }), title: "this actor's changes" }, r.actor)),
+        el("td", { class: "small" }, r.note || "")))));
+  }
+
+  async function actionsPage() {
+    document.title = "Block list audit · wormsign";
+    const q = new URLSearchParams(location.search);
+    const params = {};
+    for (const k of ["prefix", "customer", "actor", "incident", "before"]) if (q.get(k)) params[k] = q.get(k).trim();
+    params.limit = "50";
+    let d;
+    try { d = await auditRows(params); } catch (e) { return showError(e); }
+    const tabs = el("nav", { class: "tabs", "aria-label": "Containment" }, el("a", { href: "/blocklist", class: "tab" }, "List"),
+      el("a", { href: "/blocklist/actions", class: "tab on", "aria-current": "page" }, "Audit trail"));
+    if (!d) return main.replaceChildren(el("div", { class: "bar" }, el("h1", {}, "Block list audit"), tabs), el("p", { class: "muted", id: "no-containment" }, NO_CONTAINMENT));
+    const field = (name, label, ph) => [el("label", { for: "f-" + name }, label),
+      el("input", { id: "f-" + name, name: name, value: params[name] || null, placeholder: ph, maxlength: "256", autocomplete: "off" })];
+    const filters = el("form", { id: "audit-filter", class: "filters", method: "get", action: "/blocklist/actions" },
+      field("prefix", "Address", "address or prefix"), field("customer", "Customer", "customer id"), field("actor", "Actor", "policy, admin, …"),
+      el("button", { type: "submit" }, "Filter"), Object.keys(params).length > 1 ? el("a", { href: "/blocklist/actions" }, "clear") : null);
+    const shown = Object.entries(params).filter(([k]) => k !== "limit" && k !== "before").map(([k, v]) => k + " " + v);
+    main.replaceChildren(
+      el("div", { class: "bar" }, el("h1", {}, "Block list audit"), tabs),
+      el("p", { class: "muted", id: "audit-what" }, "Every change to the list, newest first" + (shown.length ? ", of " + shown.join(", ") : "") +
+        (params.before ? ", older than " + utc(params.before.split(",")[0]) : "") + ". An address also finds the prefixes that cover it."),
+      filters,
+      d.actions.length ? auditTable("audit", d.actions) : el("p", { class: "muted", id: "audit" }, "No changes" + (shown.length ? " match." : " yet.")),
+      el("p", { class: "pager pager-foot" },
+        params.before ? el("a", { id: "audit-newest", href: pageLink(params, "") }, "« newest") : null,
+        d.next ? el("a", { id: "audit-older", href: pageLink(params, d.next) }, "older »") : null));
+  }
+  function pageLink(params, before) {
+    const p = Object.assign({}, params);
+    delete p.limit;
+    if (before) p.before = before; else delete p.before;
+    return "/blocklist/actions?" + new URLSearchParams(p);
+  }
+
+  // containmentSection fills box with the incident's containment state:
+  // the entry that carries it (or carried it: released), and its audit
+  // rows.
+  async function containmentSection(box, a) {
+    let d, audit;
+    try { [d, audit] = await Promise.all([blocklist(), auditRows({ incident: a.id, limit: "50" })]); } catch (e) {
+      return fill(box, el("h2", { id: "cont-h" }, "Containment"), el("p", { class: "error", id: "containment" }, e.message));
+    }
+    if (!d) return fill(box, el("h2", { id: "cont-h" }, "Containment"), el("p", { class: "muted", id: "containment" }, NO_CONTAINMENT));
+    const carries = (e) => e.incident_id === a.id || (e.incidents || []).includes(a.id);
+    const live = [].concat(d.entries, d.waiting).filter(carries);
+    const released = (d.released || []).filter((e) => carries(e) || (e.released_incidents || []).includes(a.id));
+    const rows = (audit && audit.actions) || [];
+    const rel = rows.find((r) => r.type === "release");
+    let state;
+    if (live.length) state = live.map((e) => el("p", { class: "cstate-line", "data-state": e.state }, stateBadge(e.state), " ",
+      el("span", { class: "mono" }, addressLink(e.ip)), " " + e.action + " — " + stateLine(e)));
+    else if (released.length || rel) {
+      const e = released[0] || Object.assign({ ip: rel.entry.prefix, released_at: rel.at }, rel.entry);
+      state = el("p", { class: "cstate-line", "data-state": "released" }, stateBadge("released"), " ", el("span", { class: "mono" }, addressLink(e.ip)),
+        " " + stateLine(Object.assign({}, e, { state: "released", released_at: rel ? rel.at : e.released_at }), rel));
+    } else state = el("p", { class: "cstate-line muted", "data-state": "none" }, "None: this incident has no block (its kind's action may be none, or the policy did not act on it).");
+    const canHold = live.some((e) => e.state === "pending" || e.state === "active");
+    fill(box, el("h2", { id: "cont-h" }, "Containment"),
+      el("div", { id: "containment" }, state),
+      canHold && can("operator") ? holdForm(a.id, () => containmentSection(box, a)) : null,
+      rows.length ? [el("h3", {}, "Changes"), auditTable("incident-audit", rows)] : null);
+  }
+
+  // blockHistory fills box with the audit rows of a subscriber's prefix.
+  async function blockHistory(box, ip) {
+    let d;
+    try { d = await auditRows({ prefix: ip, limit: "50" }); } catch (e) {
+      return fill(box, el("h2", {}, "Block history"), el("p", { class: "error", id: "block-history" }, e.message));
+    }
+    if (!d) return fill(box);
+    fill(box, el("h2", {}, "Block history"),
+      d.actions.length ? auditTable("block-history", d.actions) : el("p", { class: "muted", id: "block-history" }, "Never on the block list."),
+      d.next ? el("p", {}, el("a", { href: "/blocklist/actions?" + new URLSearchParams({ prefix: ip }) }, "all changes of " + ip + " »")) : null);
+  }
+
   // ---- Keyboard ----
   document.addEventListener("keydown", function (e) {
     if (e.ctrlKey || e.metaKey || e.altKey) return;
@@ -756,6 +1041,7 @@
     if (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.tagName === "SELECT")) return;
     if (e.key === "b") location.href = "/";
     else if (e.key === "t") location.href = "/top";
+    else if (e.key === "l") location.href = "/blocklist";
     else if (e.key === "r") route();
     else if (e.key === "n" || e.key === "p") listeners.forEach((l) => l.pageKey && l.pageKey(e.key));
     else if (e.key === "s") {
@@ -780,6 +1066,8 @@
     else if ((m = p.match(/^\/customers\/([^/]+)$/))) customerPage(decodeURIComponent(m[1]));
     else if (p === "/search") return search();
     else if (p === "/top") topPage();
+    else if (p === "/blocklist") blocklistPage();
+    else if (p === "/blocklist/actions") actionsPage();
     else main.replaceChildren(el("p", {}, "No such page."));
     refreshAges();
   }
