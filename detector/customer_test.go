@@ -78,3 +78,31 @@ func TestNoCustomerKeysByAddress(t *testing.T) {
 		t.Fatalf("alerts %+v, want one for %s without identity", r.all, zombie)
 	}
 }
+
+// A dual-stack customer's IPv4 and IPv6 flows count together: three mail
+// servers from each family make the five of the threshold.
+func TestDualStackCustomerCountsTogether(t *testing.T) {
+	r := &run{e: NewEngine(testConfig())}
+	v4, v6 := netip.MustParseAddr("203.0.113.7"), netip.MustParseAddr("2001:db8:7::1")
+	for i := range 3 {
+		f := smtpFlow(v4, i, at(0.1*float64(i)), flow.TCPSyn)
+		f.Customer = "A"
+		r.feed(f)
+		g := smtpFlow(v6, 50+i, at(0.1*float64(i)+0.05), flow.TCPSyn)
+		g.DstAddr = netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0xff, 15: byte(i + 1)})
+		g.Customer = "A"
+		r.feed(g)
+	}
+	var opened *alert.Alert
+	for i, a := range r.all {
+		if a.Kind == alert.KindSMTPFanout && a.State == alert.StateOpen {
+			opened = &r.all[i]
+		}
+	}
+	if opened == nil || opened.SubscriberID != "A" || opened.DistinctDsts < 5 {
+		t.Fatalf("alerts %+v: want one smtp_fanout for customer A over both families", r.all)
+	}
+	if id := opened.Evidence.Identity; id == nil || len(id.Addresses) != 2 {
+		t.Errorf("identity %+v: want the IPv4 address and the IPv6 prefix", opened.Evidence.Identity)
+	}
+}
