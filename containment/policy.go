@@ -775,36 +775,47 @@ func (p *Policy) Release(pfx netip.Prefix, actor, note string, t time.Time) (Cha
 // hold ends and an incident of the entry is still open, the block comes
 // (back); when all have resolved, the entry is released.
 func (p *Policy) Hold(incidentID, actor, note string, t time.Time) (Change, error) {
-	_, ch, err := p.hold(incidentID, actor, note, t)
-	return ch, err
+	_, changes, err := p.hold(incidentID, actor, note, t)
+	if err != nil {
+		return Change{}, err
+	}
+	return changes[0], nil
 }
 
-// hold is Hold; it also returns the entry as it was before, for Unhold.
-func (p *Policy) hold(incidentID, actor, note string, t time.Time) (Entry, Change, error) {
+// hold holds every entry not released that carries the incident (a
+// customer's IPv4 address and IPv6 prefix are an entry each), in prefix
+// order; it also returns the entries as they were before, for Unhold.
+func (p *Policy) hold(incidentID, actor, note string, t time.Time) ([]Entry, []Change, error) {
 	if incidentID == "" || actor == "" {
-		return Entry{}, Change{}, fmt.Errorf("%w: incident id and by must be given", ErrBadInput)
+		return nil, nil, fmt.Errorf("%w: incident id and by must be given", ErrBadInput)
 	}
 	p.Advance(t)
-	var e *Entry
+	var held []*Entry
 	found := false
 	for _, x := range p.entries {
 		if !x.carries(incidentID) {
 			continue
 		}
 		found = true
-		if x.State != StateReleased && (e == nil || comparePrefix(x.Prefix, e.Prefix) < 0) {
-			e = x
+		if x.State != StateReleased {
+			held = append(held, x)
 		}
 	}
 	switch {
-	case e == nil && found:
-		return Entry{}, Change{}, fmt.Errorf("incident %s: %w", incidentID, ErrNotBlocked)
-	case e == nil:
-		return Entry{}, Change{}, fmt.Errorf("incident %s: %w", incidentID, ErrNotFound)
+	case len(held) == 0 && found:
+		return nil, nil, fmt.Errorf("incident %s: %w", incidentID, ErrNotBlocked)
+	case len(held) == 0:
+		return nil, nil, fmt.Errorf("incident %s: %w", incidentID, ErrNotFound)
 	}
-	before := *e
-	e.State, e.HeldUntil, e.BlockAt = StateHeld, p.now.Add(p.config.Hold), time.Time{}
-	return before, p.change(e, ChangeHold, actor, note), nil
+	slices.SortFunc(held, func(a, b *Entry) int { return comparePrefix(a.Prefix, b.Prefix) })
+	befores := make([]Entry, 0, len(held))
+	changes := make([]Change, 0, len(held))
+	for _, e := range held {
+		befores = append(befores, *e)
+		e.State, e.HeldUntil, e.BlockAt = StateHeld, p.now.Add(p.config.Hold), time.Time{}
+		changes = append(changes, p.change(e, ChangeHold, actor, note))
+	}
+	return befores, changes, nil
 }
 
 // Unhold takes back the hold that made change held, when the entry is

@@ -439,10 +439,11 @@ func TestPolicyUnhold(t *testing.T) {
 	cfg := testConfig()
 	p := NewPolicy(cfg, nil, nil)
 	p.Apply(mkAlert("i1", "smtp_fanout", "open", z, at(0)))
-	before, held, err := p.hold("i1", "alice", "", at(5))
+	befores, helds, err := p.hold("i1", "alice", "", at(5))
 	if err != nil {
 		t.Fatal(err)
 	}
+	before, held := befores[0], helds[0]
 	got, err := p.Unhold(before, held, "alice", "ack not stored", at(6))
 	if err != nil || len(got) != 1 || got[0].Type != ChangeSchedule || got[0].Entry.State != StatePending || !got[0].Entry.BlockAt.Equal(at(30)) {
 		t.Fatalf("unhold of a pending entry: %+v %v, want it pending until 30", got, err)
@@ -451,15 +452,38 @@ func TestPolicyUnhold(t *testing.T) {
 		t.Fatalf("grace end after the unhold: %+v, want add", got)
 	}
 	expires := p.Entries()[0].Expires
-	before, held, err = p.hold("i1", "alice", "", at(40))
+	befores, helds, err = p.hold("i1", "alice", "", at(40))
 	if err != nil {
 		t.Fatal(err)
 	}
+	before, held = befores[0], helds[0]
 	got, err = p.Unhold(before, held, "alice", "ack not stored", at(41))
 	if err != nil || len(got) != 1 || got[0].Type != ChangeAdd || !got[0].Entry.Expires.Equal(expires) {
 		t.Fatalf("unhold of an active entry: %+v %v, want it active until %s", got, err, expires)
 	}
 	if _, err := p.Unhold(before, held, "alice", "again", at(42)); err == nil {
 		t.Errorf("a second unhold of the same hold succeeded")
+	}
+}
+
+// A hold lifts every block of the incident: a dual-stack customer's IPv4
+// address and IPv6 prefix are an entry each.
+func TestPolicyHoldsEveryEntryOfTheIncident(t *testing.T) {
+	cfg := testConfig()
+	cfg.Grace = 0
+	p := NewPolicy(cfg, nil, nil)
+	held := []netip.Prefix{netip.MustParsePrefix("203.0.113.7/32"), netip.MustParsePrefix("2001:db8:7::/64")}
+	p.SetHoldings(func(string, time.Time) []netip.Prefix { return held })
+	a := mkAlert("i1", "smtp_fanout", "open", "203.0.113.7", at(0))
+	a.Evidence.Identity = &alert.Identity{Customer: "A"}
+	p.Apply(a)
+	if n := len(MakeList(p.Entries(), at(1), false).Active); n != 2 {
+		t.Fatalf("%d active entries, want the customer's two", n)
+	}
+	if _, err := p.Hold("i1", "ann", "calling the customer", at(2)); err != nil {
+		t.Fatal(err)
+	}
+	if l := MakeList(p.Entries(), at(3), false); len(l.Active) != 0 {
+		t.Errorf("after the hold still active: %+v, want every entry of the incident held", l.Active)
 	}
 }

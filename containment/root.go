@@ -461,14 +461,16 @@ func (c *Component) Hold(ctx context.Context, incidentID, by, note string) error
 	return err
 }
 
+// hold holds every entry of the incident and returns the first change
+// (the API's answer); all are recorded.
 func (c *Component) hold(ctx context.Context, incidentID, by, note string) (Change, error) {
 	c.mu.Lock()
-	ch, err := c.policy.Hold(incidentID, by, note, c.deps.Now())
+	_, changes, err := c.policy.hold(incidentID, by, note, c.deps.Now())
 	c.mu.Unlock()
 	if err != nil {
-		return ch, err
+		return Change{}, err
 	}
-	return ch, c.record(ctx, []Change{ch})
+	return changes[0], c.record(ctx, changes)
 }
 
 // HoldWithUndo holds as Hold does and returns undo, which takes the hold
@@ -478,21 +480,26 @@ func (c *Component) hold(ctx context.Context, incidentID, by, note string) (Chan
 // and undoes the hold when the ack cannot be stored: both or neither.
 func (c *Component) HoldWithUndo(ctx context.Context, incidentID, by, note string) (undo func(context.Context) error, err error) {
 	c.mu.Lock()
-	before, ch, err := c.policy.hold(incidentID, by, note, c.deps.Now())
+	befores, held, err := c.policy.hold(incidentID, by, note, c.deps.Now())
 	c.mu.Unlock()
 	if err != nil {
 		return nil, err
 	}
 	undo = func(ctx context.Context) error {
+		var changes []Change
+		var errs []error
 		c.mu.Lock()
-		changes, err := c.policy.Unhold(before, ch, by, "hold undone: the acknowledgement that asked for it was not stored", c.deps.Now())
+		for i := range held {
+			ch, err := c.policy.Unhold(befores[i], held[i], by, "hold undone: the acknowledgement that asked for it was not stored", c.deps.Now())
+			changes, errs = append(changes, ch...), append(errs, err)
+		}
 		c.mu.Unlock()
-		if err != nil {
+		if err := c.record(ctx, changes); err != nil {
 			return err
 		}
-		return c.record(ctx, changes)
+		return errors.Join(errs...)
 	}
-	if err := c.record(ctx, []Change{ch}); err != nil {
+	if err := c.record(ctx, held); err != nil {
 		// Not published (ctx ended): take it back here too.
 		undo(ctx)
 		return nil, err
