@@ -37,6 +37,8 @@ type Configuration struct {
 	// SessionLifetime is how long a console login lasts; logging out, or
 	// a change of the token it logged in with, ends it sooner.
 	SessionLifetime time.Duration `yaml:"session_lifetime"`
+	// XARF names the reporter of the XARF v4 reports (console.xarf.*).
+	XARF XARFConfiguration `yaml:"xarf"`
 }
 
 // DefaultConfiguration returns the documented defaults.

@@ -276,6 +276,7 @@ func (c *Component) routes() http.Handler {
 	viewer, operator := httpserver.RoleViewer, httpserver.RoleOperator
 	api("GET /api/v1/incidents", "incidents", viewer, c.serveIncidents)
 	api("GET /api/v1/incidents/{id}", "incident", viewer, c.serveIncident)
+	api("GET /api/v1/incidents/{id}/xarf", "xarf", viewer, c.serveXARF)
 	api("POST /api/v1/incidents/{id}/ack", "ack", operator, c.serveAck)
 	api("GET /api/v1/subscribers/{ip}", "subscriber", viewer, c.serveSubscriber)
 	api("GET /api/v1/subscribers/{ip}/chart.svg", "chart", viewer, c.serveChart)
