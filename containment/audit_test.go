@@ -175,31 +175,8 @@ func webhookMetric(t *testing.T, reg prometheus.Gatherer, name, target string, e
 	case "dropped_total":
 		labels["reason"] = extra[0]
 	}
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != "wormsign_webhook_"+name {
-			continue
-		}
-	metrics:
-		for _, m := range mf.GetMetric() {
-			if len(m.GetLabel()) != len(labels) {
-				continue
-			}
-			for _, l := range m.GetLabel() {
-				if labels[l.GetName()] != l.GetValue() {
-					continue metrics
-				}
-			}
-			if m.Counter != nil {
-				return m.Counter.GetValue()
-			}
-			return m.Gauge.GetValue()
-		}
-	}
-	return 0
+	v, _ := testenv.Metric(t, reg, "wormsign_webhook_"+name, labels)
+	return v
 }
 
 // fakeConsumer hands out its messages and records the offsets committed.

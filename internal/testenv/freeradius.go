@@ -125,15 +125,10 @@ func (p *freeRADIUS) stop() {
 	}
 }
 
-// freeRADIUSProxyConf is a whole radiusd.conf (no Debian include files):
-// an accounting listener for the NAS at 127.0.0.1, and a virtual server
-// whose preacct section sends every request to the realm of the one home
-// server. FreeRADIUS answers the NAS only once the home server answered
-// it, adding a Proxy-State the home server must echo. The dictionaries
-// come from FreeRADIUS's built-in dictdir, /usr/share/freeradius on
-// Debian. Arguments: the directory, the listen port, the home server's
-// host, port and secret, the NAS's secret.
-const freeRADIUSProxyConf = `prefix = /usr
+// freeRADIUSBaseConf is what every test configuration of FreeRADIUS
+// starts with: paths inside the directory (argument 1), log to stdout,
+// no Debian include files.
+const freeRADIUSBaseConf = `prefix = /usr
 exec_prefix = /usr
 sysconfdir = /etc
 localstatedir = /var
@@ -157,7 +152,17 @@ security {
 	max_attributes = 200
 	status_server = no
 }
-proxy_requests = yes
+`
+
+// freeRADIUSProxyConf is a whole radiusd.conf (no Debian include files):
+// an accounting listener for the NAS at 127.0.0.1, and a virtual server
+// whose preacct section sends every request to the realm of the one home
+// server. FreeRADIUS answers the NAS only once the home server answered
+// it, adding a Proxy-State the home server must echo. The dictionaries
+// come from FreeRADIUS's built-in dictdir, /usr/share/freeradius on
+// Debian. Arguments: the directory, the listen port, the home server's
+// host, port and secret, the NAS's secret.
+const freeRADIUSProxyConf = freeRADIUSBaseConf + `proxy_requests = yes
 proxy server {
 	default_fallback = no
 }
@@ -319,31 +324,7 @@ func parseDetail(text string) []RADIUSRequest {
 // and a virtual server whose recv-coa section writes the request to a
 // detail file and then answers (ok: ACK; reject: NAK). Arguments: the
 // directory, the port, the client's secret, the detail file, the answer.
-const freeRADIUSCoAConf = `prefix = /usr
-exec_prefix = /usr
-sysconfdir = /etc
-localstatedir = /var
-sbindir = /usr/sbin
-confdir = %[1]s
-raddbdir = %[1]s
-logdir = %[1]s
-run_dir = %[1]s
-libdir = /usr/lib/freeradius
-pidfile = %[1]s/radiusd.pid
-max_request_time = 30
-cleanup_delay = 5
-max_requests = 1024
-hostname_lookups = no
-log {
-	destination = stdout
-	colourise = no
-}
-security {
-	allow_core_dumps = no
-	max_attributes = 200
-	status_server = no
-}
-client wormsign {
+const freeRADIUSCoAConf = freeRADIUSBaseConf + `client wormsign {
 	ipaddr = 127.0.0.1
 	secret = %[3]s
 }
