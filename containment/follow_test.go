@@ -82,3 +82,43 @@ func activePrefixes(p *Policy) string {
 	}
 	return out
 }
+
+// The periodic follow moves every customer's entry in one round, as
+// Follow would one by one.
+func TestFollowAllMovesEveryCustomer(t *testing.T) {
+	cfg := DefaultConfiguration()
+	cfg.Enabled, cfg.Grace = true, 0
+	p := NewPolicy(cfg, nil, nil)
+	held := map[string][]netip.Prefix{
+		"A": {netip.MustParsePrefix("203.0.113.7/32")},
+		"B": {netip.MustParsePrefix("203.0.113.8/32")},
+	}
+	p.SetHoldings(func(c string, _ time.Time) []netip.Prefix { return held[c] })
+	t0 := time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
+	for c, addr := range map[string]string{"A": "203.0.113.7", "B": "203.0.113.8"} {
+		p.Apply(alert.Alert{ID: "inc-" + c, Kind: alert.KindSMTPFanout, State: alert.StateOpen, SubscriberIP: addr,
+			SubscriberID: c, LastSeen: t0, Evidence: alert.Evidence{Identity: &alert.Identity{Customer: c}}})
+	}
+	// They swap addresses; nothing says so but the bindings.
+	held["A"], held["B"] = held["B"], held["A"]
+	p.FollowAll(t0.Add(time.Minute))
+	got := map[string]string{}
+	for _, e := range MakeList(p.Entries(), p.Now(), false).Active {
+		got[e.Prefix.String()] = e.Customer
+	}
+	if got["203.0.113.8/32"] != "A" || got["203.0.113.7/32"] != "B" || len(got) != 2 {
+		t.Fatalf("active %v, want A on .8 and B on .7", got)
+	}
+	// They swap back, each told apart (the bindings' own records): A's
+	// move must not overwrite B's block before B's follow comes.
+	held["A"], held["B"] = held["B"], held["A"]
+	p.Follow("A", t0.Add(2*time.Minute))
+	p.Follow("B", t0.Add(2*time.Minute))
+	got = map[string]string{}
+	for _, e := range MakeList(p.Entries(), p.Now(), false).Active {
+		got[e.Prefix.String()] = e.Customer
+	}
+	if got["203.0.113.7/32"] != "A" || got["203.0.113.8/32"] != "B" || len(got) != 2 {
+		t.Fatalf("active %v after the swap back, want A on .7 and B on .8", got)
+	}
+}

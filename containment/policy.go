@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -458,14 +459,52 @@ func (p *Policy) Follow(customer string, t time.Time) []Change {
 		return nil
 	}
 	out := p.Advance(t)
-	var mine []*Entry
+	entries := make([]*Entry, 0, len(p.entries))
 	for _, e := range p.entries {
+		entries = append(entries, e)
+	}
+	return append(out, p.follow(customer, entries)...)
+}
+
+// FollowAll is Follow for every customer with an entry not released, the
+// timers run once and the entries grouped once: the periodic follow (a
+// session that expired sends no record), which must not cost the list's
+// size once per customer.
+func (p *Policy) FollowAll(t time.Time) []Change {
+	if p.holdings == nil {
+		return nil
+	}
+	out := p.Advance(t)
+	byCustomer := map[string][]*Entry{}
+	for _, e := range p.entries {
+		if e.Customer != "" && e.State != StateReleased {
+			byCustomer[e.Customer] = append(byCustomer[e.Customer], e)
+		}
+	}
+	customers := slices.Sorted(maps.Keys(byCustomer))
+	for _, customer := range customers {
+		candidates := byCustomer[customer]
+		if w := p.entries[unboundPrefix(customer)]; w != nil {
+			candidates = append(candidates, w) // parked earlier in this round
+		}
+		out = append(out, p.follow(customer, candidates)...)
+	}
+	return out
+}
+
+// follow is Follow at the policy's time, among candidates: the entries
+// of customer are those of them it still holds (an earlier follow in the
+// same round may have changed one).
+func (p *Policy) follow(customer string, candidates []*Entry) []Change {
+	var out []Change
+	var mine []*Entry
+	for _, e := range candidates {
 		if e.Customer == customer && e.State != StateReleased {
 			mine = append(mine, e)
 		}
 	}
 	if len(mine) == 0 {
-		return out
+		return nil
 	}
 	// The entry the others copy: the furthest along, then the latest.
 	slices.SortFunc(mine, func(a, b *Entry) int {
@@ -508,6 +547,25 @@ func (p *Policy) Follow(customer string, t time.Time) []Change {
 	return out
 }
 
+// park keeps a customer's entry e, whose address another customer now
+// holds, as that customer's unbound entry: it lands on the customer's next
+// address (an active one with its expiry, as after any wait).
+func (p *Policy) park(e Entry) []Change {
+	pfx := unboundPrefix(e.Customer)
+	if w := p.entries[pfx]; w != nil && w.State != StateReleased {
+		return nil // it waits already
+	}
+	w := p.entries[pfx]
+	seq := uint64(0)
+	if w != nil {
+		seq = w.Seq
+	}
+	parked := e
+	parked.Prefix, parked.State, parked.Seq = pfx, StateUnbound, seq
+	p.entries[pfx] = &parked
+	return []Change{p.change(&parked, ChangeSchedule, PolicyActor, "address "+e.Prefix.String()+" reassigned: waits for an address of customer "+e.Customer)}
+}
+
 func stateRank(s string) int {
 	switch s {
 	case StateActive:
@@ -524,7 +582,15 @@ func stateRank(s string) int {
 
 // place puts the customer's entry model on pfx, which it now holds.
 func (p *Policy) place(pfx netip.Prefix, model Entry, from string) []Change {
+	var out []Change
 	e := p.entries[pfx]
+	if e != nil && e.Customer != "" && e.Customer != model.Customer && e.State != StateReleased {
+		// The previous holder's block is still here: it left the
+		// address (two customers swapped, say) and its own follow has
+		// not come yet. It waits for that customer's next address
+		// instead of being overwritten.
+		out = append(out, p.park(*e)...)
+	}
 	if e == nil {
 		e = &Entry{Prefix: pfx}
 		p.entries[pfx] = e
@@ -543,11 +609,11 @@ func (p *Policy) place(pfx netip.Prefix, model Entry, from string) []Change {
 	}
 	if identity.IsKey(pfx.Addr()) {
 		e.State = StateUnbound
-		return []Change{p.change(e, ChangeSchedule, PolicyActor, "waits for an address of customer "+model.Customer)}
+		return append(out, p.change(e, ChangeSchedule, PolicyActor, "waits for an address of customer "+model.Customer))
 	}
 	if p.allow.Contains(pfx.Addr()) {
 		p.release(e, p.now, false)
-		return []Change{p.change(e, ChangeRelease, PolicyActor, "allow-listed: "+note)}
+		return append(out, p.change(e, ChangeRelease, PolicyActor, "allow-listed: "+note))
 	}
 	switch model.State {
 	case StateUnbound:
@@ -556,40 +622,27 @@ func (p *Policy) place(pfx netip.Prefix, model Entry, from string) []Change {
 		if !model.Expires.IsZero() {
 			if !model.Expires.After(p.now) {
 				p.release(e, p.now, true)
-				return []Change{p.change(e, ChangeRelease, PolicyActor, "expired while no address was known")}
+				return append(out, p.change(e, ChangeRelease, PolicyActor, "expired while no address was known"))
 			}
 			e.State = StateActive
-			return []Change{p.change(e, ChangeAdd, PolicyActor, note)}
+			return append(out, p.change(e, ChangeAdd, PolicyActor, note))
 		}
 		// Waited for an address from the start: the grace runs from
 		// the incident as it would have.
 		if p.config.Grace == 0 || !model.BlockAt.After(p.now) {
 			e.State = StatePending
-			return p.activate(e, p.now, note)
+			return append(out, p.activate(e, p.now, note)...)
 		}
 		e.State = StatePending
-		return []Change{p.change(e, ChangeSchedule, PolicyActor, note)}
+		return append(out, p.change(e, ChangeSchedule, PolicyActor, note))
 	case StateActive:
 		if p.countActive() >= p.config.MaxEntries {
 			p.release(e, p.now, true)
-			return []Change{p.change(e, ChangeRefuse, PolicyActor, "max_entries "+strconv.Itoa(p.config.MaxEntries)+" reached")}
+			return append(out, p.change(e, ChangeRefuse, PolicyActor, "max_entries "+strconv.Itoa(p.config.MaxEntries)+" reached"))
 		}
-		return []Change{p.change(e, ChangeAdd, PolicyActor, note)}
+		return append(out, p.change(e, ChangeAdd, PolicyActor, note))
 	}
-	return []Change{p.change(e, ChangeSchedule, PolicyActor, note)}
-}
-
-// Customers lists the customers with an entry not released, for the
-// periodic follow (a session that expired sends no record).
-func (p *Policy) Customers() []string {
-	var out []string
-	for _, e := range p.entries {
-		if e.Customer != "" && e.State != StateReleased && !slices.Contains(out, e.Customer) {
-			out = append(out, e.Customer)
-		}
-	}
-	slices.Sort(out)
-	return out
+	return append(out, p.change(e, ChangeSchedule, PolicyActor, note))
 }
 
 func laterOf(a, b time.Time) time.Time {

@@ -331,9 +331,7 @@ func (c *Component) tick(ctx context.Context) {
 		changes := c.policy.Advance(now)
 		// A session that expired, or a record missed, sends no word:
 		// every customer on the list is followed each tick.
-		for _, customer := range c.policy.Customers() {
-			changes = append(changes, c.policy.Follow(customer, now)...)
-		}
+		changes = append(changes, c.policy.FollowAll(now)...)
 		c.mu.Unlock()
 		if c.record(ctx, changes) != nil {
 			return
