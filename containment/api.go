@@ -53,31 +53,17 @@ func (c *Component) Handler() http.Handler {
 	}), true)
 }
 
-// guarded checks a request for the role need, counts a 403 of the route
-// name, applies the CSRF rule and passes who it authenticated as to h in
-// the request's context.
+// guarded checks a request for the role need (httpserver.Guard) and
+// counts a 403 of the route name and a cross-origin POST.
 func (c *Component) guarded(name string, need httpserver.Role, h http.HandlerFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		if c.deps.Authorize == nil {
-			writeError(w, http.StatusUnauthorized, "missing or wrong token: send Authorization: Bearer <a token of http.token or http.tokens>")
-			return
-		}
-		rec := httpserver.NewStatusRecorder(w)
-		p, ok := c.deps.Authorize(rec, r, need)
-		if !ok {
-			if rec.Status() == http.StatusForbidden {
-				c.metrics.apiForbidden.WithLabelValues(name).Inc()
-			}
-			return
-		}
-		// The console's cookie authenticates only same-origin JSON POSTs.
-		if err := httpserver.CheckCookieRequest(r, true); err != nil {
+	return httpserver.Guard(c.deps.Authorize, need, func(status int, crossOrigin bool) {
+		switch {
+		case crossOrigin:
 			c.metrics.crossOrigin.Inc()
-			writeError(w, http.StatusForbidden, err.Error())
-			return
+		case status == http.StatusForbidden:
+			c.metrics.apiForbidden.WithLabelValues(name).Inc()
 		}
-		h(w, r.WithContext(httpserver.WithPrincipal(r.Context(), p)))
-	}
+	}, h)
 }
 
 // actor is who a request authenticated as: the actor of its change.
@@ -181,7 +167,7 @@ func decodeBody(body io.Reader, v any) error {
 // AddRequest is the body of POST /api/v1/blocklist.
 type AddRequest struct {
 	IP string `json:"ip"`
-	// Action is block_smtp (default) or quarantine.
+	// Action is block_smtp (default), walled or quarantine.
 	Action string `json:"action"`
 	Reason string `json:"reason"`
 	// Duration like "24h"; empty: containment.duration.

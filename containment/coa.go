@@ -8,7 +8,7 @@ package containment
 // the customer behind the incident) that goes on the list (ChangeAdd,
 // active) sends, for each RADIUS session of the customer on the entry's
 // prefix (identity's holdings now), a CoA-Request with the action's
-// attributes (containment.coa.block_smtp or quarantine), or with
+// attributes (containment.coa.block_smtp, walled or quarantine), or with
 // containment.coa.disconnect a Disconnect-Request, to the session's NAS.
 // One that comes off (ChangeRelease, or ChangeHold: a hold lifts an
 // active block) sends a CoA-Request with containment.coa.release; a
@@ -95,13 +95,14 @@ type CoAConfiguration struct {
 	// restriction of a session that began after the block, are always a
 	// CoA-Request.
 	Disconnect bool `yaml:"disconnect"`
-	// BlockSMTP, Quarantine and Release are the attributes of each
+	// BlockSMTP, Walled, Quarantine and Release are the attributes of each
 	// action's CoA-Request, "Name=value" (coaAttributes lists the names).
 	// The defaults name filters no BNG has until its operator defines
 	// them: set what yours knows. An empty list sends no CoA-Request for
 	// that action (a Disconnect-Request carries no attributes and is still
 	// sent).
 	BlockSMTP  []string `yaml:"block_smtp"`
+	Walled     []string `yaml:"walled"`
 	Quarantine []string `yaml:"quarantine"`
 	Release    []string `yaml:"release"`
 }
@@ -113,6 +114,7 @@ func DefaultCoAConfiguration() CoAConfiguration {
 		Timeout:    3 * time.Second,
 		Retries:    2,
 		BlockSMTP:  []string{"Filter-Id=wormsign-block-smtp"},
+		Walled:     []string{"Filter-Id=wormsign-walled"},
 		Quarantine: []string{"Filter-Id=wormsign-quarantine"},
 		Release:    []string{"Filter-Id=wormsign-release"},
 	}
@@ -133,7 +135,7 @@ func (c CoAConfiguration) validate(key string) error {
 	case c.Retries < 0 || c.Retries > coaMaxRetries:
 		return fmt.Errorf("%s.retries: %d, want 0..%d", key, c.Retries, coaMaxRetries)
 	}
-	for name, list := range map[string][]string{"block_smtp": c.BlockSMTP, "quarantine": c.Quarantine, "release": c.Release} {
+	for name, list := range map[string][]string{"block_smtp": c.BlockSMTP, "walled": c.Walled, "quarantine": c.Quarantine, "release": c.Release} {
 		if _, err := parseCoAAttributes(key+"."+name, list); err != nil {
 			return err
 		}
@@ -324,7 +326,7 @@ type coaState struct {
 // coaJob is one request to send.
 type coaJob struct {
 	code    radius.Code
-	action  string // block_smtp, quarantine, release
+	action  string // block_smtp, walled, quarantine, release
 	holding identity.Binding
 	attrs   radius.Attributes
 }
@@ -332,7 +334,7 @@ type coaJob struct {
 func newCoASender(cfg CoAConfiguration, m *metrics, logger *slog.Logger, now func() time.Time) (*coaSender, error) {
 	s := &coaSender{config: cfg, secret: []byte(cfg.Secret), attrs: map[string]radius.Attributes{}, metrics: m,
 		logger: logger.With("action", "coa"), now: now, seed: maphash.MakeSeed(), states: map[netip.Prefix]*coaState{}}
-	for name, list := range map[string][]string{ActionBlockSMTP: cfg.BlockSMTP, ActionQuarantine: cfg.Quarantine, "release": cfg.Release} {
+	for name, list := range map[string][]string{ActionBlockSMTP: cfg.BlockSMTP, ActionWalled: cfg.Walled, ActionQuarantine: cfg.Quarantine, "release": cfg.Release} {
 		a, err := parseCoAAttributes("containment.coa."+name, list)
 		if err != nil {
 			return nil, err

@@ -394,6 +394,7 @@ func TestCoAConfigValidate(t *testing.T) {
 				"Idle-Timeout=0", "Termination-Action=RADIUS-Request", "Acct-Interim-Interval=300"}
 		}, ""},
 		{"empty list", func(c *CoAConfiguration) { c.Release = nil }, ""},
+		{"walled", func(c *CoAConfiguration) { c.Walled = []string{"Filter-Id"} }, "containment.coa.walled[0]"},
 		{"port", func(c *CoAConfiguration) { c.Port = 0 }, "containment.coa.port"},
 		{"timeout", func(c *CoAConfiguration) { c.Timeout = 0 }, "containment.coa.timeout"},
 		{"retries", func(c *CoAConfiguration) { c.Retries = -1 }, "containment.coa.retries"},
@@ -462,4 +463,20 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// Every action an entry can carry has its CoA attributes: a walled
+// entry restricts the session as the others do.
+func TestCoAAttributesPerAction(t *testing.T) {
+	cfg := DefaultCoAConfiguration()
+	m := newMetrics(prometheus.NewRegistry(), nil)
+	s, err := newCoASender(cfg, &m, slog.Default(), time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{ActionBlockSMTP, ActionWalled, ActionQuarantine, "release"} {
+		if len(s.attrs[a]) == 0 {
+			t.Errorf("no CoA attributes for %s", a)
+		}
+	}
 }

@@ -14,12 +14,34 @@ import (
 const (
 	// ActionBlockSMTP drops the subscriber's outbound TCP/25.
 	ActionBlockSMTP = "block_smtp"
+	// ActionWalled is the walled garden: quarantine with a way out. The
+	// subscriber's HTTP (tcp/80) goes to the notice server
+	// (Walled.Redirect), DNS to quarantine_dns and anything to the
+	// remediation sites (Walled.Allow) pass, the rest is dropped.
+	ActionWalled = "walled"
 	// ActionQuarantine drops everything but DNS to quarantine_dns and
 	// quarantine_allow.
 	ActionQuarantine = "quarantine"
 	// ActionNone: the kind leads to no entry.
 	ActionNone = "none"
 )
+
+// actionRank orders the actions by how much of the subscriber's traffic
+// they stop: an entry only ever moves up (see stronger).
+func actionRank(action string) int {
+	switch action {
+	case ActionBlockSMTP:
+		return 1
+	case ActionWalled:
+		return 2
+	case ActionQuarantine:
+		return 3
+	}
+	return 0
+}
+
+// entryAction tells whether action is one an entry can carry.
+func entryAction(action string) bool { return actionRank(action) > 0 }
 
 // Configuration of containment: the policy that turns incidents into a
 // port-25 block list, and where the list lives.
@@ -28,7 +50,8 @@ type Configuration struct {
 	Enabled bool `yaml:"enabled"`
 	// DryRun computes and audits every decision but exports an empty list.
 	DryRun bool `yaml:"dry_run"`
-	// Actions maps each alert kind to block_smtp, quarantine or none.
+	// Actions maps each alert kind to block_smtp, walled, quarantine or
+	// none.
 	Actions ActionsConfiguration `yaml:"actions"`
 	// Grace is the event time from an incident's open to its block, so the
 	// abuse desk can call first; 0 blocks at once.
@@ -47,7 +70,8 @@ type Configuration struct {
 	// besides DNS to QuarantineDNS: "tcp/443", "udp/123".
 	QuarantineAllow []PortRule `yaml:"quarantine_allow"`
 	// QuarantineDNS lists the resolvers (IPv4 and IPv6 addresses, the
-	// ISP's own) quarantined subscribers may still query on udp/tcp 53;
+	// ISP's own) quarantined and walled subscribers may still query on
+	// udp/tcp 53;
 	// DNS to any other server is dropped, so a flood to port 53 does not
 	// pass. Empty, the default: no DNS at all while quarantined (the
 	// exports say so in their comments).
@@ -88,6 +112,57 @@ type Configuration struct {
 	// of customers' sessions as their entries go on and off the list
 	// (see coa.go).
 	CoA CoAConfiguration `yaml:"coa"`
+	// Walled is the walled garden's shape: filled by `cmd` from the
+	// remediation section (remediation.notice_redirect / notice_listen
+	// and remediation.allow); not a YAML key of its own, nor an
+	// environment variable (internal/config skips yaml:"-").
+	Walled WalledConfiguration `yaml:"-"`
+}
+
+// WalledConfiguration is what walled subscribers still reach besides DNS
+// to QuarantineDNS.
+type WalledConfiguration struct {
+	// Redirect is where a walled customer's tcp/80 goes (the notice
+	// server), at most one IPv4 and one IPv6 address:port. A family
+	// without one has its HTTP dropped.
+	Redirect []netip.AddrPort
+	// Allow are the prefixes walled customers may still reach (any
+	// port): OS and antivirus updates, the ISP's help pages.
+	Allow []netip.Prefix
+}
+
+// Validate names the remediation key that filled the bad value.
+func (w WalledConfiguration) Validate() error {
+	families := map[bool]netip.AddrPort{}
+	for _, r := range w.Redirect {
+		a := r.Addr()
+		if !a.IsValid() || a.Zone() != "" || a.IsUnspecified() || r.Port() == 0 {
+			return fmt.Errorf("remediation.notice_redirect: %q, want an IPv4 or IPv6 address and a port", r)
+		}
+		if a.Is4In6() {
+			return fmt.Errorf("remediation.notice_redirect: %s, want a plain IPv4 address, not an IPv4-mapped one", r)
+		}
+		if other, dup := families[a.Is6()]; dup {
+			return fmt.Errorf("remediation.notice_redirect: %s and %s, want at most one address per family", other, r)
+		}
+		families[a.Is6()] = r
+	}
+	for _, p := range w.Allow {
+		if !p.IsValid() || p.Addr().Zone() != "" || p.Addr().Is4In6() {
+			return fmt.Errorf("remediation.allow: %q, want IPv4 or IPv6 prefixes", p)
+		}
+	}
+	return nil
+}
+
+// redirect returns the notice server of a family, when there is one.
+func (w WalledConfiguration) redirect(v6 bool) (netip.AddrPort, bool) {
+	for _, r := range w.Redirect {
+		if r.Addr().Is6() == v6 {
+			return r, true
+		}
+	}
+	return netip.AddrPort{}, false
 }
 
 // ActionsConfiguration is the action per alert kind.
@@ -123,10 +198,8 @@ func (a ActionsConfiguration) For(kind string) string {
 func (a ActionsConfiguration) validate(key string) error {
 	for k, v := range map[string]string{"smtp_fanout": a.SMTPFanout, "dst_entropy": a.DstEntropy,
 		"darknet": a.Darknet, "relay_abuse": a.RelayAbuse, "outbound_flood": a.OutboundFlood} {
-		switch v {
-		case "", ActionBlockSMTP, ActionQuarantine, ActionNone:
-		default:
-			return fmt.Errorf("%s.%s: %q, want block_smtp, quarantine or none", key, k, v)
+		if v != "" && v != ActionNone && !entryAction(v) {
+			return fmt.Errorf("%s.%s: %q, want block_smtp, walled, quarantine or none", key, k, v)
 		}
 	}
 	return nil
@@ -246,6 +319,9 @@ func (c Configuration) Validate() error {
 		return err
 	}
 	if err := c.CoA.validate("containment.coa"); err != nil {
+		return err
+	}
+	if err := c.Walled.Validate(); err != nil {
 		return err
 	}
 	for i, g := range c.Groups {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -162,7 +163,10 @@ func (l List) writeJSON(w io.Writer) error {
 // setName is the set an entry goes into, in nftables and ipset alike.
 func setName(e Entry) string {
 	name := "smtp_block"
-	if e.Action == ActionQuarantine {
+	switch e.Action {
+	case ActionWalled:
+		name = "walled"
+	case ActionQuarantine:
 		name = "quarantine"
 	}
 	if e.Prefix.Addr().Is6() {
@@ -171,7 +175,63 @@ func setName(e Entry) string {
 	return name
 }
 
-var setNames = []string{"smtp_block", "smtp_block6", "quarantine", "quarantine6"}
+var setNames = []string{"smtp_block", "smtp_block6", "walled", "walled6", "quarantine", "quarantine6"}
+
+// walledAllow returns containment.walled.allow (remediation.allow) as
+// text, IPv4 and IPv6 apart, masked and without the prefixes another one
+// covers: nft refuses overlapping intervals in one set.
+func walledAllow(cfg Configuration) (v4, v6 []string) {
+	var all []netip.Prefix
+	for _, p := range cfg.Walled.Allow {
+		if p.IsValid() {
+			all = append(all, p.Masked())
+		}
+	}
+	for i, p := range all {
+		covered := slices.ContainsFunc(all[:i], func(q netip.Prefix) bool { return q.Overlaps(p) && q.Bits() <= p.Bits() }) ||
+			slices.ContainsFunc(all[i+1:], func(q netip.Prefix) bool { return q.Overlaps(p) && q.Bits() < p.Bits() })
+		switch {
+		case covered:
+		case p.Addr().Is4():
+			v4 = append(v4, p.String())
+		default:
+			v6 = append(v6, p.String())
+		}
+	}
+	return v4, v6
+}
+
+// walledText says what a walled subscriber may still reach, for the
+// exports' comments: HTTP to the notice server (remediation.notice_redirect,
+// per family), DNS as quarantined ones, and the remediation sites.
+func walledText(cfg Configuration) (http, dns, allow string) {
+	var parts []string
+	for _, fam := range []struct {
+		name string
+		v6   bool
+	}{{"IPv4", false}, {"IPv6", true}} {
+		if r, ok := cfg.Walled.redirect(fam.v6); ok {
+			parts = append(parts, fam.name+" HTTP (tcp/80) redirected to the notice server "+r.String())
+		} else {
+			parts = append(parts, fam.name+" HTTP dropped (no "+fam.name+" address in remediation.notice_redirect)")
+		}
+	}
+	http = strings.Join(parts, ", ")
+	dns, _ = quarantineText(cfg)
+	v4, v6 := walledAllow(cfg)
+	if all := slices.Concat(v4, v6); len(all) > 0 {
+		allow = "anything to " + strings.Join(all, ", ") + " (remediation.allow)"
+	} else {
+		allow = "no remediation site (remediation.allow is empty)"
+	}
+	return http, dns, allow
+}
+
+// discardsAll tells whether e's action drops all but what it lets through
+// (quarantine, walled), rather than one port (block_smtp).
+func discardsAll(e Entry) bool {
+	return e.Action == ActionQuarantine || e.Action == ActionWalled
+}
 
 // resolvers returns containment.quarantine_dns as text, IPv4 and IPv6
 // apart.
@@ -214,7 +274,10 @@ func quarantineText(cfg Configuration) (dns, allow string) {
 // writeNftables writes a script for `nft -f`: the first two lines make sure
 // the table exists and delete it, the rest defines it anew, and nft applies
 // the whole file in one transaction, so the swap is atomic and loading it
-// twice is harmless.
+// twice is harmless. The walled garden is a forward rule set like
+// quarantine's (DNS to the resolvers, the remediation sites and the
+// notice server accepted, the rest dropped) and, for a family with a
+// notice server, a nat prerouting chain that sends its tcp/80 there.
 func (l List) writeNftables(w io.Writer, cfg Configuration) error {
 	t := cfg.Nftables.Table
 	var b strings.Builder
@@ -223,7 +286,9 @@ func (l List) writeNftables(w io.Writer, cfg Configuration) error {
 		b.WriteString("# containment.dry_run: the sets are left empty\n")
 	}
 	dns, allow := quarantineText(cfg)
+	wHTTP, wDNS, wAllow := walledText(cfg)
 	fmt.Fprintf(&b, "# smtp_block: tcp/25 dropped\n# quarantine: %s; %s; everything else dropped\n", dns, allow)
+	fmt.Fprintf(&b, "# walled: %s; %s; %s; everything else dropped\n", wHTTP, wDNS, wAllow)
 	fmt.Fprintf(&b, "table inet %s {}\ndelete table inet %s\ntable inet %s {\n", t, t, t)
 	elements := map[string][]string{}
 	for _, e := range l.Active {
@@ -251,11 +316,28 @@ func (l List) writeNftables(w io.Writer, cfg Configuration) error {
 	}
 	b.WriteString("\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n")
 	v4, v6 := resolvers(cfg)
-	for _, fam := range []struct {
+	allow4, allow6 := walledAllow(cfg)
+	families := []struct {
 		ip, sfx string
 		dns     []string
-	}{{"ip", "", v4}, {"ip6", "6", v6}} {
+		allow   []string
+		v6      bool
+	}{{"ip", "", v4, allow4, false}, {"ip6", "6", v6, allow6, true}}
+	for _, fam := range families {
 		fmt.Fprintf(&b, "\t\t%s%s saddr @smtp_block%s tcp dport 25 drop\n", iif, fam.ip, fam.sfx)
+		if len(fam.dns) > 0 {
+			fmt.Fprintf(&b, "\t\t%s%s saddr @walled%s %s daddr { %s } meta l4proto { tcp, udp } th dport 53 accept\n",
+				iif, fam.ip, fam.sfx, fam.ip, strings.Join(fam.dns, ", "))
+		}
+		if len(fam.allow) > 0 {
+			fmt.Fprintf(&b, "\t\t%s%s saddr @walled%s %s daddr { %s } accept\n", iif, fam.ip, fam.sfx, fam.ip, strings.Join(fam.allow, ", "))
+		}
+		if r, ok := cfg.Walled.redirect(fam.v6); ok {
+			// After the DNAT below: a notice server beyond the router
+			// is forwarded to (one on the router itself is input).
+			fmt.Fprintf(&b, "\t\t%s%s saddr @walled%s %s daddr %s tcp dport %d accept\n", iif, fam.ip, fam.sfx, fam.ip, r.Addr(), r.Port())
+		}
+		fmt.Fprintf(&b, "\t\t%s%s saddr @walled%s drop\n", iif, fam.ip, fam.sfx)
 		// DNS only to the configured resolvers: a flood to port 53 of
 		// anyone else is dropped with the rest.
 		if len(fam.dns) > 0 {
@@ -267,7 +349,27 @@ func (l List) writeNftables(w io.Writer, cfg Configuration) error {
 		}
 		fmt.Fprintf(&b, "\t\t%s%s saddr @quarantine%s drop\n", iif, fam.ip, fam.sfx)
 	}
-	b.WriteString("\t}\n}\n")
+	b.WriteString("\t}\n")
+	// The walled garden's HTTP goes to the notice server, except to the
+	// remediation sites (updates often come over plain HTTP). A family
+	// without a notice server gets no DNAT: its HTTP is dropped above.
+	if len(cfg.Walled.Redirect) > 0 {
+		b.WriteString("\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n")
+		for _, fam := range families {
+			r, ok := cfg.Walled.redirect(fam.v6)
+			if !ok {
+				fmt.Fprintf(&b, "\t\t# no %s notice server (remediation.notice_redirect): walled %s HTTP is dropped\n", fam.ip, fam.ip)
+				continue
+			}
+			except := ""
+			if len(fam.allow) > 0 {
+				except = fmt.Sprintf("%s daddr != { %s } ", fam.ip, strings.Join(fam.allow, ", "))
+			}
+			fmt.Fprintf(&b, "\t\t%s%s saddr @walled%s %stcp dport 80 dnat %s to %s\n", iif, fam.ip, fam.sfx, except, fam.ip, r)
+		}
+		b.WriteString("\t}\n")
+	}
+	b.WriteString("}\n")
 	_, err := io.WriteString(w, b.String())
 	return err
 }
@@ -277,7 +379,8 @@ func (l List) writeNftables(w io.Writer, cfg Configuration) error {
 // hash:ip holds addresses; an IPv4 prefix is added as its range (ipset
 // expands it), an IPv6 prefix other than /128 cannot be and is left out
 // with a comment. The sets carry no rules: comments say what the quarantine
-// sets allow, with iptables rules that do it.
+// and walled sets allow, with iptables rules that do it (the walled
+// garden's DNAT among them).
 func (l List) writeIpset(w io.Writer, cfg Configuration) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# wormsign containment block list, generated %s\n", l.GeneratedAt.Format(time.RFC3339))
@@ -288,12 +391,38 @@ func (l List) writeIpset(w io.Writer, cfg Configuration) error {
 	} else {
 		fmt.Fprintf(&b, "# smtp_block, smtp_block6: drop tcp/25 from these sources\n# quarantine, quarantine6: drop everything from these sources but %s, and %s\n", allow, dns)
 	}
+	wHTTP, wDNS, wAllow := walledText(cfg)
+	fmt.Fprintf(&b, "# walled, walled6: %s; %s; %s; drop everything else from these sources\n", wHTTP, wDNS, wAllow)
 	v4, v6 := resolvers(cfg)
+	allow4, allow6 := walledAllow(cfg)
 	for _, fam := range []struct {
 		cmd, sfx string
 		dns      []string
-	}{{"iptables", "", v4}, {"ip6tables", "6", v6}} {
+		allow    []string
+		v6       bool
+	}{{"iptables", "", v4, allow4, false}, {"ip6tables", "6", v6, allow6, true}} {
 		fmt.Fprintf(&b, "#   %s -A FORWARD -m set --match-set smtp_block%s src -p tcp --dport 25 -j DROP\n", fam.cmd, fam.sfx)
+		r, redirect := cfg.Walled.redirect(fam.v6)
+		if redirect {
+			// ACCEPT in the nat table ends its PREROUTING for the
+			// packet: HTTP to a remediation site is not redirected.
+			for _, a := range fam.allow {
+				fmt.Fprintf(&b, "#   %s -t nat -A PREROUTING -m set --match-set walled%s src -d %s -j ACCEPT\n", fam.cmd, fam.sfx, a)
+			}
+			fmt.Fprintf(&b, "#   %s -t nat -A PREROUTING -m set --match-set walled%s src -p tcp --dport 80 -j DNAT --to-destination %s\n", fam.cmd, fam.sfx, r)
+		}
+		for _, d := range fam.dns {
+			for _, proto := range []string{"udp", "tcp"} {
+				fmt.Fprintf(&b, "#   %s -A FORWARD -m set --match-set walled%s src -d %s -p %s --dport 53 -j ACCEPT\n", fam.cmd, fam.sfx, d, proto)
+			}
+		}
+		for _, a := range fam.allow {
+			fmt.Fprintf(&b, "#   %s -A FORWARD -m set --match-set walled%s src -d %s -j ACCEPT\n", fam.cmd, fam.sfx, a)
+		}
+		if redirect {
+			fmt.Fprintf(&b, "#   %s -A FORWARD -m set --match-set walled%s src -d %s -p tcp --dport %d -j ACCEPT\n", fam.cmd, fam.sfx, r.Addr(), r.Port())
+		}
+		fmt.Fprintf(&b, "#   %s -A FORWARD -m set --match-set walled%s src -j DROP\n", fam.cmd, fam.sfx)
 		for _, r := range fam.dns {
 			for _, proto := range []string{"udp", "tcp"} {
 				fmt.Fprintf(&b, "#   %s -A FORWARD -m set --match-set quarantine%s src -d %s -p %s --dport 53 -j ACCEPT\n", fam.cmd, fam.sfx, r, proto)
@@ -331,12 +460,16 @@ func (l List) writeIpset(w io.Writer, cfg Configuration) error {
 // (destination, source, udp/tcp, port 53) lets DNS to it through: a
 // route with a destination component comes before one without (RFC 8955
 // §5.1), so routers match it first. containment.quarantine_allow is not
-// exported: on FlowSpec routers a quarantined subscriber loses it.
+// exported: on FlowSpec routers a quarantined subscriber loses it. A
+// walled entry is exported as quarantine: FlowSpec can discard, accept or
+// redirect to a VRF, but cannot rewrite a destination, so the notice
+// server's DNAT is not there, nor are the remediation sites.
 func (l List) writeExaBGP(w io.Writer, cfg Configuration, conf bool) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# wormsign containment block list, generated %s\n", l.GeneratedAt.Format(time.RFC3339))
 	dns, _ := quarantineText(cfg)
 	fmt.Fprintf(&b, "# smtp_block: tcp/25 discarded\n# quarantine: %s; everything else discarded (containment.quarantine_allow too: not exported to FlowSpec)\n", dns)
+	b.WriteString("# walled: exported as quarantine: FlowSpec cannot DNAT, so no HTTP redirect to the notice server (remediation.notice_redirect), and remediation.allow is not exported\n")
 	if conf {
 		b.WriteString("flow {\n")
 	}
@@ -350,7 +483,7 @@ func (l List) writeExaBGP(w io.Writer, cfg Configuration, conf bool) error {
 	}
 	routeName := strings.NewReplacer(".", "-", ":", "-", "/", "-").Replace
 	for _, e := range l.Active {
-		if e.Action != ActionQuarantine {
+		if !discardsAll(e) {
 			continue
 		}
 		src, dsts, bits := e.Prefix.String(), v4, "/32"
@@ -364,7 +497,7 @@ func (l List) writeExaBGP(w io.Writer, cfg Configuration, conf bool) error {
 	}
 	for _, e := range l.Active {
 		match := fmt.Sprintf("source %s; protocol tcp; destination-port =25;", e.Prefix)
-		if e.Action == ActionQuarantine {
+		if discardsAll(e) {
 			match = fmt.Sprintf("source %s;", e.Prefix)
 		}
 		if e.Prefix.Addr().Is6() {

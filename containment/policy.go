@@ -35,7 +35,7 @@ const (
 // Change types, the audit trail's vocabulary.
 const (
 	ChangeSchedule = "schedule" // a pending block, grace running
-	ChangeAdd      = "add"      // on the list (also: an upgrade to quarantine)
+	ChangeAdd      = "add"      // on the list (also: an upgrade to a stronger action)
 	ChangeExtend   = "extend"   // expiry moved on by new activity
 	ChangeHold     = "hold"     // held by a person, off the list meanwhile
 	ChangeRelease  = "release"  // off the list: expired, by hand, or resolved while held
@@ -174,6 +174,22 @@ var (
 	ErrNotBlocked = errors.New("not on the list")
 )
 
+// CaseAction is what remediation asks of the list for a case: contain
+// these prefixes of a customer with an action.
+type CaseAction struct {
+	// ID is the entries' incident id: unique per case step
+	// ("case-abc:walled:1"), so that ReleaseIncidents lifts that step.
+	ID                     string
+	Customer, SubscriberID string
+	// Prefixes are the customer's current prefixes.
+	Prefixes []netip.Prefix
+	// Action is block_smtp, walled or quarantine.
+	Action      string
+	Actor, Note string
+	// Duration is how long the entries last; 0: containment.duration.
+	Duration time.Duration
+}
+
 // Policy is containment's state machine. It is pure: every decision takes
 // its time from its input (an alert's last_seen, or the time given to
 // Advance and the manual calls), never from a clock, so the same inputs
@@ -260,7 +276,8 @@ func groupNames(a ActionsConfiguration, kind string) bool {
 	return false
 }
 
-func stronger(a, b string) bool { return a == ActionQuarantine && b == ActionBlockSMTP }
+// stronger tells whether action a stops more than b (see actionRank).
+func stronger(a, b string) bool { return actionRank(a) > actionRank(b) }
 
 func eventTime(a alert.Alert) time.Time {
 	if !a.LastSeen.IsZero() {
@@ -758,8 +775,8 @@ func (p *Policy) Add(pfx netip.Prefix, action, actor, note string, d time.Durati
 	if action == "" {
 		action = ActionBlockSMTP
 	}
-	if action != ActionBlockSMTP && action != ActionQuarantine {
-		return Change{}, fmt.Errorf("%w: action %q, want block_smtp or quarantine", ErrBadInput, action)
+	if !entryAction(action) {
+		return Change{}, fmt.Errorf("%w: action %q, want block_smtp, walled or quarantine", ErrBadInput, action)
 	}
 	if actor == "" {
 		return Change{}, fmt.Errorf("%w: by: who adds must be given", ErrBadInput)
@@ -802,6 +819,160 @@ func (p *Policy) checkPrefix(pfx netip.Prefix) error {
 			widest, map[bool]int{true: 6, false: 4}[pfx.Addr().Is6()])
 	}
 	return nil
+}
+
+// KindCase is the kind of the entries of a remediation case's steps.
+const KindCase = "case"
+
+// Contain puts a case's step on the list at t: each of a.Prefixes is
+// active at once with a.Action until t plus a.Duration. A step is an
+// explicit decision, as a manual add is: no grace, a pending or held
+// entry becomes active, and incidents released before from the prefix
+// (Entry.ReleasedIncidents) do not keep it off. On an entry already there
+// the step joins the entry's incidents (so that ReleaseIncidents finds
+// it), its action replaces a weaker or equal one, and the expiry only
+// moves on; a manual entry whose action is at least the step's is a
+// person's and left as it is. It is all or nothing: a prefix refused (too
+// wide, allow-listed) or a list without room for the new entries
+// changes nothing. The timers' changes up to t come first.
+func (p *Policy) Contain(a CaseAction, t time.Time) ([]Change, error) {
+	switch {
+	case a.ID == "" || a.Actor == "":
+		return nil, fmt.Errorf("%w: case step: id and actor must be given", ErrBadInput)
+	case !entryAction(a.Action):
+		return nil, fmt.Errorf("%w: case step %s: action %q, want block_smtp, walled or quarantine", ErrBadInput, a.ID, a.Action)
+	case len(a.Prefixes) == 0:
+		return nil, fmt.Errorf("%w: case step %s: no prefix to contain", ErrBadInput, a.ID)
+	case a.Duration < 0:
+		return nil, fmt.Errorf("%w: case step %s: duration %s, want > 0", ErrBadInput, a.ID, a.Duration)
+	}
+	d := a.Duration
+	if d == 0 {
+		d = p.config.Duration
+	}
+	var prefixes []netip.Prefix
+	for _, pfx := range a.Prefixes {
+		if err := p.checkPrefix(pfx); err != nil {
+			return nil, fmt.Errorf("case step %s: %w", a.ID, err)
+		}
+		pfx = pfx.Masked()
+		if identity.IsKey(pfx.Addr()) {
+			return nil, fmt.Errorf("%w: case step %s: %s is a customer key, not an address", ErrBadInput, a.ID, pfx)
+		}
+		if p.allow.Overlaps(pfx) {
+			return nil, fmt.Errorf("case step %s: %s: %w (containment.allow_list or detector.allow_list holds addresses in it)", a.ID, pfx, ErrAllowed)
+		}
+		if !slices.Contains(prefixes, pfx) {
+			prefixes = append(prefixes, pfx)
+		}
+	}
+	slices.SortFunc(prefixes, comparePrefix)
+	out := p.Advance(t)
+	added := 0
+	for _, pfx := range prefixes {
+		if e := p.entries[pfx]; e == nil || e.State != StateActive {
+			added++
+		}
+	}
+	if added > 0 && p.countActive()+added > p.config.MaxEntries {
+		return out, fmt.Errorf("case step %s: %d new entries: %w", a.ID, added, ErrFull)
+	}
+	for _, pfx := range prefixes {
+		e := p.entries[pfx]
+		parked := false
+		if e != nil && e.State != StateReleased && p.holdings != nil && e.Customer != "" && a.Customer != "" && e.Customer != a.Customer {
+			// Another customer's block still here (its follow has not
+			// come yet): it waits for that customer's next address, as
+			// place does.
+			out = append(out, p.park(*e)...)
+			parked = true
+		}
+		if e == nil || e.State == StateReleased || parked {
+			if e == nil {
+				e = &Entry{Prefix: pfx}
+				p.entries[pfx] = e
+			}
+			*e = Entry{Prefix: pfx, State: StateActive, Action: a.Action, SubscriberID: a.SubscriberID, Customer: a.Customer,
+				IncidentID: a.ID, Kind: KindCase, Incidents: []string{a.ID}, ReleasedIncidents: e.ReleasedIncidents,
+				Actor: a.Actor, Note: a.Note, Since: p.now, Expires: p.now.Add(d), Seq: e.Seq}
+			out = append(out, p.change(e, ChangeAdd, a.Actor, a.Note))
+			continue
+		}
+		out = append(out, p.containEntry(e, a, d)...)
+	}
+	return out, nil
+}
+
+// containEntry applies case step a to e, an entry not released.
+func (p *Policy) containEntry(e *Entry, a CaseAction, d time.Duration) []Change {
+	if e.Kind == "manual" && !stronger(a.Action, e.Action) {
+		return nil
+	}
+	joined := e.join(a.ID)
+	upgraded := stronger(a.Action, e.Action)
+	reason := false
+	if !stronger(e.Action, a.Action) {
+		reason = e.IncidentID != a.ID
+		e.Action, e.IncidentID, e.Kind, e.Actor, e.Note = a.Action, a.ID, KindCase, a.Actor, a.Note
+	}
+	if a.Customer != "" {
+		e.Customer = a.Customer
+	}
+	if a.SubscriberID != "" {
+		e.SubscriberID = a.SubscriberID
+	}
+	activated := e.State != StateActive
+	if activated {
+		e.State, e.Since, e.BlockAt, e.HeldUntil = StateActive, p.now, time.Time{}, time.Time{}
+	}
+	exp := p.now.Add(d)
+	extended := exp.After(e.Expires)
+	e.Expires = laterOf(e.Expires, exp)
+	switch {
+	case activated || upgraded:
+		return []Change{p.change(e, ChangeAdd, a.Actor, a.Note)}
+	case extended:
+		return []Change{p.change(e, ChangeExtend, a.Actor, a.Note)}
+	case joined || reason:
+		return []Change{p.change(e, ChangeIncident, a.Actor, "case step "+a.ID+" joined: "+a.Note)}
+	}
+	return nil
+}
+
+// ReleaseIncidents releases at t every entry not yet released that
+// carries any of ids (a case's steps), in prefix order. It is final, as
+// Release: no incident those entries carried puts them back. Without an
+// entry to release it is ErrNotFound, or ErrNotBlocked when those that
+// carry ids are released already. The timers' changes up to t come
+// first, error or not.
+func (p *Policy) ReleaseIncidents(ids []string, actor, note string, t time.Time) ([]Change, error) {
+	if len(ids) == 0 || slices.Contains(ids, "") || actor == "" {
+		return nil, fmt.Errorf("%w: incident ids and by must be given", ErrBadInput)
+	}
+	out := p.Advance(t)
+	var release []*Entry
+	found := false
+	for _, e := range p.entries {
+		if !slices.ContainsFunc(ids, e.carries) {
+			continue
+		}
+		found = true
+		if e.State != StateReleased {
+			release = append(release, e)
+		}
+	}
+	switch {
+	case len(release) == 0 && found:
+		return out, fmt.Errorf("incidents %v: %w", ids, ErrNotBlocked)
+	case len(release) == 0:
+		return out, fmt.Errorf("incidents %v: %w", ids, ErrNotFound)
+	}
+	slices.SortFunc(release, func(a, b *Entry) int { return comparePrefix(a.Prefix, b.Prefix) })
+	for _, e := range release {
+		p.release(e, p.now, true)
+		out = append(out, p.change(e, ChangeRelease, actor, note))
+	}
+	return out, nil
 }
 
 // Release takes prefix off the list by hand at t. A pending or held entry

@@ -1,6 +1,7 @@
 // Package containment turns incidents into a port-25 block list the edge
-// applies: a policy (which alert kinds lead to block_smtp or quarantine,
-// after what grace, for how long), the list's state shared by every
+// applies: a policy (which alert kinds lead to block_smtp, walled or
+// quarantine, after what grace, for how long; remediation's case steps
+// through Contain), the list's state shared by every
 // instance, an audit trail of every change (ClickHouse containment_actions,
 // webhooks), and its exports (nftables, ipset, ExaBGP FlowSpec, plain,
 // JSON) over the HTTP API and `wormsign blocklist`.
@@ -451,6 +452,33 @@ func (c *Component) Release(ctx context.Context, pfx network.Prefix, by, note st
 		return ch, err
 	}
 	return ch, c.record(ctx, []Change{ch})
+}
+
+// Contain puts a remediation case's step on the list (see
+// Policy.Contain) and records the changes.
+func (c *Component) Contain(ctx context.Context, a CaseAction) ([]Change, error) {
+	c.mu.Lock()
+	changes, err := c.policy.Contain(a, c.deps.Now())
+	c.mu.Unlock()
+	return c.recordAll(ctx, changes, err)
+}
+
+// ReleaseIncidents releases the entries of a case's steps (see
+// Policy.ReleaseIncidents) and records the changes.
+func (c *Component) ReleaseIncidents(ctx context.Context, ids []string, by, note string) ([]Change, error) {
+	c.mu.Lock()
+	changes, err := c.policy.ReleaseIncidents(ids, by, note, c.deps.Now())
+	c.mu.Unlock()
+	return c.recordAll(ctx, changes, err)
+}
+
+// recordAll records changes even when the call that made them failed:
+// the timers it ran are changes every other instance records too.
+func (c *Component) recordAll(ctx context.Context, changes []Change, err error) ([]Change, error) {
+	if rerr := c.record(ctx, changes); rerr != nil {
+		return changes, rerr
+	}
+	return changes, err
 }
 
 // Hold implements Holder.

@@ -208,3 +208,35 @@ func ValidateCredentials(creds []Credential, hasToken bool) error {
 	}
 	return nil
 }
+
+// Guard wraps h of an API mounted beside the console (the block list, the
+// cases): authorize checks the request for the role need (nil refuses
+// everyone), the console's cookie authenticates only same-origin JSON
+// POSTs (CheckCookieRequest), and h finds who it authenticated as in the
+// request's context (PrincipalFrom). refused, when set, hears of each
+// refusal by its status (403 for a role that lacks need or a cross-origin
+// POST), for the component's metrics.
+func Guard(authorize AuthorizeFunc, need Role, refused func(status int, crossOrigin bool), h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if authorize == nil {
+			WriteError(w, http.StatusUnauthorized, "missing or wrong token: send Authorization: Bearer <a token of http.token or http.tokens>")
+			return
+		}
+		rec := NewStatusRecorder(w)
+		p, ok := authorize(rec, r, need)
+		if !ok {
+			if refused != nil {
+				refused(rec.Status(), false)
+			}
+			return
+		}
+		if err := CheckCookieRequest(r, true); err != nil {
+			if refused != nil {
+				refused(http.StatusForbidden, true)
+			}
+			WriteError(w, http.StatusForbidden, err.Error())
+			return
+		}
+		h(w, r.WithContext(WithPrincipal(r.Context(), p)))
+	}
+}

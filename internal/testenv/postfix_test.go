@@ -122,9 +122,9 @@ func TestPostfixInstancesApart(t *testing.T) {
 		p       *Postfix
 		subject string
 	}{{a, "to a"}, {b, "to b"}} {
-		msgs := c.p.WaitMessages(t, 1, 20*time.Second)
+		c.p.WaitMessages(t, 1, 20*time.Second)
 		time.Sleep(500 * time.Millisecond) // a stray second message would land by now
-		if msgs = c.p.Messages(t); len(msgs) != 1 || msgs[0].Header.Get("Subject") != c.subject {
+		if msgs := c.p.Messages(t); len(msgs) != 1 || msgs[0].Header.Get("Subject") != c.subject {
 			t.Errorf("%s: %d messages, want one with Subject %q", c.p.Addr(), len(msgs), c.subject)
 		}
 	}
