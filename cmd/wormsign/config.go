@@ -16,6 +16,7 @@ import (
 	"github.com/wormsign/wormsign/internal/config"
 	"github.com/wormsign/wormsign/internal/httpserver"
 	"github.com/wormsign/wormsign/network"
+	"github.com/wormsign/wormsign/remediation"
 	"github.com/wormsign/wormsign/sink"
 )
 
@@ -37,6 +38,7 @@ type Configuration struct {
 	Console            console.Configuration      `yaml:"console"`
 	Containment        containment.Configuration  `yaml:"containment"`
 	Identity           identity.Configuration     `yaml:"identity"`
+	Remediation        remediation.Configuration  `yaml:"remediation"`
 }
 
 // DefaultConfiguration is the embedded default `wormsign run` starts with.
@@ -53,6 +55,7 @@ func DefaultConfiguration() Configuration {
 		Containment:        containment.DefaultConfiguration(),
 		Console:            console.DefaultConfiguration(),
 		Identity:           identity.DefaultConfiguration(),
+		Remediation:        remediation.DefaultConfiguration(),
 	}
 }
 
@@ -71,12 +74,31 @@ func loadConfiguration(path string) (Configuration, error) {
 	if cfg.SubscriberPrefixV6 < 32 || cfg.SubscriberPrefixV6 > 128 {
 		return cfg, fmt.Errorf("subscriber_prefix_v6: %d, want 32..128", cfg.SubscriberPrefixV6)
 	}
-	for _, v := range []interface{ Validate() error }{cfg.HTTP, cfg.Kafka, cfg.ClickHouse, cfg.Collector, cfg.Detector, cfg.Sink, cfg.Console, cfg.Containment, cfg.Identity} {
+	for _, v := range []interface{ Validate() error }{cfg.HTTP, cfg.Kafka, cfg.ClickHouse, cfg.Collector, cfg.Detector, cfg.Sink, cfg.Console, cfg.Containment, cfg.Identity, cfg.Remediation} {
 		if err := v.Validate(); err != nil {
 			return cfg, err
 		}
 	}
+	if err := cfg.wallGarden(); err != nil {
+		return cfg, err
+	}
 	return cfg, nil
+}
+
+// wallGarden gives containment's exports the walled garden's shape from
+// the remediation section (the notice server's address and the
+// remediation sites), and checks that the ladder's containment steps have
+// a block list to go on.
+func (cfg *Configuration) wallGarden() error {
+	r := cfg.Remediation
+	cfg.Containment.Walled = containment.WalledConfiguration{Redirect: r.Redirect()}
+	for _, p := range r.Allow {
+		cfg.Containment.Walled.Allow = append(cfg.Containment.Walled.Allow, p.Prefix)
+	}
+	if r.Enabled && !cfg.Containment.Enabled && r.Contains() {
+		return fmt.Errorf("remediation.ladder has walled or block steps: they need containment.enabled")
+	}
+	return cfg.Containment.Walled.Validate()
 }
 
 // subscribers is the subscriber rule every stage shares.

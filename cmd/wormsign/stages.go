@@ -23,6 +23,7 @@ import (
 	"github.com/wormsign/wormsign/identity"
 	"github.com/wormsign/wormsign/internal/httpserver"
 	"github.com/wormsign/wormsign/network"
+	"github.com/wormsign/wormsign/remediation"
 	"github.com/wormsign/wormsign/sink"
 )
 
@@ -150,6 +151,14 @@ func runStages(ctx context.Context, cfg Configuration, logger *slog.Logger, stdo
 	if cont != nil && ids.store != nil {
 		cont.FollowIdentity(ids.store)
 	}
+	// Remediation runs beside the console: one instance decides on the
+	// cases (see package remediation).
+	var rem *remediation.Component
+	if want.console && cfg.Remediation.Enabled {
+		if rem, err = newRemediation(cfg, logger, reg, b, ch, http, guard, cont, ids.table()); err != nil {
+			return err
+		}
+	}
 	if want.console {
 		// First: on the in-process bus the console's queues must exist
 		// before the stages publish; stopped last.
@@ -193,6 +202,18 @@ func runStages(ctx context.Context, cfg Configuration, logger *slog.Logger, stdo
 			return err
 		}
 		stops = append(stops, cont.Stop)
+	}
+	if rem != nil {
+		// Before the detector: on the in-process bus its queue must exist
+		// before the first alert.
+		if err := rem.Start(); err != nil {
+			stopAll()
+			return err
+		}
+		stops = append(stops, rem.Stop)
+		if addr := rem.NoticeAddr(); addr != "" {
+			logger.Info("notice server listening", "addr", addr)
+		}
 	}
 	if want.detector {
 		d, err := detector.New(cfg.Detector, detector.Dependencies{
@@ -388,4 +409,30 @@ func newContainment(cfg Configuration, logger *slog.Logger, reg *prometheus.Regi
 	http.Handle("/api/v1/blocklist", c.Handler())
 	http.Handle("/api/v1/blocklist/", c.Handler())
 	return c, nil
+}
+
+// newRemediation prepares the cases, notices and walled garden beside the
+// console, its API mounted on the HTTP server behind the console's guard.
+func newRemediation(cfg Configuration, logger *slog.Logger, reg *prometheus.Registry, b bus.Bus, ch *clickhousedb.DB,
+	http *httpserver.Component, guard *console.Guard, cont *containment.Component, bindings *identity.Table) (*remediation.Component, error) {
+	groups := map[string][]network.Prefix{}
+	for _, g := range cfg.Detector.Groups {
+		groups[g.Name] = g.Networks
+	}
+	deps := remediation.Dependencies{
+		Logger: logger.With("component", "remediation"), Registry: reg, Bus: b, AlertsTopic: cfg.Kafka.AlertsTopic,
+		ClickHouse: ch, Identity: bindings, Subscribers: cfg.subscribers(), Groups: groups,
+		Webhooks: cfg.Sink.Webhooks, Authorize: guard.Authorize,
+	}
+	if cont != nil {
+		deps.Containment = cont
+	}
+	r, err := remediation.New(cfg.Remediation, deps)
+	if err != nil {
+		return nil, err
+	}
+	h := r.Handler()
+	http.Handle(remediation.APIPath, h)
+	http.Handle(remediation.APIPath+"/", h)
+	return r, nil
 }
