@@ -169,6 +169,9 @@ func TestRoutesByRole(t *testing.T) {
 		{"GET", "/customers/cust-1", "", [5]int{303, 403, 200, 200, 200}},
 		{"GET", "/search?q=cust-1", "", [5]int{303, 403, 200, 200, 200}},
 		{"GET", "/top", "", [5]int{303, 403, 200, 200, 200}},
+		{"GET", "/cases", "", [5]int{303, 403, 200, 200, 200}},
+		{"GET", "/cases/c1", "", [5]int{303, 403, 200, 200, 200}},
+		{"GET", "/desk", "", [5]int{303, 403, 200, 200, 200}},
 		{"GET", "/login", "", [5]int{200, 200, 200, 200, 200}},
 		{"GET", "/static/app.js", "", [5]int{200, 200, 200, 200, 200}},
 	}
@@ -194,7 +197,7 @@ func TestRoutesByRole(t *testing.T) {
 	}
 	// Twice (token, cookie): export on the 11 viewer routes, export and
 	// viewer on the two acks.
-	for route, want := range map[string]float64{"incidents": 2, "ack": 8, "stream": 2, "page": 12, "session": 0, "unknown": 0} {
+	for route, want := range map[string]float64{"incidents": 2, "ack": 8, "stream": 2, "page": 18, "session": 0, "unknown": 0} {
 		if got := testutil.ToFloat64(c.metrics.forbidden.WithLabelValues(route)); got != want {
 			t.Errorf("wormsign_console_forbidden_total{route=%q} = %g, want %g", route, got, want)
 		}

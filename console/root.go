@@ -294,7 +294,8 @@ func (c *Component) routes() http.Handler {
 	mux.HandleFunc("/login", c.counted("login", c.serveLogin))
 	mux.HandleFunc("POST /logout", c.counted("logout", c.serveLogout))
 	page := func(w http.ResponseWriter, r *http.Request) { c.servePage(w, "index.html", http.StatusOK) }
-	for _, p := range []string{"GET /{$}", "GET /incidents/{id}", "GET /subscribers/{ip}", "GET /customers/{id}", "GET /search", "GET /top", "GET /blocklist", "GET /blocklist/actions"} {
+	for _, p := range []string{"GET /{$}", "GET /incidents/{id}", "GET /subscribers/{ip}", "GET /customers/{id}", "GET /search", "GET /top", "GET /blocklist", "GET /blocklist/actions",
+		"GET /cases", "GET /cases/{id}", "GET /desk"} {
 		mux.HandleFunc(p, c.counted("page", c.requirePage("page", viewer, page)))
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

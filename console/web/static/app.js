@@ -1034,6 +1034,379 @@
       d.next ? el("p", {}, el("a", { href: "/blocklist/actions?" + new URLSearchParams({ prefix: ip }) }, "all changes of " + ip + " »")) : null);
   }
 
+  // ---- Remediation: the abuse desk's cases (one per customer), a case's
+  // page with its ladder and history, and the desk's measures. The API is
+  // remediation's: where it does not run in this process the console
+  // answers 404 and the pages say so. ----
+  const NO_REMEDIATION = "Remediation does not run here (remediation.enabled is off).";
+  const CASE_STATES = ["open", "notified", "walled", "blocked", "released", "closed", "false_positive"];
+  const CASE_WORDS = { false_positive: "false positive" };
+  const STEP_WORDS = { notify: "Notify the customer", walled: "Walled garden", block: "Block" };
+  // The events that take each step, to tell a step taken from one skipped.
+  const STEP_EVENTS = { notify: ["notify", "notify_failed"], walled: ["walled"], block: ["blocked"] };
+  async function casesAPI(path) {
+    try { return await api("/api/v1/cases" + path); } catch (e) {
+      if (/no such API endpoint/.test(e.message)) return null;
+      throw e;
+    }
+  }
+  function caseWord(st) { return CASE_WORDS[st] || st; }
+  function caseBadge(st) { return el("span", { class: "badge case-" + st, title: st }, caseWord(st)); }
+  function caseEnded(c) { return c.state === "released" || c.state === "closed" || c.state === "false_positive"; }
+  function noRemediation(title) {
+    main.replaceChildren(el("h1", {}, title), el("p", { class: "muted", id: "no-remediation" }, NO_REMEDIATION));
+  }
+  // span says a number of seconds in words: "45 s", "2 h 5 min", "24 h",
+  // "3 d 4 h".
+  function span(secs) {
+    const s = Math.max(0, Math.round(Number(secs) || 0));
+    const two = (a, ua, b, ub) => a + " " + ua + (b ? " " + b + " " + ub : "");
+    if (s < 60) return s + " s";
+    if (s < 3600) return two(Math.floor(s / 60), "min", s % 60, "s");
+    if (s < 2 * 86400) return two(Math.floor(s / 3600), "h", Math.floor((s % 3600) / 60), "min");
+    return two(Math.floor(s / 86400), "d", Math.floor((s % 86400) / 3600), "h");
+  }
+  // ladderStep reads a step as the API writes it: "walled:4h0m0s".
+  function ladderStep(s) {
+    const i = s.indexOf(":");
+    const unit = { h: 3600, m: 60, s: 1, ms: 1e-3, us: 1e-6, "µs": 1e-6, ns: 1e-9 };
+    let after = 0;
+    for (const m of s.slice(i + 1).matchAll(/([\d.]+)(h|ms|m|s|us|µs|ns)/g)) after += Number(m[1]) * unit[m[2]];
+    return { do: s.slice(0, i), after: after };
+  }
+  // caseCustomer links the case's customer when it is one (identity's, or
+  // a subscriber id); a case known only by its address has none.
+  function caseCustomer(c) {
+    if (c.customer && c.customer !== c.subscriber_ip) return customerLink(c.customer);
+    return el("span", { class: "muted", title: "no identity: the case is its address's" }, "–");
+  }
+  function kindsOf(c) { return (c.kinds || []).map((k, i) => [i ? " " : "", el("span", { class: "kind kind-" + k }, k)]); }
+  // nextStep says what the case waits for: the step and when it is due,
+  // or the hold that keeps it.
+  function nextStep(c, v) {
+    if (caseEnded(c)) return el("span", { class: "muted" }, "–");
+    if (!v) return el("span", { class: "muted" }, "…");
+    if (v.next < 0) return el("span", { class: "muted" }, "none left");
+    const s = ladderStep(v.ladder[v.next]);
+    const held = c.held_until && new Date(c.held_until) > Date.now();
+    return el("span", { title: utc(v.next_at) }, (STEP_WORDS[s.do] || s.do).toLowerCase(),
+      el("div", { class: "small muted" }, held ? "held until " + utc(c.held_until) :
+        new Date(v.next_at) > Date.now() ? "in " + left(v.next_at) : "due now"));
+  }
+
+  async function casesPage() {
+    document.title = "Cases · wormsign";
+    const q = new URLSearchParams(location.search);
+    let state = CASE_STATES.includes(q.get("state")) ? q.get("state") : "";
+    const stateSel = el("select", { id: "state-filter", "aria-label": "State" }, el("option", { value: "" }, "all states"),
+      CASE_STATES.map((s) => el("option", { value: s, selected: s === state }, caseWord(s))));
+    const countsBox = el("div", { id: "cases-counts", class: "counts", "aria-live": "polite" });
+    const box = el("div", { id: "cases-box" }, el("p", { class: "muted" }, "Loading…"));
+    // The list carries no ladder: each case's next step comes from its
+    // own page, fetched again only when the case changed.
+    const views = new Map();
+    function render(cases) {
+      const n = {};
+      for (const c of cases) n[c.state] = (n[c.state] || 0) + 1;
+      countsBox.replaceChildren(el("span", { class: "count" }, el("b", {}, String(cases.length)), cases.length === 1 ? " case" : " cases"),
+        ...CASE_STATES.filter((s) => n[s]).map((s) => el("span", { class: "count", "data-state": s }, el("b", {}, String(n[s])), " " + caseWord(s))));
+      box.replaceChildren(cases.length ? el("table", { id: "cases", class: "board" },
+        el("thead", {}, el("tr", {}, ["Case", "Customer", "Subscriber", "State", "Kinds", "Opened", "Last activity", "Notices", "Next step"]
+          .map((h) => el("th", { scope: "col", class: h === "Notices" ? "num" : null }, h)))),
+        el("tbody", {}, cases.map((c) => el("tr", { "data-case": c.id, "data-state": c.state, class: "case-row-" + c.state },
+          el("td", { class: "mono" }, el("a", { href: "/cases/" + encodeURIComponent(c.id), title: c.id }, shortID(c.id))),
+          el("td", {}, caseCustomer(c)),
+          el("td", {}, addressLink(c.subscriber_ip)),
+          el("td", { class: "nowrap" }, caseBadge(c.state)),
+          el("td", {}, kindsOf(c)),
+          el("td", { class: "nowrap" }, timeCell(c.opened), el("div", { class: "small muted" }, utc(c.opened))),
+          el("td", { class: "nowrap" }, timeCell(c.last_activity)),
+          el("td", { class: "num", title: c.notified_at ? "first notice " + utc(c.notified_at) : "no notice sent" }, num(c.notices)),
+          el("td", {}, nextStep(c, views.get(c.id))))))) :
+        el("p", { class: "muted", id: "cases" }, state ? "No case is " + caseWord(state) + "." : "No cases yet."));
+    }
+    // load tells whether there is a list to refresh; a failed refresh
+    // keeps what is shown.
+    async function load(first) {
+      const p = new URLSearchParams({ limit: "200" });
+      if (state) p.set("state", state);
+      let d;
+      try { d = await casesAPI("?" + p); } catch (e) { if (first) showError(e); return false; }
+      if (!d) { noRemediation("Cases"); return false; }
+      const stale = d.cases.filter((c) => !caseEnded(c) && (!views.has(c.id) || views.get(c.id).case.version !== c.version));
+      await Promise.all(stale.map((c) => casesAPI("/" + encodeURIComponent(c.id)).then((v) => { if (v) views.set(c.id, v); }, () => null)));
+      render(d.cases);
+      return true;
+    }
+    stateSel.addEventListener("change", function () {
+      state = stateSel.value;
+      history.replaceState(null, "", "/cases" + (state ? "?" + new URLSearchParams({ state: state }) : ""));
+      load(true);
+    });
+    main.replaceChildren(
+      el("div", { class: "bar" }, el("h1", {}, "Cases"), el("label", {}, "State ", stateSel),
+        el("nav", { class: "tabs", "aria-label": "Remediation" }, el("a", { href: "/cases", class: "tab on", "aria-current": "page" }, "Cases"),
+          el("a", { href: "/desk", class: "tab" }, "Desk"))),
+      el("p", { class: "muted", id: "cases-what" }, "One case per customer, from its first incident to its close: notified, walled, blocked as the ladder says, released by the customer or the desk."),
+      countsBox, box);
+    if (await load(true)) refreshTimer = setInterval(load, 5000);
+  }
+
+  async function casePage(id) {
+    document.title = "Case · wormsign";
+    await session;
+    let d;
+    try { d = await casesAPI("/" + encodeURIComponent(id)); } catch (e) { return showError(e); }
+    if (!d) return noRemediation("Case");
+    const head = el("div", { id: "case-head" }), facts = el("dl", { class: "facts two", id: "case-facts" });
+    const saw = el("section", { id: "saw-section", "aria-labelledby": "saw-h" });
+    const ladder = el("section", { id: "ladder-section", "aria-labelledby": "ladder-h" });
+    const hist = el("section", { id: "history-section", "aria-labelledby": "hist-h" });
+    // The actions stay as they are across refreshes: a note being typed
+    // survives them.
+    const note = el("input", { id: "case-note", name: "note", maxlength: "1000", autocomplete: "off", placeholder: "why: e.g. customer called, is cleaning the PC" });
+    const dur = el("select", { id: "hold-duration", "aria-label": "Hold for" }, ["1h", "4h", "24h"].map((x) => el("option", { value: x }, x)));
+    const btn = (bid, label, title) => el("button", { type: "button", id: bid, title: title }, label);
+    const holdBtn = btn("case-hold", "Hold", "hold the ladder: no step is taken until the hold ends");
+    const skipBtn = btn("case-skip", "Skip next step", "pass over the next step without taking it");
+    const relBtn = btn("case-release", "Release", "lift the case's containment; it reopens on new activity");
+    const closeBtn = btn("case-close", "Close", "end the case, lifting its containment");
+    const fpBtn = btn("case-fp", "False positive…", "release and close the case, and count it against its rules");
+    const fpYes = el("button", { type: "button", id: "case-fp-confirm", class: "danger" }, "Yes, a false positive");
+    const fpNo = btn("case-fp-cancel", "Cancel");
+    const fpKinds = el("span");
+    const fpAsk = el("p", { id: "case-fp-ask", class: "confirm", hidden: true }, "Mark this case a false positive? Its containment is lifted, it closes, and it counts against the precision of ", fpKinds, ". ", fpYes, " ", fpNo);
+    const status = el("p", { id: "case-status", role: "status" });
+    const actions = el("section", { id: "case-actions", class: "case-actions", "aria-labelledby": "act-h" },
+      el("h3", { id: "act-h" }, "Act on the case"),
+      el("div", { class: "row" }, el("label", { for: "case-note" }, "Note"), note),
+      el("div", { class: "row" }, el("label", { for: "hold-duration" }, "Hold for"), dur, holdBtn,
+        el("span", { class: "sep" }), skipBtn, relBtn, closeBtn, fpBtn),
+      fpAsk, status);
+
+    function stepStatus(s, i, c) {
+      const from = new Date(c.ladder_from).getTime();
+      const events = d.events.filter((e) => new Date(e.at).getTime() >= from);
+      if (i < c.step) {
+        const took = events.find((e) => STEP_EVENTS[s.do].includes(e.type));
+        if (!took) return el("span", { class: "tag" }, "skipped");
+        return [el("span", { class: "step-mark" }, took.type === "notify_failed" ? "tried" : "taken"), " " + utc(took.at),
+          took.type === "notify_failed" ? el("span", { class: "error" }, " notice failed" + (took.note ? ": " + took.note : "")) : null];
+      }
+      if (i === d.next) {
+        const held = c.held_until && new Date(c.held_until) > Date.now();
+        return [el("span", { class: "step-mark" }, "next"), " due " + utc(d.next_at) + " (" + (new Date(d.next_at) > Date.now() ? "in " + left(d.next_at) : "now") + ")",
+          held ? [" ", el("span", { class: "badge badge-held" }, "held until " + utc(c.held_until))] : null];
+      }
+      return el("span", { class: "muted" }, caseEnded(c) ? "not taken: the case is " + caseWord(c.state) : "later");
+    }
+    function render() {
+      const c = d.case, ev = d.evidence || {}, a = c.alert || {};
+      document.title = "Case " + c.customer + " · wormsign";
+      const held = c.held_until && new Date(c.held_until) > Date.now();
+      fill(head, el("p", { class: "crumbs" }, el("a", { href: "/cases" }, "Cases"), " › " + shortID(c.id)),
+        el("h1", { id: "case-title", "data-state": c.state }, "Case ", el("span", { class: "mono" }, c.customer), " ", caseBadge(c.state),
+          held ? [" ", el("span", { class: "badge badge-held" }, "held")] : null));
+      fill(facts,
+        el("dt", {}, "Customer"), el("dd", { id: "case-customer" }, caseCustomer(c)),
+        el("dt", {}, "Subscriber"), el("dd", {}, addressLink(c.subscriber_ip)),
+        el("dt", {}, "Kinds"), el("dd", {}, kindsOf(c)),
+        el("dt", {}, "Incidents"), el("dd", {}, num((c.incidents || []).length) + " (" + num((c.active || []).length) + " active), latest ",
+          a.id ? el("a", { href: "/incidents/" + encodeURIComponent(a.id), id: "latest-incident", class: "mono", title: a.id }, shortID(a.id)) : "–"),
+        el("dt", {}, "Opened"), el("dd", {}, utc(c.opened), " (", timeCell(c.opened), ")"),
+        el("dt", {}, "Last activity"), el("dd", {}, utc(c.last_activity), " (", timeCell(c.last_activity), ")"),
+        el("dt", {}, "Notices"), el("dd", {}, num(c.notices) + (c.notified_at ? ", the first " + utc(c.notified_at) : "")),
+        el("dt", {}, "Containment"), el("dd", {}, [c.walled_at ? "walled " + utc(c.walled_at) : null, c.blocked_at ? "blocked " + utc(c.blocked_at) : null]
+          .filter((x) => x).join(", ") || "none"),
+        el("dt", {}, "Released"), el("dd", {}, c.released_at ? utc(c.released_at) + (c.released_by ? " by " + c.released_by : "") : "–"),
+        el("dt", {}, "Closed"), el("dd", {}, c.closed_at ? utc(c.closed_at) : "–"),
+        el("dt", {}, "Self-releases"), el("dd", {}, num((c.self_releases || []).length) + ", " + num(d.self_releases_left) + " left"),
+        el("dt", {}, "Reopens"), el("dd", {}, num(c.reopens)),
+        el("dt", {}, "Abuse report"), el("dd", {}, el("a", { href: d.xarf, id: "xarf-link" }, "X-ARF report of the latest incident")),
+        el("dt", {}, "Case id"), el("dd", { class: "mono small" }, c.id));
+      fill(saw, el("h2", { id: "saw-h" }, "What we saw ", el("span", { class: "muted small" }, "in the words of the customer's notice")),
+        el("ul", { id: "saw", class: "evidence" },
+          el("li", {}, "From " + (ev.address || c.subscriber_ip) + ", between " + ev.from + " and " + ev.to + ": " + ev.what + "."),
+          ev.destinations ? el("li", {}, "It contacted " + num(ev.destinations) + " distinct destinations.") : null,
+          (ev.sample || []).length ? el("li", {}, "Among them: ", el("span", { class: "mono", id: "saw-sample" }, ev.sample.join(", ")), ".") : null,
+          ev.detail ? el("li", {}, ev.detail) : null),
+        (ev.steps || []).length ? el("details", { id: "saw-steps" }, el("summary", {}, "What the notice asks the customer to do"),
+          el("ol", {}, ev.steps.map((s) => el("li", {}, s)))) : null);
+      const steps = d.ladder.map(ladderStep);
+      fill(ladder, el("h2", { id: "ladder-h" }, "Ladder"),
+        el("p", { class: "muted" }, "Started " + utc(c.ladder_from) + (c.reopens ? ", again at the latest reopen" : "") + "; each step is taken while the case still has an active incident and no hold waits."),
+        el("ol", { id: "ladder", class: "ladder" }, steps.map((s, i) => {
+          const st = i < c.step ? "taken" : i === d.next ? "next" : "later";
+          return el("li", { class: "step step-" + st, "data-step": s.do, "data-status": st },
+            el("b", {}, STEP_WORDS[s.do] || s.do), " ", el("span", { class: "muted" }, s.after ? span(s.after) + " after the start" : "at the start"),
+            " · ", stepStatus(s, i, c));
+        })));
+      fill(hist, el("h2", { id: "hist-h" }, "History"),
+        d.events.length ? el("table", { id: "case-history", class: "board" },
+          el("thead", {}, el("tr", {}, ["At (UTC)", "Event", "Actor", "Note", "State after"].map((h) => el("th", { scope: "col" }, h)))),
+          el("tbody", {}, d.events.map((e) => el("tr", { "data-type": e.type },
+            el("td", { class: "nowrap" }, utc(e.at), el("div", { class: "small muted" }, age(e.at))),
+            el("td", {}, el("span", { class: "change ev-" + e.type }, e.type)),
+            el("td", {}, e.actor),
+            el("td", { class: "small" }, e.note || ""),
+            el("td", {}, caseBadge(e.state)))))) : el("p", { class: "muted", id: "case-history" }, "No events."));
+      // Each button as the API allows it in this state.
+      const ended = caseEnded(c);
+      holdBtn.disabled = dur.disabled = relBtn.disabled = ended;
+      skipBtn.disabled = ended || d.next < 0;
+      closeBtn.disabled = c.state === "closed" || c.state === "false_positive";
+      fpBtn.disabled = fpYes.disabled = c.state === "false_positive";
+      note.disabled = fpBtn.disabled;
+      if (fpBtn.disabled) fpAsk.hidden = true;
+      fpKinds.textContent = (c.kinds || []).join(", ") || "its rules";
+      refreshAges();
+    }
+    async function load() {
+      try {
+        const v = await casesAPI("/" + encodeURIComponent(id));
+        if (v) { d = v; render(); }
+      } catch (e) { /* keep what is shown; the next refresh tries again */ }
+    }
+    async function act(action, body, said) {
+      if (!note.value.trim()) {
+        answer(status, false, "Write a note first: why (it goes into the case's history).");
+        note.focus();
+        return;
+      }
+      body.note = note.value.trim();
+      try {
+        const r = await postJSON("/api/v1/cases/" + encodeURIComponent(id) + "/" + action, body);
+        note.value = "";
+        fpAsk.hidden = true;
+        d.case = r.case;
+        render();
+        answer(status, true, said(r.case));
+        load(); // the history and the ladder
+      } catch (err) { answer(status, false, "Not done: " + err.message); }
+    }
+    holdBtn.addEventListener("click", () => act("hold", { duration: dur.value }, (c) => "Held until " + utc(c.held_until) + "."));
+    skipBtn.addEventListener("click", () => act("skip", {}, () => "Skipped the next step."));
+    relBtn.addEventListener("click", () => act("release", {}, () => "Released: the containment is lifted."));
+    closeBtn.addEventListener("click", () => act("close", {}, () => "Closed."));
+    fpBtn.addEventListener("click", () => { fpAsk.hidden = false; fpYes.focus(); });
+    fpNo.addEventListener("click", () => { fpAsk.hidden = true; });
+    fpYes.addEventListener("click", () => act("false_positive", {}, () => "Marked a false positive: released and closed."));
+    main.replaceChildren(head, facts, el("div", { class: "case-grid" }, saw, ladder),
+      can("operator") ? actions : el("p", { class: "muted", id: "case-denied" }, "Acting on a case needs the operator role" + (me ? "; " + me.name + " is " + me.role : "") + "."),
+      hist);
+    render();
+    refreshTimer = setInterval(load, 5000);
+  }
+
+  // svg builds an SVG element as el() does HTML; the charts colour
+  // themselves with classes of app.css (the policy forbids inline styles).
+  function svg(tag, attrs, ...children) {
+    const e = document.createElementNS("http://www.w3.org/2000/svg", tag);
+    for (const [k, v] of Object.entries(attrs || {})) if (v !== null && v !== undefined && v !== false) e.setAttribute(k, v);
+    for (const c of children.flat(Infinity)) {
+      if (c !== null && c !== undefined) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return e;
+  }
+  // stateChart is a horizontal bar per case state.
+  function stateChart(byState) {
+    const W = 640, row = 28, left = 120, right = 56;
+    const H = CASE_STATES.length * row + 8;
+    const max = Math.max(1, ...CASE_STATES.map((s) => byState[s] || 0));
+    return svg("svg", { id: "by-state", class: "chart-svg", viewBox: "0 0 " + W + " " + H, width: W, height: H, role: "img",
+      "aria-label": "Cases by state: " + CASE_STATES.map((s) => caseWord(s) + " " + (byState[s] || 0)).join(", ") },
+      CASE_STATES.map((s, i) => {
+        const n = byState[s] || 0, y = 4 + i * row, w = (W - left - right) * n / max;
+        return svg("g", { "data-state": s },
+          svg("text", { x: left - 10, y: y + row / 2 + 5, "text-anchor": "end", class: "chart-label" }, caseWord(s)),
+          svg("rect", { x: left, y: y + 5, width: Math.max(n ? 3 : 0, w), height: row - 10, rx: 3, class: "fill-" + s }),
+          svg("text", { x: left + w + 8, y: y + row / 2 + 5, class: "chart-value" }, num(n)));
+      }),
+      svg("line", { x1: left, x2: left, y1: 0, y2: H, class: "chart-axis" }));
+  }
+  // daysChart is the cases opened, notified and released per day, as
+  // groups of three bars.
+  const DAY_SERIES = [["opened", "opened"], ["notified", "notified"], ["released", "released"]];
+  function daysChart(days) {
+    const W = 720, H = 220, left = 40, right = 12, top = 30, bottom = 28;
+    const pw = W - left - right, ph = H - top - bottom;
+    const max = Math.max(1, ...days.map((d) => Math.max(d.opened, d.notified, d.released)));
+    const gw = pw / Math.max(days.length, 1), bw = Math.min(22, (gw * 0.8) / 3);
+    const y = (v) => top + ph - (ph * v) / max;
+    const every = Math.ceil(days.length / 10); // at most 10 day labels
+    const ticks = [...new Set([0, Math.round(max / 2), max])];
+    return svg("svg", { id: "days", class: "chart-svg", viewBox: "0 0 " + W + " " + H, width: W, height: H, role: "img",
+      "aria-label": "Cases per day: " + days.map((d) => d.day + " opened " + d.opened + ", notified " + d.notified + ", released " + d.released).join("; ") },
+      DAY_SERIES.map(([k, label], i) => svg("g", {},
+        svg("rect", { x: left + i * 110, y: 6, width: 12, height: 12, rx: 2, class: "fill-" + k }),
+        svg("text", { x: left + i * 110 + 18, y: 17, class: "chart-label" }, label))),
+      ticks.map((t) => svg("g", {},
+        svg("line", { x1: left, x2: W - right, y1: y(t), y2: y(t), class: "chart-grid" }),
+        svg("text", { x: left - 6, y: y(t) + 4, "text-anchor": "end", class: "chart-label" }, num(t)))),
+      days.map((d, i) => {
+        const x0 = left + i * gw + (gw - 3 * bw) / 2;
+        return svg("g", { "data-day": d.day },
+          DAY_SERIES.map(([k], j) => svg("rect", { x: x0 + j * bw, y: y(d[k]), width: Math.max(1, bw - 2), height: y(0) - y(d[k]), class: "fill-" + k },
+            svg("title", {}, d.day + ": " + d[k] + " " + k))),
+          i % every === 0 ? svg("text", { x: left + i * gw + gw / 2, y: H - 8, "text-anchor": "middle", class: "chart-label" }, d.day.slice(5)) : null);
+      }));
+  }
+  function quantileWords(q, none) {
+    if (!q || !q.n) return el("span", { class: "muted" }, none);
+    return ["median " + span(q.median) + ", 90\u00a0% within " + span(q.p90), el("span", { class: "muted" }, " (" + num(q.n) + (q.n === 1 ? " case)" : " cases)"))];
+  }
+
+  async function deskPage() {
+    document.title = "Desk · wormsign";
+    const box = el("div", { id: "desk" });
+    function render(s) {
+      const fps = s.false_positives || {}, prec = s.precision || {};
+      const kinds = [...new Set([...Object.keys(prec), ...Object.keys(fps)])].sort();
+      const fpTotal = Object.values(fps).reduce((x, y) => x + y, 0);
+      const count = (id, n, one, many) => el("span", { class: "count", id: id }, el("b", {}, num(n)), " " + (n === 1 ? one : many));
+      fill(box,
+        el("div", { class: "counts", id: "desk-counts" },
+          count("desk-cases", s.cases, "case", "cases"), count("desk-walled", s.walled, "walled", "walled"),
+          count("desk-blocked", s.blocked, "blocked", "blocked"), count("desk-self", s.self_releases, "self-release", "self-releases"),
+          count("desk-repeat", s.repeat_offenders, "repeat offender", "repeat offenders"),
+          count("desk-fp", fpTotal, "false positive", "false positives")),
+        el("div", { class: "desk-grid" },
+          el("section", { "aria-labelledby": "by-state-h" }, el("h2", { id: "by-state-h" }, "Cases by state"), stateChart(s.by_state || {})),
+          el("section", { "aria-labelledby": "days-h" }, el("h2", { id: "days-h" }, "Per day (UTC)"),
+            (s.days || []).length ? daysChart(s.days) : el("p", { class: "muted", id: "days" }, "No cases yet."))),
+        el("div", { class: "desk-grid" },
+        el("section", { "aria-labelledby": "times-h" }, el("h2", { id: "times-h" }, "How long it takes"),
+          el("dl", { class: "facts", id: "desk-times" },
+            el("dt", {}, "Open to the first notice"), el("dd", { id: "open-to-notice" }, quantileWords(s.open_to_notice, "no case notified yet")),
+            el("dt", {}, "Notice to release"), el("dd", { id: "notice-to-release" }, quantileWords(s.notice_to_release, "no case released by the customer or the desk yet")),
+            el("dt", {}, "Contained"), el("dd", {}, num(s.walled) + " walled, " + num(s.blocked) + " blocked, " + num(s.self_releases) + " released by the customer, " +
+              num(s.repeat_offenders) + " reopened (repeat offenders)"))),
+        el("section", { "aria-labelledby": "fp-h" }, el("h2", { id: "fp-h" }, "False positives by rule"),
+          el("p", { class: "muted" }, "Precision is the share of a rule's ended cases (released, closed) the desk did not mark a false positive."),
+          kinds.length ? el("table", { id: "precision", class: "board narrow" },
+            el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "Rule"), el("th", { scope: "col", class: "num" }, "False positives"), el("th", { scope: "col", class: "num" }, "Precision"))),
+            el("tbody", {}, kinds.map((k) => el("tr", { "data-kind": k },
+              el("td", {}, el("span", { class: "kind kind-" + k }, k)),
+              el("td", { class: "num" }, num(fps[k] || 0)),
+              el("td", { class: "num" }, k in prec ? pct(prec[k]) : el("span", { class: "muted", title: "no ended case of this rule yet" }, "–")))))) :
+            el("p", { class: "muted", id: "precision" }, "No case has ended yet."))));
+    }
+    async function load(first) {
+      let s;
+      try { s = await casesAPI("/stats"); } catch (e) { if (first) showError(e); return false; }
+      if (!s) { noRemediation("Desk"); return false; }
+      render(s);
+      return true;
+    }
+    main.replaceChildren(
+      el("div", { class: "bar" }, el("h1", {}, "Abuse desk"),
+        el("nav", { class: "tabs", "aria-label": "Remediation" }, el("a", { href: "/cases", class: "tab" }, "Cases"),
+          el("a", { href: "/desk", class: "tab on", "aria-current": "page" }, "Desk"))),
+      el("p", { class: "muted", id: "desk-what" }, "The desk's measures over the cases this process keeps (remediation.max_cases)."),
+      box);
+    if (await load(true)) refreshTimer = setInterval(load, 5000);
+  }
+
   // ---- Keyboard ----
   document.addEventListener("keydown", function (e) {
     if (e.ctrlKey || e.metaKey || e.altKey) return;
@@ -1042,6 +1415,8 @@
     if (e.key === "b") location.href = "/";
     else if (e.key === "t") location.href = "/top";
     else if (e.key === "l") location.href = "/blocklist";
+    else if (e.key === "c") location.href = "/cases";
+    else if (e.key === "d") location.href = "/desk";
     else if (e.key === "r") route();
     else if (e.key === "n" || e.key === "p") listeners.forEach((l) => l.pageKey && l.pageKey(e.key));
     else if (e.key === "s") {
@@ -1068,6 +1443,9 @@
     else if (p === "/top") topPage();
     else if (p === "/blocklist") blocklistPage();
     else if (p === "/blocklist/actions") actionsPage();
+    else if (p === "/cases") casesPage();
+    else if ((m = p.match(/^\/cases\/([^/]+)$/))) casePage(decodeURIComponent(m[1]));
+    else if (p === "/desk") deskPage();
     else main.replaceChildren(el("p", {}, "No such page."));
     refreshAges();
   }
