@@ -49,11 +49,11 @@ func testMigrateTwice(t *testing.T, addr string) {
 	}
 	name := db.Database()
 	var n uint64
-	if err := db.QueryRow(ctx, "SELECT count() FROM "+name+".schema_migrations").Scan(&n); err != nil || n != 7 {
-		t.Errorf("schema_migrations has %d rows after two runs (%v), want 7", n, err)
+	if err := db.QueryRow(ctx, "SELECT count() FROM "+name+".schema_migrations").Scan(&n); err != nil || n != 8 {
+		t.Errorf("schema_migrations has %d rows after two runs (%v), want 8", n, err)
 	}
 	got := testenv.QueryStrings(t, db, "SELECT name FROM system.tables WHERE database = ? ORDER BY name", name)
-	want := []string{"alerts", "alerts_ledger_mv", "containment_actions", "flows", "flows_1m", "flows_1m_mv", "flows_ledger_mv", "incident_actions", "replays", "schema_migrations", "sink_ledger",
+	want := []string{"alerts", "alerts_ledger_mv", "case_events", "cases", "containment_actions", "flows", "flows_1m", "flows_1m_mv", "flows_ledger_mv", "incident_actions", "replays", "schema_migrations", "sink_ledger",
 		"subscriber_bindings", "subscriber_bindings_by_customer", "subscriber_bindings_by_customer_mv"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("tables (-want +got):\n%s", diff)

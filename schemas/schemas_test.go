@@ -32,7 +32,7 @@ func TestClickHouseMigrations(t *testing.T) {
 		if sawIPv6 != f.IPv6 {
 			t.Errorf("with %+v: IPv6 column type used = %v", f, sawIPv6)
 		}
-		if diff := cmp.Diff([]int{1, 2, 3, 4, 5, 6, 7}, versions); diff != "" {
+		if diff := cmp.Diff([]int{1, 2, 3, 4, 5, 6, 7, 8}, versions); diff != "" {
 			t.Errorf("versions (-want +got):\n%s", diff)
 		}
 		if got := len(ms[0].Statements); got != 2 {
