@@ -203,6 +203,18 @@ type Policy struct {
 	// holdings tells the prefixes a customer holds at a time (identity);
 	// nil without identity.
 	holdings func(customer string, t time.Time) []netip.Prefix
+	// deferred are the timers' changes that a manual call (Add, Release,
+	// Hold) ran before its own: Deferred hands them to the caller to
+	// record, so that no expiry is lost from the topic and the audit.
+	deferred []Change
+}
+
+// Deferred returns, and forgets, the timers' changes the manual calls
+// made since the last call.
+func (p *Policy) Deferred() []Change {
+	out := p.deferred
+	p.deferred = nil
+	return out
 }
 
 // SetHoldings makes entries of customers follow them: holdings returns the
@@ -792,7 +804,7 @@ func (p *Policy) Add(pfx netip.Prefix, action, actor, note string, d time.Durati
 		// Any allow-listed address inside pfx, not only its first.
 		return Change{}, fmt.Errorf("%s: %w (containment.allow_list or detector.allow_list holds addresses in it)", pfx, ErrAllowed)
 	}
-	p.Advance(t)
+	p.deferred = append(p.deferred, p.Advance(t)...)
 	e := p.entries[pfx]
 	if (e == nil || e.State != StateActive) && p.countActive() >= p.config.MaxEntries {
 		return Change{}, ErrFull
@@ -985,7 +997,7 @@ func (p *Policy) Release(pfx netip.Prefix, actor, note string, t time.Time) (Cha
 	if actor == "" {
 		return Change{}, fmt.Errorf("%w: by: who releases must be given", ErrBadInput)
 	}
-	p.Advance(t)
+	p.deferred = append(p.deferred, p.Advance(t)...)
 	e := p.entries[pfx.Masked()]
 	if e == nil || e.State == StateReleased {
 		return Change{}, fmt.Errorf("%s: %w", pfx, ErrNotBlocked)
@@ -1013,7 +1025,7 @@ func (p *Policy) hold(incidentID, actor, note string, t time.Time) ([]Entry, []C
 	if incidentID == "" || actor == "" {
 		return nil, nil, fmt.Errorf("%w: incident id and by must be given", ErrBadInput)
 	}
-	p.Advance(t)
+	p.deferred = append(p.deferred, p.Advance(t)...)
 	var held []*Entry
 	found := false
 	for _, x := range p.entries {

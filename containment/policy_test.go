@@ -487,3 +487,27 @@ func TestPolicyHoldsEveryEntryOfTheIncident(t *testing.T) {
 		t.Errorf("after the hold still active: %+v, want every entry of the incident held", l.Active)
 	}
 }
+
+// TestManualCallsKeepTimerChanges: a manual add, release or hold first runs
+// the timers up to its time; the expiry they make is handed over
+// (Deferred) to be recorded, not lost.
+func TestManualCallsKeepTimerChanges(t *testing.T) {
+	cfg := testConfig()
+	cfg.Grace = 0
+	p := NewPolicy(cfg, nil, nil)
+	p.Apply(mkAlert("inc-1", "smtp_fanout", alert.StateOpen, "203.0.113.7", at(0)))
+	if d := p.Deferred(); len(d) != 0 {
+		t.Fatalf("deferred after an alert: %v", d)
+	}
+	// The block expires at 4 h; the add comes at 5 h.
+	if _, err := p.Add(netip.MustParsePrefix("203.0.113.9/32"), ActionBlockSMTP, "alice", "", 0, at(300)); err != nil {
+		t.Fatal(err)
+	}
+	d := p.Deferred()
+	if len(d) != 1 || d[0].Type != ChangeRelease || d[0].Entry.Prefix != netip.MustParsePrefix("203.0.113.7/32") {
+		t.Fatalf("deferred after the add: %+v, want the expiry of 203.0.113.7", d)
+	}
+	if d := p.Deferred(); len(d) != 0 {
+		t.Errorf("deferred twice: %v", d)
+	}
+}

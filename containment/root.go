@@ -362,6 +362,12 @@ func (c *Component) follow(ctx context.Context) {
 // record publishes changes (retrying until ctx ends) and saves the state
 // file.
 func (c *Component) record(ctx context.Context, changes []Change) error {
+	// The timers a manual call ran before its own change happened first.
+	c.mu.Lock()
+	if d := c.policy.Deferred(); len(d) > 0 {
+		changes = append(d, changes...)
+	}
+	c.mu.Unlock()
 	if len(changes) == 0 {
 		return nil
 	}
