@@ -167,15 +167,19 @@ type Casebook struct {
 	config     Configuration
 	cases      map[string]*Case
 	byCustomer map[string]string // customer -> its latest case
-	events     map[string][]Event
-	now        time.Time
+	// bySubscriber: subscriber label -> the latest case with it, for the
+	// notice page, which must not scan every case per request.
+	bySubscriber map[string]string
+	events       map[string][]Event
+	now          time.Time
 	// groupOf names a subscriber's detector group (for ladders); may be nil.
 	groupOf func(a alert.Alert) string
 }
 
 // NewCasebook makes an empty casebook.
 func NewCasebook(config Configuration) *Casebook {
-	return &Casebook{config: config, cases: map[string]*Case{}, byCustomer: map[string]string{}, events: map[string][]Event{}}
+	return &Casebook{config: config, cases: map[string]*Case{}, byCustomer: map[string]string{}, bySubscriber: map[string]string{},
+		events: map[string][]Event{}}
 }
 
 // Now is the casebook's clock.
@@ -339,6 +343,7 @@ func (b *Casebook) update(c *Case, a alert.Alert, t time.Time) {
 	}
 	c.Alert = a
 	c.SubscriberID, c.SubscriberIP = a.SubscriberID, a.SubscriberIP
+	b.bySubscriber[c.SubscriberIP] = c.ID
 	if t.After(c.LastActivity) {
 		c.LastActivity = t
 	}
@@ -356,11 +361,8 @@ func (b *Casebook) ladder(c *Case) []Step {
 func (b *Casebook) Advance(t time.Time) Result {
 	b.advanceTo(t)
 	var res Result
-	for _, id := range b.sortedIDs() {
+	for _, id := range b.liveIDs() {
 		c := b.cases[id]
-		if c.ended() {
-			continue
-		}
 		for !b.now.Before(c.HeldUntil) {
 			steps := b.ladder(c)
 			if c.Step >= len(steps) {
@@ -591,16 +593,11 @@ func (b *Casebook) OfCustomer(customer string) (Case, bool) {
 // OfSubscriber returns the latest case whose subscriber (the alert's
 // subscriber_ip label) is sub: the notice page's lookup without identity.
 func (b *Casebook) OfSubscriber(sub string) (Case, bool) {
-	var best *Case
-	for _, c := range b.cases {
-		if c.SubscriberIP == sub && (best == nil || c.Opened.After(best.Opened)) {
-			best = c
-		}
-	}
-	if best == nil {
+	c := b.cases[b.bySubscriber[sub]]
+	if c == nil {
 		return Case{}, false
 	}
-	return *best, true
+	return *c, true
 }
 
 // Cases returns every case, newest update first.
@@ -629,13 +626,20 @@ func (b *Casebook) Restore(c Case, events []Event) {
 		b.byCustomer[c.Customer] = c.ID
 	}
 	b.events[c.ID] = events
+	if cur := b.cases[b.bySubscriber[c.SubscriberIP]]; cur == nil || !cur.Opened.After(c.Opened) {
+		b.bySubscriber[c.SubscriberIP] = c.ID
+	}
 	b.advanceTo(c.Updated)
 }
 
-func (b *Casebook) sortedIDs() []string {
-	ids := make([]string, 0, len(b.cases))
-	for id := range b.cases {
-		ids = append(ids, id)
+// liveIDs are the cases not over, in id order: the order the ladder
+// takes their steps in, the same on every run.
+func (b *Casebook) liveIDs() []string {
+	var ids []string
+	for id, c := range b.cases {
+		if !c.ended() {
+			ids = append(ids, id)
+		}
 	}
 	sort.Strings(ids)
 	return ids
@@ -660,6 +664,9 @@ func (b *Casebook) evict() bool {
 	delete(b.events, victim.ID)
 	if b.byCustomer[victim.Customer] == victim.ID {
 		delete(b.byCustomer, victim.Customer)
+	}
+	if b.bySubscriber[victim.SubscriberIP] == victim.ID {
+		delete(b.bySubscriber, victim.SubscriberIP)
 	}
 	return true
 }
