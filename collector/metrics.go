@@ -25,6 +25,7 @@ type metrics struct {
 	queueFlows       prometheus.Gauge
 	templateSaves    *prometheus.CounterVec // result
 	refusals         *prometheus.CounterVec // reason
+	receiveBatch     prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -80,13 +81,17 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Decoder state not kept (templates, exporters, per-domain sampling rates, sequence numbers, system init times), by reason.",
 		}, []string{"reason"}),
 	}
+	m.receiveBatch = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "wormsign_collector_receive_batch_datagrams", Help: "Datagrams one receive system call returned (recvmmsg): near 1 the sockets keep up easily, near its maximum (16) they are busy.",
+		Buckets: []float64{1, 2, 4, 8, 16},
+	})
 	// Every reason is exported from the start, at 0.
 	for _, r := range decode.RefusalReasons {
 		m.refusals.WithLabelValues(r)
 	}
 	reg.MustRegister(m.datagrams, m.flows, m.decodeErrors, m.templateMisses, m.templatesRefused,
 		m.lostDatagrams, m.lostRecords, m.enterprise, m.variableLength, m.optionsRecords, m.natEvents, m.natSkipped,
-		m.dropped, m.published, m.publishErrors, m.queueFlows, m.templateSaves, m.refusals)
+		m.dropped, m.published, m.publishErrors, m.queueFlows, m.templateSaves, m.refusals, m.receiveBatch)
 	return m
 }
 

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 	"golang.org/x/sys/unix"
 
 	"github.com/wormsign/wormsign/bus"
@@ -244,11 +246,35 @@ func (c *Component) Addrs() []net.Addr {
 	return out
 }
 
+// receiveBatch is how many datagrams one system call may return, and
+// datagramSize each one's buffer: the largest UDP payload, so that no
+// export datagram is cut short.
+const (
+	receiveBatch = 16
+	datagramSize = 65536
+)
+
+// batchReader is what x/net's ipv4 and ipv6 packet connections share:
+// recvmmsg on Linux, a loop of single reads elsewhere.
+type batchReader interface {
+	ReadBatch(ms []ipv4.Message, flags int) (int, error)
+}
+
+// read receives the socket's datagrams in batches: a burst of exports
+// costs one system call per receiveBatch datagrams rather than one each,
+// and one clock reading.
 func (c *Component) read(family string, conn *net.UDPConn) {
 	defer c.readers.Done()
-	buf := make([]byte, 65536)
+	msgs := make([]ipv4.Message, receiveBatch)
+	for i := range msgs {
+		msgs[i].Buffers = [][]byte{make([]byte, datagramSize)}
+	}
+	var reader batchReader = ipv4.NewPacketConn(conn)
+	if la, ok := conn.LocalAddr().(*net.UDPAddr); ok && la.IP.To4() == nil {
+		reader = ipv6.NewPacketConn(conn) // also a dual-stack socket's IPv4 senders
+	}
 	for {
-		n, from, err := conn.ReadFromUDPAddrPort(buf)
+		n, err := reader.ReadBatch(msgs, 0)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -256,7 +282,16 @@ func (c *Component) read(family string, conn *net.UDPConn) {
 			c.deps.Logger.Warn("udp read failed", "error", err)
 			continue
 		}
-		c.Ingest(family, from, buf[:n], time.Now().UnixMilli(), false)
+		c.metrics.receiveBatch.Observe(float64(n))
+		now := time.Now().UnixMilli()
+		for i := range msgs[:n] {
+			m := &msgs[i]
+			ua, ok := m.Addr.(*net.UDPAddr)
+			if !ok {
+				continue
+			}
+			c.Ingest(family, ua.AddrPort(), m.Buffers[0][:m.N], now, false)
+		}
 	}
 }
 
