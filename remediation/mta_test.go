@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"mime"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -176,4 +177,32 @@ func TestNoticeRefusedAuthIsRecorded(t *testing.T) {
 	if n := len(p.Messages(t)); n != 0 {
 		t.Errorf("%d messages delivered with a wrong password", n)
 	}
+}
+
+// TestNoticeRetriesThenGivesUp: a relay that does not answer is tried
+// smtp.attempts times, then the case says the notice was given up.
+func TestNoticeRetriesThenGivesUp(t *testing.T) {
+	old := retryWaitScale
+	retryWaitScale = 0.001 // a minute becomes 60 ms
+	defer func() { retryWaitScale = old }()
+	addr := freeAPIAddr(t)
+	c, prod, _ := startWithRelay(t, SMTPConfiguration{Addr: addr, From: "abuse@isp.example", StartTLS: true, Timeout: time.Second, Attempts: 3})
+	publish(t, prod, zombieAlert("inc-1", alert.StateOpen, t0))
+	_, evs := waitCase(t, c, "cust-42", func(_ Case, evs []Event) bool {
+		return len(evs) > 1 && evs[len(evs)-1].Type == EventNotifyFailed
+	})
+	if note := evs[len(evs)-1].Note; !strings.Contains(note, "given up after 3 attempts") || !strings.Contains(note, "connection refused") {
+		t.Errorf("failure note %q", note)
+	}
+}
+
+// freeAPIAddr is a loopback TCP address nothing listens on.
+func freeAPIAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }
