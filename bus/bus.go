@@ -97,6 +97,22 @@ func FetchRetrying(ctx context.Context, f Fetcher, backoff retry.Backoff, onErro
 	return msg, err
 }
 
+// Each hands the messages of cons to handle one at a time, in order, and
+// commits each once handle returned nil. It returns when the input or ctx
+// ends, or when handle fails: that message is not committed, and is read
+// again after a restart.
+func Each(ctx context.Context, cons Consumer, backoff retry.Backoff, handle func(Message) error) {
+	for {
+		msg, err := FetchRetrying(ctx, cons, backoff, nil)
+		if err != nil || handle(msg) != nil {
+			return
+		}
+		if retry.Do(ctx, backoff, func(ctx context.Context) error { return cons.Commit(ctx, msg) }, nil) != nil {
+			return
+		}
+	}
+}
+
 // Feed sends the messages of f to out, fetching as FetchRetrying does,
 // until the input or ctx ends; then it closes out. It runs in a goroutine
 // of its own, so that a stage gathers and writes batches while the next

@@ -294,28 +294,19 @@ func (c *Component) Stop() error {
 }
 
 func (c *Component) consumeAlerts(ctx context.Context, cons bus.Consumer) {
-	backoff := retry.Backoff{Min: 100 * time.Millisecond, Max: 10 * time.Second}
-	for {
-		msg, err := bus.FetchRetrying(ctx, cons, backoff, nil)
-		if err != nil {
-			return
-		}
+	bus.Each(ctx, cons, retry.Backoff{Min: 100 * time.Millisecond, Max: 10 * time.Second}, func(msg bus.Message) error {
 		a, err := alert.Unmarshal(msg.Value)
 		if err != nil {
 			c.metrics.errors.WithLabelValues("decode").Inc()
-		} else {
-			c.metrics.alerts.Inc()
-			c.mu.Lock()
-			changes := c.policy.Apply(a)
-			c.mu.Unlock()
-			if err := c.record(ctx, changes); err != nil {
-				return // ctx ended; the alert is read again after a restart
-			}
+			return nil
 		}
-		if err := retry.Do(ctx, backoff, func(ctx context.Context) error { return cons.Commit(ctx, msg) }, nil); err != nil {
-			return
-		}
-	}
+		c.metrics.alerts.Inc()
+		c.mu.Lock()
+		changes := c.policy.Apply(a)
+		c.mu.Unlock()
+		// Fails only when ctx ended: the alert is read again after a restart.
+		return c.record(ctx, changes)
+	})
 }
 
 func (c *Component) tick(ctx context.Context) {

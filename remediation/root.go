@@ -244,32 +244,23 @@ func (c *Component) NoticeAddr() string { return c.noticeAddr }
 var webhookPolicy = webhook.Policy{MinBackoff: time.Second, MaxBackoff: time.Minute, Attempts: 10, Queue: 10000, DropOldest: true}
 
 func (c *Component) consume(ctx context.Context, cons bus.Consumer) {
-	backoff := retry.Backoff{Min: 100 * time.Millisecond, Max: 10 * time.Second}
-	for {
-		msg, err := bus.FetchRetrying(ctx, cons, backoff, nil)
-		if err != nil {
-			return
-		}
+	bus.Each(ctx, cons, retry.Backoff{Min: 100 * time.Millisecond, Max: 10 * time.Second}, func(msg bus.Message) error {
 		a, err := alert.Unmarshal(msg.Value)
 		if err != nil {
 			c.metrics.errors.WithLabelValues("decode").Inc()
-		} else {
-			c.metrics.alerts.Inc()
-			c.mu.Lock()
-			res, err := c.book.Apply(a)
-			c.mu.Unlock()
-			if err != nil {
-				c.metrics.errors.WithLabelValues("full").Inc()
-				c.deps.Logger.Warn("no case for the alert", "alert", a.ID, "error", err)
-			}
-			if c.handle(ctx, res) != nil {
-				return // ctx ended: the alert is read again after a restart
-			}
+			return nil
 		}
-		if err := retry.Do(ctx, backoff, func(ctx context.Context) error { return cons.Commit(ctx, msg) }, nil); err != nil {
-			return
+		c.metrics.alerts.Inc()
+		c.mu.Lock()
+		res, err := c.book.Apply(a)
+		c.mu.Unlock()
+		if err != nil {
+			c.metrics.errors.WithLabelValues("full").Inc()
+			c.deps.Logger.Warn("no case for the alert", "alert", a.ID, "error", err)
 		}
-	}
+		// Fails only when ctx ended: the alert is read again after a restart.
+		return c.handle(ctx, res)
+	})
 }
 
 func (c *Component) tick(ctx context.Context) {
