@@ -48,15 +48,11 @@ const auditClickHouseQueue = 1000
 // table collapses it, and webhooks skip an id just delivered).
 func (c *Component) runAudit(ctx context.Context, cons bus.Consumer) {
 	a := &auditor{c: c, cons: cons, commits: newCommitTracker()}
-	for _, w := range c.deps.Webhooks {
-		d, err := webhook.New(w, auditWebhookPolicy, webhook.Dependencies{
-			Logger: c.deps.Logger, Registry: c.deps.Registry, Component: "containment"})
-		if err != nil { // New validated the targets: does not happen
-			c.deps.Logger.Error("containment changes not sent to a webhook", "webhook", w.Name, "error", err)
-			continue
-		}
-		d.Start()
-		a.webhooks = append(a.webhooks, d)
+	var err error
+	a.webhooks, err = webhook.StartAll(c.deps.Webhooks, auditWebhookPolicy, webhook.Dependencies{
+		Logger: c.deps.Logger, Registry: c.deps.Registry, Component: "containment"})
+	if err != nil { // New validated the targets: does not happen
+		c.deps.Logger.Error("containment changes not sent to a webhook", "error", err)
 	}
 	var wg sync.WaitGroup
 	if c.deps.ClickHouse != nil {

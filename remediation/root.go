@@ -196,13 +196,10 @@ func (c *Component) Start() error {
 			}
 		}()
 	}
-	for _, w := range c.deps.Webhooks {
-		d, err := webhook.New(w, webhookPolicy, webhook.Dependencies{Logger: c.deps.Logger, Registry: c.deps.Registry, Component: "remediation"})
-		if err != nil {
-			continue // validated in New
-		}
-		d.Start()
-		c.webhooks = append(c.webhooks, d)
+	c.webhooks, err = webhook.StartAll(c.deps.Webhooks, webhookPolicy, webhook.Dependencies{
+		Logger: c.deps.Logger, Registry: c.deps.Registry, Component: "remediation"})
+	if err != nil { // New validated the targets: does not happen
+		c.deps.Logger.Error("case events not sent to a webhook", "error", err)
 	}
 	// The open cases are notified again after a restart only if their
 	// notice had not gone out: a case still open (not notified) whose

@@ -150,6 +150,24 @@ func New(config Configuration, policy Policy, deps Dependencies) (*Deliverer, er
 	return d, nil
 }
 
+// StartAll makes and starts a Deliverer for each target with policy. The
+// targets passed ValidateTargets at the component's New, so an error
+// names one that did not; it is left out, the others run.
+func StartAll(targets []Configuration, policy Policy, deps Dependencies) ([]*Deliverer, error) {
+	var out []*Deliverer
+	var errs []error
+	for _, t := range targets {
+		d, err := New(t, policy, deps)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("webhook %s: %w", t.Name, err))
+			continue
+		}
+		d.Start()
+		out = append(out, d)
+	}
+	return out, errors.Join(errs...)
+}
+
 // Name is the target's name.
 func (d *Deliverer) Name() string { return d.config.Name }
 
