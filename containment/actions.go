@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/wormsign/wormsign/internal/httpserver"
 	"github.com/wormsign/wormsign/network"
 )
 
@@ -154,7 +155,7 @@ func (c *Component) serveActions(w http.ResponseWriter, r *http.Request) {
 		last := out[len(out)-1]
 		page.Next = actionsCursor{At: last.At, ID: last.ID}.String()
 	}
-	writeJSON(w, http.StatusOK, page)
+	httpserver.WriteJSON(w, http.StatusOK, page)
 }
 
 // recentActions filters this process's recent changes (oldest first) into

@@ -74,12 +74,6 @@ func actor(r *http.Request) string {
 	return "api"
 }
 
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(v)
-}
-
 // writeError answers {"error": msg}, as every API of the server does.
 func writeError(w http.ResponseWriter, code int, msg string) {
 	httpserver.WriteError(w, code, msg)
@@ -214,7 +208,7 @@ func (c *Component) serveAdd(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, ch)
+	httpserver.WriteJSON(w, http.StatusCreated, ch)
 }
 
 // NoteRequest is the body of a release or a hold (incident_id: a hold's
@@ -241,7 +235,7 @@ func (c *Component) serveRelease(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, ch)
+	httpserver.WriteJSON(w, http.StatusOK, ch)
 }
 
 func (c *Component) serveHold(w http.ResponseWriter, r *http.Request) {
@@ -255,5 +249,5 @@ func (c *Component) serveHold(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, ch)
+	httpserver.WriteJSON(w, http.StatusOK, ch)
 }

@@ -53,12 +53,6 @@ func (c *Component) Handler() http.Handler {
 	}), true)
 }
 
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(v)
-}
-
 func (c *Component) serveList(w http.ResponseWriter, r *http.Request) {
 	if err := httpserver.CheckParams(r, "state", "customer", "limit"); err != nil {
 		httpserver.WriteError(w, http.StatusBadRequest, err.Error())
@@ -88,7 +82,7 @@ func (c *Component) serveList(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"cases": out})
+	httpserver.WriteJSON(w, http.StatusOK, map[string]any{"cases": out})
 }
 
 func validState(s string) bool {
@@ -105,7 +99,7 @@ func (c *Component) serveStats(w http.ResponseWriter, r *http.Request) {
 		httpserver.WriteError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	writeJSON(w, http.StatusOK, c.Stats())
+	httpserver.WriteJSON(w, http.StatusOK, c.Stats())
 }
 
 // caseView is a case with what the console shows beside it.
@@ -146,7 +140,7 @@ func (c *Component) serveCase(w http.ResponseWriter, r *http.Request) {
 	if v.Events == nil {
 		v.Events = []Event{}
 	}
-	writeJSON(w, http.StatusOK, v)
+	httpserver.WriteJSON(w, http.StatusOK, v)
 }
 
 // serveXARF sends the desk to the console's X-ARF report of the case's
@@ -221,7 +215,7 @@ func (c *Component) serveAction(action string) http.HandlerFunc {
 			c.mu.Lock()
 			cs, _, _ := c.book.Get(id)
 			c.mu.Unlock()
-			writeJSON(w, http.StatusOK, map[string]any{"case": cs})
+			httpserver.WriteJSON(w, http.StatusOK, map[string]any{"case": cs})
 		}
 	}
 }
@@ -234,15 +228,12 @@ var webhookEvents = map[string]string{
 	EventFalsePositive: "case.false_positive", EventHold: "case.held", EventSkip: "case.skipped", EventContainFailed: "case.contain_failed",
 }
 
-// sendWebhooks delivers a case event to every webhook target, signed as
+// sendWebhooks delivers an event of case cs to every webhook target, signed as
 // the sink signs alerts: {"event": "case.notified", ..., "case": {...}}.
-func (c *Component) sendWebhooks(ctx context.Context, ev Event) {
+func (c *Component) sendWebhooks(ctx context.Context, ev Event, cs Case) {
 	if len(c.webhooks) == 0 {
 		return
 	}
-	c.mu.Lock()
-	cs, _, _ := c.book.Get(ev.CaseID)
-	c.mu.Unlock()
 	body, err := json.Marshal(map[string]any{"event": webhookEvents[ev.Type], "id": ev.ID, "case_id": ev.CaseID,
 		"customer": ev.Customer, "at": ev.At, "type": ev.Type, "actor": ev.Actor, "note": ev.Note, "state": ev.State, "case": cs})
 	if err != nil {

@@ -131,3 +131,10 @@ func CheckParams(r *http.Request, known ...string) error {
 	}
 	return nil
 }
+
+// WriteJSON answers v as JSON with status.
+func WriteJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
