@@ -572,6 +572,15 @@ func (b *Casebook) FalsePositive(id, actor, note string, t time.Time) (Result, e
 	return b.release(c, StateFalsePositive, EventFalsePositive, actor, note), nil
 }
 
+// peek returns a copy of a case without its history.
+func (b *Casebook) peek(id string) (Case, bool) {
+	c := b.cases[id]
+	if c == nil {
+		return Case{}, false
+	}
+	return *c, true
+}
+
 // Get returns a copy of a case and its history.
 func (b *Casebook) Get(id string) (Case, []Event, bool) {
 	c := b.cases[id]

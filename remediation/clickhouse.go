@@ -9,25 +9,14 @@ import (
 	"github.com/wormsign/wormsign/retry"
 )
 
-// persist writes events and the cases they changed to ClickHouse,
-// retrying until ctx ends: a decision is in ClickHouse before the alert
+// persist writes events and cases, the cases they changed as they are
+// now, to ClickHouse, retrying until ctx ends: a decision is in ClickHouse before the alert
 // behind it is committed, so a restart never forgets a case. Without
 // ClickHouse it does nothing.
-func (c *Component) persist(ctx context.Context, events []Event) error {
-	db := c.deps.ClickHouse
-	if db == nil || len(events) == 0 {
+func (c *Component) persist(ctx context.Context, events []Event, cases []Case) error {
+	if c.deps.ClickHouse == nil || len(events) == 0 {
 		return nil
 	}
-	c.mu.Lock()
-	var cases []Case
-	seen := map[string]bool{}
-	for _, ev := range events {
-		if cs, _, ok := c.book.Get(ev.CaseID); ok && !seen[ev.CaseID] {
-			seen[ev.CaseID] = true
-			cases = append(cases, cs)
-		}
-	}
-	c.mu.Unlock()
 	return retry.Do(ctx, retry.Backoff{Min: 200 * time.Millisecond, Max: 10 * time.Second}, func(ctx context.Context) error {
 		return c.insert(ctx, cases, events)
 	}, func(err error, wait time.Duration) {

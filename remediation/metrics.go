@@ -73,14 +73,8 @@ func (cc casesCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(repeatsDesc, prometheus.GaugeValue, float64(s.RepeatOffenders))
 }
 
-// observe records the desk's times of an event.
-func (c *Component) observe(ev Event) {
-	c.mu.Lock()
-	cs, _, ok := c.book.Get(ev.CaseID)
-	c.mu.Unlock()
-	if !ok {
-		return
-	}
+// observe records the desk's times of an event of case cs.
+func (c *Component) observe(ev Event, cs Case) {
 	switch ev.Type {
 	case EventNotify:
 		if cs.Notices == 1 {

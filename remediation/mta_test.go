@@ -3,9 +3,9 @@ package remediation
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"mime"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -185,7 +185,7 @@ func TestNoticeRetriesThenGivesUp(t *testing.T) {
 	old := retryWaitScale
 	retryWaitScale = 0.001 // a minute becomes 60 ms
 	defer func() { retryWaitScale = old }()
-	addr := freeAPIAddr(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)) // nothing listens there
 	c, prod, _ := startWithRelay(t, SMTPConfiguration{Addr: addr, From: "abuse@isp.example", StartTLS: true, Timeout: time.Second, Attempts: 3})
 	publish(t, prod, zombieAlert("inc-1", alert.StateOpen, t0))
 	_, evs := waitCase(t, c, "cust-42", func(_ Case, evs []Event) bool {
@@ -194,15 +194,4 @@ func TestNoticeRetriesThenGivesUp(t *testing.T) {
 	if note := evs[len(evs)-1].Note; !strings.Contains(note, "given up after 3 attempts") || !strings.Contains(note, "connection refused") {
 		t.Errorf("failure note %q", note)
 	}
-}
-
-// freeAPIAddr is a loopback TCP address nothing listens on.
-func freeAPIAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }

@@ -303,14 +303,30 @@ func (c *Component) handle(ctx context.Context, res Result) error {
 			}
 		}
 	}
-	if err := c.persist(ctx, res.Events); err != nil {
+	// The cases as the decision left them, taken once for the row in
+	// ClickHouse, the metrics and the webhooks' bodies.
+	c.mu.Lock()
+	byID := map[string]Case{}
+	var cases []Case
+	for _, ev := range res.Events {
+		if _, seen := byID[ev.CaseID]; seen {
+			continue
+		}
+		if cs, ok := c.book.peek(ev.CaseID); ok {
+			byID[ev.CaseID] = cs
+			cases = append(cases, cs)
+		}
+	}
+	c.mu.Unlock()
+	if err := c.persist(ctx, res.Events, cases); err != nil {
 		return err
 	}
 	for _, ev := range res.Events {
+		cs := byID[ev.CaseID] // zero for a case evicted since: nothing to observe
 		c.metrics.events.WithLabelValues(ev.Type).Inc()
-		c.observe(ev)
+		c.observe(ev, cs)
 		c.deps.Logger.Info("case "+ev.Type, "case", ev.CaseID, "customer", ev.Customer, "actor", ev.Actor, "state", ev.State, "note", ev.Note)
-		c.sendWebhooks(ctx, ev)
+		c.sendWebhooks(ctx, ev, cs)
 	}
 	c.mu.Lock()
 	for _, e := range res.Effects {
