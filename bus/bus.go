@@ -7,6 +7,7 @@ package bus
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"time"
 
@@ -16,8 +17,12 @@ import (
 // Message is one record on a topic.
 type Message struct {
 	Key, Value []byte
-	Partition  int
-	Offset     int64
+	// Partition is where a consumer read the message. A producer writes
+	// a message with a Key to its key's partition, and one without to
+	// this one: the collector chooses its partitions itself (PartitionOf)
+	// so that one record carries the flows of many subscribers.
+	Partition int
+	Offset    int64
 	// Time is when the message was produced.
 	Time int64
 	// Origin names the writer (a collector instance and publisher) so
@@ -37,7 +42,26 @@ type Message struct {
 type Producer interface {
 	// Publish returns once every message is accepted by the transport.
 	Publish(ctx context.Context, msgs ...Message) error
+	// Partitions is how many partitions the topic has (1 on the
+	// in-process bus), for a writer that chooses them itself. Kafka
+	// partitions are only ever added, so a partition once valid stays so.
+	Partitions(ctx context.Context) (int, error)
 	Close() error
+}
+
+// PartitionOf is the partition of a subscriber key (an address's 16-byte
+// form) among n: the halves mixed by multiplication as in splitmix64,
+// which is several times cheaper than hashing byte by byte.
+func PartitionOf(key [16]byte, n int) int {
+	return int(KeyHash(key) % uint32(n))
+}
+
+// KeyHash spreads subscriber keys: over partitions (PartitionOf) and over
+// a stage's own workers.
+func KeyHash(key [16]byte) uint32 {
+	h := binary.LittleEndian.Uint64(key[:8])*0x9e3779b97f4a7c15 ^ binary.LittleEndian.Uint64(key[8:])
+	h = (h ^ h>>31) * 0xbf58476d1ce4e5b9
+	return uint32(h ^ h>>32)
 }
 
 // Consumer reads one topic as a member of a consumer group.

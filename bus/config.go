@@ -2,6 +2,7 @@ package bus
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/wormsign/wormsign/internal/tlsconfig"
@@ -43,7 +44,7 @@ type SASLConfiguration struct {
 // DefaultConfiguration returns the defaults documented in docs/configuration.md.
 func DefaultConfiguration() Configuration {
 	return Configuration{
-		FlowsTopic:        "wormsign-flows-v1",
+		FlowsTopic:        "wormsign-flows-v2",
 		AlertsTopic:       "wormsign-alerts-v1",
 		Partitions:        8,
 		ReplicationFactor: 1,
@@ -59,6 +60,10 @@ func (c Configuration) Validate() error {
 	switch {
 	case c.FlowsTopic == "":
 		return fmt.Errorf("kafka.flows_topic must not be empty")
+	case strings.HasSuffix(c.FlowsTopic, "-v1"):
+		// A v1 reader finds no flows in a v2 record and would say nothing.
+		return fmt.Errorf("kafka.flows_topic: %s names the v1 format, which this version no longer writes; use %s (docs/collector.md, Upgrading to flows v2)",
+			c.FlowsTopic, strings.TrimSuffix(c.FlowsTopic, "-v1")+"-v2")
 	case c.AlertsTopic == "":
 		return fmt.Errorf("kafka.alerts_topic must not be empty")
 	case c.Partitions < 1:

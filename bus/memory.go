@@ -74,6 +74,9 @@ func (p *memoryProducer) Publish(ctx context.Context, msgs ...Message) error {
 	return nil
 }
 
+// Partitions is 1: the in-process bus keeps one queue per group.
+func (p *memoryProducer) Partitions(context.Context) (int, error) { return 1, nil }
+
 func (p *memoryProducer) Close() error { return nil }
 
 type memoryConsumer struct {

@@ -97,7 +97,12 @@ func (p *kafkaProducer) publishOnce(ctx context.Context, msgs []Message, now tim
 	byPartition := make([][]int32, len(partitions))
 	balancer := kafka.Murmur2Balancer{} // same partition for a key as the Java client
 	for j := range msgs {
-		i := balancer.Balance(kafka.Message{Key: msgs[j].Key}, partitions...)
+		i := msgs[j].Partition
+		if msgs[j].Key != nil {
+			i = balancer.Balance(kafka.Message{Key: msgs[j].Key}, partitions...)
+		} else if i < 0 || i >= len(partitions) {
+			return msgs, fmt.Errorf("partition %d of %s: the topic has %d", i, p.topic, len(partitions))
+		}
 		byPartition[i] = append(byPartition[i], int32(j))
 	}
 	unwritten := make([][]int32, len(byPartition))
@@ -175,6 +180,14 @@ func (p *kafkaProducer) produce(ctx context.Context, partition int, msgs []Messa
 		return fmt.Errorf("partition %d: %w", partition, err)
 	}
 	return nil
+}
+
+func (p *kafkaProducer) Partitions(ctx context.Context) (int, error) {
+	partitions, err := p.partitionList(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("cannot list the partitions of %s: %w", p.topic, err)
+	}
+	return len(partitions), nil
 }
 
 // partitionList is the topic's partitions, refreshed every partitionsTTL

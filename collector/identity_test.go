@@ -90,12 +90,16 @@ func TestFlowsKeyedByCustomer(t *testing.T) {
 		if err != nil {
 			break
 		}
-		key, _ := netip.AddrFromSlice(m.Key)
-		flows, err := flow.DecodeBatch(nil, m.Value)
-		if err != nil || len(flows) != 1 {
-			t.Fatalf("message %s: %d flows, %v", key, len(flows), err)
+		flows, keys, err := flow.DecodeBatchSubscribers(nil, nil, m.Value)
+		if err != nil {
+			t.Fatalf("record at %d: %v", m.Offset, err)
 		}
-		got[key] = flows[0]
+		for i, key := range keys {
+			if _, dup := got[key]; dup {
+				t.Errorf("a second flow keyed %s", key)
+			}
+			got[key] = flows[i]
+		}
 	}
 	if f, ok := got[identity.Key("A")]; !ok || f.Customer != "A" || f.Inside.String() != "100.64.1.2" || f.SrcAddr.String() != "198.51.100.7" {
 		t.Errorf("outside flow: %+v (keyed by A: %v), want customer A behind 100.64.1.2", f, ok)

@@ -21,6 +21,7 @@ type metrics struct {
 	natSkipped       *prometheus.CounterVec // exporter
 	dropped          *prometheus.CounterVec // reason
 	published        prometheus.Counter
+	records          prometheus.Counter
 	publishErrors    prometheus.Counter
 	queueFlows       prometheus.Gauge
 	templateSaves    *prometheus.CounterVec // result
@@ -67,6 +68,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		published: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wormsign_collector_published_flows_total", Help: "Flows written to the flows topic.",
 		}),
+		records: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wormsign_collector_published_records_total",
+			Help: "Records written to the flows topic; published flows over this is the flows per record.",
+		}),
 		publishErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wormsign_collector_publish_errors_total", Help: "Failed writes to the flows topic (retried).",
 		}),
@@ -91,7 +96,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	reg.MustRegister(m.datagrams, m.flows, m.decodeErrors, m.templateMisses, m.templatesRefused,
 		m.lostDatagrams, m.lostRecords, m.enterprise, m.variableLength, m.optionsRecords, m.natEvents, m.natSkipped,
-		m.dropped, m.published, m.publishErrors, m.queueFlows, m.templateSaves, m.refusals, m.receiveBatch)
+		m.dropped, m.published, m.records, m.publishErrors, m.queueFlows, m.templateSaves, m.refusals, m.receiveBatch)
 	return m
 }
 

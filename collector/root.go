@@ -1,12 +1,12 @@
 // Package collector is the collector component: it reads NetFlow v5/v9,
 // IPFIX and sFlow v5 datagrams from UDP sockets, decodes them with
 // collector/decode, queues the flows and publishes them on the flows
-// topic, keyed by subscriber address.
+// topic (schemas/flow.proto, v2): records of many subscribers' flows, each
+// subscriber's partition chosen by its key (bus.PartitionOf).
 package collector
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -49,7 +49,16 @@ type Dependencies struct {
 	// NAT, when set, turns the NAT logging records the decoder finds
 	// (RFC 8158) into port-block bindings.
 	NAT *identity.CGNAT
+	// RecordBytes bounds one flows record; cmd sets it from
+	// kafka.batch_bytes. 0: maxRecordBytes.
+	RecordBytes int
 }
+
+// maxRecordBytes is the size a flows record is cut at: some thousands of
+// flows, so that what a consumer pays per record is spread thin, yet far
+// below the brokers' message.max.bytes (1 MiB by default) and small
+// enough that a detector's or sink's unit of work and commit stays short.
+const maxRecordBytes = 256 << 10
 
 // Component is the collector.
 type Component struct {
@@ -66,14 +75,22 @@ type Component struct {
 	origin      uint64
 	unpublished unpublishedBatches
 	producer    bus.Producer
+	// partitions is the flows topic's partition count, which the
+	// collector chooses partitions by; refreshed while it runs, as
+	// partitions may be added.
+	partitions  atomic.Int32
+	recordBytes int
 
 	conns   []*net.UDPConn
 	queue   chan []flow.Flow
 	readers sync.WaitGroup
 	flushed chan struct{}
-	// saverDone stops the periodic template saver.
-	saverStop chan struct{}
-	saverDone chan struct{}
+	// saverDone stops the periodic template saver, refreshDone the
+	// partition count's refresh.
+	saverStop   chan struct{}
+	saverDone   chan struct{}
+	refreshStop chan struct{}
+	refreshDone chan struct{}
 	// queued counts flows from Ingest until their write to the bus.
 	queued         atomic.Int64
 	maxQueuedFlows int64
@@ -95,29 +112,42 @@ func New(config Configuration, deps Dependencies) (*Component, error) {
 	if len(config.Exporters) > 0 {
 		exporters = network.NewSet(config.Exporters...)
 	}
+	recordBytes := maxRecordBytes
+	if deps.RecordBytes > 0 {
+		// Room for the record's own framing within a produce request.
+		recordBytes = min(recordBytes, max(deps.RecordBytes-512, 512))
+	}
 	decoder := decode.New(config.Decode)
 	m := newMetrics(deps.Registry)
 	registerDecoder(deps.Registry, decoder)
 	return &Component{
-		exporters: exporters,
-		config:    config,
-		deps:      deps,
-		metrics:   m,
-		decoder:   decoder,
-		labels:    newExporterLabels(config.Decode.MaxExporters),
-		origin:    rand.Uint64()<<16 | 1<<16,
-		producer:  producer,
-		queue:     make(chan []flow.Flow, config.QueueSize),
-		flushed:   make(chan struct{}),
+		exporters:   exporters,
+		config:      config,
+		deps:        deps,
+		metrics:     m,
+		decoder:     decoder,
+		labels:      newExporterLabels(config.Decode.MaxExporters),
+		origin:      rand.Uint64()<<16 | 1<<16,
+		producer:    producer,
+		recordBytes: recordBytes,
+		queue:       make(chan []flow.Flow, config.QueueSize),
+		flushed:     make(chan struct{}),
 		// About 32 flows per queued datagram (NetFlow v9/IPFIX carry
 		// 20-40), plus what the publishers hold.
 		maxQueuedFlows: int64(config.QueueSize)*32 + int64(2*config.Publishers*config.BatchFlows),
 	}, nil
 }
 
-// Start loads saved templates, opens the UDP sockets and starts reading
-// and publishing.
+// Start learns the flows topic's partitions, loads saved templates, opens
+// the UDP sockets and starts reading and publishing.
 func (c *Component) Start() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	n, err := c.producer.Partitions(ctx)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("cannot start the collector: %w", err)
+	}
+	c.partitions.Store(int32(n))
 	if path := c.config.TemplateFile; path != "" {
 		n, err := c.decoder.LoadTemplates(path, time.Now().UnixMilli())
 		if err != nil {
@@ -151,12 +181,42 @@ func (c *Component) Start() error {
 			}
 		}
 	}
+	c.refreshStop, c.refreshDone = make(chan struct{}), make(chan struct{})
+	go c.refreshPartitions()
 	go c.publish()
 	if c.config.TemplateFile != "" {
 		c.saverStop, c.saverDone = make(chan struct{}), make(chan struct{})
 		go c.saveTemplates()
 	}
 	return nil
+}
+
+// partitionsRefresh is how often the collector looks for partitions added
+// to the flows topic. A subscriber whose partition changes then starts
+// over on its new partition's detector, as it would with any producer.
+const partitionsRefresh = 30 * time.Second
+
+func (c *Component) refreshPartitions() {
+	defer close(c.refreshDone)
+	tick := time.NewTicker(partitionsRefresh)
+	defer tick.Stop()
+	for {
+		select {
+		case <-c.refreshStop:
+			return
+		case <-tick.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		n, err := c.producer.Partitions(ctx)
+		cancel()
+		switch {
+		case err != nil:
+			c.deps.Logger.Warn("cannot refresh the flows topic's partitions, keeping the count", "partitions", c.partitions.Load(), "error", err)
+		case int32(n) != c.partitions.Load():
+			c.deps.Logger.Info("flows topic partitions changed", "from", c.partitions.Load(), "to", n)
+			c.partitions.Store(int32(n))
+		}
+	}
 }
 
 func (c *Component) saveTemplates() {
@@ -380,10 +440,11 @@ func (c *Component) allowed(a netip.Addr) bool {
 }
 
 // shardBatch is the flows of one publisher shard, already encoded: a
-// flow is appended to enc as its FlowBatch element when it arrives, and
-// the elements of one subscriber key are chained through spans, so that
-// gathering allocates nothing per key and holds no pointers for the
-// garbage collector to scan (a decoded flow's addresses hold some).
+// flow is appended to enc as its FlowBatch element when it arrives, the
+// elements of one subscriber key are chained through spans, and the keys
+// of one partition through keys, so that gathering allocates nothing per
+// key and holds no pointers for the garbage collector to scan (a decoded
+// flow's addresses hold some).
 type shardBatch struct {
 	enc   []byte
 	spans []flowSpan
@@ -392,9 +453,13 @@ type shardBatch struct {
 	// its 16-byte form, which hashes and compares faster than netip.Addr.
 	keys  []batchKey
 	index map[[16]byte]int32
-	low   int64 // oldest flow end, 0 when none has one
+	// parts holds each partition of the batch in order of its first key,
+	// with its first and last key; partIndex finds it.
+	parts     []batchPartition
+	partIndex map[int32]int32
+	low       int64 // oldest flow end, 0 when none has one
 	// id and progress are set at hand-off: progress is the collector's,
-	// stamped on the batch's messages (bus.Message.LowMs).
+	// stamped on the batch's records (bus.Message.LowMs).
 	id       uint64
 	progress int64
 }
@@ -409,15 +474,21 @@ type flowSpan struct {
 type batchKey struct {
 	addr        netip.Addr
 	first, last int32
+	next        int32 // the next key of the partition, -1 for none
+}
+
+type batchPartition struct {
+	partition   int32
+	first, last int32 // keys
 }
 
 var shardBatches = sync.Pool{New: func() any {
-	return &shardBatch{index: map[[16]byte]int32{}}
+	return &shardBatch{index: map[[16]byte]int32{}, partIndex: map[int32]int32{}}
 }}
 
 func (b *shardBatch) flows() int { return len(b.spans) }
 
-func (b *shardBatch) add(key netip.Addr, f *flow.Flow) {
+func (b *shardBatch) add(key netip.Addr, k16 [16]byte, partition int32, f *flow.Flow) {
 	if f.EndMs > 0 && (b.low == 0 || f.EndMs < b.low) {
 		b.low = f.EndMs
 	}
@@ -425,29 +496,38 @@ func (b *shardBatch) add(key netip.Addr, f *flow.Flow) {
 	start := len(b.enc)
 	b.enc = flow.AppendBatchFlow(b.enc, f)
 	b.spans = append(b.spans, flowSpan{start: start, end: len(b.enc), next: -1})
-	k16 := key.As16()
 	if k, ok := b.index[k16]; ok {
 		e := &b.keys[k]
 		b.spans[e.last].next = i
 		e.last = i
 		return
 	}
-	b.index[k16] = int32(len(b.keys))
-	b.keys = append(b.keys, batchKey{addr: key, first: i, last: i})
+	k := int32(len(b.keys))
+	b.index[k16] = k
+	b.keys = append(b.keys, batchKey{addr: key, first: i, last: i, next: -1})
+	if p, ok := b.partIndex[partition]; ok {
+		e := &b.parts[p]
+		b.keys[e.last].next = k
+		e.last = k
+		return
+	}
+	b.partIndex[partition] = int32(len(b.parts))
+	b.parts = append(b.parts, batchPartition{partition: partition, first: k, last: k})
 }
 
 func (b *shardBatch) reset() {
-	b.enc, b.spans, b.keys, b.low = b.enc[:0], b.spans[:0], b.keys[:0], 0
+	b.enc, b.spans, b.keys, b.parts, b.low = b.enc[:0], b.spans[:0], b.keys[:0], b.parts[:0], 0
 	clear(b.index)
+	clear(b.partIndex)
 }
 
 // datagramFlows recycles the slices Ingest decodes into.
 var datagramFlows = sync.Pool{New: func() any { s := make([]flow.Flow, 0, 64); return &s }}
 
-// publish gathers queued flows by subscriber key into one pending batch
-// per publisher shard (a key always falls in the same shard) and hands a
-// batch to its shard's publisher once it holds BatchFlows flows or has
-// waited Linger. Shards publish concurrently, each in order, so Kafka's
+// publish gathers queued flows by partition and subscriber key into one
+// pending batch per publisher shard (a partition always falls in the same
+// shard) and hands a batch to its shard's publisher once it holds
+// BatchFlows flows or has waited Linger. Shards publish concurrently, each in order, so Kafka's
 // round trips overlap while a subscriber's flows stay in order. A shard
 // whose publisher lags blocks this loop, which fills the queue, which
 // drops (and counts) at the UDP edge.
@@ -499,13 +579,15 @@ func (c *Component) publish() {
 				workers.Wait()
 				return
 			}
+			partitions := int(c.partitions.Load())
 			for i := range flows {
 				key := c.key(&flows[i])
-				shard := 0
-				if n > 1 {
-					shard = int(keyHash(key) % uint32(n))
-				}
-				pending[shard].add(key, &flows[i])
+				k16 := key.As16()
+				// A partition is always written by the same publisher, so
+				// its records are in order.
+				part := bus.PartitionOf(k16, partitions)
+				shard := part % n
+				pending[shard].add(key, k16, int32(part), &flows[i])
 				if pending[shard].flows() >= c.config.BatchFlows {
 					handOff(shard)
 				}
@@ -571,33 +653,52 @@ func natRecord(e *decode.NATEvent) (identity.NATRecord, bool) {
 	return r, true
 }
 
-// keyHash spreads subscriber addresses over publisher shards: the two
-// halves of the 16-byte form mixed by multiplication (as in
-// splitmix64), which is several times cheaper than hashing byte by byte.
-func keyHash(a netip.Addr) uint32 {
-	b := a.As16()
-	h := binary.LittleEndian.Uint64(b[:8])*0x9e3779b97f4a7c15 ^ binary.LittleEndian.Uint64(b[8:])
-	h = (h ^ h>>31) * 0xbf58476d1ce4e5b9
-	return uint32(h ^ h>>32)
-}
-
-// publishBatch writes one message per subscriber key of the batch, in
-// order of each key's first flow, all encoded into one buffer.
+// publishBatch writes the batch as records of the flows-v2 format: for
+// each partition, its subscribers' groups in order of each one's first
+// flow, in records of up to recordBytes. A subscriber with more flows
+// than fit continues in the next record of the same partition.
 func (c *Component) publishBatch(batch *shardBatch, origin uint64) {
-	buf := make([]byte, 0, len(batch.enc))
-	keys := make([]byte, 0, 16*len(batch.keys))
-	msgs := make([]bus.Message, 0, len(batch.keys))
-	// Each message carries the collector's progress at hand-off rather
-	// than relying on the order of the messages.
+	buf := make([]byte, 0, len(batch.enc)+len(batch.keys)*24)
+	var msgs []bus.Message
+	// Each record carries the collector's progress at hand-off rather
+	// than relying on the order of the records.
 	low, id := batch.progress, batch.id
-	for _, key := range batch.keys {
+	for _, part := range batch.parts {
 		start := len(buf)
-		for i := key.first; i >= 0; i = batch.spans[i].next {
-			buf = append(buf, batch.enc[batch.spans[i].start:batch.spans[i].end]...)
+		seal := func() {
+			if len(buf) > start {
+				msgs = append(msgs, bus.Message{Partition: int(part.partition), Value: buf[start:len(buf):len(buf)], Origin: origin, LowMs: low})
+				start = len(buf)
+			}
 		}
-		k := len(keys)
-		keys = append(keys, key.addr.AsSlice()...)
-		msgs = append(msgs, bus.Message{Key: keys[k:len(keys):len(keys)], Value: buf[start:len(buf):len(buf)], Origin: origin, LowMs: low})
+		for k := part.first; k >= 0; k = batch.keys[k].next {
+			key := &batch.keys[k]
+			for i := key.first; i >= 0; {
+				// The group's flows that fit in what is left of the record,
+				// or the first of them when the record is empty.
+				room := c.recordBytes - (len(buf) - start) - flow.GroupHeaderSize(key.addr, c.recordBytes)
+				n, j := 0, i
+				for ; j >= 0; j = batch.spans[j].next {
+					size := batch.spans[j].end - batch.spans[j].start
+					if n+size > room && (n > 0 || len(buf) > start) {
+						break
+					}
+					n += size
+				}
+				if n == 0 {
+					seal()
+					continue
+				}
+				buf = flow.AppendGroupHeader(buf, key.addr, n)
+				for ; i != j; i = batch.spans[i].next {
+					buf = append(buf, batch.enc[batch.spans[i].start:batch.spans[i].end]...)
+				}
+				if j >= 0 {
+					seal()
+				}
+			}
+		}
+		seal()
 	}
 	flows := batch.flows()
 	batch.reset()
@@ -659,6 +760,7 @@ func (c *Component) publishWithRetry(msgs []bus.Message, flows int) {
 		return
 	}
 	c.metrics.published.Add(float64(flows))
+	c.metrics.records.Add(float64(len(msgs)))
 }
 
 func (c *Component) closeConns() {
@@ -676,6 +778,10 @@ func (c *Component) Stop() error {
 	close(c.queue)
 	c.mu.Unlock()
 	<-c.flushed
+	if c.refreshStop != nil {
+		close(c.refreshStop)
+		<-c.refreshDone
+	}
 	if c.saverStop != nil {
 		close(c.saverStop)
 		<-c.saverDone

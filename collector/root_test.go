@@ -24,8 +24,31 @@ import (
 	"github.com/wormsign/wormsign/network"
 )
 
+// testPartitions is the flows topic's partitions in these tests: several,
+// as on Kafka, so that subscribers and publishers spread.
+const testPartitions = 8
+
+// partitionedMemory is the in-process bus with a flows topic of n
+// partitions: it keeps the partition the collector chose on each message.
+type partitionedMemory struct {
+	*bus.Memory
+	n int
+}
+
+func (m partitionedMemory) Producer(topic string) (bus.Producer, error) {
+	p, err := m.Memory.Producer(topic)
+	return partitionedProducer{p, m.n}, err
+}
+
+type partitionedProducer struct {
+	bus.Producer
+	n int
+}
+
+func (p partitionedProducer) Partitions(context.Context) (int, error) { return p.n, nil }
+
 // newTestComponent runs a collector without sockets on an in-process bus
-// and returns it with a consumer of its topic.
+// of testPartitions partitions and returns it with a consumer of its topic.
 func newTestComponent(t *testing.T, cfg Configuration) (*Component, bus.Consumer, *bus.Memory) {
 	t.Helper()
 	cfg.NetFlowListen, cfg.SFlowListen = nil, nil
@@ -36,7 +59,7 @@ func newTestComponent(t *testing.T, cfg Configuration) (*Component, bus.Consumer
 	}
 	c, err := New(cfg, Dependencies{
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Registry: prometheus.NewRegistry(),
-		Bus: mem, Topic: "flows",
+		Bus: partitionedMemory{mem, testPartitions}, Topic: "flows",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -47,7 +70,9 @@ func newTestComponent(t *testing.T, cfg Configuration) (*Component, bus.Consumer
 	return c, consumer, mem
 }
 
-// drain reads every flow published before the topic closed.
+// drain reads every flow published before the topic closed, by the
+// subscriber each flow's group names, and checks that each record is in
+// the partition of every subscriber in it.
 func drain(t *testing.T, consumer bus.Consumer, mem *bus.Memory) map[string][]flow.Flow {
 	t.Helper()
 	mem.CloseTopic("flows")
@@ -57,17 +82,22 @@ func drain(t *testing.T, consumer bus.Consumer, mem *bus.Memory) map[string][]fl
 		if err != nil {
 			return byKey
 		}
-		flows, err := flow.DecodeBatch(nil, m.Value)
+		flows, subs, err := flow.DecodeBatchSubscribers(nil, nil, m.Value)
 		if err != nil {
 			t.Fatal(err)
 		}
-		key, _ := netip.AddrFromSlice(m.Key)
-		for _, f := range flows {
-			if f.SrcAddr != key {
-				t.Errorf("flow of %s in a message keyed %s", f.SrcAddr, key)
-			}
+		if m.Key != nil {
+			t.Errorf("a record keyed %x: flows-v2 records have no key", m.Key)
 		}
-		byKey[key.String()] = append(byKey[key.String()], flows...)
+		for i, f := range flows {
+			if f.SrcAddr != subs[i] {
+				t.Errorf("flow of %s in the group of %s", f.SrcAddr, subs[i])
+			}
+			if p := bus.PartitionOf(subs[i].As16(), testPartitions); p != m.Partition {
+				t.Errorf("flow of %s (partition %d) in a record of partition %d", subs[i], p, m.Partition)
+			}
+			byKey[subs[i].String()] = append(byKey[subs[i].String()], f)
+		}
 	}
 }
 
@@ -362,6 +392,82 @@ func TestProgressStamps(t *testing.T) {
 		}
 	}
 	if len(origins) < 4 {
-		t.Errorf("%d publishers wrote, want most of 8", len(origins))
+		t.Errorf("%d publishers wrote, want most of 8 (one per partition here)", len(origins))
 	}
+}
+
+// TestRecordsPerPartition checks the flows-v2 records: many subscribers'
+// flows per record, records cut at the record size (a subscriber with
+// more flows than fit continues in the next record), and each
+// subscriber's flows complete and in order.
+func TestRecordsPerPartition(t *testing.T) {
+	cfg := DefaultConfiguration()
+	cfg.NetFlowListen, cfg.SFlowListen = nil, nil
+	cfg.Publishers, cfg.BatchFlows = 2, 1 << 14
+	mem := bus.NewMemory(1 << 16)
+	consumer, _ := mem.Consumer("flows", "test")
+	reg := prometheus.NewRegistry()
+	c, err := New(cfg, Dependencies{Logger: slog.New(slog.DiscardHandler), Registry: reg,
+		Bus: partitionedMemory{mem, 4}, Topic: "flows", RecordBytes: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	from := netip.MustParseAddrPort("192.0.2.1:5000")
+	const secs, datagrams, perDatagram = 1700000000, 100, 20
+	for i := range datagrams {
+		var recs [][]byte
+		for j := range perDatagram {
+			n := uint32(i*perDatagram + j)
+			sub := fmt.Sprintf("203.0.113.%d", n%50) // 25 of them: n is odd here
+			if j%2 == 0 {
+				sub = "203.0.113.200" // one busy subscriber, half of all flows
+			}
+			recs = append(recs, nfbuild.Record256(sub, "198.18.0.1", 25, 1, 1+n))
+		}
+		dg := nfbuild.Message{Version: 9, Domain: 1, Sequence: uint32(i), UnixSecs: secs, UptimeMs: 1 << 30,
+			Sets: [][]byte{nfbuild.Set(0, nfbuild.Template256), nfbuild.Set(256, recs...)}}.Bytes()
+		c.Ingest(decode.FamilyNetFlow, from, dg, secs*1000, true)
+	}
+	if err := c.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	mem.CloseTopic("flows")
+	var records, flows int
+	last := map[netip.Addr]int64{}
+	for {
+		m, err := consumer.Fetch(context.Background())
+		if err != nil {
+			break
+		}
+		records++
+		if len(m.Value) > c.recordBytes {
+			t.Errorf("record of %d bytes, want at most %d", len(m.Value), c.recordBytes)
+		}
+		fs, subs, err := flow.DecodeBatchSubscribers(nil, nil, m.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, f := range fs {
+			if f.EndMs <= last[subs[i]] {
+				t.Fatalf("subscriber %s: a flow ending at %d after one ending at %d", subs[i], f.EndMs, last[subs[i]])
+			}
+			last[subs[i]] = f.EndMs
+		}
+		flows += len(fs)
+	}
+	if flows != datagrams*perDatagram || len(last) != 26 {
+		t.Errorf("%d flows of %d subscribers, want %d of 26", flows, len(last), datagrams*perDatagram)
+	}
+	// 2000 flows of about 40 bytes in records of 3.5 KiB: some 25 records,
+	// not one per subscriber per batch.
+	if records > 40 || records < flows*40/c.recordBytes {
+		t.Errorf("%d records for %d flows, want about %d", records, flows, flows*40/c.recordBytes)
+	}
+	if got := counter(t, reg, "wormsign_collector_published_records_total"); got != float64(records) {
+		t.Errorf("published_records_total = %v, want %d", got, records)
+	}
+	t.Logf("%d flows of %d subscribers in %d records (%.0f flows per record)", flows, len(last), records, float64(flows)/float64(records))
 }

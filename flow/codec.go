@@ -8,13 +8,47 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 )
 
-// fieldBatchFlows is FlowBatch.flows in schemas/flow.proto; the fields of
-// Flow are numbered in columns.go.
-const fieldBatchFlows protowire.Number = 1
+// Field numbers in schemas/flow.proto; the fields of Flow are numbered in
+// columns.go. SubscriberFlows.flows has FlowBatch.flows's number, so that
+// a flow's element is the same bytes in either.
+const (
+	fieldBatchFlows       protowire.Number = 1 // FlowBatch.flows (v1) and SubscriberFlows.flows
+	fieldBatchSubscribers protowire.Number = 2 // FlowBatch.subscribers (v2)
+	fieldGroupSubscriber  protowire.Number = 2 // SubscriberFlows.subscriber
+)
 
-// AppendBatch appends the FlowBatch encoding of flows to b. It is written by
-// hand rather than generated so that the collector's hot path allocates
-// nothing beyond the output buffer.
+// AppendSubscriberFlows appends one subscriber's flows to a v2 FlowBatch
+// in b: a record is such groups one after the other. The codec is written
+// by hand rather than generated so that the collector's hot path
+// allocates nothing beyond the output buffer.
+func AppendSubscriberFlows(b []byte, subscriber netip.Addr, flows []Flow) []byte {
+	n := 0
+	for i := range flows {
+		n += BatchFlowSize(&flows[i])
+	}
+	b = AppendGroupHeader(b, subscriber, n)
+	return AppendBatch(b, flows)
+}
+
+// AppendGroupHeader appends the start of a SubscriberFlows group whose
+// flow elements (AppendBatchFlow's bytes) take flowBytes: the caller
+// appends those next. The collector keeps its flows encoded as elements
+// and copies them in behind this.
+func AppendGroupHeader(b []byte, subscriber netip.Addr, flowBytes int) []byte {
+	key := bytesField(fieldGroupSubscriber, addrSize(subscriber))
+	b = protowire.AppendTag(b, fieldBatchSubscribers, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(key+flowBytes))
+	return appendAddr(b, fieldGroupSubscriber, subscriber)
+}
+
+// GroupHeaderSize is how many bytes AppendGroupHeader appends.
+func GroupHeaderSize(subscriber netip.Addr, flowBytes int) int {
+	key := bytesField(fieldGroupSubscriber, addrSize(subscriber))
+	return protowire.SizeTag(fieldBatchSubscribers) + protowire.SizeVarint(uint64(key+flowBytes)) + key
+}
+
+// AppendBatch appends flows as FlowBatch.flows elements: a v1 batch, or
+// the body of a group after AppendGroupHeader.
 func AppendBatch(b []byte, flows []Flow) []byte {
 	for i := range flows {
 		b = AppendBatchFlow(b, &flows[i])
@@ -144,16 +178,34 @@ func (f *Flow) appendTo(b []byte) []byte {
 // ErrMalformed is returned for bytes that are not a valid FlowBatch.
 var ErrMalformed = errors.New("malformed flow batch")
 
-// DecodeBatch appends the flows encoded in b to dst. Unknown fields are
-// skipped so that readers keep working when fields are added.
+// DecodeBatch appends the flows encoded in b, a FlowBatch of either
+// version, to dst, in order: a v2 record's groups one after the other.
+// Unknown fields are skipped so that readers keep working when fields are
+// added.
 func DecodeBatch(dst []Flow, b []byte) ([]Flow, error) {
+	return decodeBatch(dst, b, nil)
+}
+
+// DecodeBatchSubscribers is DecodeBatch that also appends to subs the
+// subscriber key of each flow decoded (invalid for a v1 batch's flows,
+// whose key is the record's).
+func DecodeBatchSubscribers(dst []Flow, subs []netip.Addr, b []byte) ([]Flow, []netip.Addr, error) {
+	if subs == nil {
+		subs = []netip.Addr{}
+	}
+	var err error
+	dst, err = decodeBatch(dst, b, &subs)
+	return dst, subs, err
+}
+
+func decodeBatch(dst []Flow, b []byte, subs *[]netip.Addr) ([]Flow, error) {
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
 			return dst, fmt.Errorf("%w: %v", ErrMalformed, protowire.ParseError(n))
 		}
 		b = b[n:]
-		if num != fieldBatchFlows || typ != protowire.BytesType {
+		if typ != protowire.BytesType || (num != fieldBatchFlows && num != fieldBatchSubscribers) {
 			n = protowire.ConsumeFieldValue(num, typ, b)
 			if n < 0 {
 				return dst, fmt.Errorf("%w: %v", ErrMalformed, protowire.ParseError(n))
@@ -166,11 +218,74 @@ func DecodeBatch(dst []Flow, b []byte) ([]Flow, error) {
 			return dst, fmt.Errorf("%w: %v", ErrMalformed, protowire.ParseError(n))
 		}
 		b = b[n:]
-		var f Flow
-		if err := f.decode(msg); err != nil {
+		var err error
+		if num == fieldBatchSubscribers {
+			dst, err = decodeGroup(dst, msg, subs)
+		} else {
+			dst, err = appendDecoded(dst, msg)
+			if subs != nil && err == nil {
+				*subs = append(*subs, netip.Addr{})
+			}
+		}
+		if err != nil {
 			return dst, err
 		}
-		dst = append(dst, f)
+	}
+	return dst, nil
+}
+
+// decodeGroup appends the flows of one SubscriberFlows. Its subscriber
+// may come after its flows (protobuf fields are in any order), so the
+// keys of its flows are filled in at the end.
+func decodeGroup(dst []Flow, b []byte, subs *[]netip.Addr) ([]Flow, error) {
+	first := len(dst)
+	var subscriber netip.Addr
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return dst, fmt.Errorf("%w: %v", ErrMalformed, protowire.ParseError(n))
+		}
+		b = b[n:]
+		if typ != protowire.BytesType || (num != fieldBatchFlows && num != fieldGroupSubscriber) {
+			n = protowire.ConsumeFieldValue(num, typ, b)
+			if n < 0 {
+				return dst, fmt.Errorf("%w: %v", ErrMalformed, protowire.ParseError(n))
+			}
+			b = b[n:]
+			continue
+		}
+		v, n := protowire.ConsumeBytes(b)
+		if n < 0 {
+			return dst, fmt.Errorf("%w: %v", ErrMalformed, protowire.ParseError(n))
+		}
+		b = b[n:]
+		if num == fieldGroupSubscriber {
+			a, ok := netip.AddrFromSlice(v)
+			if !ok {
+				return dst, fmt.Errorf("%w: subscriber of %d bytes", ErrMalformed, len(v))
+			}
+			subscriber = a
+			continue
+		}
+		var err error
+		if dst, err = appendDecoded(dst, v); err != nil {
+			return dst, err
+		}
+	}
+	if subs != nil {
+		for range dst[first:] {
+			*subs = append(*subs, subscriber)
+		}
+	}
+	return dst, nil
+}
+
+// appendDecoded decodes one Flow message straight into the next element
+// of dst, without a copy of the flow on the way.
+func appendDecoded(dst []Flow, msg []byte) ([]Flow, error) {
+	dst = append(dst, Flow{})
+	if err := dst[len(dst)-1].decode(msg); err != nil {
+		return dst[:len(dst)-1], err
 	}
 	return dst, nil
 }

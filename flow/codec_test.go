@@ -49,12 +49,56 @@ func TestWireBytes(t *testing.T) {
 	}
 }
 
+// TestWireBytesV2 pins a v2 record: one subscriber's group, its key first.
+func TestWireBytesV2(t *testing.T) {
+	f := []Flow{{EndMs: 300, SrcAddr: netip.MustParseAddr("10.0.0.1"), DstPort: 25, Proto: 6, Type: TypeNetFlowV9}}
+	// 12 len (FlowBatch.subscribers) | 12 04 0a000001 (subscriber) | 0a 10 ... (the flow, as in v1)
+	want := "1218" + "12040a000001" + "0a10" + "18ac02" + "3a040a000001" + "5019" + "5806" + "880103"
+	if got := hex.EncodeToString(AppendSubscriberFlows(nil, netip.MustParseAddr("10.0.0.1"), f)); got != want {
+		t.Errorf("wire bytes = %s, want %s", got, want)
+	}
+	if n := GroupHeaderSize(netip.MustParseAddr("10.0.0.1"), 18); n != 8 {
+		t.Errorf("GroupHeaderSize = %d, want 8", n)
+	}
+}
+
+// TestSubscriberGroups decodes a v2 record of three subscribers, one an
+// IPv6 prefix and one a customer key, behind a v1 element: the flows come
+// out in record order, each with its subscriber.
+func TestSubscriberGroups(t *testing.T) {
+	flows := sampleFlows()
+	a, b, c := netip.MustParseAddr("203.0.113.10"), netip.MustParseAddr("2001:db8::"), netip.MustParseAddr("100::1234")
+	rec := AppendBatch(nil, flows[2:3]) // a v1 element: no subscriber of its own
+	rec = AppendSubscriberFlows(rec, a, flows[0:1])
+	rec = AppendSubscriberFlows(rec, b, flows[1:2])
+	rec = AppendSubscriberFlows(rec, c, flows)
+	rec = AppendSubscriberFlows(rec, a, nil) // an empty group is allowed
+	got, subs, err := DecodeBatchSubscribers(nil, nil, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := append(append(append(flows[2:3:3], flows[0]), flows[1]), flows...)
+	if !slices.Equal(got, want) {
+		t.Errorf("flows = %+v, want %+v", got, want)
+	}
+	wantSubs := []netip.Addr{{}, a, b, c, c, c}
+	if !slices.Equal(subs, wantSubs) {
+		t.Errorf("subscribers = %v, want %v", subs, wantSubs)
+	}
+	if plain, err := DecodeBatch(nil, rec); err != nil || !slices.Equal(plain, want) {
+		t.Errorf("DecodeBatch = %+v, %v; want the same flows", plain, err)
+	}
+}
+
 func TestDecodeMalformed(t *testing.T) {
 	for name, in := range map[string][]byte{
-		"truncated tag":    {0x0a},
-		"length past end":  {0x0a, 0x05, 0x18},
-		"bad address":      {0x0a, 0x04, 0x3a, 0x02, 0x01, 0x02},
-		"truncated varint": {0x0a, 0x02, 0x18, 0xff},
+		"truncated tag":     {0x0a},
+		"length past end":   {0x0a, 0x05, 0x18},
+		"bad address":       {0x0a, 0x04, 0x3a, 0x02, 0x01, 0x02},
+		"truncated varint":  {0x0a, 0x02, 0x18, 0xff},
+		"group past end":    {0x12, 0x05, 0x12},
+		"bad subscriber":    {0x12, 0x03, 0x12, 0x01, 0x01},
+		"bad flow in group": {0x12, 0x06, 0x0a, 0x04, 0x3a, 0x02, 0x01, 0x02},
 	} {
 		t.Run(name, func(t *testing.T) {
 			if _, err := DecodeBatch(nil, in); !errors.Is(err, ErrMalformed) {
@@ -66,6 +110,7 @@ func TestDecodeMalformed(t *testing.T) {
 
 func FuzzDecodeBatch(f *testing.F) {
 	f.Add(AppendBatch(nil, sampleFlows()))
+	f.Add(AppendSubscriberFlows(nil, netip.MustParseAddr("203.0.113.10"), sampleFlows()))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		flows, err := DecodeBatch(nil, b)
 		if err != nil {
@@ -78,6 +123,10 @@ func FuzzDecodeBatch(f *testing.F) {
 		}
 		if diff := cmp.Diff(flows, again, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
 			t.Fatalf("re-encode changed flows:\n%s", diff)
+		}
+		withSubs, subs, err := DecodeBatchSubscribers(nil, nil, b)
+		if err != nil || len(subs) != len(withSubs) || !slices.Equal(withSubs, flows) {
+			t.Fatalf("DecodeBatchSubscribers: %d flows, %d subscribers, %v; DecodeBatch gave %d", len(withSubs), len(subs), err, len(flows))
 		}
 	})
 }

@@ -97,7 +97,9 @@ func replay(ctx context.Context, cfg Configuration, logger *slog.Logger, stdout 
 	}
 	s.Start()
 	d.Start()
-	c.Start()
+	if err := c.Start(); err != nil {
+		return err
+	}
 	progress := newReplayProgress(files)
 	var readErr error
 	for _, file := range files {

@@ -245,6 +245,7 @@ func runStages(ctx context.Context, cfg Configuration, logger *slog.Logger, stdo
 		c, err := collector.New(cfg.Collector, collector.Dependencies{
 			Logger: logger.With("component", "collector"), Registry: reg, Bus: b,
 			Topic: cfg.Kafka.FlowsTopic, Subscribers: cfg.subscribers(), Identity: ids.table(), NAT: nat,
+			RecordBytes: cfg.Kafka.BatchBytes,
 		})
 		if err != nil {
 			stopAll()
