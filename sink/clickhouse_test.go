@@ -17,6 +17,7 @@ import (
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/clickhousedb"
 	"github.com/wormsign/wormsign/flow"
+	"github.com/wormsign/wormsign/identity"
 	"github.com/wormsign/wormsign/internal/testenv"
 	"github.com/wormsign/wormsign/internal/testenv/chtest"
 	"github.com/wormsign/wormsign/schemas"
@@ -305,6 +306,45 @@ func testIdenticalInsertDropped(t *testing.T, addr string) {
 func flowMessage(subscriber string, flows []flow.Flow, partition int, offset int64) bus.Message {
 	return bus.Message{Key: netip.MustParseAddr(subscriber).AsSlice(), Value: flow.AppendBatch(nil, flows),
 		Partition: partition, Offset: offset}
+}
+
+// TestFlowsV2Subscribers writes a flows-v2 record of three subscribers'
+// groups (one of them a customer's key) beside a v1 record: each row gets
+// the subscriber of its own group.
+func TestFlowsV2Subscribers(t *testing.T) {
+	testenv.ForEachClickHouse(t, testFlowsV2Subscribers)
+}
+
+func testFlowsV2Subscribers(t *testing.T, addr string) {
+	ch := openTestClickHouse(t, addr)
+	db := ch.Database()
+	c, err := New(Configuration{Group: "g", BatchMessages: 10, FlushInterval: time.Second}, Dependencies{
+		Logger: slog.New(slog.DiscardHandler), Registry: prometheus.NewRegistry(), Bus: bus.NewMemory(16),
+		FlowsTopic: "f", AlertsTopic: "a", ClickHouse: ch,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	end := time.Now().UTC().Add(-time.Minute)
+	customer := smtpFlow("203.0.113.12", "198.18.0.1", end, 3)
+	customer.Customer = "cust-12"
+	var rec []byte
+	rec = flow.AppendSubscriberFlows(rec, netip.MustParseAddr("203.0.113.10"),
+		[]flow.Flow{smtpFlow("203.0.113.10", "198.18.0.1", end, 0), smtpFlow("203.0.113.10", "198.18.0.2", end, 1)})
+	rec = flow.AppendSubscriberFlows(rec, netip.MustParseAddr("203.0.113.11"), []flow.Flow{smtpFlow("203.0.113.11", "198.18.0.1", end, 2)})
+	rec = flow.AppendSubscriberFlows(rec, identity.Key("cust-12"), []flow.Flow{customer})
+	msgs := []bus.Message{
+		{Value: rec, Partition: 0, Offset: 0},
+		flowMessage("203.0.113.13", []flow.Flow{smtpFlow("203.0.113.13", "198.18.0.1", end, 4)}, 0, 1),
+	}
+	if err := c.writeFlows(context.Background(), msgs, attempt{batch: newBatchID()}); err != nil {
+		t.Fatal(err)
+	}
+	got := testenv.QueryStrings(t, ch, "SELECT concat(toString(bytes), ' ', subscriber_ip) FROM "+db+".flows ORDER BY bytes")
+	want := []string{"0 203.0.113.10", "1 203.0.113.10", "2 203.0.113.11", "3 203.0.113.12", "4 203.0.113.13"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("bytes and subscriber per row (-want +got):\n%s", diff)
+	}
 }
 
 func TestLedgerKeepsRetriedBatchesOut(t *testing.T) {

@@ -331,14 +331,28 @@ func (l *ledgerWriter) subscriberOf(f *flow.Flow) string {
 	return l.subscribers.Label(l.subscribers.Key(f.SrcAddr, f.DstAddr))
 }
 
-// add adds the flows of m, except those an earlier try landed.
-func (w *flowInsert) add(m bus.Message, flows []flow.Flow) {
-	subscriber, perFlow := "", false
-	if a, ok := netip.AddrFromSlice(m.Key); ok {
-		// A customer's key (identity) is no address: each flow's
-		// subscriber is the address it had then.
-		perFlow = identity.IsKey(a)
-		subscriber = w.l.subscribers.Label(a)
+// add adds the flows of m, except those an earlier try landed. subs is
+// each flow's subscriber key from its v2 group; invalid for a v1 record's
+// flows, whose key is the record's.
+func (w *flowInsert) add(m bus.Message, flows []flow.Flow, subs []netip.Addr) {
+	recordKey, _ := netip.AddrFromSlice(m.Key)
+	// A record's flows come grouped by subscriber: label each group once.
+	var labelled netip.Addr
+	var label string
+	subscriber := func(i int) string {
+		key := subs[i]
+		if !key.IsValid() {
+			key = recordKey
+		}
+		if identity.IsKey(key) {
+			// A customer's key (identity) is no address: each flow's
+			// subscriber is the address it had then.
+			return w.l.subscriberOf(&flows[i])
+		}
+		if key != labelled || label == "" {
+			labelled, label = key, w.l.subscribers.Label(key)
+		}
+		return label
 	}
 	p, o := w.l.coordinates("flows", m)
 	added := 0
@@ -346,10 +360,7 @@ func (w *flowInsert) add(m bus.Message, flows []flow.Flow) {
 		if w.landed != nil && w.landed[landedKey{p, o, day(flows[i].End())}] > 0 {
 			continue
 		}
-		if perFlow {
-			subscriber = w.l.subscriberOf(&flows[i])
-		}
-		w.block.add(subscriber, &flows[i], p, o, w.ipv6)
+		w.block.add(subscriber(i), &flows[i], p, o, w.ipv6)
 		added++
 	}
 	if added < len(flows) {

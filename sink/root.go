@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -182,13 +183,14 @@ func (c *Component) writeFlows(ctx context.Context, msgs []bus.Message, try atte
 	}
 	defer insert.release()
 	var flows []flow.Flow
+	var subs []netip.Addr
 	for _, m := range insert.msgs {
-		if flows, err = flow.DecodeBatch(flows[:0], m.Value); err != nil {
+		if flows, subs, err = flow.DecodeBatchSubscribers(flows[:0], subs[:0], m.Value); err != nil {
 			c.metrics.badMessages.WithLabelValues("flows").Inc()
 			c.deps.Logger.Warn("skipping undecodable flow batch", "partition", m.Partition, "offset", m.Offset, "error", err)
 			continue
 		}
-		insert.add(m, flows)
+		insert.add(m, flows, subs)
 	}
 	rows, err := insert.finish(ctx)
 	if err != nil || rows == 0 {
