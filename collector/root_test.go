@@ -403,7 +403,7 @@ func TestProgressStamps(t *testing.T) {
 func TestRecordsPerPartition(t *testing.T) {
 	cfg := DefaultConfiguration()
 	cfg.NetFlowListen, cfg.SFlowListen = nil, nil
-	cfg.Publishers, cfg.BatchFlows = 2, 1 << 14
+	cfg.Publishers, cfg.BatchFlows = 2, 1<<14
 	mem := bus.NewMemory(1 << 16)
 	consumer, _ := mem.Consumer("flows", "test")
 	reg := prometheus.NewRegistry()
