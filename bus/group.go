@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"sync"
 	"time"
 
@@ -28,6 +27,10 @@ type Claim interface {
 	ReadBack(ctx context.Context, since time.Time, fn func(Message) error) error
 	// Fetch blocks for the next message.
 	Fetch(ctx context.Context) (Message, error)
+	// FetchBatch appends to dst the messages of one fetch, read in the
+	// calling goroutine; none when the partition had nothing new for a
+	// fetch's wait (250 ms), so that a caller can look at its clock.
+	FetchBatch(ctx context.Context, dst []Message) ([]Message, error)
 	// Commit records that msgs and everything before them in the
 	// partition have been processed.
 	Commit(ctx context.Context, msgs ...Message) error
@@ -73,6 +76,31 @@ func (memoryClaim) Partition() int    { return 0 }
 func (memoryClaim) Generation() int32 { return 0 }
 func (memoryClaim) ReadBack(context.Context, time.Time, func(Message) error) error {
 	return nil
+}
+
+// memoryBatch bounds what one FetchBatch takes from the queue.
+const memoryBatch = 1024
+
+func (c memoryClaim) FetchBatch(ctx context.Context, dst []Message) ([]Message, error) {
+	wait, cancel := context.WithTimeout(ctx, fetchWait)
+	defer cancel()
+	m, err := c.Fetch(wait)
+	if err != nil {
+		if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+			return dst, nil // nothing new within the wait
+		}
+		return dst, err
+	}
+	dst = append(dst, m)
+	for range memoryBatch - 1 {
+		select {
+		case m := <-c.q.ch:
+			dst = append(dst, c.number(m))
+		default:
+			return dst, nil
+		}
+	}
+	return dst, nil
 }
 
 // Partitioned joins group on topic with kafka-go's ConsumerGroup, which
@@ -141,7 +169,7 @@ func (g *kafkaGroup) Consume(ctx context.Context, handle func(context.Context, C
 					}
 				}()
 				c := g.claim(gen, a)
-				defer c.r.Close()
+				defer c.r.close()
 				handle(hctx, c)
 				// Returning ends the generation for every partition; wait
 				// for it to end on its own instead.
@@ -152,24 +180,12 @@ func (g *kafkaGroup) Consume(ctx context.Context, handle func(context.Context, C
 }
 
 func (g *kafkaGroup) claim(gen *kafka.Generation, a kafka.PartitionAssignment) *kafkaClaim {
-	r := kafka.NewReader(kafka.ReaderConfig{
-		Brokers:   g.k.config.Brokers,
-		Dialer:    g.k.dialer,
-		Topic:     g.topic,
-		Partition: a.ID,
-		MinBytes:  1,
-		MaxBytes:  16 << 20,
-		MaxWait:   250 * time.Millisecond,
-		// Room for a whole fetch of small messages: the default 100 makes
-		// the fetcher wait on the consumer.
-		QueueCapacity: 8192,
-	})
 	start := a.Offset
 	if start < 0 {
 		start = kafka.FirstOffset // never committed: from the oldest retained
 	}
-	r.SetOffset(start)
-	return &kafkaClaim{g: g, gen: gen, partition: a.ID, start: a.Offset, r: r}
+	return &kafkaClaim{g: g, gen: gen, partition: a.ID, start: a.Offset,
+		r: newPartitionReader(g.k, g.topic, a.ID, start)}
 }
 
 type kafkaClaim struct {
@@ -177,7 +193,7 @@ type kafkaClaim struct {
 	gen       *kafka.Generation
 	partition int
 	start     int64 // committed offset at assignment; < 0 when none
-	r         *kafka.Reader
+	r         *partitionReader
 }
 
 func (c *kafkaClaim) Partition() int    { return c.partition }
@@ -255,15 +271,10 @@ func headerUint(headers []kafka.Header, key string) uint64 {
 	return 0
 }
 
-func (c *kafkaClaim) Fetch(ctx context.Context) (Message, error) {
-	m, err := c.r.FetchMessage(ctx)
-	if err != nil {
-		if errors.Is(err, io.EOF) {
-			return Message{}, ErrClosed
-		}
-		return Message{}, err
-	}
-	return fromKafka(m), nil
+func (c *kafkaClaim) Fetch(ctx context.Context) (Message, error) { return c.r.fetch(ctx) }
+
+func (c *kafkaClaim) FetchBatch(ctx context.Context, dst []Message) ([]Message, error) {
+	return c.r.fetchBatch(ctx, dst)
 }
 
 func (c *kafkaClaim) Commit(_ context.Context, msgs ...Message) error {

@@ -297,15 +297,11 @@ func (c *Component) openIncidents(ctx context.Context, h bus.History, generation
 	return open, nil
 }
 
+// run detects on the claimed partition's messages: whole fetches, read
+// and processed in this goroutine, with the clock's ticks looked at
+// between them (a fetch waits at most 250 ms for new messages).
 func (p *partition) run(ctx context.Context) {
 	c := p.c
-	messages := make(chan bus.Message, 64)
-	// Keep the partition through fetch errors: giving up would stall it
-	// until the next rebalance.
-	go bus.Feed(ctx, p.claim, retry.Backoff{Min: time.Second, Max: time.Second}, func(err error, _ time.Duration) {
-		c.metrics.fetchErrors.Inc()
-		c.deps.Logger.Error("cannot fetch flows, retrying", "partition", p.claim.Partition(), "error", err)
-	}, messages)
 	ticks, stopTicks := c.clock.Ticker()
 	defer stopTicks()
 	// Only the last finished message's offset matters to a commit; it is
@@ -321,20 +317,40 @@ func (p *partition) run(ctx context.Context) {
 		}
 		p.observe()
 	}()
+	var batch []bus.Message
 	for {
-		select {
-		case msg, ok := <-messages:
-			if !ok {
-				if ctx.Err() == nil && c.deps.ResolveAtEnd {
-					c.emit(ctx, p.engine.Flush())
-				}
+		var err error
+		batch, err = p.claim.FetchBatch(ctx, batch[:0])
+		for i := range batch {
+			if !p.process(ctx, batch[i], true) {
 				return
 			}
-			if !p.process(ctx, msg, true) {
-				return
-			}
+			finished, uncommitted = bus.Message{Partition: batch[i].Partition, Offset: batch[i].Offset}, true
+		}
+		if len(batch) > 0 {
 			lastFlowWall = c.clock.Now()
-			finished, uncommitted = bus.Message{Partition: msg.Partition, Offset: msg.Offset}, true
+			clear(batch) // the values are garbage once processed
+		}
+		switch {
+		case ctx.Err() != nil:
+			return
+		case errors.Is(err, bus.ErrClosed):
+			if c.deps.ResolveAtEnd {
+				c.emit(ctx, p.engine.Flush())
+			}
+			return
+		case err != nil:
+			// Keep the partition through fetch errors: giving up would
+			// stall it until the next rebalance.
+			c.metrics.fetchErrors.Inc()
+			c.deps.Logger.Error("cannot fetch flows, retrying", "partition", p.claim.Partition(), "error", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second):
+			}
+		}
+		select {
 		case now := <-ticks:
 			p.engine.SetWallClock(now.UnixMilli())
 			// Without traffic event time stands still and incidents would
@@ -344,13 +360,12 @@ func (p *partition) run(ctx context.Context) {
 					return
 				}
 			}
-		case <-ctx.Done():
-			return
+		default:
 		}
 		// The metrics follow the engine when the partition catches up and
 		// every 100 ms under load: reading them per message cost as much
 		// as detecting in some flows.
-		if len(messages) == 0 || time.Since(lastObserve) >= 100*time.Millisecond {
+		if len(batch) == 0 || time.Since(lastObserve) >= 100*time.Millisecond {
 			p.observe()
 			lastObserve = time.Now()
 		}
