@@ -40,13 +40,7 @@ const (
 // WORMSIGN_BENCH_FLOWS_PER_MESSAGE changes it.
 var flowsPerMessage = envFloat("WORMSIGN_BENCH_FLOWS_PER_MESSAGE", 1.4)
 
-// flowsPerRecord is how many flows one flows-v2 record carries: the
-// collector writes a record per partition per batch, and a batch is what
-// arrived within collector.linger (50 ms). At 250k flows/s over the
-// default 8 partitions that is about 1,560 flows per record; faster
-// traffic fills records up to their 256 KiB (some 5,000 flows).
-// WORMSIGN_BENCH_FLOWS_PER_RECORD changes it.
-var flowsPerRecord = int(envFloat("WORMSIGN_BENCH_FLOWS_PER_RECORD", 1560))
+var flowsPerRecord = workload.FlowsPerRecord()
 
 func envFloat(name string, def float64) float64 {
 	if v, err := strconv.ParseFloat(os.Getenv(name), 64); err == nil && v >= 1 {

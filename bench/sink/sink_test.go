@@ -26,6 +26,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/wormsign/wormsign/bench/workload"
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/clickhousedb"
 	"github.com/wormsign/wormsign/flow"
@@ -35,29 +36,30 @@ import (
 )
 
 const (
-	benchFlows = 1_000_000
-	// flowsPerMessage is what BenchmarkCollectors measured the
-	// collector writing for 50,000 subscribers: 1.1 to 1.6 flows per
-	// Kafka message; here 1 and 2 alternate with 3 in 5 messages of one
-	// flow (1.4).
+	benchFlows       = 1_000_000
 	benchSubscribers = 50_000
+	// flowsPerMessage is what BenchmarkCollectors measured the v1
+	// collector writing for 50,000 subscribers: 1.1 to 1.6 flows per
+	// Kafka message (one message per subscriber per batch); here 1 and 2
+	// alternate with 3 in 5 messages of one flow (1.4).
+	flowsPerMessage = 1.4
 )
 
-// workload is the collector's output for benchFlows flows: messages keyed
-// by subscriber, most browsing, one in a thousand a spam zombie.
-func workload() []bus.Message {
+// traffic is benchFlows flows from benchSubscribers subscribers, most
+// browsing, one in a thousand a spam zombie, in the order received, each
+// listed with the number of flows the v1 collector put in its message.
+func traffic() (flows []flow.Flow, perMessage []int) {
 	exporter := netip.MustParseAddr("192.0.2.1")
 	t0 := time.Now().UTC().Add(-30 * time.Minute).UnixMilli()
 	x := uint32(7)
 	rnd := func() uint32 { x ^= x << 13; x ^= x >> 17; x ^= x << 5; return x }
-	var msgs []bus.Message
-	for k, n := 0, 0; n < benchFlows; k++ {
+	for k := 0; len(flows) < benchFlows; k++ {
 		s := k % benchSubscribers
 		src := netip.AddrFrom4([4]byte{100, 64 + byte(s>>16), byte(s >> 8), byte(s)})
-		flows := make([]flow.Flow, min(1+k%5/3, benchFlows-n)) // 1,1,1,2,2: 1.4 on average
-		n += len(flows)
-		for i := range flows {
-			end := t0 + int64(n)*60_000*20/benchFlows // 20 minutes of event time
+		n := min(1+k%5/3, benchFlows-len(flows)) // 1,1,1,2,2: 1.4 on average
+		perMessage = append(perMessage, n)
+		for i := range n {
+			end := t0 + int64(len(flows))*60_000*20/benchFlows // 20 minutes of event time
 			f := flow.Flow{
 				TimeReceivedMs: end + 300, StartMs: end - 1000, EndMs: end, Exporter: exporter, Type: flow.TypeIPFIX,
 				SrcAddr: src, SrcPort: uint16(40000 + i), Proto: flow.ProtoTCP, DstPort: 443, SamplingRate: 1,
@@ -68,9 +70,29 @@ func workload() []bus.Message {
 				f.DstPort, f.TCPFlags, f.Packets = 25, flow.TCPSyn, 2
 				f.DstAddr = netip.AddrFrom4([4]byte{198, 19, byte(rnd()), byte(rnd())})
 			}
-			flows[i] = f
+			flows = append(flows, f)
 		}
-		msgs = append(msgs, bus.Message{Key: src.AsSlice(), Value: flow.AppendBatch(nil, flows)})
+	}
+	return flows, perMessage
+}
+
+// v1Messages is the v1 collector's output: a message per subscriber per
+// batch, keyed by the subscriber.
+func v1Messages(flows []flow.Flow, perMessage []int) []bus.Message {
+	msgs := make([]bus.Message, 0, len(perMessage))
+	for _, n := range perMessage {
+		msgs = append(msgs, bus.Message{Key: flows[0].SrcAddr.AsSlice(), Value: flow.AppendBatch(nil, flows[:n])})
+		flows = flows[n:]
+	}
+	return msgs
+}
+
+// v2Records is the collector's output: flows-v2 records of
+// workload.FlowsPerRecord flows, spread over the topic's partitions.
+func v2Records(flows []flow.Flow, partitions int) []bus.Message {
+	msgs := workload.FlowRecords(flows, workload.FlowsPerRecord())
+	for i := range msgs {
+		msgs[i].Partition = i % partitions
 	}
 	return msgs
 }
@@ -108,14 +130,14 @@ func httpQuery(addr, query string, body io.Reader, out io.Writer) error {
 	return err
 }
 
-// BenchmarkSinkFlowsToClickHouse produces benchFlows flows (1.4 per
-// message, as the collector writes them) to a Kafka topic, then times the
-// sink consuming them from Kafka into ClickHouse until every row is
-// there; the reference is the same rows in Native format POSTed to the
-// server's HTTP interface.
+// BenchmarkSinkFlowsToClickHouse produces benchFlows flows to a Kafka
+// topic as the collector writes them (flows-v2 records, and beside them
+// the v1 format of a message per subscriber per batch, to show what the
+// format is worth), then times the sink consuming them from Kafka into
+// ClickHouse until every row is there; the reference is the same rows in
+// Native format POSTed to the server's HTTP interface.
 func BenchmarkSinkFlowsToClickHouse(b *testing.B) {
 	brokers := testenv.KafkaBrokers(b)
-	msgs := workload()
 	bcfg := bus.DefaultConfiguration()
 	bcfg.Brokers = brokers
 	bcfg.Compression = "none"
@@ -126,29 +148,33 @@ func BenchmarkSinkFlowsToClickHouse(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { k.DeleteTopics(context.Background(), bcfg.FlowsTopic, bcfg.AlertsTopic) })
-	p, err := k.Producer(bcfg.FlowsTopic)
-	if err != nil {
-		b.Fatal(err)
+	flows, perMessage := traffic()
+	formats := []struct {
+		name, topic string
+		msgs        []bus.Message
+	}{
+		{"v2", bcfg.FlowsTopic, v2Records(flows, bcfg.Partitions)},
+		{"v1", bcfg.FlowsTopic + "-v1format", v1Messages(flows, perMessage)},
 	}
-	for i := 0; i < len(msgs); i += 4096 {
-		if err := p.Publish(ctx, msgs[i:min(i+4096, len(msgs))]...); err != nil {
+	b.Cleanup(func() {
+		k.DeleteTopics(context.Background(), formats[0].topic, formats[1].topic, bcfg.AlertsTopic)
+	})
+	for _, f := range formats {
+		p, err := k.Producer(f.topic)
+		if err != nil {
 			b.Fatal(err)
 		}
+		for i := 0; i < len(f.msgs); i += 4096 {
+			if err := p.Publish(ctx, f.msgs[i:min(i+4096, len(f.msgs))]...); err != nil {
+				b.Fatal(err)
+			}
+		}
+		p.Close()
 	}
-	p.Close()
 	var lines []string
-	// The defaults bound a batch by 20000 messages: at 1.4 flows per
-	// message that is 28,000 rows per INSERT. The second variant raises
-	// the bound to 200,000 messages (the 16 MiB and 1 s bounds unchanged)
-	// to show what the bound costs.
-	variants := []struct {
-		name     string
-		messages int
-	}{{"defaults", 0}, {"batch_messages=200000", 200_000}}
 	for _, server := range testenv.ClickHouseServers() {
-		for _, v := range variants {
-			b.Run(server.Name+"/"+v.name, func(b *testing.B) {
+		for _, format := range formats {
+			b.Run(server.Name+"/format="+format.name, func(b *testing.B) {
 				addr := server.Addr(b)
 				web := httpAddr(server, addr)
 				admin, err := clickhouse.Open(&clickhouse.Options{Addr: []string{addr}})
@@ -169,15 +195,13 @@ func BenchmarkSinkFlowsToClickHouse(b *testing.B) {
 					// fresh group (from the topic's start): decode, batch,
 					// ledger check, columnar INSERT, ordered commits. The
 					// defaults: batches bounded by 20000 messages, 16 MiB or
-					// 1 s, two workers.
+					// 1 s, two workers; at 1.4 flows per v1 message that is
+					// 28,000 rows per INSERT, v2 batches end at 16 MiB.
 					cfg := sink.DefaultConfiguration()
 					cfg.Retention = sink.RetentionConfiguration{}
 					cfg.Group = testenv.Name(b, "sinkbench")
-					if v.messages > 0 {
-						cfg.BatchMessages = v.messages
-					}
 					s, err := sink.New(cfg, sink.Dependencies{Logger: slog.New(slog.DiscardHandler), Registry: prometheus.NewRegistry(),
-						Bus: k, FlowsTopic: bcfg.FlowsTopic, AlertsTopic: bcfg.AlertsTopic, ClickHouse: ch})
+						Bus: k, FlowsTopic: format.topic, AlertsTopic: bcfg.AlertsTopic, ClickHouse: ch})
 					if err != nil {
 						b.Fatal(err)
 					}
@@ -229,12 +253,14 @@ func BenchmarkSinkFlowsToClickHouse(b *testing.B) {
 				b.ReportMetric(sinkRate, "rows/s")
 				b.ReportMetric(peerRate, "http_native_rows/s")
 				b.ReportMetric(sinkRate/peerRate, "x_reference")
-				lines = append(lines, fmt.Sprintf("| %s (%s) | %s | %.0f | %.0f | %.2f |", server.Name, addr, v.name, sinkRate, peerRate, sinkRate/peerRate))
+				lines = append(lines, fmt.Sprintf("| %s (%s) | %s (%.1f flows/record) | %.0f | %.0f | %.2f |",
+					server.Name, addr, format.name, float64(benchFlows)/float64(len(format.msgs)), sinkRate, peerRate, sinkRate/peerRate))
 			})
 		}
 	}
-	fmt.Printf("\nSink: Kafka (no compression, %d flows in %d messages, 1.4 flows/message, 8 partitions, sink: 2 workers, batches ≤ batch_messages (default 20000)/16 MiB/1 s) → ClickHouse flows table with its views; reference: the same rows as Native POSTed to the HTTP interface\n", benchFlows, len(msgs))
-	fmt.Println("| server | sink configuration | sink rows/s | reference rows/s | ratio (target ≥ 0.9) |")
+	fmt.Printf("\nSink: Kafka (no compression, %d flows of %d subscribers, %d partitions; v2: %d records, v1: %d messages; sink defaults: 2 workers, batches ≤ 20000 messages/16 MiB/1 s) → ClickHouse flows table with its views; reference: the same rows as Native POSTed to the HTTP interface\n",
+		benchFlows, benchSubscribers, bcfg.Partitions, len(formats[0].msgs), len(formats[1].msgs))
+	fmt.Println("| server | format | sink rows/s | reference rows/s | ratio (target ≥ 1.0) |")
 	fmt.Println("|---|---|---|---|---|")
 	for _, l := range lines {
 		fmt.Println(l)

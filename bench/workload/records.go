@@ -4,6 +4,8 @@ package workload
 
 import (
 	"net/netip"
+	"os"
+	"strconv"
 
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/flow"
@@ -33,4 +35,17 @@ func FlowRecords(flows []flow.Flow, perRecord int) []bus.Message {
 		msgs = append(msgs, bus.Message{Value: rec})
 	}
 	return msgs
+}
+
+// FlowsPerRecord is how many flows one flows-v2 record carries in the
+// benchmarks: the collector writes a record per partition per batch, and a
+// batch is what arrived within collector.linger (50 ms). At 250k flows/s
+// over the default 8 partitions that is about 1,560 flows per record;
+// faster traffic fills records up to their 256 KiB (some 5,000 flows).
+// WORMSIGN_BENCH_FLOWS_PER_RECORD changes it.
+func FlowsPerRecord() int {
+	if v, err := strconv.Atoi(os.Getenv("WORMSIGN_BENCH_FLOWS_PER_RECORD")); err == nil && v >= 1 {
+		return v
+	}
+	return 1560
 }
