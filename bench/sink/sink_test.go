@@ -160,6 +160,9 @@ func BenchmarkSinkFlowsToClickHouse(b *testing.B) {
 		k.DeleteTopics(context.Background(), formats[0].topic, formats[1].topic, bcfg.AlertsTopic)
 	})
 	for _, f := range formats {
+		if err := k.EnsureTopic(ctx, f.topic, bcfg.Partitions, nil); err != nil {
+			b.Fatal(err)
+		}
 		p, err := k.Producer(f.topic)
 		if err != nil {
 			b.Fatal(err)
