@@ -144,16 +144,13 @@ func TestPublishersKeepSubscriberOrder(t *testing.T) {
 	subs := []string{"203.0.113.1", "203.0.113.2", "203.0.113.3", "203.0.113.4", "203.0.113.5"}
 	sent := 0
 	for i := range datagrams {
-		sets := [][]byte{nfbuild.Set(0, nfbuild.Template256)}
 		var recs [][]byte
 		for j := range perDatagram {
 			n := uint32(i*perDatagram + j)
 			// The flow's number is its end time in uptime ms.
 			recs = append(recs, nfbuild.Record256(subs[int(n)%len(subs)], "198.18.0.1", 25, 1, 1+n))
 		}
-		sets = append(sets, nfbuild.Set(256, recs...))
-		dg := nfbuild.Message{Version: 9, Domain: 1, Sequence: uint32(i), UnixSecs: secs, UptimeMs: 1 << 30, Sets: sets}.Bytes()
-		sent += c.Ingest(decode.FamilyNetFlow, from, dg, secs*1000, true)
+		sent += ingestV9(c, from, i, secs, recs)
 	}
 	if err := c.Stop(); err != nil {
 		t.Fatal(err)
@@ -354,14 +351,9 @@ func TestProgressStamps(t *testing.T) {
 			sub := fmt.Sprintf("203.0.113.%d", n%97)
 			recs = append(recs, nfbuild.Record256(sub, "198.18.0.1", 25, 1, 1+n))
 		}
-		dg := nfbuild.Message{Version: 9, Domain: 1, Sequence: uint32(i), UnixSecs: secs, UptimeMs: 1 << 30,
-			Sets: [][]byte{nfbuild.Set(0, nfbuild.Template256), nfbuild.Set(256, recs...)}}.Bytes()
-		c.Ingest(decode.FamilyNetFlow, from, dg, secs*1000, true)
+		ingestV9(c, from, i, secs, recs)
 	}
-	if err := c.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	mem.CloseTopic("flows")
+	stopAndCloseFlows(t, c, mem)
 	var msgs []bus.Message
 	var ends [][]int64
 	for {
@@ -427,14 +419,9 @@ func TestRecordsPerPartition(t *testing.T) {
 			}
 			recs = append(recs, nfbuild.Record256(sub, "198.18.0.1", 25, 1, 1+n))
 		}
-		dg := nfbuild.Message{Version: 9, Domain: 1, Sequence: uint32(i), UnixSecs: secs, UptimeMs: 1 << 30,
-			Sets: [][]byte{nfbuild.Set(0, nfbuild.Template256), nfbuild.Set(256, recs...)}}.Bytes()
-		c.Ingest(decode.FamilyNetFlow, from, dg, secs*1000, true)
+		ingestV9(c, from, i, secs, recs)
 	}
-	if err := c.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	mem.CloseTopic("flows")
+	stopAndCloseFlows(t, c, mem)
 	var records, flows int
 	last := map[netip.Addr]int64{}
 	for {
@@ -470,4 +457,22 @@ func TestRecordsPerPartition(t *testing.T) {
 		t.Errorf("published_records_total = %v, want %d", got, records)
 	}
 	t.Logf("%d flows of %d subscribers in %d records (%.0f flows per record)", flows, len(last), records, float64(flows)/float64(records))
+}
+
+// ingestV9 hands c NetFlow v9 datagram number seq from from, exported at
+// secs, with the template and recs; it returns what Ingest took.
+func ingestV9(c *Component, from netip.AddrPort, seq int, secs uint32, recs [][]byte) int {
+	dg := nfbuild.Message{Version: 9, Domain: 1, Sequence: uint32(seq), UnixSecs: secs, UptimeMs: 1 << 30,
+		Sets: [][]byte{nfbuild.Set(0, nfbuild.Template256), nfbuild.Set(256, recs...)}}.Bytes()
+	return c.Ingest(decode.FamilyNetFlow, from, dg, int64(secs)*1000, true)
+}
+
+// stopAndCloseFlows stops c and ends the in-process flows topic, so that
+// a reader sees all c wrote and then the end.
+func stopAndCloseFlows(t *testing.T, c *Component, mem *bus.Memory) {
+	t.Helper()
+	if err := c.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	mem.CloseTopic("flows")
 }

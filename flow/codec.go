@@ -200,25 +200,14 @@ func DecodeBatchSubscribers(dst []Flow, subs []netip.Addr, b []byte) ([]Flow, []
 
 func decodeBatch(dst []Flow, b []byte, subs *[]netip.Addr) ([]Flow, error) {
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return dst, fmt.Errorf("%w: %v", ErrMalformed, protowire.ParseError(n))
+		num, msg, rest, err := nextBytesField(b, fieldBatchFlows, fieldBatchSubscribers)
+		if err != nil {
+			return dst, err
 		}
-		b = b[n:]
-		if typ != protowire.BytesType || (num != fieldBatchFlows && num != fieldBatchSubscribers) {
-			n = protowire.ConsumeFieldValue(num, typ, b)
-			if n < 0 {
-				return dst, fmt.Errorf("%w: %v", ErrMalformed, protowire.ParseError(n))
-			}
-			b = b[n:]
+		b = rest
+		if msg == nil {
 			continue
 		}
-		msg, n := protowire.ConsumeBytes(b)
-		if n < 0 {
-			return dst, fmt.Errorf("%w: %v", ErrMalformed, protowire.ParseError(n))
-		}
-		b = b[n:]
-		var err error
 		if num == fieldBatchSubscribers {
 			dst, err = decodeGroup(dst, msg, subs)
 		} else {
@@ -234,6 +223,33 @@ func decodeBatch(dst []Flow, b []byte, subs *[]netip.Addr) ([]Flow, error) {
 	return dst, nil
 }
 
+// nextBytesField reads the next field of b: one of the length-delimited
+// fields a or c, whose value it returns (empty but not nil when the value
+// is empty), or any other field, which it skips (v nil), as protobuf
+// readers must for fields added later.
+func nextBytesField(b []byte, a, c protowire.Number) (num protowire.Number, v, rest []byte, err error) {
+	num, typ, n := protowire.ConsumeTag(b)
+	if n < 0 {
+		return 0, nil, nil, fmt.Errorf("%w: %v", ErrMalformed, protowire.ParseError(n))
+	}
+	b = b[n:]
+	if typ != protowire.BytesType || (num != a && num != c) {
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		if n < 0 {
+			return 0, nil, nil, fmt.Errorf("%w: %v", ErrMalformed, protowire.ParseError(n))
+		}
+		return num, nil, b[n:], nil
+	}
+	v, n = protowire.ConsumeBytes(b)
+	if n < 0 {
+		return 0, nil, nil, fmt.Errorf("%w: %v", ErrMalformed, protowire.ParseError(n))
+	}
+	if v == nil {
+		v = []byte{}
+	}
+	return num, v, b[n:], nil
+}
+
 // decodeGroup appends the flows of one SubscriberFlows. Its subscriber
 // may come after its flows (protobuf fields are in any order), so the
 // keys of its flows are filled in at the end.
@@ -241,24 +257,14 @@ func decodeGroup(dst []Flow, b []byte, subs *[]netip.Addr) ([]Flow, error) {
 	first := len(dst)
 	var subscriber netip.Addr
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return dst, fmt.Errorf("%w: %v", ErrMalformed, protowire.ParseError(n))
+		num, v, rest, err := nextBytesField(b, fieldBatchFlows, fieldGroupSubscriber)
+		if err != nil {
+			return dst, err
 		}
-		b = b[n:]
-		if typ != protowire.BytesType || (num != fieldBatchFlows && num != fieldGroupSubscriber) {
-			n = protowire.ConsumeFieldValue(num, typ, b)
-			if n < 0 {
-				return dst, fmt.Errorf("%w: %v", ErrMalformed, protowire.ParseError(n))
-			}
-			b = b[n:]
+		b = rest
+		if v == nil {
 			continue
 		}
-		v, n := protowire.ConsumeBytes(b)
-		if n < 0 {
-			return dst, fmt.Errorf("%w: %v", ErrMalformed, protowire.ParseError(n))
-		}
-		b = b[n:]
 		if num == fieldGroupSubscriber {
 			a, ok := netip.AddrFromSlice(v)
 			if !ok {
@@ -267,7 +273,6 @@ func decodeGroup(dst []Flow, b []byte, subs *[]netip.Addr) ([]Flow, error) {
 			subscriber = a
 			continue
 		}
-		var err error
 		if dst, err = appendDecoded(dst, v); err != nil {
 			return dst, err
 		}

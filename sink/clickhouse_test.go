@@ -318,13 +318,7 @@ func TestFlowsV2Subscribers(t *testing.T) {
 func testFlowsV2Subscribers(t *testing.T, addr string) {
 	ch := openTestClickHouse(t, addr)
 	db := ch.Database()
-	c, err := New(Configuration{Group: "g", BatchMessages: 10, FlushInterval: time.Second}, Dependencies{
-		Logger: slog.New(slog.DiscardHandler), Registry: prometheus.NewRegistry(), Bus: bus.NewMemory(16),
-		FlowsTopic: "f", AlertsTopic: "a", ClickHouse: ch,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := newMemorySink(t, ch)
 	end := time.Now().UTC().Add(-time.Minute)
 	customer := smtpFlow("203.0.113.12", "198.18.0.1", end, 3)
 	customer.Customer = "cust-12"
@@ -355,13 +349,7 @@ func testLedgerKeepsRetriedBatchesOut(t *testing.T, addr string) {
 	ch := openTestClickHouse(t, addr)
 	ctx := context.Background()
 	db := ch.Database()
-	c, err := New(Configuration{Group: "g", BatchMessages: 10, FlushInterval: time.Second}, Dependencies{
-		Logger: slog.New(slog.DiscardHandler), Registry: prometheus.NewRegistry(), Bus: bus.NewMemory(16),
-		FlowsTopic: "f", AlertsTopic: "a", ClickHouse: ch,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := newMemorySink(t, ch)
 	end := time.Now().UTC().Add(-time.Minute)
 	var msgs []bus.Message
 	for i := range 6 {
@@ -402,13 +390,7 @@ func testRetryFindsFlowsTheLedgerMissed(t *testing.T, addr string) {
 	ch := openTestClickHouse(t, addr)
 	ctx := context.Background()
 	db := ch.Database()
-	c, err := New(Configuration{Group: "g", BatchMessages: 10, FlushInterval: time.Second}, Dependencies{
-		Logger: slog.New(slog.DiscardHandler), Registry: prometheus.NewRegistry(), Bus: bus.NewMemory(16),
-		FlowsTopic: "f", AlertsTopic: "a", ClickHouse: ch,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := newMemorySink(t, ch)
 	today := time.Now().UTC().Add(-time.Minute)
 	yesterday := today.AddDate(0, 0, -1)
 	msg := func(offset int64, ends ...time.Time) bus.Message {
@@ -459,4 +441,18 @@ func testRetryFindsFlowsTheLedgerMissed(t *testing.T, addr string) {
 	if n := count(t, ch, "SELECT sum(rows) FROM "+db+".sink_ledger"); n != 4 {
 		t.Errorf("ledger rows = %d, want 4 (2 found whole, 2 written)", n)
 	}
+}
+
+// newMemorySink is a sink on an in-process bus (topics "f" and "a")
+// writing to ch in batches of 10 messages.
+func newMemorySink(t *testing.T, ch *clickhousedb.DB) *Component {
+	t.Helper()
+	c, err := New(Configuration{Group: "g", BatchMessages: 10, FlushInterval: time.Second}, Dependencies{
+		Logger: slog.New(slog.DiscardHandler), Registry: prometheus.NewRegistry(), Bus: bus.NewMemory(16),
+		FlowsTopic: "f", AlertsTopic: "a", ClickHouse: ch,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
