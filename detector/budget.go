@@ -37,7 +37,7 @@ func (e *Engine) makeRoom(addr netip.Addr) bool {
 	// From the newcomer's shard on, so that an empty shard does not
 	// refuse it while others are full.
 	for i := range shards {
-		for a, s := range e.shards[(shardOf(addr)+i)%shards] {
+		for a, s := range e.table.shard((shardOf(addr) + i) % shards) {
 			if n++; n > displaceCandidates {
 				break
 			}
@@ -63,7 +63,6 @@ func (e *Engine) makeRoom(addr netip.Addr) bool {
 
 // drop forgets a subscriber without incidents.
 func (e *Engine) drop(addr netip.Addr) {
-	delete(e.shards[shardOf(addr)], addr)
-	e.nsubs--
+	e.table.remove(addr)
 	e.budget.used.Add(-1)
 }

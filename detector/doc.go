@@ -144,7 +144,7 @@
 // eviction (so eviction comes up to sixteen minutes later); the minute
 // sweep itself only visits subscribers with an open incident, which keeps
 // its pause at a few tens of milliseconds for a million subscribers. A
-// quiet subscriber costs about 210 bytes (bench/detector). Destinations of TCP/25 are kept exactly up to
+// quiet subscriber costs about 150 bytes (bench/detector; table.go). Destinations of TCP/25 are kept exactly up to
 // max_destinations, then counted with per-minute HyperLogLog sketches
 // (2^10 registers, 3.3% standard error); dst_entropy keeps up to
 // max_records (destination, port, minute) records, then thins them by a

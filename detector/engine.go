@@ -36,11 +36,7 @@ type Engine struct {
 	// (received.go); allocated with the first one.
 	received *received
 	budget   *SubscriberBudget
-	// Subscribers are spread over shards by a hash of their address, so
-	// that the once-a-minute visit for expiry and eviction takes one shard
-	// at a time instead of stalling on all of them.
-	shards [shards]map[netip.Addr]*subscriber
-	nsubs  int
+	table    *subscriberTable
 	// active holds the subscribers with an open incident, which the
 	// minute sweep resolves after the cool-down.
 	active      map[netip.Addr]*subscriber
@@ -148,9 +144,7 @@ func NewEngine(config Configuration) *Engine {
 		lateByExporter: map[netip.Addr]uint64{},
 		scratch:        scratch{dsts: map[uint32]uint64{}, ports: map[uint16]uint64{}},
 		budget:         NewSubscriberBudget(config.MaxSubscribers),
-	}
-	for i := range e.shards {
-		e.shards[i] = map[netip.Addr]*subscriber{}
+		table:          newSubscriberTable(),
 	}
 	for _, g := range config.Groups {
 		e.rules = append(e.rules, mustRules(config, g))
@@ -188,9 +182,9 @@ func (e *Engine) Stats() EngineStats { return e.stats }
 func (e *Engine) Watermark() int64 { return e.watermark }
 
 // Subscribers is the number of subscribers with state.
-func (e *Engine) Subscribers() int { return e.nsubs }
+func (e *Engine) Subscribers() int { return e.table.len() }
 
-func (e *Engine) lookup(a netip.Addr) *subscriber { return e.shards[shardOf(a)][a] }
+func (e *Engine) lookup(a netip.Addr) *subscriber { return e.table.get(a) }
 
 func (e *Engine) exporter(a netip.Addr) uint16 {
 	if i, ok := e.exporterIdx[a]; ok {
@@ -320,12 +314,11 @@ func (e *Engine) ProcessFrom(origin uint64, lowMs int64, f *flow.Flow) []alert.A
 		if !e.makeRoom(src) {
 			return out
 		}
-		s = &subscriber{group: uint16(g)}
+		s = e.table.add(src)
+		s.group = uint16(g)
 		if identity.IsKey(src) {
 			s.who = &customer{id: f.Customer}
 		}
-		e.shards[shardOf(src)][src] = s
-		e.nsubs++
 		e.budget.used.Add(1)
 		for k := range kinds {
 			if a, ok := e.inherited[inheritKey{src, k}]; ok {
@@ -566,8 +559,8 @@ func (e *Engine) attach(addr netip.Addr, s *subscriber, k int, a alert.Alert) {
 // Flush resolves every open incident, as at the end of a replayed capture.
 func (e *Engine) Flush() []alert.Alert {
 	var out []alert.Alert
-	for _, sh := range e.shards {
-		for addr, s := range sh {
+	for i := range shards {
+		for _, s := range e.table.shard(i) {
 			if s.more != nil {
 				for _, inc := range s.more.incidents {
 					if inc != nil {
@@ -575,12 +568,11 @@ func (e *Engine) Flush() []alert.Alert {
 					}
 				}
 			}
-			delete(sh, addr)
 		}
 	}
 	clear(e.active)
-	e.budget.used.Add(-int64(e.nsubs))
-	e.nsubs = 0
+	e.budget.used.Add(-int64(e.table.len()))
+	e.table.reset()
 	sortAlerts(out)
 	return out
 }
@@ -600,8 +592,7 @@ func (e *Engine) sweep(nowMs, prevMinute int64) []alert.Alert {
 		out = e.resolveQuiet(addr, s, nowMs, out)
 	}
 	for m := max(prevMinute+1, minute-shards+1); m <= minute; m++ {
-		sh := e.shards[m%shards]
-		for addr, s := range sh {
+		for addr, s := range e.table.shard(int(m % shards)) {
 			if _, ok := e.active[addr]; ok {
 				continue
 			}

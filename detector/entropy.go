@@ -10,7 +10,8 @@ import (
 // per (destination, port, minute) with its observed flow count, in arrival
 // order, and the subscriber's own moving baseline. It is inline in the
 // subscriber and costs 16 bytes per record, so a quiet subscriber with a
-// handful of flows stays well under 256 bytes.
+// handful of flows stays under 160 bytes; the baseline is allocated only
+// at its first step, which needs min_flows.
 //
 // Past max_records the records are thinned by a hash of the destination
 // (adaptive sampling, Flajolet 1990): at level L only destinations whose
@@ -20,19 +21,34 @@ import (
 // keeps the shape of the distribution (a worm's thousands of addresses on
 // one port stay high and low).
 type entropyState struct {
-	recs  []entRec
-	level uint8
-	hasV6 bool   // some destination is IPv6: records hold hashes, no sample
-	evals uint16 // baseline steps so far
+	recs []entRec
+	// base is the baseline, allocated at its first step: a quiet
+	// subscriber never reaches min_flows and needs none.
+	base *entropyBaseline
 	// since counts flows added since the last evaluation, for the
-	// evaluation on arrival; raw is the sum of the records' counts. Both
-	// fit in what would otherwise be padding of the subscriber.
+	// evaluation on arrival; raw is the sum of the records' counts.
 	since uint32
 	raw   uint32
 	// evalMinute is the event-time minute of the last baseline step.
 	evalMinute uint32
-	mean       [2]float32 // addresses, ports
-	vari       [2]float32
+	evals      uint16 // baseline steps so far
+	level      uint8
+	hasV6      bool // some destination is IPv6: records hold hashes, no sample
+}
+
+// entropyBaseline is the subscriber's moving mean and variance of its
+// destination address and port entropies.
+type entropyBaseline struct {
+	mean [2]float32 // addresses, ports
+	vari [2]float32
+}
+
+// baselineMean is the baseline's mean, zero before its first step.
+func (s *entropyState) baselineMean() [2]float32 {
+	if s.base == nil {
+		return [2]float32{}
+	}
+	return s.base.mean
 }
 
 type entRec struct {
@@ -204,10 +220,10 @@ func normalisedEntropy[K comparable](sc *scratch, counts map[K]uint64, total uin
 // departure found, in entropy units, and whether it crosses the limit.
 func (s *entropyState) departure(st entropyStats, cfg DstEntropyConfiguration, frozen bool) (delta float64, over bool) {
 	h := [2]float64{st.addrH, st.portH}
-	if int(s.evals) >= cfg.BaselineWarmup && cfg.BaselineDeviation > 0 {
+	if int(s.evals) >= cfg.BaselineWarmup && cfg.BaselineDeviation > 0 && s.base != nil {
 		for i := range h {
-			d := math.Abs(h[i] - float64(s.mean[i]))
-			limit := max(cfg.BaselineDeviation*math.Sqrt(float64(s.vari[i])), cfg.BaselineMinDelta)
+			d := math.Abs(h[i] - float64(s.base.mean[i]))
+			limit := max(cfg.BaselineDeviation*math.Sqrt(float64(s.base.vari[i])), cfg.BaselineMinDelta)
 			if d > delta {
 				delta = d
 			}
@@ -220,16 +236,21 @@ func (s *entropyState) departure(st entropyStats, cfg DstEntropyConfiguration, f
 		return delta, over
 	}
 	a := cfg.BaselineAlpha
+	first := s.base == nil
+	if first {
+		s.base = &entropyBaseline{}
+	}
+	b := s.base
 	for i := range h {
-		if s.evals == 0 {
-			s.mean[i], s.vari[i] = float32(h[i]), 0
+		if first {
+			b.mean[i], b.vari[i] = float32(h[i]), 0
 			continue
 		}
 		// West's incremental exponentially weighted mean and variance.
-		diff := h[i] - float64(s.mean[i])
+		diff := h[i] - float64(b.mean[i])
 		incr := a * diff
-		s.mean[i] = float32(float64(s.mean[i]) + incr)
-		s.vari[i] = float32((1 - a) * (float64(s.vari[i]) + diff*incr))
+		b.mean[i] = float32(float64(b.mean[i]) + incr)
+		b.vari[i] = float32((1 - a) * (float64(b.vari[i]) + diff*incr))
 	}
 	if s.evals < math.MaxUint16 {
 		s.evals++

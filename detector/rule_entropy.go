@@ -67,7 +67,7 @@ func (e *Engine) evaluateEntropy(addr netip.Addr, s *subscriber, r *ruleSet, now
 	}
 	worm := st.distinct >= uint64(cfg.WormMinDsts) && st.addrH >= cfg.WormAddrEntropy && st.portH <= cfg.WormPortEntropy
 	open := s.incidentOf(kindEntropy) != nil
-	baseMean := s.ent.mean
+	baseMean := s.ent.baselineMean()
 	delta, departed := s.ent.departure(st, cfg, open || !step)
 	var trigger string
 	switch {
