@@ -282,3 +282,65 @@ func testFaultBackPressureInMemory(t *testing.T, server *testenv.Service, addr s
 	checkFlows(t, ch, n, 2*10*10)
 	t.Logf("producer held back after %d flows; %d arrived", stream.next, n)
 }
+
+// Two sinks in one group while the flows stream in: a second one joins
+// (the partitions are split between them), then the first stops (the
+// second takes them all), then the first comes back. Every flow is in
+// ClickHouse once; the partitions handed over mid-batch are re-read by
+// their next owner and the ledger skips what was written.
+func TestFaultSinksRebalance(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fault test")
+	}
+	testenv.ForEachClickHouse(t, testFaultSinksRebalance)
+}
+
+func testFaultSinksRebalance(t *testing.T, chAddr string) {
+	ch := openTestClickHouse(t, chAddr)
+	kcfg := bus.DefaultConfiguration()
+	kcfg.Brokers = testenv.KafkaBrokers(t)
+	kcfg.FlowsTopic, kcfg.AlertsTopic, kcfg.Partitions = testenv.Name(t, "f"), testenv.Name(t, "a"), 6
+	ctx := waitContext(t, 5*time.Minute)
+	k, err := bus.NewKafka(ctx, kcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := k.Producer(kcfg.FlowsTopic)
+	defer p.Close()
+	stream := &flowStream{perMsg: 20}
+	publish := func(batches int) {
+		for range batches {
+			if err := p.Publish(ctx, stream.messages(10)...); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	cfg := faultSinkConfig(t)
+	cfg.BatchMessages, cfg.Workers = 5, 1 // slow: batches are in flight at each rebalance
+	a := startSink(t, cfg, k, kcfg, ch)
+	publish(20)
+	waitRows(t, ch, 1, time.Minute)
+	b := startSink(t, cfg, k, kcfg, ch)
+	publish(40)
+	if err := a.Stop(); err != nil {
+		t.Logf("stop: %v", err)
+	}
+	publish(40)
+	a = startSink(t, cfg, k, kcfg, ch)
+	publish(20)
+	waitRows(t, ch, stream.next, 3*time.Minute)
+	time.Sleep(3 * time.Second) // a duplicate written late would show now
+	checkFlows(t, ch, stream.next, 0)
+	for name, s := range map[string]*Component{"a": a, "b": b} {
+		t.Logf("sink %s: committed %g messages, abandoned %g, duplicates skipped %g, commit errors %g", name,
+			value(s.metrics.committed.WithLabelValues("flows")), value(s.metrics.abandoned.WithLabelValues("flows")),
+			value(s.metrics.duplicates.WithLabelValues("flows")), value(s.metrics.commitErrors.WithLabelValues("flows")))
+	}
+	if value(b.metrics.committed.WithLabelValues("flows")) == 0 {
+		t.Error("the second sink committed nothing: the partitions were never split")
+	}
+	t.Logf("%d flows in %d messages, each in ClickHouse once", stream.next, stream.next/20)
+	a.Stop()
+	b.Stop()
+}

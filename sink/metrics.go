@@ -3,11 +3,15 @@ package sink
 import "github.com/prometheus/client_golang/prometheus"
 
 type metrics struct {
-	rows         *prometheus.CounterVec   // table
-	batches      *prometheus.CounterVec   // table
-	writeErrors  *prometheus.CounterVec   // table
-	commitErrors *prometheus.CounterVec   // table
-	committed    *prometheus.CounterVec   // table
+	rows         *prometheus.CounterVec // table
+	batches      *prometheus.CounterVec // table
+	writeErrors  *prometheus.CounterVec // table
+	commitErrors *prometheus.CounterVec // table
+	committed    *prometheus.CounterVec // table
+	// abandoned counts messages read whose partition was taken away before
+	// they were written and committed; the next owner re-reads them.
+	abandoned    *prometheus.CounterVec   // table
+	fetchErrors  *prometheus.CounterVec   // table
 	duplicates   *prometheus.CounterVec   // table
 	inflight     *prometheus.GaugeVec     // table
 	batchSeconds *prometheus.HistogramVec // table
@@ -31,6 +35,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "wormsign_sink_commit_errors_total", Help: "Failed offset commits (retried)."}, []string{"table"}),
 		committed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wormsign_sink_committed_messages_total", Help: "Bus messages whose offsets were committed after their write."}, []string{"table"}),
+		abandoned: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wormsign_sink_abandoned_commit_messages_total", Help: "Messages read whose partition a rebalance took away before they were written and committed (re-read by its next owner; what was written is kept out by the ledger)."}, []string{"table"}),
+		fetchErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wormsign_sink_fetch_errors_total", Help: "Failed fetches from the bus (retried)."}, []string{"table"}),
 		duplicates: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wormsign_sink_duplicate_messages_total", Help: "Re-delivered or retried messages the ledger showed as written already (skipped)."}, []string{"table"}),
 		inflight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
@@ -47,7 +55,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		retentionErr: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wormsign_sink_retention_errors_total", Help: "Failed retention runs."}),
 	}
-	reg.MustRegister(m.rows, m.batches, m.writeErrors, m.commitErrors, m.committed, m.duplicates, m.inflight,
+	reg.MustRegister(m.rows, m.batches, m.writeErrors, m.commitErrors, m.committed, m.abandoned, m.fetchErrors, m.duplicates, m.inflight,
 		m.batchSeconds, m.badMessages, m.stdoutLines, m.dropped, m.retentionErr)
 	return m
 }

@@ -77,12 +77,12 @@ func New(config Configuration, deps Dependencies) (*Component, error) {
 		}
 	}
 	newPipeline := func(name, topic string, workers int, write func(context.Context, []bus.Message, attempt) error) error {
-		consumer, err := deps.Bus.Consumer(topic, config.Group)
+		group, err := deps.Bus.Partitioned(topic, config.Group)
 		if err != nil {
 			return fmt.Errorf("cannot consume %s: %w", topic, err)
 		}
 		c.pipelines = append(c.pipelines, &pipeline{
-			name: name, consumer: consumer, write: write,
+			name: name, group: group, write: write,
 			maxMessages: config.BatchMessages, maxBytes: config.BatchBytes, interval: config.FlushInterval,
 			workers: workers, maxBackoff: config.RetryMaxBackoff, drain: config.DrainTimeout,
 			logger: deps.Logger, metrics: c.metrics,
@@ -167,7 +167,7 @@ func (c *Component) Stop() error {
 	c.background.Wait()
 	var errs []error
 	for _, p := range c.pipelines {
-		errs = append(errs, p.consumer.Close())
+		errs = append(errs, p.group.Close())
 	}
 	for _, w := range c.webhooks {
 		errs = append(errs, w.consumer.Close())

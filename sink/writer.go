@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"log/slog"
 	"strconv"
 	"sync"
@@ -18,12 +19,22 @@ import (
 // order, each only after its batch and every batch before it are written.
 // A worker retries its batch with backoff until it is written; meanwhile
 // the batcher stops taking batches when all workers are busy, so the
-// fetcher stops reading: a down ClickHouse holds flows back in Kafka (or,
+// fetchers stop reading: a down ClickHouse holds flows back in Kafka (or,
 // with the in-process bus, blocks the collector, which counts drops at the
 // UDP edge), never in an unbounded buffer here.
+//
+// The topic is read through the consumer group's partition claims, a
+// goroutine per claim that hands whole fetches to the batcher (not a
+// goroutine and a channel hop per message), and each batch's offsets are
+// committed through the claim that fetched them, in the claim's
+// generation. A claim taken away by a rebalance waits, up to the drain
+// timeout, until what it handed over is written and committed, so that
+// the next owner starts after it; what it could not commit there is
+// re-delivered to the next owner and the ledger keeps it from being
+// written twice.
 type pipeline struct {
-	name     string
-	consumer bus.Consumer
+	name  string
+	group bus.GroupConsumer
 	// write writes a batch. A retry follows an error whose outcome is
 	// unknown, and the writer must find what landed (see attempt).
 	write       func(ctx context.Context, msgs []bus.Message, try attempt) error
@@ -55,10 +66,61 @@ func newBatchID() string {
 	return "wormsign-sink-" + hex.EncodeToString(b[:])
 }
 
+// heldClaim is a partition the pipeline holds in one generation.
+type heldClaim struct {
+	claim bus.Claim
+	// commits ends when the claim's handler has returned: its generation
+	// may be over, and a commit through it would go nowhere.
+	commits context.Context
+	// pending counts the fetches and the batch parts of this claim not
+	// yet committed or given up.
+	pending sync.WaitGroup
+}
+
+// fetch is one fetch of one claim, handed to the batcher; one without
+// messages says that the claim ends and wants what was gathered written.
+type fetch struct {
+	held *heldClaim
+	msgs []bus.Message
+}
+
+// claimPart is what one batch holds of one claim: the last message, whose
+// commit covers the part.
+type claimPart struct {
+	held *heldClaim
+	last bus.Message
+	n    int // messages
+}
+
 type job struct {
 	msgs    []bus.Message
+	parts   []claimPart
 	written chan struct{} // closed when the worker is done with the batch
 	err     error         // set before written is closed when it gave up
+}
+
+// held returns the messages of j whose partitions are still held. Those of
+// a partition that let go are its next owner's to write: writing them too
+// could race its write of the same offsets past the ledger's check.
+func (j *job) held() []bus.Message {
+	msgs, from := j.msgs[:0:0], 0
+	for _, part := range j.parts {
+		if part.held.commits.Err() == nil {
+			msgs = append(msgs, j.msgs[from:from+part.n]...)
+		}
+		from += part.n
+	}
+	if len(msgs) == len(j.msgs) {
+		return j.msgs
+	}
+	return msgs
+}
+
+// settle tells the claims of j that the pipeline is done with their parts.
+func (j *job) settle() {
+	for _, part := range j.parts {
+		part.held.pending.Done()
+	}
 }
 
 func (p *pipeline) run(ctx context.Context) {
@@ -74,8 +136,8 @@ func (p *pipeline) run(ctx context.Context) {
 
 	// A short hand-over: what the pipeline holds while ClickHouse is down
 	// is this, the batch being gathered and the workers' batches.
-	messages := make(chan bus.Message, 64)
-	go bus.Feed(ctx, p.consumer, fetchBackoff, fetchWarning(p.logger.With("topic", p.name)), messages)
+	fetches := make(chan fetch, 4)
+	go p.consume(ctx, writeCtx, fetches)
 
 	jobs := make(chan *job)               // unbuffered: a batch waits for a free worker
 	order := make(chan *job, p.workers+1) // batches in offset order, for the committer
@@ -95,11 +157,12 @@ func (p *pipeline) run(ctx context.Context) {
 		p.commitInOrder(writeCtx, order)
 	}()
 
-	dispatch := func(msgs []bus.Message) {
-		j := &job{msgs: msgs, written: make(chan struct{})}
+	dispatch := func(j *job) {
+		j.written = make(chan struct{})
 		select {
 		case order <- j:
 		case <-writeCtx.Done():
+			j.settle()
 			return
 		}
 		select {
@@ -110,18 +173,40 @@ func (p *pipeline) run(ctx context.Context) {
 		}
 	}
 
-	var batch []bus.Message
+	batch := &job{}
 	size := 0
+	add := func(f fetch) {
+		defer f.held.pending.Done() // the fetch is now in batches
+		if len(f.msgs) == 0 && len(batch.msgs) > 0 {
+			dispatch(batch)
+			batch, size = &job{}, 0
+		}
+		for _, m := range f.msgs {
+			if n := len(batch.parts); n > 0 && batch.parts[n-1].held == f.held {
+				batch.parts[n-1].last = m
+				batch.parts[n-1].n++
+			} else {
+				f.held.pending.Add(1)
+				batch.parts = append(batch.parts, claimPart{held: f.held, last: m, n: 1})
+			}
+			batch.msgs = append(batch.msgs, m)
+			size += len(m.Value)
+			if len(batch.msgs) >= p.maxMessages || size >= p.maxBytes {
+				dispatch(batch)
+				batch, size = &job{}, 0
+			}
+		}
+	}
 	ticker := time.NewTicker(p.interval)
 	defer ticker.Stop()
 	for {
 		select {
-		case msg, ok := <-messages:
+		case f, ok := <-fetches:
 			if !ok {
 				// Input ended (Stop or a closed topic): write what is in
 				// hand, within the drain timeout.
 				startDrain()
-				if len(batch) > 0 {
+				if len(batch.msgs) > 0 {
 					dispatch(batch)
 				}
 				close(jobs)
@@ -130,17 +215,139 @@ func (p *pipeline) run(ctx context.Context) {
 				<-committed
 				return
 			}
-			batch = append(batch, msg)
-			size += len(msg.Value)
-			if len(batch) >= p.maxMessages || size >= p.maxBytes {
-				dispatch(batch)
-				batch, size = nil, 0
-			}
+			add(f)
 		case <-ticker.C:
-			if len(batch) > 0 {
+			if len(batch.msgs) > 0 {
 				dispatch(batch)
-				batch, size = nil, 0
+				batch, size = &job{}, 0
 			}
+		}
+	}
+}
+
+// consume runs the group's claims until ctx ends or, on the in-process
+// bus, the topic is closed and drained; then it closes fetches.
+func (p *pipeline) consume(ctx, writeCtx context.Context, fetches chan<- fetch) {
+	claims := newHandlers()
+	defer close(fetches)
+	defer claims.closeAndWait() // no claim may send on fetches once it is closed
+	logger := p.logger.With("topic", p.name)
+	err := p.group.Consume(ctx, func(claimCtx context.Context, claim bus.Claim) {
+		if !claims.enter() {
+			return // a claim handed out as the group stops
+		}
+		defer claims.leave()
+		commits, stopCommits := context.WithCancel(writeCtx)
+		defer stopCommits()
+		held := &heldClaim{claim: claim, commits: commits}
+		p.hold(claimCtx, held, fetches, logger)
+		// Taken away or stopping: let what was handed over be written and
+		// committed through this generation, which lasts until we return.
+		// A rebalance waits for us, within the group's rebalance timeout.
+		wait := p.drain
+		if ctx.Err() == nil {
+			wait = min(wait, rebalanceHandover)
+		}
+		handover, cancel := context.WithTimeout(context.Background(), wait)
+		defer cancel()
+		held.pending.Add(1)
+		select {
+		case fetches <- fetch{held: held}:
+		case <-handover.Done():
+			held.pending.Done()
+		}
+		settled := make(chan struct{})
+		go func() {
+			held.pending.Wait()
+			close(settled)
+		}()
+		select {
+		case <-settled:
+		case <-handover.Done():
+			logger.Warn("a partition ended before its batches were committed; its next owner re-reads them",
+				"partition", claim.Partition())
+		}
+	})
+	if err != nil && ctx.Err() == nil {
+		logger.Error("cannot consume", "error", err)
+	}
+}
+
+// handlers counts the claims' handlers running, so that consume can wait
+// for them, and refuses new ones after that.
+type handlers struct {
+	mu      sync.Mutex
+	running int
+	closed  bool
+	idle    chan struct{} // closed when closed and none runs
+}
+
+func newHandlers() *handlers { return &handlers{idle: make(chan struct{})} }
+
+func (h *handlers) enter() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return false
+	}
+	h.running++
+	return true
+}
+
+func (h *handlers) leave() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.running--; h.running == 0 && h.closed {
+		close(h.idle)
+	}
+}
+
+func (h *handlers) closeAndWait() {
+	h.mu.Lock()
+	h.closed = true
+	if h.running == 0 {
+		close(h.idle)
+	}
+	h.mu.Unlock()
+	<-h.idle
+}
+
+// rebalanceHandover bounds how long a partition taken away by a rebalance
+// waits for its batches to be committed: the group's members must rejoin
+// within its rebalance timeout, 10 s (bus.Kafka.Partitioned).
+const rebalanceHandover = 5 * time.Second
+
+// hold hands the claim's fetches to the batcher until ctx ends or the
+// topic is closed.
+func (p *pipeline) hold(ctx context.Context, held *heldClaim, fetches chan<- fetch, logger *slog.Logger) {
+	wait := fetchBackoff.Min
+	for {
+		msgs, err := held.claim.FetchBatch(ctx, nil)
+		if len(msgs) > 0 {
+			held.pending.Add(1)
+			select {
+			case fetches <- fetch{held: held, msgs: msgs}:
+			case <-ctx.Done():
+				held.pending.Done()
+				return
+			}
+		}
+		switch {
+		case ctx.Err() != nil, errors.Is(err, bus.ErrClosed):
+			return
+		case err != nil:
+			// Keep the partition through fetch errors: giving up would
+			// stall it until the next rebalance.
+			p.metrics.fetchErrors.WithLabelValues(p.name).Inc()
+			logger.Warn("cannot fetch, retrying", "partition", held.claim.Partition(), "error", err, "backoff", wait)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+			wait = min(2*wait, fetchBackoff.Max)
+		default:
+			wait = fetchBackoff.Min
 		}
 	}
 }
@@ -154,7 +361,11 @@ func (p *pipeline) writeBatch(ctx context.Context, j *job) {
 	try := attempt{batch: newBatchID(), first: time.Now()}
 	err := retry.Do(ctx, retry.Backoff{Min: 100 * time.Millisecond, Max: p.maxBackoff}, func(ctx context.Context) error {
 		start := time.Now()
-		err := p.write(ctx, j.msgs, try)
+		msgs := j.held()
+		if len(msgs) == 0 {
+			return nil // every partition of the batch has a new owner
+		}
+		err := p.write(ctx, msgs, try)
 		try.n++
 		if err != nil {
 			p.metrics.writeErrors.WithLabelValues(p.name).Inc()
@@ -172,35 +383,60 @@ func (p *pipeline) writeBatch(ctx context.Context, j *job) {
 	}
 }
 
-// commitInOrder commits each batch's offsets once it and all batches
-// before it are written. It stops at the first batch given up: committing
-// a later one would skip it.
+// commitInOrder commits each batch's offsets, through the claims that
+// fetched them, once it and all batches before it are written. It stops
+// committing at the first batch given up: committing a later one would
+// skip it.
 func (p *pipeline) commitInOrder(ctx context.Context, order <-chan *job) {
+	stopped := false
 	for j := range order {
-		select {
-		case <-j.written:
-		case <-ctx.Done():
-			return
+		if !stopped {
+			select {
+			case <-j.written:
+				stopped = j.err != nil
+			case <-ctx.Done():
+				stopped = true
+			}
 		}
-		if j.err != nil {
-			return
+		if !stopped && !p.commit(ctx, j) {
+			stopped = true
 		}
+		j.settle()
+	}
+}
+
+// commit commits the parts of a written batch; it returns false when ctx
+// ended first.
+func (p *pipeline) commit(ctx context.Context, j *job) bool {
+	for _, part := range j.parts {
 		// Only the commit is retried: the batch is in ClickHouse, and the
-		// ledger would keep a re-delivery out anyway.
-		err := retry.Do(ctx, retry.Backoff{Min: 100 * time.Millisecond, Max: p.maxBackoff}, func(ctx context.Context) error {
-			err := p.consumer.Commit(ctx, j.msgs...)
+		// ledger would keep a re-delivery out anyway. A claim whose
+		// handler has returned is skipped: its next owner reads the part
+		// again.
+		commits := part.held.commits
+		if commits.Err() != nil {
+			p.metrics.abandoned.WithLabelValues(p.name).Add(float64(part.n))
+			continue
+		}
+		err := retry.Do(commits, retry.Backoff{Min: 100 * time.Millisecond, Max: p.maxBackoff}, func(context.Context) error {
+			err := part.held.claim.Commit(commits, part.last)
 			if err != nil {
 				p.metrics.commitErrors.WithLabelValues(p.name).Inc()
 			}
 			return err
 		}, func(err error, wait time.Duration) {
-			p.logger.Warn("cannot commit offsets, retrying", "topic", p.name, "error", err, "backoff", wait)
+			p.logger.Warn("cannot commit offsets, retrying", "topic", p.name, "partition", part.last.Partition, "error", err, "backoff", wait)
 		})
-		if err != nil {
-			return
+		if ctx.Err() != nil {
+			return false
 		}
-		p.metrics.committed.WithLabelValues(p.name).Add(float64(len(j.msgs)))
+		if err != nil {
+			p.metrics.abandoned.WithLabelValues(p.name).Add(float64(part.n))
+			continue
+		}
+		p.metrics.committed.WithLabelValues(p.name).Add(float64(part.n))
 	}
+	return true
 }
 
 // fetchBackoff paces the sink's fetches while the brokers are away.
