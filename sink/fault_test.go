@@ -103,6 +103,44 @@ func faultSinkConfig(t *testing.T) Configuration {
 	return cfg
 }
 
+// faultFeed publishes numbered flows to a fresh flows topic on the shared
+// broker.
+type faultFeed struct {
+	k      *bus.Kafka
+	kcfg   bus.Configuration
+	stream *flowStream
+	ctx    context.Context
+	p      bus.Producer
+	t      *testing.T
+}
+
+func newFaultFeed(t *testing.T, partitions, flowsPerMessage int, timeout time.Duration) *faultFeed {
+	kcfg := bus.DefaultConfiguration()
+	kcfg.Brokers = testenv.KafkaBrokers(t)
+	kcfg.FlowsTopic, kcfg.AlertsTopic, kcfg.Partitions = testenv.Name(t, "f"), testenv.Name(t, "a"), partitions
+	ctx := waitContext(t, timeout)
+	k, err := bus.NewKafka(ctx, kcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := k.Producer(kcfg.FlowsTopic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return &faultFeed{k: k, kcfg: kcfg, stream: &flowStream{perMsg: flowsPerMessage}, ctx: ctx, p: p, t: t}
+}
+
+// publish sends batches of ten messages, 20 ms apart.
+func (f *faultFeed) publish(batches int) {
+	for range batches {
+		if err := f.p.Publish(f.ctx, f.stream.messages(10)...); err != nil {
+			f.t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // ClickHouse killed while the sink writes, then started again: every
 // flow arrives once.
 func TestFaultClickHouseRestart(t *testing.T) {
@@ -115,28 +153,11 @@ func TestFaultClickHouseRestart(t *testing.T) {
 func testFaultClickHouseRestart(t *testing.T, server *testenv.Service, addr string) {
 	// A short read timeout, so that a frozen server fails writes fast.
 	ch := openTestClickHouseTimeout(t, addr, 2*time.Second)
-	kcfg := bus.DefaultConfiguration()
-	kcfg.Brokers = testenv.KafkaBrokers(t)
-	kcfg.FlowsTopic, kcfg.AlertsTopic, kcfg.Partitions = testenv.Name(t, "f"), testenv.Name(t, "a"), 4
-	ctx := waitContext(t, 4*time.Minute)
-	k, err := bus.NewKafka(ctx, kcfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, _ := k.Producer(kcfg.FlowsTopic)
-	defer p.Close()
-	stream := &flowStream{perMsg: 25}
+	f := newFaultFeed(t, 4, 25, 4*time.Minute)
+	k, kcfg, stream, publish := f.k, f.kcfg, f.stream, f.publish
 	s := startSink(t, faultSinkConfig(t), k, kcfg, ch)
 	defer s.Stop()
 
-	publish := func(batches int) {
-		for range batches {
-			if err := p.Publish(ctx, stream.messages(10)...); err != nil {
-				t.Fatal(err)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
 	publish(20)
 	waitRows(t, ch, 1, time.Minute)
 	server.Kill()
@@ -297,25 +318,8 @@ func TestFaultSinksRebalance(t *testing.T) {
 
 func testFaultSinksRebalance(t *testing.T, chAddr string) {
 	ch := openTestClickHouse(t, chAddr)
-	kcfg := bus.DefaultConfiguration()
-	kcfg.Brokers = testenv.KafkaBrokers(t)
-	kcfg.FlowsTopic, kcfg.AlertsTopic, kcfg.Partitions = testenv.Name(t, "f"), testenv.Name(t, "a"), 6
-	ctx := waitContext(t, 5*time.Minute)
-	k, err := bus.NewKafka(ctx, kcfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, _ := k.Producer(kcfg.FlowsTopic)
-	defer p.Close()
-	stream := &flowStream{perMsg: 20}
-	publish := func(batches int) {
-		for range batches {
-			if err := p.Publish(ctx, stream.messages(10)...); err != nil {
-				t.Fatal(err)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
+	f := newFaultFeed(t, 6, 20, 5*time.Minute)
+	k, kcfg, stream, publish := f.k, f.kcfg, f.stream, f.publish
 	cfg := faultSinkConfig(t)
 	cfg.BatchMessages, cfg.Workers = 5, 1 // slow: batches are in flight at each rebalance
 	a := startSink(t, cfg, k, kcfg, ch)

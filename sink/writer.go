@@ -405,38 +405,38 @@ func (p *pipeline) commitInOrder(ctx context.Context, order <-chan *job) {
 	}
 }
 
-// commit commits the parts of a written batch; it returns false when ctx
-// ended first.
+// commit commits the parts of a written batch, retrying those that fail;
+// it returns false when ctx ended first. Only the commit is retried: the
+// batch is in ClickHouse, and the ledger would keep a re-delivery out
+// anyway. Each round tries every part left, so that one partition whose
+// commits fail does not hold back the others'. A part whose partition has
+// let go is abandoned: its next owner reads it again.
 func (p *pipeline) commit(ctx context.Context, j *job) bool {
-	for _, part := range j.parts {
-		// Only the commit is retried: the batch is in ClickHouse, and the
-		// ledger would keep a re-delivery out anyway. A claim whose
-		// handler has returned is skipped: its next owner reads the part
-		// again.
-		commits := part.held.commits
-		if commits.Err() != nil {
-			p.metrics.abandoned.WithLabelValues(p.name).Add(float64(part.n))
-			continue
-		}
-		err := retry.Do(commits, retry.Backoff{Min: 100 * time.Millisecond, Max: p.maxBackoff}, func(context.Context) error {
-			err := part.held.claim.Commit(commits, part.last)
-			if err != nil {
-				p.metrics.commitErrors.WithLabelValues(p.name).Inc()
+	left := j.parts
+	backoff := retry.Backoff{Min: 100 * time.Millisecond, Max: p.maxBackoff}
+	for {
+		var failed []claimPart
+		for _, part := range left {
+			if part.held.commits.Err() != nil {
+				p.metrics.abandoned.WithLabelValues(p.name).Add(float64(part.n))
+				continue
 			}
-			return err
-		}, func(err error, wait time.Duration) {
-			p.logger.Warn("cannot commit offsets, retrying", "topic", p.name, "partition", part.last.Partition, "error", err, "backoff", wait)
-		})
-		if ctx.Err() != nil {
+			if err := part.held.claim.Commit(part.held.commits, part.last); err != nil {
+				p.metrics.commitErrors.WithLabelValues(p.name).Inc()
+				p.logger.Warn("cannot commit offsets, retrying", "topic", p.name, "partition", part.last.Partition, "error", err)
+				failed = append(failed, part)
+				continue
+			}
+			p.metrics.committed.WithLabelValues(p.name).Add(float64(part.n))
+		}
+		if len(failed) == 0 {
+			return true
+		}
+		if !retry.Sleep(ctx, backoff.Next()) {
 			return false
 		}
-		if err != nil {
-			p.metrics.abandoned.WithLabelValues(p.name).Add(float64(part.n))
-			continue
-		}
-		p.metrics.committed.WithLabelValues(p.name).Add(float64(part.n))
+		left = failed
 	}
-	return true
 }
 
 // fetchBackoff paces the sink's fetches while the brokers are away.
