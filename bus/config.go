@@ -16,6 +16,7 @@ type Configuration struct {
 	AlertsTopic       string        `yaml:"alerts_topic"`
 	Partitions        int           `yaml:"partitions"`
 	ReplicationFactor int           `yaml:"replication_factor"`
+	MinInsyncReplicas int           `yaml:"min_insync_replicas"` // of the topics wormsign creates; 0: MinInsync's default
 	Compression       string        `yaml:"compression"`
 	ConnectTimeout    time.Duration `yaml:"connect_timeout"`
 	// BatchBytes bounds one produce request.
@@ -70,6 +71,9 @@ func (c Configuration) Validate() error {
 		return fmt.Errorf("kafka.partitions: %d, want >= 1", c.Partitions)
 	case c.ReplicationFactor < 1:
 		return fmt.Errorf("kafka.replication_factor: %d, want >= 1", c.ReplicationFactor)
+	case c.MinInsyncReplicas < 0 || c.MinInsyncReplicas > c.ReplicationFactor:
+		return fmt.Errorf("kafka.min_insync_replicas: %d, want 1 to kafka.replication_factor (%d), or 0 for the default",
+			c.MinInsyncReplicas, c.ReplicationFactor)
 	case c.BatchBytes < 1024:
 		return fmt.Errorf("kafka.batch_bytes: %d, want >= 1024", c.BatchBytes)
 	}
@@ -95,4 +99,19 @@ func (c Configuration) Validate() error {
 		return fmt.Errorf("kafka.sasl.mechanism: %q, want PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", c.SASL.Mechanism)
 	}
 	return nil
+}
+
+// MinInsync is the min.insync.replicas of the topics wormsign creates:
+// kafka.min_insync_replicas, or by default 1 with a replication factor of
+// 1 and else one less than the replication factor, at most 2 (3 replicas:
+// a write survives the loss of any one broker and the topic takes writes
+// while one is down).
+func (c Configuration) MinInsync() int {
+	switch {
+	case c.MinInsyncReplicas > 0:
+		return c.MinInsyncReplicas
+	case c.ReplicationFactor <= 1:
+		return 1
+	}
+	return min(c.ReplicationFactor-1, 2)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -130,19 +131,12 @@ func NewKafka(ctx context.Context, config Configuration) (*Kafka, error) {
 }
 
 func (k *Kafka) ensureTopic(ctx context.Context, topic string) error {
-	resp, err := k.client.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{
-		Topic:             topic,
-		NumPartitions:     k.config.Partitions,
-		ReplicationFactor: k.config.ReplicationFactor,
-	}}})
-	if err != nil {
-		return fmt.Errorf("cannot create topic %s: %w", topic, err)
-	}
-	if err := resp.Errors[topic]; err != nil && !errors.Is(err, kafka.TopicAlreadyExists) {
-		return fmt.Errorf("cannot create topic %s: %w", topic, err)
-	}
-	return nil
+	return k.EnsureTopic(ctx, topic, k.config.Partitions, nil)
 }
+
+// minInsyncReplicas is the topic setting that EnsureTopic sets from
+// kafka.min_insync_replicas.
+const minInsyncReplicas = "min.insync.replicas"
 
 func compressionCodec(name string) (compress.Compression, error) {
 	switch name {
@@ -270,11 +264,15 @@ func (k *Kafka) DeleteTopics(ctx context.Context, topics ...string) error {
 	return nil
 }
 
-// EnsureTopic creates topic when it is missing, with the given topic
-// configuration (e.g. cleanup.policy=compact); an existing topic is left
-// as it is.
+// EnsureTopic creates topic when it is missing, with kafka.replication_factor
+// replicas, min.insync.replicas from Configuration.MinInsync and the given
+// topic configuration (e.g. cleanup.policy=compact); an existing topic is
+// left as it is.
 func (k *Kafka) EnsureTopic(ctx context.Context, topic string, partitions int, configs map[string]string) error {
 	tc := kafka.TopicConfig{Topic: topic, NumPartitions: partitions, ReplicationFactor: k.config.ReplicationFactor}
+	if _, ok := configs[minInsyncReplicas]; !ok {
+		tc.ConfigEntries = append(tc.ConfigEntries, kafka.ConfigEntry{ConfigName: minInsyncReplicas, ConfigValue: strconv.Itoa(k.config.MinInsync())})
+	}
 	for name, value := range configs {
 		tc.ConfigEntries = append(tc.ConfigEntries, kafka.ConfigEntry{ConfigName: name, ConfigValue: value})
 	}

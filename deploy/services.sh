@@ -8,8 +8,22 @@
 # under $SERVICES_DIR.
 #
 #   deploy/services.sh up      install what is missing, start, wait until all answer
-#   deploy/services.sh down    stop them
+#   deploy/services.sh down    stop them (and the cluster below)
 #   deploy/services.sh status  say what runs
+#
+# A three-node Kafka cluster, apart from the single broker and started only
+# when asked for (the cluster tests, bus/cluster_test.go, start it
+# themselves): three KRaft nodes, each broker and controller, the three
+# controllers one quorum, on 127.0.0.1:19092-19094 (controllers
+# 19095-19097; SERVICES_KAFKA_CLUSTER_PORT moves them), with replication 3,
+# min.insync.replicas 2 and no unclean leader election
+# (deploy/kafka/cluster.properties), state in $SERVICES_DIR/kafka-cluster.
+#
+#   deploy/services.sh up kafka-cluster      format once, start the nodes that do not run, wait
+#   deploy/services.sh down kafka-cluster    stop the three nodes
+#   deploy/services.sh status kafka-cluster  say which nodes run
+#   deploy/services.sh kill kafka-cluster N  SIGKILL node N (1-3), for fault drills; `up
+#                                            kafka-cluster` starts it again on its state
 #
 # Where WORMSIGN_KAFKA_BROKERS, WORMSIGN_CLICKHOUSE_ADDR or
 # WORMSIGN_TEST_CLICKHOUSE_MODERN_ADDR point at existing services, that
@@ -29,6 +43,10 @@ kafka_controller_port=$((kafka_port + 1))
 # password in $state/kafka/tls/sasl-password, CA in $state/kafka/tls/ca.pem).
 kafka_sasl_port=${SERVICES_KAFKA_SASL_PORT:-$((kafka_port + 2))}
 kafka_sasl_user=wormsign
+# The three-node cluster (`up kafka-cluster`): brokers on cluster_port,
+# +1, +2, their controllers on +3, +4, +5; the JVM heap of each node.
+cluster_port=${SERVICES_KAFKA_CLUSTER_PORT:-19092}
+cluster_heap=${SERVICES_KAFKA_CLUSTER_HEAP:-512m}
 ch_port=${SERVICES_CLICKHOUSE_PORT:-9000}
 ch_http_port=${SERVICES_CLICKHOUSE_HTTP_PORT:-8123}
 chm_port=${SERVICES_CLICKHOUSE_MODERN_PORT:-9100}
@@ -63,10 +81,11 @@ apt_install() { # packages...
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
-kafka_up() {
+# The Kafka jars, fetched once into $state/kafka/libs; the single broker
+# and the cluster's nodes run from them.
+kafka_libs() {
 	local dir=$state/kafka
 	mkdir -p "$dir"
-	if running "$dir/pid"; then return 0; fi
 	command -v java >/dev/null || { log "java is required for Kafka"; exit 1; }
 	if [ ! -f "$dir/libs/.complete" ]; then
 		command -v mvn >/dev/null || { log "maven is required to fetch Kafka"; exit 1; }
@@ -77,6 +96,24 @@ kafka_up() {
 			{ cat "$dir/mvn.log"; exit 1; }
 		touch "$dir/libs/.complete"
 	fi
+}
+
+# A new id from Kafka's StorageTool (a cluster's, a directory's). The tool
+# logs to stdout too (log4j.properties' appender), before the id: only the
+# last line is the id.
+kafka_uuid() { # log jvm...
+	local log=$1 id
+	shift
+	id=$(java "$@" -cp "$state/kafka/libs/*" kafka.tools.StorageTool random-uuid 2>>"$log" | tail -n 1)
+	[[ $id =~ ^[A-Za-z0-9_-]{22}$ ]] || { log "kafka StorageTool random-uuid gave no id: $id"; exit 1; }
+	echo "$id"
+}
+
+kafka_up() {
+	local dir=$state/kafka
+	mkdir -p "$dir"
+	if running "$dir/pid"; then return 0; fi
+	kafka_libs
 	kafka_tls "$dir/tls"
 	local password
 	password=$(cat "$dir/tls/sasl-password")
@@ -106,7 +143,7 @@ kafka_up() {
 	local scram_added=
 	if [ ! -f "$dir/data/meta.properties" ]; then
 		local id
-		id=$(java "${jvm[@]}" -cp "$cp" kafka.tools.StorageTool random-uuid 2>>"$dir/format.log")
+		id=$(kafka_uuid "$dir/format.log" "${jvm[@]}")
 		# A fresh store gets the SCRAM users with it.
 		java "${jvm[@]}" -cp "$cp" kafka.tools.StorageTool format --standalone \
 			-t "$id" -c "$dir/server.properties" \
@@ -137,6 +174,140 @@ kafka_up() {
 }
 
 kafka_ready() { port_open "$kafka_port" && port_open "$kafka_sasl_port" && grep -q 'Kafka Server started' "$1/kafka.log"; }
+
+# The three-node cluster: node N (1..3) is broker and controller, its
+# client listener on cluster_port+N-1 and its controller on
+# cluster_port+N+2, its state in $state/kafka-cluster/nodeN. The storage of
+# all three is formatted together, once, as one cluster whose three
+# controllers form the initial quorum; `up kafka-cluster` then starts the
+# nodes that do not run (all of them, or one that was killed) and waits
+# until each says it serves.
+cluster_nodes=(1 2 3)
+cluster_broker_port() { echo $((cluster_port + $1 - 1)); }
+cluster_controller_port() { echo $((cluster_port + $1 + 2)); }
+cluster_brokers() {
+	local n out=
+	for n in "${cluster_nodes[@]}"; do out+=${out:+,}127.0.0.1:$(cluster_broker_port "$n"); done
+	echo "$out"
+}
+
+kafka_cluster_format() { # dir jvm...
+	local dir=$1
+	shift
+	local cp="$state/kafka/libs/*" n controllers= initial= id
+	for n in "${cluster_nodes[@]}"; do
+		controllers+=${controllers:+,}127.0.0.1:$(cluster_controller_port "$n")
+	done
+	for n in "${cluster_nodes[@]}"; do
+		mkdir -p "$dir/node$n"
+		sed -e "s|@NODE_ID@|$n|" -e "s|@DATA@|$dir/node$n/data|" \
+			-e "s|@PORT@|$(cluster_broker_port "$n")|g" \
+			-e "s|@CONTROLLER_PORT@|$(cluster_controller_port "$n")|g" \
+			-e "s|@CONTROLLERS@|$controllers|" \
+			"$here/kafka/cluster.properties" >"$dir/node$n/server.properties"
+	done
+	[ -f "$dir/.formatted" ] && return 0
+	# A format that stopped half way leaves nodes of no cluster: start over.
+	for n in "${cluster_nodes[@]}"; do rm -rf "$dir/node$n/data"; done
+	id=$(kafka_uuid "$dir/format.log" "$@")
+	# The initial voters name each controller's metadata directory by an
+	# id of its own; every node is formatted with the same list.
+	for n in "${cluster_nodes[@]}"; do
+		initial+=${initial:+,}$n@127.0.0.1:$(cluster_controller_port "$n"):$(kafka_uuid "$dir/format.log" "$@")
+	done
+	for n in "${cluster_nodes[@]}"; do
+		java "$@" -cp "$cp" kafka.tools.StorageTool format -t "$id" -c "$dir/node$n/server.properties" \
+			--initial-controllers "$initial" >>"$dir/format.log" 2>&1 || { cat "$dir/format.log"; exit 1; }
+	done
+	echo "$id" >"$dir/cluster-id"
+	touch "$dir/.formatted"
+}
+
+kafka_cluster_up() {
+	local dir=$state/kafka-cluster n port started=()
+	mkdir -p "$dir"
+	kafka_libs
+	cp "$here/kafka/log4j.properties" "$dir/log4j.properties"
+	# Three JVMs share two cores here: a modest heap each, the serial
+	# collector and C1 only, which start fastest.
+	local jvm=(-Xms128m "-Xmx$cluster_heap" -XX:+UseSerialGC -XX:TieredStopAtLevel=1
+		-Dlog4j.configuration="file:$dir/log4j.properties")
+	kafka_cluster_format "$dir" "${jvm[@]}"
+	cluster_brokers >"$dir/brokers"
+	for n in "${cluster_nodes[@]}"; do
+		running "$dir/node$n/pid" && continue
+		for port in "$(cluster_broker_port "$n")" "$(cluster_controller_port "$n")"; do
+			if port_open "$port"; then
+				log "port $port of kafka-cluster node $n is taken by another process (another checkout's cluster? SERVICES_KAFKA_CLUSTER_PORT moves it)"
+				exit 1
+			fi
+		done
+		# The log of the run before (e.g. one that was killed) is kept once.
+		[ -f "$dir/node$n/kafka.log" ] && mv "$dir/node$n/kafka.log" "$dir/node$n/kafka.log.1"
+		log "starting kafka-cluster node $n on 127.0.0.1:$(cluster_broker_port "$n") (controller $(cluster_controller_port "$n"))"
+		nohup java "${jvm[@]}" -cp "$state/kafka/libs/*" kafka.Kafka "$dir/node$n/server.properties" \
+			>"$dir/node$n/kafka.log" 2>&1 </dev/null &
+		echo $! >"$dir/node$n/pid"
+		started+=("$n")
+	done
+	# A node serves once a majority of the controllers runs: the nodes
+	# started together wait for each other.
+	for n in "${started[@]}"; do
+		wait_for "kafka-cluster node $n" 180 kafka_cluster_node_ready "$n" ||
+			{ tail -50 "$dir/node$n/kafka.log"; exit 1; }
+	done
+	log "kafka-cluster: brokers $(cat "$dir/brokers")"
+}
+
+kafka_cluster_node_ready() { # node
+	local dir=$state/kafka-cluster/node$1
+	running "$dir/pid" && port_open "$(cluster_broker_port "$1")" && grep -q 'Kafka Server started' "$dir/kafka.log"
+}
+
+# Stops the nodes together: a node stopped after the others would wait for
+# a controller majority to let it shut down in order, and never get one.
+kafka_cluster_down() {
+	local dir=$state/kafka-cluster n pids=()
+	for n in "${cluster_nodes[@]}"; do
+		if running "$dir/node$n/pid"; then
+			log "stopping kafka-cluster node $n"
+			pids+=("$(cat "$dir/node$n/pid")")
+			kill "${pids[-1]}"
+		fi
+	done
+	for _ in $(seq 60); do
+		local alive=
+		for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+		[ -z "$alive" ] && break
+		sleep 1
+	done
+	for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+	for n in "${cluster_nodes[@]}"; do rm -f "$dir/node$n/pid"; done
+}
+
+# SIGKILL of one node, as a crash or the OOM killer would: for fault
+# drills; `up kafka-cluster` starts it again on its state.
+kafka_cluster_kill() { # node
+	local pidfile=$state/kafka-cluster/node$1/pid
+	[[ $1 =~ ^[123]$ ]] || { echo "usage: $0 kill kafka-cluster 1|2|3" >&2; exit 2; }
+	running "$pidfile" || { log "kafka-cluster node $1 does not run"; exit 1; }
+	log "killing kafka-cluster node $1 (SIGKILL)"
+	local pid
+	pid=$(cat "$pidfile")
+	kill -9 "$pid"
+	for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+	rm -f "$pidfile"
+}
+
+kafka_cluster_status() {
+	local dir=$state/kafka-cluster n up=()
+	for n in "${cluster_nodes[@]}"; do running "$dir/node$n/pid" && up+=("$n"); done
+	case ${#up[@]} in
+	0) echo "kafka-cluster: stopped" ;;
+	"${#cluster_nodes[@]}") echo "kafka-cluster: running ($(cluster_brokers))" ;;
+	*) echo "kafka-cluster: nodes ${up[*]} of ${#cluster_nodes[@]} running ($(cluster_brokers))" ;;
+	esac
+}
 
 # A CA and the broker's certificate (127.0.0.1, localhost) made with
 # openssl, once; the SASL password made up once. Kafka reads the key and
@@ -236,8 +407,22 @@ stop() { # name pidfile
 	rm -f "$pidfile"
 }
 
+target=${2:-}
+case $target in
+"" | kafka-cluster) ;;
+*)
+	echo "usage: $0 up|down|status [kafka-cluster]; $0 kill kafka-cluster 1|2|3" >&2
+	exit 2
+	;;
+esac
+
 case ${1:-} in
 up)
+	if [ "$target" = kafka-cluster ]; then
+		kafka_cluster_up
+		log "ready"
+		exit 0
+	fi
 	if [ -z "${WORMSIGN_KAFKA_BROKERS:-}" ]; then kafka_up; else log "using Kafka at $WORMSIGN_KAFKA_BROKERS"; fi
 	if [ -z "${WORMSIGN_CLICKHOUSE_ADDR:-}" ]; then clickhouse_up; else log "using ClickHouse at $WORMSIGN_CLICKHOUSE_ADDR"; fi
 	if [ -z "${WORMSIGN_TEST_CLICKHOUSE_MODERN_ADDR:-}" ]; then
@@ -248,18 +433,27 @@ up)
 	log "ready"
 	;;
 down)
+	kafka_cluster_down
+	[ "$target" = kafka-cluster ] && exit 0
 	stop kafka "$state/kafka/pid"
 	stop clickhouse "$state/clickhouse/pid"
 	stop clickhouse-modern "$state/clickhouse-modern/pid"
 	;;
 status)
-	running "$state/kafka/pid" && echo "kafka: running (127.0.0.1:$kafka_port, SASL_SSL $kafka_sasl_port)" || echo "kafka: stopped"
-	running "$state/clickhouse/pid" && echo "clickhouse: running (127.0.0.1:$ch_port)" || echo "clickhouse: stopped"
-	running "$state/clickhouse-modern/pid" && echo "clickhouse-modern: running (127.0.0.1:$chm_port, HTTP $chm_http_port)" ||
-		echo "clickhouse-modern: stopped"
+	if [ -z "$target" ]; then
+		running "$state/kafka/pid" && echo "kafka: running (127.0.0.1:$kafka_port, SASL_SSL $kafka_sasl_port)" || echo "kafka: stopped"
+		running "$state/clickhouse/pid" && echo "clickhouse: running (127.0.0.1:$ch_port)" || echo "clickhouse: stopped"
+		running "$state/clickhouse-modern/pid" && echo "clickhouse-modern: running (127.0.0.1:$chm_port, HTTP $chm_http_port)" ||
+			echo "clickhouse-modern: stopped"
+	fi
+	kafka_cluster_status
+	;;
+kill)
+	[ "$target" = kafka-cluster ] || { echo "usage: $0 kill kafka-cluster 1|2|3" >&2; exit 2; }
+	kafka_cluster_kill "${3:-}"
 	;;
 *)
-	echo "usage: $0 up|down|status" >&2
+	echo "usage: $0 up|down|status [kafka-cluster]; $0 kill kafka-cluster 1|2|3" >&2
 	exit 2
 	;;
 esac

@@ -163,8 +163,12 @@ func prepareKafka(t testing.TB, extra func(port, controller int) string, formatA
 	if err != nil {
 		t.Fatalf("kafka random-uuid: %v", err)
 	}
+	// The tool logs to stdout before the id (log4j.properties' appender):
+	// the id is the last line.
+	clusterID := strings.TrimSpace(string(id))
+	clusterID = clusterID[strings.LastIndexByte(clusterID, '\n')+1:]
 	format := exec.Command(java, append(append(jvm, "-cp", cp, "kafka.tools.StorageTool", "format", "--standalone",
-		"-t", strings.TrimSpace(string(id)), "-c", propsFile), formatArgs...)...)
+		"-t", clusterID, "-c", propsFile), formatArgs...)...)
 	if out, err := format.CombinedOutput(); err != nil {
 		t.Fatalf("kafka storage format: %v\n%s", err, out)
 	}
