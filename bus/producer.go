@@ -33,6 +33,9 @@ type kafkaProducer struct {
 	partitions []int // 0..n-1, looked up at most every partitionsTTL
 	fetched    time.Time
 	closed     bool
+
+	session    idempotentSession
+	unfinished unfinishedCalls
 }
 
 const (
@@ -63,6 +66,13 @@ func (p *kafkaProducer) Publish(ctx context.Context, msgs ...Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
+	// A caller retries a failed Publish with the same messages: go on
+	// where the failed one stopped, so that the partitions it wrote are
+	// not written again.
+	call, callLen := &msgs[0], len(msgs)
+	if rest, ok := p.unfinished.take(call, callLen); ok {
+		msgs = rest
+	}
 	now := time.Now()
 	for attempt := 1; ; attempt++ {
 		failed, err := p.publishOnce(ctx, msgs, now)
@@ -70,6 +80,7 @@ func (p *kafkaProducer) Publish(ctx context.Context, msgs ...Message) error {
 			return nil
 		}
 		if attempt == produceAttempts || ctx.Err() != nil || errors.Is(err, ErrClosed) {
+			p.unfinished.put(call, callLen, failed)
 			return fmt.Errorf("cannot write to %s: %w", p.topic, err)
 		}
 		// A moved leader or a changed partition count: look again.
@@ -78,6 +89,7 @@ func (p *kafkaProducer) Publish(ctx context.Context, msgs ...Message) error {
 		p.mu.Unlock()
 		select {
 		case <-ctx.Done():
+			p.unfinished.put(call, callLen, failed)
 			return fmt.Errorf("cannot write to %s: %w", p.topic, ctx.Err())
 		case <-time.After(time.Duration(attempt) * 100 * time.Millisecond):
 		}
@@ -148,13 +160,25 @@ func (p *kafkaProducer) publishOnce(ctx context.Context, msgs []Message, now tim
 	return failed, first
 }
 
-// produce writes the messages msgs[idx] to partition, about size bytes.
+// produce writes the messages msgs[idx] to partition, about size bytes,
+// as one idempotent batch: a retry of it (same messages, same split, same
+// sequence) that the broker already wrote is dropped by the broker
+// instead of written twice.
 func (p *kafkaProducer) produce(ctx context.Context, partition int, msgs []Message, idx []int32, size int, now time.Time) error {
+	// A partition's batches go one at a time, in sequence order, also
+	// across concurrent Publish calls.
+	unlock := p.session.lock(partition)
+	defer unlock()
 	buf := recordSets.Get().(*[]byte)
-	records, err := appendRecordSet(slices.Grow((*buf)[:0], size+recordBatchOverhead), msgs, idx, now.UnixMilli(), p.codec.Codec())
+	records, err := appendRecordSet(slices.Grow((*buf)[:0], size+recordBatchOverhead), msgs, idx, now.UnixMilli(), noStamp, p.codec.Codec())
 	if err != nil {
 		return err
 	}
+	stamp, err := p.session.stamp(ctx, p.client, partition, printOf(records, len(idx)))
+	if err != nil {
+		return err
+	}
+	restamp(records, stamp)
 	ctx, cancel := context.WithTimeout(ctx, produceTimeout)
 	defer cancel()
 	res, err := p.client.RawProduce(ctx, &kafka.RawProduceRequest{
@@ -170,16 +194,27 @@ func (p *kafkaProducer) produce(ctx context.Context, partition int, msgs []Messa
 		*buf = records
 		recordSets.Put(buf)
 	}
+	if err == nil && res.Error == nil {
+		for _, rerr := range res.RecordErrors {
+			err = rerr
+			break
+		}
+	} else if err == nil {
+		err = res.Error
+	}
 	switch {
-	case err != nil:
-		return err
-	case res.Error != nil:
-		return fmt.Errorf("partition %d: %w", partition, res.Error)
+	case err == nil, errors.Is(err, kafka.DuplicateSequenceNumber):
+		// Written now, or by an attempt whose answer we did not get.
+		p.session.advance(partition, stamp, len(idx))
+		return nil
+	case errors.Is(err, kafka.OutOfOrderSequenceNumber), errors.Is(err, kafka.UnknownProducerId),
+		errors.Is(err, kafka.InvalidProducerEpoch), errors.Is(err, kafka.InvalidProducerIDMapping):
+		// The broker lost or refused our producer state: start a new
+		// session. A batch written before it and retried under the new
+		// one is then written twice, the only case left.
+		p.session.reset()
 	}
-	for _, err := range res.RecordErrors {
-		return fmt.Errorf("partition %d: %w", partition, err)
-	}
-	return nil
+	return fmt.Errorf("partition %d: %w", partition, err)
 }
 
 func (p *kafkaProducer) Partitions(ctx context.Context) (int, error) {

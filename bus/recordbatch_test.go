@@ -31,7 +31,7 @@ func TestRecordSetDecodesWithKafkaGo(t *testing.T) {
 			for i := range idx {
 				idx[i] = int32(i)
 			}
-			b, err := appendRecordSet([]byte("prefix"), msgs, idx, ms, c.Codec())
+			b, err := appendRecordSet([]byte("prefix"), msgs, idx, ms, noStamp, c.Codec())
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -59,4 +59,17 @@ func TestCTU13ReplayIntoClickHouse(t *testing.T) {
 			t.Errorf("the second replay did not say it had been written already; stderr:\n%s", tail(r.stderr, 5))
 		}
 	}
+	// What real flows take on disk, for the sizing guide (docs/capacity.md):
+	// merged into one part per partition, as the server does in time.
+	for _, table := range []string{"flows", "flows_1m"} {
+		if err := db.Exec(ctx, "OPTIMIZE TABLE "+database+"."+table+" FINAL"); err != nil {
+			t.Fatalf("optimize %s: %v", table, err)
+		}
+	}
+	onDisk := func(table string) uint64 {
+		return count("SELECT sum(bytes_on_disk) FROM system.parts WHERE active AND database = '{db}' AND table = '" + table + "'")
+	}
+	flows := float64(st.Records)
+	t.Logf("on disk (CTU-13, %d flows, ClickHouse at %s): flows %.1f B per flow, flows_1m %.1f B per flow",
+		st.Records, addr, float64(onDisk("flows"))/flows, float64(onDisk("flows_1m"))/flows)
 }
