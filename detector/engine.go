@@ -377,14 +377,25 @@ func (e *Engine) incident(addr netip.Addr, s *subscriber, kind int, nowMs, first
 func (e *Engine) emit(inc *incident, state string, a alert.Alert, distinct uint64, nowMs int64, interval time.Duration) (alert.Alert, bool) {
 	a.LastSeen = time.UnixMilli(inc.lastSeenMs).UTC()
 	inc.last = a
-	if state == alert.StateUpdate &&
-		(distinct <= inc.lastEmitDistinct || nowMs-inc.lastEmitMs < interval.Milliseconds()) {
+	grown := distinct > inc.lastEmitDistinct && nowMs-inc.lastEmitMs >= interval.Milliseconds()
+	if state == alert.StateUpdate && !grown && !e.dueForRefresh(inc, nowMs) {
 		return alert.Alert{}, false
 	}
 	a.State = state
 	inc.lastEmitMs = nowMs
 	inc.lastEmitDistinct = distinct
 	return a, true
+}
+
+// dueForRefresh tells whether an open incident that has not grown is
+// updated anyway: at least every half incident_lookback, so that the
+// alerts topic always holds it within the lookback that a next owner of
+// the partition reads back (Inherit). Without it a steady zombie, quiet
+// on the alerts topic for a day, would open again under a new id at the
+// next rebalance: a second incident for one customer.
+func (e *Engine) dueForRefresh(inc *incident, nowMs int64) bool {
+	half := e.config.IncidentLookback.Milliseconds() / 2
+	return half > 0 && nowMs-inc.lastEmitMs >= half
 }
 
 func (e *Engine) base(addr netip.Addr, s *subscriber, inc *incident, kind int, windowEndMs int64, window time.Duration) alert.Alert {

@@ -1,6 +1,7 @@
 package detector
 
 import (
+	"math"
 	"net/netip"
 	"testing"
 	"time"
@@ -384,5 +385,42 @@ func TestEngineInheritPublishedPastCommit(t *testing.T) {
 					from, a.ID, a.State, a.DistinctDsts, last.DistinctDsts)
 			}
 		}
+	}
+}
+
+// A zombie at a steady rate for thirty hours: its count stops growing
+// within minutes, and still an update goes out every half
+// incident_lookback, so that the alerts topic holds it within the
+// lookback a next owner of the partition reads back.
+func TestEngineRefreshesSteadyIncident(t *testing.T) {
+	cfg := testConfig()
+	cfg.IncidentLookback = 4 * time.Hour
+	r := &run{e: NewEngine(cfg)}
+	for m := 0.0; m < 30*60; m += 0.5 {
+		// The same ten servers over and over: the count stays at ten.
+		r.feed(smtpFlow(zombie, int(m*2)%10, at(m), flow.TCPSyn))
+	}
+	var got []float64
+	for _, ev := range r.events {
+		if ev.State == alert.StateUpdate && ev.AtMin > 10 {
+			got = append(got, ev.AtMin)
+		}
+		if ev.State != alert.StateUpdate && ev.State != alert.StateOpen {
+			t.Fatalf("%s at %.1f h: the incident must stay open", ev.State, ev.AtMin/60)
+		}
+	}
+	// From the last update of the growth (minute 4.5) on, every two hours.
+	if len(got) != 14 {
+		t.Fatalf("%d refresh updates over 30 h at minutes %v, want 14 (every 2 h)", len(got), got)
+	}
+	for i := 1; i < len(got); i++ {
+		// Flows come every half minute: the refresh is due at the first
+		// one two hours after the previous.
+		if d := math.Round(got[i] - got[i-1]); d < 120 || d > 121 {
+			t.Errorf("refresh %d came %.0f min after the previous one, want 120", i, d)
+		}
+	}
+	if r.all[len(r.all)-1].ID != r.all[0].ID {
+		t.Error("a refresh carries another id than the incident's")
 	}
 }

@@ -70,6 +70,7 @@ func TestCTU13ReplayIntoClickHouse(t *testing.T) {
 		return count("SELECT sum(bytes_on_disk) FROM system.parts WHERE active AND database = '{db}' AND table = '" + table + "'")
 	}
 	flows := float64(st.Records)
-	t.Logf("on disk (CTU-13, %d flows, ClickHouse at %s): flows %.1f B per flow, flows_1m %.1f B per flow",
-		st.Records, addr, float64(onDisk("flows"))/flows, float64(onDisk("flows_1m"))/flows)
+	rollupRows := count("SELECT count() FROM {db}.flows_1m")
+	t.Logf("on disk (CTU-13, %d flows, ClickHouse at %s): flows %.1f B per flow; flows_1m %d rows (subscriber-minutes), %.1f B per row, %.1f B per flow",
+		st.Records, addr, float64(onDisk("flows"))/flows, rollupRows, float64(onDisk("flows_1m"))/float64(rollupRows), float64(onDisk("flows_1m"))/flows)
 }
