@@ -11,9 +11,10 @@ import (
 // release (batch_bytes, workers, retry_max_backoff, webhook_*) mean their
 // default, so that a Configuration literal in code keeps working.
 type Configuration struct {
-	// Group is the Kafka consumer group of the sink instances. Each
-	// webhook target consumes the alerts topic in a group of its own,
-	// Group + "-webhook-" + its name.
+	// Group is the Kafka consumer group of the sink instances on the
+	// flows topic. They read the alerts topic in Group + "-alerts", and
+	// each webhook target in a group of its own, Group + "-webhook-" +
+	// its name.
 	Group string `yaml:"group"`
 	// BatchMessages (bus messages, each many flows), BatchBytes (their
 	// encoded size) and FlushInterval bound one INSERT, whichever comes

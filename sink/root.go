@@ -76,8 +76,8 @@ func New(config Configuration, deps Dependencies) (*Component, error) {
 			c.ledger.offsetBase = uint64(time.Now().UnixMicro())
 		}
 	}
-	newPipeline := func(name, topic string, workers int, write func(context.Context, []bus.Message, attempt) error) error {
-		group, err := deps.Bus.Partitioned(topic, config.Group)
+	newPipeline := func(name, topic, groupID string, workers int, write func(context.Context, []bus.Message, attempt) error) error {
+		group, err := deps.Bus.Partitioned(topic, groupID)
 		if err != nil {
 			return fmt.Errorf("cannot consume %s: %w", topic, err)
 		}
@@ -90,13 +90,15 @@ func New(config Configuration, deps Dependencies) (*Component, error) {
 		return nil
 	}
 	if deps.ClickHouse != nil {
-		if err := newPipeline("flows", deps.FlowsTopic, config.Workers, c.writeFlows); err != nil {
+		if err := newPipeline("flows", deps.FlowsTopic, config.Group, config.Workers, c.writeFlows); err != nil {
 			return nil, err
 		}
 	}
 	if deps.ClickHouse != nil || config.Stdout {
 		// One worker: alerts are few and stdout readers want their order.
-		if err := newPipeline("alerts", deps.AlertsTopic, 1, c.writeAlerts); err != nil {
+		// A group of its own: in the flows' group, every alerts member
+		// coming or going would stop every sink's flows for a rebalance.
+		if err := newPipeline("alerts", deps.AlertsTopic, config.Group+"-alerts", 1, c.writeAlerts); err != nil {
 			return nil, err
 		}
 	}

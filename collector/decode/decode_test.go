@@ -127,6 +127,23 @@ func TestNetFlowV9Sets(t *testing.T) {
 			wantReport: Report{Protocol: "netflow9"},
 		},
 		{
+			// The header's Unix time is whole seconds: a flow that ended
+			// in the export's second ends after it, its end uptime past
+			// the header's. Read modulo 2^32 it would be 49.7 days old.
+			name: "flow ended after the header's whole second",
+			datagrams: [][]byte{nfbuild.Message{Version: 9, Domain: 7, UnixSecs: secs, UptimeMs: 100000,
+				Sets: [][]byte{nfbuild.Set(0, nfbuild.Template256), nfbuild.Set(256, nfbuild.Record256("203.0.113.5", "198.18.0.1", 25, 99900, 100300))}}.Bytes()},
+			want:       []flow.Flow{want("198.18.0.1", 25, secs*1000-100, secs*1000+300, 0)},
+			wantReport: Report{Protocol: "netflow9"},
+		},
+		{
+			name: "exporter uptime wrapped between the flow's start and the export",
+			datagrams: [][]byte{nfbuild.Message{Version: 9, Domain: 7, UnixSecs: secs, UptimeMs: 200,
+				Sets: [][]byte{nfbuild.Set(0, nfbuild.Template256), nfbuild.Set(256, nfbuild.Record256("203.0.113.5", "198.18.0.1", 25, 4294967000, 100))}}.Bytes()},
+			want:       []flow.Flow{want("198.18.0.1", 25, secs*1000-496, secs*1000-100, 0)},
+			wantReport: Report{Protocol: "netflow9"},
+		},
+		{
 			name: "unknown template costs only its own set",
 			datagrams: [][]byte{nfbuild.Message{Version: 9, Domain: 7, UnixSecs: secs, UptimeMs: 100000,
 				Sets: [][]byte{nfbuild.Set(0, nfbuild.Template256), nfbuild.Set(300, make([]byte, 20)), data}}.Bytes()},

@@ -672,6 +672,14 @@ func (r *record) icmpTypeCode(proto uint8) (uint16, bool) {
 	return 0, false
 }
 
+// uptimeBefore is how many ms before the export uptime at is: modulo 2^32,
+// so that an uptime that wrapped in between (after 49.7 days) still gives
+// the right distance, and signed, so that a flow ending in the export's
+// second after the header's whole second (at past the export uptime) ends
+// a few hundred ms after the header's time instead of 49.7 days before.
+// No exporter holds a flow for 24.8 days.
+func uptimeBefore(export, at uint32) int64 { return int64(int32(export - at)) }
+
 // finishTimes sets the flow's start and end in Unix ms from whichever
 // time fields the record has.
 func (r *record) finishTimes(dc *flowContext) {
@@ -680,10 +688,10 @@ func (r *record) finishTimes(dc *flowContext) {
 		// Uptime offsets are ms; the header's Unix time is whole seconds,
 		// so flow times keep ms resolution relative to each other.
 		if r.hasStartUp {
-			r.startMs = headerMs - int64(dc.h.uptimeMs-r.startUp)
+			r.startMs = headerMs - uptimeBefore(dc.h.uptimeMs, r.startUp)
 		}
 		if r.hasEndUp {
-			r.endMs = headerMs - int64(dc.h.uptimeMs-r.endUp)
+			r.endMs = headerMs - uptimeBefore(dc.h.uptimeMs, r.endUp)
 		}
 	} else {
 		initMs := r.initMs

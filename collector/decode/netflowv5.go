@@ -84,8 +84,8 @@ func (d *Decoder) decodeNetFlowV5(payload []byte, from netip.AddrPort, exporter 
 		first, last := be32(r[24:]), be32(r[28:])
 		out = append(out, flow.Flow{
 			TimeReceivedMs:    receivedMs,
-			StartMs:           exportMs - int64(uptime-first) + skewMs,
-			EndMs:             exportMs - int64(uptime-last) + skewMs,
+			StartMs:           exportMs - uptimeBefore(uptime, first) + skewMs,
+			EndMs:             exportMs - uptimeBefore(uptime, last) + skewMs,
 			Exporter:          exporter,
 			ObservationDomain: uint32(packet.EngineType)<<8 | uint32(packet.EngineId),
 			SamplingRate:      rate,
