@@ -36,7 +36,7 @@ const (
 
 // BenchmarkEndToEnd sweeps the offered NetFlow v9 rate (WORMSIGN_BENCH_E2E_RATES,
 // default 100000,250000,500000,750000; WORMSIGN_BENCH_E2E_FLOWS per step, default
-// 500,000) through three wormsign processes until ClickHouse holds fewer
+// 2,500,000) through three wormsign processes until ClickHouse holds fewer
 // rows than were sent (more than 0.1 % lost). During each step, every
 // 250 ms a zombie sends 24 SMTP attempts, then 300 ms later the 25th
 // (the crossing flow) in a datagram of its own: the alert latency is from
@@ -73,7 +73,9 @@ func BenchmarkEndToEnd(b *testing.B) {
 	}
 	defer admin.Close()
 
-	flows := 500_000
+	// 10 s at 250k flows/s: long enough that the 8 MiB socket buffers
+	// and the queues cannot hide a stage that falls behind.
+	flows := 2_500_000
 	if v, err := strconv.Atoi(os.Getenv("WORMSIGN_BENCH_E2E_FLOWS")); err == nil && v > 0 {
 		flows = v
 	}
@@ -89,6 +91,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 	var lines []string
 	best := 0
 	var bestLat []time.Duration
+	bestInTime := 0 // the highest lossless rate with alert latency p99 ≤ 1 s
 	for _, rate := range rates {
 		db := testenv.Name(b, "wse2e")
 		topic := testenv.Name(b, "e2e")
@@ -97,8 +100,12 @@ func BenchmarkEndToEnd(b *testing.B) {
 		chtest.Database(b, cfg)
 		udp := testenv.FreeUDPPort(b)
 		var procs []*exec.Cmd
+		var collectorMetrics string
 		for _, stage := range []string{"sink", "detector", "collector"} {
 			httpPort := testenv.FreePort(b)
+			if stage == "collector" {
+				collectorMetrics = fmt.Sprintf("http://127.0.0.1:%d/metrics", httpPort)
+			}
 			conf := fmt.Sprintf(`log_level: error
 subscriber_networks: [100.64.0.0/10]
 http:
@@ -114,7 +121,6 @@ clickhouse:
 collector:
   netflow_listen: ["127.0.0.1:%d"]
   sflow_listen: []
-  receive_buffer: 0
 detector:
   smtp_fanout:
     sequential:
@@ -223,6 +229,10 @@ sink:
 			}
 		}
 		time.Sleep(time.Second) // the last webhooks
+		// Where flows were lost: before the collector decoded them (the
+		// socket's buffer), at its queue, or after it published them.
+		decoded, dropped, published := metricSum(collectorMetrics, "wormsign_collector_flows_total"),
+			metricSum(collectorMetrics, "wormsign_collector_dropped_flows_total"), metricSum(collectorMetrics, "wormsign_collector_published_flows_total")
 		stop()
 		var lat []time.Duration
 		missing := 0
@@ -237,21 +247,48 @@ sink:
 		mu.Unlock()
 		slices.Sort(lat)
 		loss := 100 * (float64(want) - float64(rows)) / float64(want)
-		lines = append(lines, fmt.Sprintf("| %d | %d | %s | %d | %.3f | %d of %d | %s | %s |", rate, want, sendTime.Round(time.Millisecond), rows, loss,
-			len(lat), len(crossing), pct(lat, 50), pct(lat, 99)))
+		lines = append(lines, fmt.Sprintf("| %d | %d | %s | %.0f | %.0f | %.0f | %d | %.3f | %d of %d | %s | %s |", rate, want, sendTime.Round(time.Millisecond),
+			decoded, dropped, published, rows, loss, len(lat), len(crossing), pct(lat, 50), pct(lat, 99)))
 		if loss > 0.1 || missing > 0 {
 			break
 		}
 		best, bestLat = rate, lat
+		if len(lat) > 0 && lat[min(len(lat)-1, len(lat)*99/100)] <= time.Second {
+			bestInTime = rate
+		}
 	}
 	fmt.Printf("\nEnd to end: NetFlow v9 (%d exporters, %d subscribers) → wormsign collector → Kafka (no compression) → detector and sink, three processes → ClickHouse 18.16 and a local webhook; zombies' 25th SMTP flow (sequential test off) to webhook POST\n", exporters, subscribers)
-	fmt.Println("| offered flows/s | flows sent (incl. zombies) | send time | rows in ClickHouse | lost % | alerts POSTed | latency p50 | latency p99 |")
-	fmt.Println("|---|---|---|---|---|---|---|---|")
+	fmt.Println("| offered flows/s | flows sent (incl. zombies) | send time | decoded by the collector | dropped at its queue | published to Kafka | rows in ClickHouse | lost % | alerts POSTed | latency p50 | latency p99 |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, l := range lines {
 		fmt.Println(l)
 	}
-	fmt.Printf("highest lossless offered rate: %d flows/s; alert latency there p50 %s, p99 %s (target ≤ 1 s)\n", best, pct(bestLat, 50), pct(bestLat, 99))
+	fmt.Printf("highest lossless offered rate: %d flows/s; alert latency there p50 %s, p99 %s (target ≤ 1 s); highest lossless with p99 ≤ 1 s: %d flows/s\n",
+		best, pct(bestLat, 50), pct(bestLat, 99), bestInTime)
 	b.ReportMetric(float64(best), "lossless_flows/s")
+	b.ReportMetric(float64(bestInTime), "lossless_p99_1s_flows/s")
+}
+
+// metricSum is the sum of a metric's series on a Prometheus endpoint, 0
+// when it cannot be read.
+func metricSum(url, name string) float64 {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var sum float64
+	for _, line := range strings.Split(string(body), "\n") {
+		if !strings.HasPrefix(line, name) || (len(line) > len(name) && line[len(name)] != ' ' && line[len(name)] != '{') {
+			continue
+		}
+		fields := strings.Fields(line)
+		if v, err := strconv.ParseFloat(fields[len(fields)-1], 64); err == nil {
+			sum += v
+		}
+	}
+	return sum
 }
 
 func pct(d []time.Duration, p int) string {
