@@ -171,13 +171,17 @@ func testFaultClickHouseRestart(t *testing.T, server *testenv.Service, addr stri
 	// find them in the ledger.
 	waitRows(t, ch, stream.next, 2*time.Minute)
 	errs := value(s.metrics.writeErrors.WithLabelValues("flows"))
+	// Frozen for 30 s, as a network that stops passing packets without
+	// closing connections would leave it.
 	server.Signal(syscall.SIGSTOP)
+	frozenAt := time.Now()
 	publish(20)
 	waitFor(t, "writes to fail on the frozen server", time.Minute, func() bool {
 		return value(s.metrics.writeErrors.WithLabelValues("flows")) > errs
 	})
-	time.Sleep(3 * time.Second)
+	time.Sleep(time.Until(frozenAt.Add(30 * time.Second)))
 	server.Signal(syscall.SIGCONT)
+	t.Logf("server frozen for %s", time.Since(frozenAt).Round(time.Second))
 	publish(20)
 	waitRows(t, ch, stream.next, 2*time.Minute)
 	time.Sleep(2 * time.Second)             // a duplicate written late would show now
