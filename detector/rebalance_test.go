@@ -204,6 +204,23 @@ func rebalance(t *testing.T, tc rebalanceCase) {
 		}
 	}
 	caughtUp := func() bool { drain(); return total >= wantTotal }
+	// Past the lookback the windows restart from what it holds, so the
+	// updates after a rebalance can be fewer than the reference's: what
+	// must arrive then is every incident's resolution.
+	allResolved := func() bool {
+		drain()
+		for _, z := range zombies {
+			evs := got[z.String()]
+			if len(evs) == 0 || evs[len(evs)-1].State != alert.StateResolved {
+				return false
+			}
+		}
+		return true
+	}
+	finished := caughtUp
+	if !tc.exact {
+		finished = allResolved
+	}
 
 	settle := func(what string, cond func() bool) {
 		if !tc.concurrent {
@@ -227,7 +244,7 @@ func rebalance(t *testing.T, tc rebalanceCase) {
 	settle("B to hold every partition", held(b))
 	publish(3, 3, 25)  // more growth
 	publish(4, 30, 80) // event time moves on: every incident resolves
-	waitFor(t, "the updates and resolutions after A left", time.Minute, caughtUp)
+	waitFor(t, "the updates and resolutions after A left", time.Minute, finished)
 	// Anything repeated would arrive now.
 	time.Sleep(2 * time.Second)
 	drain()
