@@ -27,10 +27,11 @@ import (
 // goroutine per claim that hands whole fetches to the batcher (not a
 // goroutine and a channel hop per message), and each batch's offsets are
 // committed through the claim that fetched them, in the claim's
-// generation. A claim taken away by a rebalance waits, up to the drain
-// timeout, until what it handed over is written and committed, so that
-// the next owner starts after it; what it could not commit there is
-// re-delivered to the next owner and the ledger keeps it from being
+// generation. A claim taken away by a rebalance waits, up to
+// rebalanceHandover (at shutdown the drain timeout), until what it handed
+// over is written and committed, so that the next owner starts after it;
+// what it could not commit by then is its next owner's: the batches not
+// yet written drop it, and the ledger keeps what was written from being
 // written twice.
 type pipeline struct {
 	name  string
