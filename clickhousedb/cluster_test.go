@@ -67,7 +67,7 @@ func TestClusterMigrate(t *testing.T) {
 		"subscriber_bindings": "Distributed", "subscriber_bindings_local": "ReplicatedReplacingMergeTree",
 		"subscriber_bindings_by_customer": "Distributed", "subscriber_bindings_by_customer_local": "ReplicatedReplacingMergeTree",
 		"subscriber_bindings_by_customer_mv": "MaterializedView",
-		"cases": "Distributed", "cases_local": "ReplicatedReplacingMergeTree",
+		"cases":                              "Distributed", "cases_local": "ReplicatedReplacingMergeTree",
 		"case_events": "Distributed", "case_events_local": "ReplicatedReplacingMergeTree",
 		"schema_migrations": "ReplicatedMergeTree",
 	}

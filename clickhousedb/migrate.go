@@ -99,7 +99,7 @@ func (db *DB) addColumns(ctx context.Context) error {
 	for _, c := range addedColumns {
 		var n uint64
 		if err := db.conn.QueryRow(ctx, "SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?",
-			db.config.Database, db.localName(c.table), c.name).Scan(&n); err != nil {
+			db.config.Database, db.LocalName(c.table), c.name).Scan(&n); err != nil {
 			return fmt.Errorf("cannot read the columns of %s: %w", c.table, err)
 		}
 		if n > 0 {

@@ -22,7 +22,7 @@ func (db *DB) Partitions(ctx context.Context, table string) ([]string, error) {
 		parts = "cluster(" + db.config.Cluster + ", system, parts)"
 	}
 	rows, err := db.conn.Query(ctx, "SELECT DISTINCT partition_id FROM "+parts+" WHERE database = ? AND table = ? AND active",
-		db.config.Database, db.localName(table))
+		db.config.Database, db.LocalName(table))
 	if err != nil {
 		return nil, fmt.Errorf("cannot list partitions of %s: %w", table, err)
 	}
@@ -71,7 +71,7 @@ func (db *DB) SetTTL(ctx context.Context, table, expr string) (bool, error) {
 	}
 	var engine string
 	if err := db.conn.QueryRow(ctx, "SELECT engine_full FROM system.tables WHERE database = ? AND name = ?",
-		db.config.Database, db.localName(table)).Scan(&engine); err != nil {
+		db.config.Database, db.LocalName(table)).Scan(&engine); err != nil {
 		return false, fmt.Errorf("cannot read the engine of %s: %w", table, err)
 	}
 	if strings.Contains(engine, "TTL "+expr+" ") || strings.HasSuffix(engine, "TTL "+expr) {

@@ -79,7 +79,7 @@ func open(ctx context.Context, config Configuration, addrs []string) (*DB, error
 	conn, err := clickhouse.Open(&clickhouse.Options{
 		Addr:     addrs,
 		Settings: settings,
-		TLS:  tlsConfig,
+		TLS:      tlsConfig,
 		// Statements name their database: it may not exist before
 		// Migrate.
 		Auth:         clickhouse.Auth{Database: "default", Username: config.Username, Password: config.Password},
@@ -182,10 +182,12 @@ func (db *DB) Cluster() string { return db.config.Cluster }
 // looks at parts, partitions or columns, and what writes one shard
 // itself, names the local table.
 func (db *DB) Local(table string) string {
-	return db.config.Database + "." + db.localName(table)
+	return db.config.Database + "." + db.LocalName(table)
 }
 
-func (db *DB) localName(table string) string {
+// LocalName is Local without the database: the name system.parts,
+// system.columns and system.tables give the local table.
+func (db *DB) LocalName(table string) string {
 	if db.config.Cluster != "" {
 		return table + schemas.LocalSuffix
 	}
