@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"github.com/wormsign/wormsign/clickhousedb"
 	"github.com/wormsign/wormsign/flow"
 	"github.com/wormsign/wormsign/internal/testenv"
+	"github.com/wormsign/wormsign/schemas"
 )
 
 // openClusterDB connects to server n of cluster with the database
@@ -152,6 +154,29 @@ func TestClusterReplicaKilled(t *testing.T) {
 	}
 	if value(s.metrics.writeErrors.WithLabelValues("flows")) == 0 {
 		t.Errorf("no write failed while a replica was dead: the test proved nothing")
+	}
+
+	// The analysts' queries read the cluster through the Distributed
+	// tables unchanged: the top talkers of the last hour are the 50
+	// subscribers of the stream, 20 of them shown.
+	queries, err := schemas.AnalystQueries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, q := range queries {
+		rows, err := check.Query(ctx, strings.ReplaceAll(q, "wormsign.", database+"."))
+		if err != nil {
+			t.Errorf("analyst query %s on the cluster: %v", name, err)
+			continue
+		}
+		n := 0
+		for rows.Next() {
+			n++
+		}
+		rows.Close()
+		if name == "top_smtp_talkers_last_hour" && n != 20 {
+			t.Errorf("%s on the cluster: %d rows, want 20", name, n)
+		}
 	}
 
 	// The sink's routing agrees with the Distributed tables' sharding:
