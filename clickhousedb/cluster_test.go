@@ -138,8 +138,32 @@ func TestClusterMigrate(t *testing.T) {
 	if flows != 3 || rollup != 3 || ledger != 3 {
 		t.Errorf("through the Distributed tables: %d flows, %d in the rollup, %d in the ledger; want 3 each", flows, rollup, ledger)
 	}
-	if _, err := first.Partitions(ctx, "flows"); err != nil {
-		t.Error(err)
+	// Retention's partitions come from every shard, and a drop reaches
+	// every shard and its replicas.
+	ids, err := first.Partitions(ctx, "flows")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"20261203"}, ids); diff != "" {
+		t.Errorf("partitions of flows (-want +got):\n%s", diff)
+	}
+	if err := first.DropPartition(ctx, "flows", "20261203"); err != nil {
+		t.Fatal(err)
+	}
+	for n := 1; n <= 4; n++ {
+		db := open(n)
+		var left uint64
+		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+			if err := db.QueryRow(ctx, "SELECT count() FROM "+db.Local("flows")).Scan(&left); err != nil {
+				t.Fatal(err)
+			}
+			if left == 0 {
+				break
+			}
+		}
+		if left != 0 {
+			t.Errorf("server %d: %d flows left after DROP PARTITION on the cluster", n, left)
+		}
 	}
 	if err := first.Exec(ctx, "DROP DATABASE IF EXISTS "+cfg.Database+first.OnCluster()); err != nil {
 		t.Error(err)

@@ -56,6 +56,18 @@ func (s *clusterStream) messages(n int) []bus.Message {
 	return out
 }
 
+// shardOf hashes as ClickHouse's cityHash64 does (the value is 18.16's
+// SELECT cityHash64('203.0.113.7')) and takes it modulo the shards, as a
+// Distributed table of equal weights does.
+func TestShardOf(t *testing.T) {
+	const hash uint64 = 15610728455328832195
+	for _, shards := range []int{1, 2, 3, 5} {
+		if got, want := shardOf("203.0.113.7", shards), int(hash%uint64(shards)); got != want {
+			t.Errorf("shardOf(203.0.113.7, %d) = %d, want %d", shards, got, want)
+		}
+	}
+}
+
 // TestClusterReplicaKilled: the sink writes a stream of flows into the
 // private 18.16 cluster (2 shards x 2 replicas) and the replica it
 // writes shard 1 through is SIGKILLed mid-stream, then started again.
