@@ -24,6 +24,13 @@ type Configuration struct {
 	// ReadTimeout bounds the wait for the server's answer to one INSERT
 	// or query; a server that hangs is then retried like one that is down.
 	ReadTimeout time.Duration `yaml:"read_timeout"`
+	// Cluster is the name of a cluster in the servers' remote_servers
+	// (system.clusters). With it, migrations run ON CLUSTER, each table
+	// is a Replicated*MergeTree <table>_local on every shard with a
+	// Distributed <table> beside it, and the sink writes each shard's
+	// local tables (docs/clickhouse.md, "Cluster"). Addr is then any
+	// server of the cluster. Empty: one server, plain MergeTree tables.
+	Cluster string `yaml:"cluster"`
 	// TLS: the server's secure native port (tcp_port_secure, 9440 by
 	// convention) and how to check its certificate.
 	TLS tlsconfig.Configuration `yaml:"tls"`
@@ -41,6 +48,10 @@ var identifier = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 func (c Configuration) Validate() error {
 	if !identifier.MatchString(c.Database) {
 		return fmt.Errorf("clickhouse.database: %q is not a plain identifier", c.Database)
+	}
+	if c.Cluster != "" && !identifier.MatchString(c.Cluster) {
+		// It is pasted into ON CLUSTER and into Distributed(...).
+		return fmt.Errorf("clickhouse.cluster: %q is not a plain identifier", c.Cluster)
 	}
 	if c.DialTimeout <= 0 {
 		return fmt.Errorf("clickhouse.dial_timeout: %s, want > 0", c.DialTimeout)

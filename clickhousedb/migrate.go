@@ -13,14 +13,28 @@ import (
 // Migrate creates the database and applies the migrations not yet recorded
 // in its schema_migrations table. Running it again changes nothing. The
 // column types follow the server's version (schemas.Features).
+//
+// With clickhouse.cluster every statement runs ON CLUSTER (the server
+// queues it in ZooKeeper and every server of the cluster runs it; the
+// call returns when all have, or fails after the server's
+// distributed_ddl_task_timeout, 180 s, when one is down) in its cluster
+// form (schemas.ClickHouseClusterMigrations). Every statement is IF NOT
+// EXISTS, so two instances migrating at once, or one again, change
+// nothing: each server runs the second copy of a statement as a no-op.
+// schema_migrations is replicated to every server of the cluster (one
+// ZooKeeper path for all shards), so any server tells what was applied.
 func (db *DB) Migrate(ctx context.Context, logger *slog.Logger) error {
 	name := db.config.Database
-	if err := db.conn.Exec(ctx, "CREATE DATABASE IF NOT EXISTS "+name); err != nil {
+	if err := db.conn.Exec(ctx, "CREATE DATABASE IF NOT EXISTS "+name+db.OnCluster()); err != nil {
 		return fmt.Errorf("cannot create database %s: %w", name, err)
 	}
-	if err := db.conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+name+`.schema_migrations (
+	engine := "MergeTree()"
+	if db.config.Cluster != "" {
+		engine = "ReplicatedMergeTree('/clickhouse/tables/all/" + name + "/schema_migrations', '{replica}')"
+	}
+	if err := db.conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+name+`.schema_migrations`+db.OnCluster()+` (
 		version UInt32, name String, applied_at DateTime
-	) ENGINE = MergeTree() ORDER BY version`); err != nil {
+	) ENGINE = `+engine+` ORDER BY version`); err != nil {
 		return fmt.Errorf("cannot create migrations table: %w", err)
 	}
 	applied := map[uint32]bool{}
@@ -37,7 +51,12 @@ func (db *DB) Migrate(ctx context.Context, logger *slog.Logger) error {
 		applied[v] = true
 	}
 	rows.Close()
-	migrations, err := schemas.ClickHouseMigrations(name, db.features)
+	var migrations []schemas.Migration
+	if db.config.Cluster != "" {
+		migrations, err = schemas.ClickHouseClusterMigrations(name, db.features, db.config.Cluster)
+	} else {
+		migrations, err = schemas.ClickHouseMigrations(name, db.features)
+	}
 	if err != nil {
 		return fmt.Errorf("cannot load migrations: %w", err)
 	}
@@ -66,7 +85,9 @@ func (db *DB) Migrate(ctx context.Context, logger *slog.Logger) error {
 // addedColumns are columns added to a table after its migration: a new
 // database gets them from the CREATE, one created before them here.
 // 18.16 knows no ADD COLUMN IF NOT EXISTS, so system.columns is asked
-// first. {ip} is the address type, as in the migrations.
+// first. {ip} is the address type, as in the migrations. In a cluster
+// the column goes to the local table and to its Distributed table, on
+// every server.
 var addedColumns = []struct{ table, name, typ, after string }{
 	// Who held the subscriber's address at the flow's time (identity),
 	// and the inside address behind a CGNAT.
@@ -78,15 +99,21 @@ func (db *DB) addColumns(ctx context.Context) error {
 	for _, c := range addedColumns {
 		var n uint64
 		if err := db.conn.QueryRow(ctx, "SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?",
-			db.config.Database, c.table, c.name).Scan(&n); err != nil {
+			db.config.Database, db.LocalName(c.table), c.name).Scan(&n); err != nil {
 			return fmt.Errorf("cannot read the columns of %s: %w", c.table, err)
 		}
 		if n > 0 {
 			continue
 		}
 		typ := strings.ReplaceAll(c.typ, "{ip}", db.features.IPType())
-		if err := db.conn.Exec(ctx, "ALTER TABLE "+db.config.Database+"."+c.table+" ADD COLUMN "+c.name+" "+typ+" AFTER "+c.after); err != nil {
-			return fmt.Errorf("cannot add column %s.%s: %w", c.table, c.name, err)
+		tables := []string{db.Local(c.table)}
+		if db.config.Cluster != "" {
+			tables = append(tables, db.config.Database+"."+c.table)
+		}
+		for _, table := range tables {
+			if err := db.conn.Exec(ctx, "ALTER TABLE "+table+db.OnCluster()+" ADD COLUMN "+c.name+" "+typ+" AFTER "+c.after); err != nil {
+				return fmt.Errorf("cannot add column %s.%s: %w", table, c.name, err)
+			}
 		}
 	}
 	return nil
@@ -111,8 +138,12 @@ var deduplicatedTables = []string{"flows", "alerts", "flows_1m", "sink_ledger"}
 
 // applyDeduplication sets non_replicated_deduplication_window on the
 // tables where the server knows it (not 18.16), unless already set.
+// Replicated tables (a cluster) deduplicate INSERT blocks on every
+// version, 18.16 included, by hashes kept in ZooKeeper
+// (replicated_deduplication_window, 100 blocks by default): nothing to
+// set there.
 func (db *DB) applyDeduplication(ctx context.Context) error {
-	if !db.insertDeduplication {
+	if !db.insertDeduplication || db.config.Cluster != "" {
 		return nil
 	}
 	setting := fmt.Sprintf("non_replicated_deduplication_window = %d", DeduplicationWindow)

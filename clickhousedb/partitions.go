@@ -14,10 +14,15 @@ import (
 // with nothing newer than 18.16 except the TTL itself.
 
 // Partitions returns the ids of the partitions of table that have active
-// parts, sorted.
+// parts, sorted. In a cluster: those of table's local parts on any shard
+// (cluster() asks one replica of each).
 func (db *DB) Partitions(ctx context.Context, table string) ([]string, error) {
-	rows, err := db.conn.Query(ctx, "SELECT DISTINCT partition_id FROM system.parts WHERE database = ? AND table = ? AND active",
-		db.config.Database, table)
+	parts := "system.parts"
+	if db.config.Cluster != "" {
+		parts = "cluster(" + db.config.Cluster + ", system, parts)"
+	}
+	rows, err := db.conn.Query(ctx, "SELECT DISTINCT partition_id FROM "+parts+" WHERE database = ? AND table = ? AND active",
+		db.config.Database, db.LocalName(table))
 	if err != nil {
 		return nil, fmt.Errorf("cannot list partitions of %s: %w", table, err)
 	}
@@ -38,12 +43,13 @@ func (db *DB) Partitions(ctx context.Context, table string) ([]string, error) {
 }
 
 // DropPartition drops one partition of table by its id (as Partitions
-// names it).
+// names it); in a cluster on every shard (ON CLUSTER; each shard's
+// replicas follow their own).
 func (db *DB) DropPartition(ctx context.Context, table, id string) error {
 	if !partitionID.MatchString(id) {
 		return fmt.Errorf("cannot drop partition %q of %s: not a partition id", id, table)
 	}
-	if err := db.conn.Exec(ctx, "ALTER TABLE "+db.config.Database+"."+table+" DROP PARTITION ID '"+id+"'"); err != nil {
+	if err := db.conn.Exec(ctx, "ALTER TABLE "+db.Local(table)+db.OnCluster()+" DROP PARTITION ID '"+id+"'"); err != nil {
 		return fmt.Errorf("cannot drop partition %s of %s: %w", id, table, err)
 	}
 	return nil
@@ -65,13 +71,13 @@ func (db *DB) SetTTL(ctx context.Context, table, expr string) (bool, error) {
 	}
 	var engine string
 	if err := db.conn.QueryRow(ctx, "SELECT engine_full FROM system.tables WHERE database = ? AND name = ?",
-		db.config.Database, table).Scan(&engine); err != nil {
+		db.config.Database, db.LocalName(table)).Scan(&engine); err != nil {
 		return false, fmt.Errorf("cannot read the engine of %s: %w", table, err)
 	}
 	if strings.Contains(engine, "TTL "+expr+" ") || strings.HasSuffix(engine, "TTL "+expr) {
 		return false, nil
 	}
-	if err := db.conn.Exec(ctx, "ALTER TABLE "+db.config.Database+"."+table+" MODIFY TTL "+expr); err != nil {
+	if err := db.conn.Exec(ctx, "ALTER TABLE "+db.Local(table)+db.OnCluster()+" MODIFY TTL "+expr); err != nil {
 		return false, fmt.Errorf("cannot set the TTL of %s: %w", table, err)
 	}
 	return true, nil

@@ -11,6 +11,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"strconv"
+	"strings"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -31,18 +34,52 @@ type DB struct {
 	insertDeduplication bool
 }
 
-// Open connects and checks that the server answers.
+// Open connects and checks that the server answers, and, with
+// clickhouse.cluster, that it knows the cluster.
 func Open(ctx context.Context, config Configuration) (*DB, error) {
 	if err := config.Validate(); err != nil {
 		return nil, err
 	}
+	db, err := open(ctx, config, []string{config.Addr})
+	if err != nil {
+		return nil, err
+	}
+	if config.Cluster != "" {
+		var n uint64
+		if err := db.conn.QueryRow(ctx, "SELECT count() FROM system.clusters WHERE cluster = ?", config.Cluster).Scan(&n); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("cannot read the server's clusters: %w", err)
+		}
+		if n == 0 {
+			db.Close()
+			return nil, fmt.Errorf("clickhouse.cluster: the server at %s has no cluster %q in its remote_servers (system.clusters)",
+				config.Addr, config.Cluster)
+		}
+	}
+	return db, nil
+}
+
+// open connects to the first of addrs that answers (clickhouse-go dials
+// them in order, and again on each new connection of the pool: the
+// replicas of one shard).
+func open(ctx context.Context, config Configuration, addrs []string) (*DB, error) {
 	tlsConfig, err := config.TLS.Build("clickhouse.tls")
 	if err != nil {
 		return nil, err
 	}
+	var settings clickhouse.Settings
+	if config.Cluster != "" {
+		// An INSERT into a Distributed table (the console's acks,
+		// identity's bindings, containment's audit trail) returns once
+		// every shard has its rows, not when the server has queued them
+		// to forward later: "written" then means written, as on one
+		// server.
+		settings = clickhouse.Settings{"insert_distributed_sync": 1}
+	}
 	conn, err := clickhouse.Open(&clickhouse.Options{
-		Addr: []string{config.Addr},
-		TLS:  tlsConfig,
+		Addr:     addrs,
+		Settings: settings,
+		TLS:      tlsConfig,
 		// Statements name their database: it may not exist before
 		// Migrate.
 		Auth:         clickhouse.Auth{Database: "default", Username: config.Username, Password: config.Password},
@@ -52,13 +89,13 @@ func Open(ctx context.Context, config Configuration) (*DB, error) {
 		Compression:  &clickhouse.Compression{Method: clickhouse.CompressionLZ4},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("cannot open ClickHouse at %s (clickhouse.addr): %w", config.Addr, err)
+		return nil, fmt.Errorf("cannot open ClickHouse at %s (clickhouse.addr): %w", strings.Join(addrs, ", "), err)
 	}
 	pingCtx, cancel := context.WithTimeout(ctx, config.DialTimeout)
 	defer cancel()
 	if err := conn.Ping(pingCtx); err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("cannot reach ClickHouse at %s (clickhouse.addr): %w%s", config.Addr, err, config.explain(err))
+		return nil, fmt.Errorf("cannot reach ClickHouse at %s (clickhouse.addr): %w%s", strings.Join(addrs, ", "), err, config.explain(err))
 	}
 	db := &DB{config: config, conn: conn}
 	if err := conn.QueryRow(pingCtx, "SELECT version()").Scan(&db.version); err != nil {
@@ -134,6 +171,93 @@ func (db *DB) InsertContext(ctx context.Context) context.Context {
 		"insert_deduplicate": 1,
 		"deduplicate_blocks_in_dependent_materialized_views": 1,
 	}))
+}
+
+// Cluster is clickhouse.cluster: empty on a single server.
+func (db *DB) Cluster() string { return db.config.Cluster }
+
+// Local returns the qualified name of the part of table that this
+// server holds: <db>.<table>_local in a cluster (the Distributed
+// <table> reads every shard's), <db>.<table> on a single server. What
+// looks at parts, partitions or columns, and what writes one shard
+// itself, names the local table.
+func (db *DB) Local(table string) string {
+	return db.config.Database + "." + db.LocalName(table)
+}
+
+// LocalName is Local without the database: the name system.parts,
+// system.columns and system.tables give the local table.
+func (db *DB) LocalName(table string) string {
+	if db.config.Cluster != "" {
+		return table + schemas.LocalSuffix
+	}
+	return table
+}
+
+// OnCluster is " ON CLUSTER <name>" in a cluster, for statements every
+// shard must run (DDL, ALTER ... DROP PARTITION, OPTIMIZE), else empty.
+func (db *DB) OnCluster() string {
+	if db.config.Cluster != "" {
+		return " ON CLUSTER " + db.config.Cluster
+	}
+	return ""
+}
+
+// Shards opens one DB per shard of the cluster, in the order of the
+// servers' remote_servers (the order in which Distributed tables number
+// their shards, which the sink's routing follows), each connected to the
+// replicas of its shard: when one is down, new connections go to the
+// next. On a single server it returns db itself. The caller closes the
+// shards' DBs (Close on db itself is harmless: it is closed once).
+func (db *DB) Shards(ctx context.Context) ([]*DB, error) {
+	if db.config.Cluster == "" {
+		return []*DB{db}, nil
+	}
+	rows, err := db.conn.Query(ctx, "SELECT shard_num, shard_weight, host_address, port FROM system.clusters WHERE cluster = ?"+
+		" ORDER BY shard_num, replica_num", db.config.Cluster)
+	if err != nil {
+		return nil, fmt.Errorf("cannot read the shards of cluster %s: %w", db.config.Cluster, err)
+	}
+	var nums []uint32
+	addrs := map[uint32][]string{}
+	for rows.Next() {
+		var num, weight uint32
+		var host string
+		var port uint16
+		if err := rows.Scan(&num, &weight, &host, &port); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("cannot read the shards of cluster %s: %w", db.config.Cluster, err)
+		}
+		if weight != 1 {
+			// The sink spreads rows as a Distributed table with equal
+			// weights would; other weights would put them elsewhere.
+			rows.Close()
+			return nil, fmt.Errorf("clickhouse.cluster: shard %d of %s has weight %d; wormsign needs every shard's weight 1", num, db.config.Cluster, weight)
+		}
+		if len(addrs[num]) == 0 {
+			nums = append(nums, num)
+		}
+		addrs[num] = append(addrs[num], net.JoinHostPort(host, strconv.Itoa(int(port))))
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("cannot read the shards of cluster %s: %w", db.config.Cluster, err)
+	}
+	if len(nums) == 0 {
+		return nil, fmt.Errorf("clickhouse.cluster: the server has no cluster %q", db.config.Cluster)
+	}
+	out := make([]*DB, 0, len(nums))
+	for _, num := range nums {
+		shard, err := open(ctx, db.config, addrs[num])
+		if err != nil {
+			for _, s := range out {
+				s.Close()
+			}
+			return nil, fmt.Errorf("cannot connect to shard %d of %s: %w", num, db.config.Cluster, err)
+		}
+		out = append(out, shard)
+	}
+	return out, nil
 }
 
 // Database is the name of wormsign's database (clickhouse.database); a

@@ -8,7 +8,7 @@
 # under $SERVICES_DIR.
 #
 #   deploy/services.sh up      install what is missing, start, wait until all answer
-#   deploy/services.sh down    stop them (and the cluster below)
+#   deploy/services.sh down    stop them (and the clusters below)
 #   deploy/services.sh status  say what runs
 #
 # A three-node Kafka cluster, apart from the single broker and started only
@@ -24,6 +24,18 @@
 #   deploy/services.sh status kafka-cluster  say which nodes run
 #   deploy/services.sh kill kafka-cluster N  SIGKILL node N (1-3), for fault drills; `up
 #                                            kafka-cluster` starts it again on its state
+#
+# The ClickHouse cluster `wormsign`, apart from the single servers and
+# started only when asked for (the cluster tests start private ones
+# themselves): a standalone ZooKeeper (jars from Maven Central) on 2181 and
+# four ClickHouse 18.16 servers, 2 shards x 2 replicas, native ports
+# 9211-9214, HTTP 8211-8214, interserver 9311-9314 (SERVICES_ZOOKEEPER_PORT,
+# SERVICES_CLICKHOUSE_CLUSTER_*PORT move them), state in
+# $SERVICES_DIR/zookeeper and $SERVICES_DIR/clickhouse-cluster/N.
+#
+#   deploy/services.sh up clickhouse-cluster      start ZooKeeper and the servers that do not run, wait
+#   deploy/services.sh down clickhouse-cluster    stop them
+#   deploy/services.sh status clickhouse-cluster  say which run
 #
 # Where WORMSIGN_KAFKA_BROKERS, WORMSIGN_CLICKHOUSE_ADDR or
 # WORMSIGN_TEST_CLICKHOUSE_MODERN_ADDR point at existing services, that
@@ -52,6 +64,14 @@ ch_http_port=${SERVICES_CLICKHOUSE_HTTP_PORT:-8123}
 chm_port=${SERVICES_CLICKHOUSE_MODERN_PORT:-9100}
 chm_http_port=${SERVICES_CLICKHOUSE_MODERN_HTTP_PORT:-8124}
 chdb_version=${SERVICES_CHDB_VERSION:-26.9.0}
+# The ClickHouse cluster: ZooKeeper, then server N (1..4) of shard
+# (N+1)/2 on tcp base+N, http base+N, interserver base+N.
+zk_port=${SERVICES_ZOOKEEPER_PORT:-2181}
+chc_name=${SERVICES_CLICKHOUSE_CLUSTER:-wormsign}
+chc_tcp_base=${SERVICES_CLICKHOUSE_CLUSTER_PORT:-9210}
+chc_http_base=${SERVICES_CLICKHOUSE_CLUSTER_HTTP_PORT:-8210}
+chc_interserver_base=${SERVICES_CLICKHOUSE_CLUSTER_INTERSERVER_PORT:-9310}
+chc_servers=4
 
 log() { printf 'services: %s\n' "$*" >&2; }
 
@@ -394,6 +414,117 @@ clickhouse_modern_ready() {
 	[[ $reply == *"Ok."* ]]
 }
 
+# --- ClickHouse cluster (ZooKeeper + 2 shards x 2 replicas of 18.16) ---
+
+zookeeper_up() {
+	local dir=$state/zookeeper
+	# The jars may be shared between state directories (the tests start
+	# private clusters): SERVICES_ZOOKEEPER_LIBS.
+	local libs=${SERVICES_ZOOKEEPER_LIBS:-$dir/libs}
+	mkdir -p "$dir/data" "$(dirname "$libs")"
+	if running "$dir/pid"; then return 0; fi
+	if port_open "$zk_port"; then
+		log "port $zk_port is taken by something else; set SERVICES_ZOOKEEPER_PORT"
+		exit 1
+	fi
+	command -v java >/dev/null || { log "java is required for ZooKeeper"; exit 1; }
+	(
+		# One fetch at a time into a shared directory.
+		flock 9
+		if [ ! -f "$libs/.complete" ]; then
+			command -v mvn >/dev/null || { log "maven is required to fetch ZooKeeper"; exit 1; }
+			log "fetching Apache ZooKeeper from Maven Central"
+			rm -rf "$libs"
+			mvn -q -B -f "$here/zookeeper/pom.xml" dependency:copy-dependencies \
+				-DoutputDirectory="$libs" >"$dir/mvn.log" 2>&1 ||
+				{ cat "$dir/mvn.log"; exit 1; }
+			touch "$libs/.complete"
+		fi
+	) 9>"$libs.lock"
+	sed -e "s|@DIR@|$dir|g" -e "s|@PORT@|$zk_port|g" "$here/zookeeper/zoo.cfg" >"$dir/zoo.cfg"
+	log "starting ZooKeeper on 127.0.0.1:$zk_port"
+	nohup java -Xms64m -Xmx256m -Dlogback.configurationFile="$here/zookeeper/logback.xml" \
+		-Dzookeeper.log.file="$dir/zookeeper.log" -cp "$libs/*" \
+		org.apache.zookeeper.server.quorum.QuorumPeerMain "$dir/zoo.cfg" \
+		>"$dir/stdout.log" 2>&1 </dev/null &
+	echo $! >"$dir/pid"
+	wait_for zookeeper 60 zookeeper_ready || { tail -n 50 "$dir/zookeeper.log" "$dir/stdout.log"; exit 1; }
+}
+
+# The four-letter word stat names the server's mode once it serves
+# clients. (ruok answers imok as soon as the port is bound, even when the
+# server died loading its data.)
+zookeeper_ready() {
+	local reply
+	reply=$( (exec 3<>"/dev/tcp/127.0.0.1/$zk_port" && printf stat >&3 && timeout 5 cat <&3) 2>/dev/null) || return 1
+	[[ $reply == *"Mode: standalone"* ]]
+}
+
+# The <shard> elements of remote_servers, the same on every server.
+clickhouse_cluster_shards() {
+	local n shard
+	for shard in 1 2; do
+		printf '            <shard>\n                <internal_replication>true</internal_replication>\n'
+		for n in $((2 * shard - 1)) $((2 * shard)); do
+			printf '                <replica><host>127.0.0.1</host><port>%d</port></replica>\n' $((chc_tcp_base + n))
+		done
+		printf '            </shard>\n'
+	done
+}
+
+clickhouse_cluster_server_up() { # n (1..4)
+	local n=$1 dir=$state/clickhouse-cluster/$1
+	mkdir -p "$dir/data" "$dir/tmp" "$dir/log" "$dir/user_files" "$dir/format_schemas"
+	if running "$dir/pid"; then return 0; fi
+	local shards
+	shards=$(clickhouse_cluster_shards)
+	# Shard 01 holds servers 1 and 2, shard 02 servers 3 and 4.
+	sed -e "s|@DIR@|$dir|g" -e "s|@PORT@|$((chc_tcp_base + n))|g" \
+		-e "s|@HTTP_PORT@|$((chc_http_base + n))|g" \
+		-e "s|@INTERSERVER_PORT@|$((chc_interserver_base + n))|g" \
+		-e "s|@CLUSTER@|$chc_name|g" -e "s|@ZOOKEEPER_PORT@|$zk_port|g" \
+		-e "s|@SHARD@|0$(((n + 1) / 2))|g" -e "s|@REPLICA@|replica$n|g" \
+		"$here/clickhouse-cluster/config.xml" | awk -v shards="$shards" '/@SHARDS@/ { print shards; next } { print }' \
+		>"$dir/config.xml"
+	cp "$here/clickhouse-cluster/users.xml" "$dir/users.xml"
+	log "starting ClickHouse cluster server $n on 127.0.0.1:$((chc_tcp_base + n))"
+	nohup /usr/sbin/clickhouse-server --config-file="$dir/config.xml" \
+		>"$dir/log/stdout.log" 2>&1 </dev/null &
+	echo $! >"$dir/pid"
+}
+
+clickhouse_cluster_server_ready() { # n
+	clickhouse-client --port $((chc_tcp_base + $1)) -q 'SELECT 1' >/dev/null 2>&1
+}
+
+clickhouse_cluster_up() {
+	apt_install clickhouse-server clickhouse-client
+	zookeeper_up
+	local n
+	for n in $(seq "$chc_servers"); do clickhouse_cluster_server_up "$n"; done
+	for n in $(seq "$chc_servers"); do
+		wait_for "clickhouse cluster server $n" 60 clickhouse_cluster_server_ready "$n" ||
+			{ tail -n 30 "$state/clickhouse-cluster/$n/log/server.err.log" "$state/clickhouse-cluster/$n/log/stdout.log"; exit 1; }
+	done
+	log "ClickHouse cluster $chc_name ready: tcp $((chc_tcp_base + 1))-$((chc_tcp_base + chc_servers)), ZooKeeper $zk_port"
+}
+
+clickhouse_cluster_down() {
+	local n
+	for n in $(seq "$chc_servers"); do stop "clickhouse cluster server $n" "$state/clickhouse-cluster/$n/pid"; done
+	stop zookeeper "$state/zookeeper/pid"
+}
+
+clickhouse_cluster_status() {
+	running "$state/zookeeper/pid" && echo "zookeeper: running (127.0.0.1:$zk_port)" || echo "zookeeper: stopped"
+	local n
+	for n in $(seq "$chc_servers"); do
+		running "$state/clickhouse-cluster/$n/pid" &&
+			echo "clickhouse-cluster $n (shard $(((n + 1) / 2))): running (127.0.0.1:$((chc_tcp_base + n)), HTTP $((chc_http_base + n)))" ||
+			echo "clickhouse-cluster $n (shard $(((n + 1) / 2))): stopped"
+	done
+}
+
 stop() { # name pidfile
 	local pidfile=$2
 	if running "$pidfile"; then
@@ -409,12 +540,25 @@ stop() { # name pidfile
 
 target=${2:-}
 case $target in
-"" | kafka-cluster) ;;
+"" | kafka-cluster | clickhouse-cluster) ;;
 *)
-	echo "usage: $0 up|down|status [kafka-cluster]; $0 kill kafka-cluster 1|2|3" >&2
+	echo "usage: $0 up|down|status [kafka-cluster|clickhouse-cluster]; $0 kill kafka-cluster 1|2|3" >&2
 	exit 2
 	;;
 esac
+
+if [ "$target" = clickhouse-cluster ]; then
+	case ${1:-} in
+	up) clickhouse_cluster_up ;;
+	down) clickhouse_cluster_down ;;
+	status) clickhouse_cluster_status ;;
+	*)
+		echo "usage: $0 up|down|status clickhouse-cluster" >&2
+		exit 2
+		;;
+	esac
+	exit 0
+fi
 
 case ${1:-} in
 up)
@@ -435,6 +579,7 @@ up)
 down)
 	kafka_cluster_down
 	[ "$target" = kafka-cluster ] && exit 0
+	clickhouse_cluster_down
 	stop kafka "$state/kafka/pid"
 	stop clickhouse "$state/clickhouse/pid"
 	stop clickhouse-modern "$state/clickhouse-modern/pid"
@@ -447,13 +592,14 @@ status)
 			echo "clickhouse-modern: stopped"
 	fi
 	kafka_cluster_status
+	if [ -z "$target" ]; then clickhouse_cluster_status; fi
 	;;
 kill)
 	[ "$target" = kafka-cluster ] || { echo "usage: $0 kill kafka-cluster 1|2|3" >&2; exit 2; }
 	kafka_cluster_kill "${3:-}"
 	;;
 *)
-	echo "usage: $0 up|down|status [kafka-cluster]; $0 kill kafka-cluster 1|2|3" >&2
+	echo "usage: $0 up|down|status [kafka-cluster|clickhouse-cluster]; $0 kill kafka-cluster 1|2|3" >&2
 	exit 2
 	;;
 esac

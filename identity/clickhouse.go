@@ -499,7 +499,8 @@ func (w *BindingsWriter) mergeBeforeTTL(ctx context.Context, table string, ended
 		return fmt.Errorf("cannot find unmerged bindings of %s: %w", table, err)
 	}
 	for _, m := range months {
-		if err := w.db.Exec(ctx, "OPTIMIZE TABLE "+name+" PARTITION ID '"+m+"' FINAL"); err != nil {
+		// In a cluster the local tables of every shard merge.
+		if err := w.db.Exec(ctx, "OPTIMIZE TABLE "+w.db.Local(table)+w.db.OnCluster()+" PARTITION ID '"+m+"' FINAL"); err != nil {
 			return fmt.Errorf("cannot merge month %s of %s: %w", m, table, err)
 		}
 	}

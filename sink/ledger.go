@@ -123,8 +123,8 @@ func (l *ledgerWriter) written(ctx context.Context, source string, want []offset
 	if len(want) == 0 {
 		return nil, nil
 	}
-	rows, err := l.db.Query(ctx, "SELECT sink_partition, first_offset, last_offset FROM "+l.db.Database()+
-		".sink_ledger WHERE source = '"+source+"' AND ("+rangeCondition(want, "first_offset", "last_offset")+")")
+	rows, err := l.db.Query(ctx, "SELECT sink_partition, first_offset, last_offset FROM "+l.db.Local("sink_ledger")+
+		" WHERE source = '"+source+"' AND ("+rangeCondition(want, "first_offset", "last_offset")+")")
 	if err != nil {
 		return nil, fmt.Errorf("cannot read the sink ledger: %w", err)
 	}
@@ -166,8 +166,8 @@ func (l *ledgerWriter) landed(ctx context.Context, age time.Duration, ranges []o
 	// The server's own clock decides what is recent; a few seconds more
 	// cover the part's modification time being rounded down.
 	seconds := int(age.Seconds()) + 5
-	parts, err := l.db.Query(ctx, fmt.Sprintf("SELECT name FROM system.parts WHERE database = ? AND table = 'flows' AND active"+
-		" AND modification_time >= now() - %d", seconds), l.db.Database())
+	parts, err := l.db.Query(ctx, fmt.Sprintf("SELECT name FROM system.parts WHERE database = ? AND table = ? AND active"+
+		" AND modification_time >= now() - %d", seconds), l.db.Database(), l.db.LocalName("flows"))
 	if err != nil {
 		return nil, fmt.Errorf("cannot list recent parts of flows: %w", err)
 	}
@@ -185,7 +185,7 @@ func (l *ledgerWriter) landed(ctx context.Context, age time.Duration, ranges []o
 	if len(names) == 0 {
 		return out, nil
 	}
-	rows, err := l.db.Query(ctx, "SELECT sink_partition, sink_offset, date, count() FROM "+l.db.Database()+".flows WHERE _part IN ("+
+	rows, err := l.db.Query(ctx, "SELECT sink_partition, sink_offset, date, count() FROM "+l.db.Local("flows")+" WHERE _part IN ("+
 		strings.Join(names, ", ")+") AND ("+rangeCondition(ranges, "sink_offset", "sink_offset")+") GROUP BY sink_partition, sink_offset, date")
 	if err != nil {
 		return nil, fmt.Errorf("cannot look for flows of a failed INSERT: %w", err)
@@ -218,8 +218,8 @@ func (l *ledgerWriter) recordLedger(ctx context.Context, source string, ranges [
 	if len(ranges) == 0 {
 		return nil
 	}
-	batch, err := l.db.PrepareBatch(ctx, "INSERT INTO "+l.db.Database()+
-		".sink_ledger (source, sink_partition, first_offset, last_offset, rows, written_at)")
+	batch, err := l.db.PrepareBatch(ctx, "INSERT INTO "+l.db.Local("sink_ledger")+
+		" (source, sink_partition, first_offset, last_offset, rows, written_at)")
 	if err != nil {
 		return fmt.Errorf("cannot prepare ledger insert: %w", err)
 	}
@@ -244,8 +244,8 @@ func (l *ledgerWriter) ipv6Columns(ctx context.Context) (bool, error) {
 		return l.ipv6, nil
 	}
 	var typ string
-	err := l.db.QueryRow(ctx, "SELECT type FROM system.columns WHERE database = ? AND table = 'flows' AND name = 'dst_addr'",
-		l.db.Database()).Scan(&typ)
+	err := l.db.QueryRow(ctx, "SELECT type FROM system.columns WHERE database = ? AND table = ? AND name = 'dst_addr'",
+		l.db.Database(), l.db.LocalName("flows")).Scan(&typ)
 	if err != nil {
 		return false, fmt.Errorf("cannot read the type of flows.dst_addr (was the database migrated?): %w", err)
 	}
@@ -265,6 +265,9 @@ type flowInsert struct {
 	// whole are the messages that landed entirely in an earlier try,
 	// for the ledger.
 	whole []offsetRange
+	// shard of shards: in a cluster, add keeps the flows whose
+	// subscriber belongs to this shard (shardOf); shards 0 keeps all.
+	shard, shards int
 }
 
 // beginFlows prepares try at writing msgs into flows, or returns nil when
@@ -355,19 +358,24 @@ func (w *flowInsert) add(m bus.Message, flows []flow.Flow, subs []netip.Addr) {
 		return label
 	}
 	p, o := w.l.coordinates("flows", m)
-	added := 0
+	added, mine := 0, 0
 	for i := range flows {
+		sub := subscriber(i)
+		if w.shards > 1 && shardOf(sub, w.shards) != w.shard {
+			continue
+		}
+		mine++
 		if w.landed != nil && w.landed[landedKey{p, o, day(flows[i].End())}] > 0 {
 			continue
 		}
-		w.block.add(subscriber(i), &flows[i], p, o, w.ipv6)
+		w.block.add(sub, &flows[i], p, o, w.ipv6)
 		added++
 	}
-	if added < len(flows) {
+	if added < mine {
 		w.l.duplicates.WithLabelValues("flows").Inc()
 	}
-	if added == 0 && len(flows) > 0 {
-		w.whole = append(w.whole, offsetRange{Partition: p, First: o, Last: o, Rows: uint64(len(flows))})
+	if added == 0 && mine > 0 {
+		w.whole = append(w.whole, offsetRange{Partition: p, First: o, Last: o, Rows: uint64(mine)})
 	}
 }
 
@@ -403,7 +411,7 @@ func (l *ledgerWriter) insertFlowBlock(ctx context.Context, block *flowBlock, ip
 		return nil
 	}
 	ctx = l.db.InsertContext(ctx)
-	batch, err := l.db.PrepareBatch(ctx, "INSERT INTO "+l.db.Database()+".flows ("+flowColumns+")")
+	batch, err := l.db.PrepareBatch(ctx, "INSERT INTO "+l.db.Local("flows")+" ("+flowColumns+")")
 	if err != nil {
 		return fmt.Errorf("cannot prepare flows insert: %w", err)
 	}
@@ -425,7 +433,7 @@ func (l *ledgerWriter) insertAlerts(ctx context.Context, alerts []alertRow) erro
 		return nil
 	}
 	ctx = l.db.InsertContext(ctx)
-	batch, err := l.db.PrepareBatch(ctx, "INSERT INTO "+l.db.Database()+".alerts ("+alertColumns+")")
+	batch, err := l.db.PrepareBatch(ctx, "INSERT INTO "+l.db.Local("alerts")+" ("+alertColumns+")")
 	if err != nil {
 		return fmt.Errorf("cannot prepare alerts insert: %w", err)
 	}

@@ -50,6 +50,11 @@ type Component struct {
 	webhooks  []*webhookTarget
 	// ledger writes to ClickHouse; nil without it.
 	ledger *ledgerWriter
+	// shards are the ledgers of a cluster's shards (clickhouse.cluster),
+	// each on a connection to that shard's replicas, set by Start; with
+	// one server, only ledger.
+	shards   []*ledgerWriter
+	shardDBs []*clickhousedb.DB
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -118,8 +123,22 @@ func New(config Configuration, deps Dependencies) (*Component, error) {
 	return c, nil
 }
 
-// Start consumes until Stop.
+// Start consumes until Stop. In a cluster it first connects to every
+// shard.
 func (c *Component) Start() error {
+	if c.ledger != nil && c.deps.ClickHouse.Cluster() != "" {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		dbs, err := c.deps.ClickHouse.Shards(ctx)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("sink: %w", err)
+		}
+		c.shardDBs = dbs
+		for _, db := range dbs {
+			c.shards = append(c.shards, &ledgerWriter{db: db, flowsTopic: c.ledger.flowsTopic, alertsTopic: c.ledger.alertsTopic,
+				offsetBase: c.ledger.offsetBase, duplicates: c.ledger.duplicates, subscribers: c.ledger.subscribers})
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
 	for _, p := range c.pipelines {
@@ -174,11 +193,17 @@ func (c *Component) Stop() error {
 	for _, w := range c.webhooks {
 		errs = append(errs, w.consumer.Close())
 	}
+	for _, db := range c.shardDBs {
+		errs = append(errs, db.Close())
+	}
 	return errors.Join(errs...)
 }
 
 // writeFlows writes the flows of msgs that are not in ClickHouse yet.
 func (c *Component) writeFlows(ctx context.Context, msgs []bus.Message, try attempt) error {
+	if len(c.shards) > 1 {
+		return c.writeFlowsSharded(ctx, msgs, try)
+	}
 	insert, err := c.ledger.beginFlows(ctx, msgs, try)
 	if err != nil || insert == nil {
 		return err
@@ -206,6 +231,9 @@ func (c *Component) writeFlows(ctx context.Context, msgs []bus.Message, try atte
 // writeAlerts writes alerts through the ledger like flows; an event that
 // a server crash leaves twice collapses in ReplacingMergeTree (FINAL).
 func (c *Component) writeAlerts(ctx context.Context, msgs []bus.Message, _ attempt) error {
+	if len(c.shards) > 1 {
+		return c.writeAlertsSharded(ctx, msgs)
+	}
 	if c.ledger != nil {
 		var err error
 		if msgs, err = c.ledger.unwritten(ctx, "alerts", msgs); err != nil {
@@ -236,6 +264,13 @@ func (c *Component) writeAlerts(ctx context.Context, msgs []bus.Message, _ attem
 		c.metrics.rows.WithLabelValues("alerts").Add(float64(len(alerts)))
 		c.metrics.batches.WithLabelValues("alerts").Inc()
 	}
+	c.printAlerts(alerts)
+	return nil
+}
+
+// printAlerts prints alerts on stdout where the configuration asks for
+// it.
+func (c *Component) printAlerts(alerts []alertRow) {
 	if c.config.Stdout {
 		// Printed once the INSERT succeeded and never retried: a retry
 		// would print the batch twice, and a broken stdout is not a reason
@@ -252,5 +287,4 @@ func (c *Component) writeAlerts(ctx context.Context, msgs []bus.Message, _ attem
 			c.metrics.stdoutLines.Inc()
 		}
 	}
-	return nil
 }

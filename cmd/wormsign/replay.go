@@ -95,7 +95,10 @@ func replay(ctx context.Context, cfg Configuration, logger *slog.Logger, stdout 
 	if err != nil {
 		return err
 	}
-	s.Start()
+	// In a ClickHouse cluster the sink connects to every shard at start.
+	if err := s.Start(); err != nil {
+		return err
+	}
 	d.Start()
 	if err := c.Start(); err != nil {
 		return err

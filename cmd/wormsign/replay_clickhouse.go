@@ -79,14 +79,19 @@ func (r *replayTarget) clearPartial(ctx context.Context, logger *slog.Logger) er
 		if i == 0 {
 			cond = fmt.Sprintf("sink_partition = %d", parts[0])
 		}
-		if err := r.db.Exec(ctx, "ALTER TABLE "+db+"."+table+" DELETE WHERE "+cond); err != nil {
+		// In a cluster: the local tables, on every shard.
+		if err := r.db.Exec(ctx, "ALTER TABLE "+r.db.Local(table)+r.db.OnCluster()+" DELETE WHERE "+cond); err != nil {
 			return fmt.Errorf("cannot delete the rows of an interrupted replay from %s: %w", table, err)
 		}
 	}
 	// Deletes are mutations that run in the background: wait for them.
 	for {
 		var pending uint64
-		err := r.db.QueryRow(ctx, "SELECT count() FROM system.mutations WHERE database = ? AND is_done = 0", db).Scan(&pending)
+		mutations := "system.mutations"
+		if c := r.db.Cluster(); c != "" {
+			mutations = "cluster(" + c + ", system, mutations)"
+		}
+		err := r.db.QueryRow(ctx, "SELECT count() FROM "+mutations+" WHERE database = ? AND is_done = 0", db).Scan(&pending)
 		if err != nil {
 			return fmt.Errorf("cannot follow the deletes: %w", err)
 		}
