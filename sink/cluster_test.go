@@ -23,7 +23,16 @@ func openClusterDB(t *testing.T, cluster *testenv.ClickHouseCluster, n int, data
 	t.Helper()
 	cfg := clickhousedb.DefaultConfiguration()
 	cfg.Addr, cfg.Database, cfg.Cluster, cfg.ReadTimeout = cluster.Addr(n), database, cluster.Name, readTimeout
-	db, err := clickhousedb.Open(context.Background(), cfg)
+	// A server of the cluster can be slow to answer a handshake while a
+	// restarted replica catches up on a loaded machine (CI runs the
+	// detector's tests beside these): try for a minute.
+	var db *clickhousedb.DB
+	var err error
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Second) {
+		if db, err = clickhousedb.Open(context.Background(), cfg); err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
