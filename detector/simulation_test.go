@@ -23,6 +23,7 @@ import (
 	"github.com/wormsign/wormsign/alert"
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/flow"
+	"github.com/wormsign/wormsign/internal/testenv"
 	"github.com/wormsign/wormsign/network"
 )
 
@@ -1007,7 +1008,7 @@ func BenchmarkActiveSubscriberMemory(b *testing.B) {
 		b.Run(rc.role, func(b *testing.B) {
 			for range b.N {
 				var open int
-				perHost := simHeapOf(func() any {
+				perHost := testenv.LiveHeap(func() any {
 					e := NewEngine(simConfiguration())
 					e.SetSubscribers(network.NewSubscribers([]network.Prefix{{Prefix: netip.MustParsePrefix("100.64.0.0/10")}}))
 					hosts := make([]*simHost, rc.hosts)
@@ -1038,16 +1039,4 @@ func BenchmarkActiveSubscriberMemory(b *testing.B) {
 			}
 		})
 	}
-}
-
-// simHeapOf returns the live heap that what build returns keeps.
-func simHeapOf(build func() any) float64 {
-	var before, after runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&before)
-	keep := build()
-	runtime.GC()
-	runtime.ReadMemStats(&after)
-	runtime.KeepAlive(keep)
-	return float64(after.HeapAlloc) - float64(before.HeapAlloc)
 }

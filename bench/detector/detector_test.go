@@ -252,7 +252,7 @@ func BenchmarkSubscriberMemory(b *testing.B) {
 	exporter := netip.MustParseAddr("192.0.2.1")
 	for i := 0; i < b.N; i++ {
 		var e *detector.Engine
-		perSub := heapOf(func() any {
+		perSub := testenv.LiveHeap(func() any {
 			e = detector.NewEngine(detector.DefaultConfiguration())
 			f := flow.Flow{Exporter: exporter, Proto: 17, DstPort: 53, DstAddr: netip.MustParseAddr("198.18.255.53"), Packets: 1}
 			for s := 0; s < subscribers; s++ {
@@ -276,7 +276,7 @@ func BenchmarkSubscriberMemory(b *testing.B) {
 		if e.Subscribers() != subscribers {
 			b.Fatalf("the sweep evicted %d subscribers still in their windows", subscribers-e.Subscribers())
 		}
-		floor := heapOf(func() any {
+		floor := testenv.LiveHeap(func() any {
 			m := make(map[netip.Addr]struct{})
 			for s := 0; s < subscribers; s++ {
 				m[netip.AddrFrom4([4]byte{100, 64 + byte(s>>16), byte(s >> 8), byte(s)})] = struct{}{}
@@ -291,18 +291,6 @@ func BenchmarkSubscriberMemory(b *testing.B) {
 	}
 }
 
-// heapOf returns the live heap that what build returns keeps.
-func heapOf(build func() any) float64 {
-	var before, after runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&before)
-	keep := build()
-	runtime.GC()
-	runtime.ReadMemStats(&after)
-	runtime.KeepAlive(keep)
-	return float64(after.HeapAlloc) - float64(before.HeapAlloc)
-}
-
 // BenchmarkBusySubscribers holds 100k subscribers each past dst_entropy's
 // min_flows (120 flows over two minutes to 20 servers on three ports), so
 // every one of them evaluates its window and steps its baseline each
@@ -312,7 +300,7 @@ func BenchmarkBusySubscribers(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		var e *detector.Engine
 		var took time.Duration
-		perSub := heapOf(func() any {
+		perSub := testenv.LiveHeap(func() any {
 			e = detector.NewEngine(detector.DefaultConfiguration())
 			f := flow.Flow{Exporter: netip.MustParseAddr("192.0.2.1"), Proto: 6, Packets: 10,
 				TCPFlags: flow.TCPSyn | flow.TCPAck | flow.TCPFin}
