@@ -107,15 +107,21 @@ kafka_libs() {
 	local dir=$state/kafka
 	mkdir -p "$dir"
 	command -v java >/dev/null || { log "java is required for Kafka"; exit 1; }
-	if [ ! -f "$dir/libs/.complete" ]; then
-		command -v mvn >/dev/null || { log "maven is required to fetch Kafka"; exit 1; }
-		log "fetching Apache Kafka from Maven Central"
-		rm -rf "$dir/libs"
-		mvn -q -B -f "$here/kafka/pom.xml" dependency:copy-dependencies \
-			-DoutputDirectory="$dir/libs" >"$dir/mvn.log" 2>&1 ||
-			{ cat "$dir/mvn.log"; exit 1; }
-		touch "$dir/libs/.complete"
-	fi
+	maven_libs "Apache Kafka" "$here/kafka/pom.xml" "$dir/libs" "$dir/mvn.log"
+}
+
+# maven_libs what pom libs log: the dependencies of pom copied into libs
+# from Maven Central, once (libs/.complete marks a whole fetch); Maven's
+# output goes to log, and is shown when it fails.
+maven_libs() {
+	local what=$1 pom=$2 libs=$3 mvnlog=$4
+	[ -f "$libs/.complete" ] && return 0
+	command -v mvn >/dev/null || { log "maven is required to fetch $what"; exit 1; }
+	log "fetching $what from Maven Central"
+	rm -rf "$libs"
+	mvn -q -B -f "$pom" dependency:copy-dependencies -DoutputDirectory="$libs" >"$mvnlog" 2>&1 ||
+		{ cat "$mvnlog"; exit 1; }
+	touch "$libs/.complete"
 }
 
 # A new id from Kafka's StorageTool (a cluster's, a directory's). The tool
@@ -431,15 +437,7 @@ zookeeper_up() {
 	(
 		# One fetch at a time into a shared directory.
 		flock 9
-		if [ ! -f "$libs/.complete" ]; then
-			command -v mvn >/dev/null || { log "maven is required to fetch ZooKeeper"; exit 1; }
-			log "fetching Apache ZooKeeper from Maven Central"
-			rm -rf "$libs"
-			mvn -q -B -f "$here/zookeeper/pom.xml" dependency:copy-dependencies \
-				-DoutputDirectory="$libs" >"$dir/mvn.log" 2>&1 ||
-				{ cat "$dir/mvn.log"; exit 1; }
-			touch "$libs/.complete"
-		fi
+		maven_libs "Apache ZooKeeper" "$here/zookeeper/pom.xml" "$libs" "$dir/mvn.log"
 	) 9>"$libs.lock"
 	sed -e "s|@DIR@|$dir|g" -e "s|@PORT@|$zk_port|g" "$here/zookeeper/zoo.cfg" >"$dir/zoo.cfg"
 	log "starting ZooKeeper on 127.0.0.1:$zk_port"
