@@ -268,6 +268,7 @@ func testFaultBackPressureInMemory(t *testing.T, server *testenv.Service, addr s
 	ch := openTestClickHouseTimeout(t, addr, 2*time.Second)
 	mem := bus.NewMemory(16)
 	cfg := faultSinkConfig(t)
+	cfg.DrainTimeout = time.Minute // a server restarting beside other tests may be slow
 	kcfg := bus.Configuration{FlowsTopic: "flows", AlertsTopic: "alerts"}
 	s := startSink(t, cfg, mem, kcfg, ch)
 	p, _ := mem.Producer("flows")
@@ -306,6 +307,52 @@ func testFaultBackPressureInMemory(t *testing.T, server *testenv.Service, addr s
 	}
 	checkFlows(t, ch, n, 2*10*10)
 	t.Logf("producer held back after %d flows; %d arrived", stream.next, n)
+}
+
+// A drain on the in-process bus that begins with every message read and
+// ClickHouse down waits the whole drain timeout, not the short hand-over a
+// rebalance gets: no next owner would read what it gave up.
+func TestFaultDrainOutlastsHandover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fault test")
+	}
+	server, addr := testenv.StartPrivateClickHouse18(t) // the pipeline's logic, not the server's
+	ch := openTestClickHouseTimeout(t, addr, 2*time.Second)
+	mem := bus.NewMemory(16)
+	cfg := faultSinkConfig(t)
+	cfg.DrainTimeout = time.Minute
+	kcfg := bus.Configuration{FlowsTopic: "flows", AlertsTopic: "alerts"}
+	s := startSink(t, cfg, mem, kcfg, ch)
+	p, _ := mem.Producer("flows")
+	stream := &flowStream{perMsg: 10}
+	ctx := waitContext(t, 3*time.Minute)
+	if err := p.Publish(ctx, stream.messages(5)...); err != nil {
+		t.Fatal(err)
+	}
+	waitRows(t, ch, stream.next, time.Minute)
+	server.Kill()
+	// Fewer messages than the pipeline holds: the bus's queue is empty
+	// once the sink has read them, so the drain finds the topic's end at
+	// once while their batch cannot be written.
+	if err := p.Publish(ctx, stream.messages(3)...); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the sink to read the messages", 10*time.Second, func() bool {
+		return value(s.metrics.writeErrors.WithLabelValues("flows")) > 0
+	})
+	drained := make(chan struct{})
+	go func() {
+		defer close(drained)
+		s.Drain()
+	}()
+	time.Sleep(rebalanceHandover + 2*time.Second)
+	server.Restart()
+	<-drained
+	s.Stop()
+	checkFlows(t, ch, stream.next, 0)
+	if n := value(s.metrics.givenUp.WithLabelValues("flows")); n != 0 {
+		t.Errorf("%g messages given up", n)
+	}
 }
 
 // Two sinks in one group while the flows stream in: a second one joins

@@ -10,7 +10,10 @@ type metrics struct {
 	committed    *prometheus.CounterVec // table
 	// abandoned counts messages read whose partition was taken away before
 	// they were written and committed; the next owner re-reads them.
-	abandoned    *prometheus.CounterVec   // table
+	abandoned *prometheus.CounterVec // table
+	// givenUp counts messages whose batch was still not written when the
+	// drain timeout ended a stop.
+	givenUp      *prometheus.CounterVec   // table
 	fetchErrors  *prometheus.CounterVec   // table
 	duplicates   *prometheus.CounterVec   // table
 	inflight     *prometheus.GaugeVec     // table
@@ -35,6 +38,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "wormsign_sink_commit_errors_total", Help: "Failed offset commits (retried)."}, []string{"table"}),
 		committed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wormsign_sink_committed_messages_total", Help: "Bus messages whose offsets were committed after their write."}, []string{"table"}),
+		givenUp: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wormsign_sink_given_up_messages_total", Help: "Messages whose batch was not written within sink.drain_timeout at a stop (Kafka re-delivers them on the next start; the in-process bus loses them)."}, []string{"table"}),
 		abandoned: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wormsign_sink_abandoned_commit_messages_total", Help: "Messages read whose partition a rebalance took away before they were written and committed (re-read by its next owner; what was written is kept out by the ledger)."}, []string{"table"}),
 		fetchErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -55,7 +60,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		retentionErr: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wormsign_sink_retention_errors_total", Help: "Failed retention runs."}),
 	}
-	reg.MustRegister(m.rows, m.batches, m.writeErrors, m.commitErrors, m.committed, m.abandoned, m.fetchErrors, m.duplicates, m.inflight,
+	reg.MustRegister(m.rows, m.batches, m.writeErrors, m.commitErrors, m.committed, m.abandoned, m.givenUp, m.fetchErrors, m.duplicates, m.inflight,
 		m.batchSeconds, m.badMessages, m.stdoutLines, m.dropped, m.retentionErr)
 	return m
 }

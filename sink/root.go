@@ -89,7 +89,7 @@ func New(config Configuration, deps Dependencies) (*Component, error) {
 		c.pipelines = append(c.pipelines, &pipeline{
 			name: name, group: group, write: write,
 			maxMessages: config.BatchMessages, maxBytes: config.BatchBytes, interval: config.FlushInterval,
-			workers: workers, maxBackoff: config.RetryMaxBackoff, drain: config.DrainTimeout,
+			workers: workers, maxBackoff: config.RetryMaxBackoff, drain: config.DrainTimeout, durable: durable,
 			logger: deps.Logger, metrics: c.metrics,
 		})
 		return nil

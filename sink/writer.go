@@ -45,6 +45,7 @@ type pipeline struct {
 	workers     int
 	maxBackoff  time.Duration
 	drain       time.Duration
+	durable     bool // the bus re-delivers what was not committed
 	logger      *slog.Logger
 	metrics     *metrics
 }
@@ -241,12 +242,15 @@ func (p *pipeline) consume(ctx, writeCtx context.Context, fetches chan<- fetch) 
 		commits, stopCommits := context.WithCancel(writeCtx)
 		defer stopCommits()
 		held := &heldClaim{claim: claim, commits: commits}
-		p.hold(claimCtx, held, fetches, logger)
-		// Taken away or stopping: let what was handed over be written and
-		// committed through this generation, which lasts until we return.
-		// A rebalance waits for us, within the group's rebalance timeout.
+		topicClosed := p.hold(claimCtx, held, fetches, logger)
+		// Taken away, stopping or at the end of the topic: let what was
+		// handed over be written and committed through this generation,
+		// which lasts until we return. A rebalance waits for us, within
+		// the group's rebalance timeout; a stop or a closed in-process
+		// topic gets the whole drain timeout, since on the in-process bus
+		// no next owner would read what a shorter wait gave up.
 		wait := p.drain
-		if ctx.Err() == nil {
+		if ctx.Err() == nil && !topicClosed {
 			wait = min(wait, rebalanceHandover)
 		}
 		handover, cancel := context.WithTimeout(context.Background(), wait)
@@ -319,8 +323,8 @@ func (h *handlers) closeAndWait() {
 const rebalanceHandover = 5 * time.Second
 
 // hold hands the claim's fetches to the batcher until ctx ends or the
-// topic is closed.
-func (p *pipeline) hold(ctx context.Context, held *heldClaim, fetches chan<- fetch, logger *slog.Logger) {
+// topic is closed; it reports whether the topic was closed.
+func (p *pipeline) hold(ctx context.Context, held *heldClaim, fetches chan<- fetch, logger *slog.Logger) bool {
 	wait := fetchBackoff.Min
 	for {
 		msgs, err := held.claim.FetchBatch(ctx, nil)
@@ -330,12 +334,14 @@ func (p *pipeline) hold(ctx context.Context, held *heldClaim, fetches chan<- fet
 			case fetches <- fetch{held: held, msgs: msgs}:
 			case <-ctx.Done():
 				held.pending.Done()
-				return
+				return false
 			}
 		}
 		switch {
-		case ctx.Err() != nil, errors.Is(err, bus.ErrClosed):
-			return
+		case errors.Is(err, bus.ErrClosed):
+			return true
+		case ctx.Err() != nil:
+			return false
 		case err != nil:
 			// Keep the partition through fetch errors: giving up would
 			// stall it until the next rebalance.
@@ -343,7 +349,7 @@ func (p *pipeline) hold(ctx context.Context, held *heldClaim, fetches chan<- fet
 			logger.Warn("cannot fetch, retrying", "partition", held.claim.Partition(), "error", err, "backoff", wait)
 			select {
 			case <-ctx.Done():
-				return
+				return false
 			case <-time.After(wait):
 			}
 			wait = min(2*wait, fetchBackoff.Max)
@@ -379,8 +385,14 @@ func (p *pipeline) writeBatch(ctx context.Context, j *job) {
 	})
 	if err != nil {
 		j.err = err
-		p.logger.Error("gave up writing a batch at shutdown; Kafka re-delivers it on the next start",
-			"topic", p.name, "messages", len(j.msgs), "error", err)
+		p.metrics.givenUp.WithLabelValues(p.name).Add(float64(len(j.msgs)))
+		if p.durable {
+			p.logger.Error("gave up writing a batch at shutdown; Kafka re-delivers it on the next start",
+				"topic", p.name, "messages", len(j.msgs), "error", err)
+		} else {
+			p.logger.Error("gave up writing a batch at shutdown; the in-process bus keeps nothing, its messages are lost",
+				"topic", p.name, "messages", len(j.msgs), "error", err)
+		}
 	}
 }
 
@@ -419,7 +431,12 @@ func (p *pipeline) commit(ctx context.Context, j *job) bool {
 		var failed []claimPart
 		for _, part := range left {
 			if part.held.commits.Err() != nil {
-				p.metrics.abandoned.WithLabelValues(p.name).Add(float64(part.n))
+				if p.durable {
+					p.metrics.abandoned.WithLabelValues(p.name).Add(float64(part.n))
+				} else {
+					// No next owner: the drain timeout ended first.
+					p.metrics.givenUp.WithLabelValues(p.name).Add(float64(part.n))
+				}
 				continue
 			}
 			if err := part.held.claim.Commit(part.held.commits, part.last); err != nil {

@@ -137,9 +137,11 @@ func newRevokingGroup() revokingGroup {
 	return g
 }
 
+// testPipeline's groups stand for Kafka's: what a revoked partition lets go
+// is re-read by its next owner.
 func testPipeline(group bus.GroupConsumer, write func(context.Context, []bus.Message, attempt) error, drain time.Duration) *pipeline {
 	return &pipeline{name: "t", group: group, write: write, maxMessages: 100, maxBytes: 1 << 20,
-		interval: 20 * time.Millisecond, workers: 2, maxBackoff: 10 * time.Millisecond, drain: drain,
+		interval: 20 * time.Millisecond, workers: 2, maxBackoff: 10 * time.Millisecond, drain: drain, durable: true,
 		logger: slog.New(slog.DiscardHandler), metrics: newMetrics(prometheus.NewRegistry())}
 }
 
