@@ -123,10 +123,8 @@ func (c *Component) writeAlertsSharded(ctx context.Context, msgs []bus.Message) 
 	byShard := make([][]bus.Message, len(c.shards))
 	decoded := make(map[uint64]alert.Alert, len(msgs))
 	for _, m := range msgs {
-		a, err := alert.Unmarshal(m.Value)
-		if err != nil {
-			c.metrics.badMessages.WithLabelValues("alerts").Inc()
-			c.deps.Logger.Warn("skipping undecodable alert", "partition", m.Partition, "offset", m.Offset, "error", err)
+		a, ok := c.decodeAlert(m)
+		if !ok {
 			continue
 		}
 		s := shardOf(a.SubscriberIP, len(c.shards))

@@ -242,10 +242,8 @@ func (c *Component) writeAlerts(ctx context.Context, msgs []bus.Message, _ attem
 	}
 	alerts := make([]alertRow, 0, len(msgs))
 	for _, m := range msgs {
-		a, err := alert.Unmarshal(m.Value)
-		if err != nil {
-			c.metrics.badMessages.WithLabelValues("alerts").Inc()
-			c.deps.Logger.Warn("skipping undecodable alert", "partition", m.Partition, "offset", m.Offset, "error", err)
+		a, ok := c.decodeAlert(m)
+		if !ok {
 			continue
 		}
 		row := alertRow{Alert: a}
@@ -287,4 +285,16 @@ func (c *Component) printAlerts(alerts []alertRow) {
 			c.metrics.stdoutLines.Inc()
 		}
 	}
+}
+
+// decodeAlert decodes the alert of m; one that does not decode is counted
+// and logged, and the caller skips it.
+func (c *Component) decodeAlert(m bus.Message) (alert.Alert, bool) {
+	a, err := alert.Unmarshal(m.Value)
+	if err != nil {
+		c.metrics.badMessages.WithLabelValues("alerts").Inc()
+		c.deps.Logger.Warn("skipping undecodable alert", "partition", m.Partition, "offset", m.Offset, "error", err)
+		return alert.Alert{}, false
+	}
+	return a, true
 }
