@@ -60,7 +60,7 @@ fuzz:
 test-clusters: build
 	deploy/test-tools.sh
 	deploy/services.sh up
-	WORMSIGN_CLUSTER_FAULT_TESTS=1 CI=true $(GO) test -count=1 -v -run '^TestCluster' ./sink/ ./clickhousedb/
+	TEST_CLUSTER_FAULTS=1 CI=true $(GO) test -count=1 -v -p 1 -timeout 30m -run '^TestCluster' ./sink/ ./clickhousedb/ ./cmd/wormsign/
 
 bench: build
 	deploy/services.sh up

@@ -61,8 +61,11 @@ func (s *clickhouseStore) queryAlerts(ctx context.Context, query string, args ..
 }
 
 func (s *clickhouseStore) Events(ctx context.Context, since time.Time) ([]alert.Alert, error) {
+	// GLOBAL: on a cluster (clickhouse.cluster) both tables are
+	// Distributed, and a plain IN over a Distributed subquery is refused
+	// (distributed_product_mode 'deny'). On one server it is a plain IN.
 	return s.queryAlerts(ctx, alertSelect+s.table("alerts")+` FINAL
-		WHERE id IN (SELECT id FROM `+s.table("alerts")+` WHERE window_end >= toDateTime(?))
+		WHERE id GLOBAL IN (SELECT id FROM `+s.table("alerts")+` WHERE window_end >= toDateTime(?))
 		LIMIT `+fmt.Sprint(maxEvents), since.Unix())
 }
 

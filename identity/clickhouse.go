@@ -533,9 +533,11 @@ const bindingSelect = "SELECT prefix, port_lo, port_hi, IPv6NumToString(inside),
 func (c *ClickHouseBindings) History(ctx context.Context, customer string) ([]Binding, error) {
 	// The customer's prefixes, then every holding of them: who came
 	// after the customer on an address ends the customer's holding.
+	// GLOBAL IN, as the console's: on a cluster both tables are
+	// Distributed, where a plain IN over a subquery is refused.
 	db := c.db.Database()
 	bs, err := c.query(ctx, bindingSelect+db+"."+bindingsTable+" FINAL"+
-		" WHERE (first_addr, last_addr) IN (SELECT first_addr, last_addr FROM "+db+"."+byCustomerTable+" WHERE customer = ?)"+
+		" WHERE (first_addr, last_addr) GLOBAL IN (SELECT first_addr, last_addr FROM "+db+"."+byCustomerTable+" WHERE customer = ?)"+
 		" AND source != 'cgnat' ORDER BY start DESC LIMIT "+strconv.Itoa(c.limit), customer)
 	if err != nil {
 		return nil, err

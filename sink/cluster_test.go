@@ -93,8 +93,8 @@ func TestClusterReplicaKilled(t *testing.T) {
 	// (after every check of the first run had passed): it runs in `make
 	// test-clusters`, alone. CI's cluster fault test is the Kafka broker
 	// kill (bus.TestKafkaClusterBrokerKilled).
-	if os.Getenv("WORMSIGN_CLUSTER_FAULT_TESTS") == "" {
-		t.Skip("the ClickHouse replica kill runs in make test-clusters (WORMSIGN_CLUSTER_FAULT_TESTS=1)")
+	if os.Getenv("TEST_CLUSTER_FAULTS") == "" {
+		t.Skip("the ClickHouse replica kill runs in make test-clusters (TEST_CLUSTER_FAULTS=1)")
 	}
 	cluster := testenv.StartClickHouseCluster(t)
 	database := testenv.Name(t, "wsk")

@@ -72,13 +72,18 @@ func startWormsign(t *testing.T, env []string, args ...string) *process {
 	return p
 }
 
+// log is what the process has logged so far.
+func (p *process) log() string {
+	raw, _ := os.ReadFile(p.cmd.Stderr.(*os.File).Name())
+	return string(raw)
+}
+
 // waitLog waits until the process logged a line containing s.
 func waitLog(t *testing.T, p *process, s string) {
 	t.Helper()
-	path := p.cmd.Stderr.(*os.File).Name()
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
-		if raw, _ := os.ReadFile(path); strings.Contains(string(raw), s) {
+		if strings.Contains(p.log(), s) {
 			return
 		}
 		time.Sleep(100 * time.Millisecond)

@@ -84,17 +84,7 @@ func (c *ClickHouseCluster) Addrs() []string {
 // Kill sends SIGKILL to server n, as a crash or an OOM kill would.
 func (c *ClickHouseCluster) Kill(n int) {
 	c.t.Helper()
-	raw, err := os.ReadFile(filepath.Join(c.dir, "clickhouse-cluster", strconv.Itoa(n), "pid"))
-	if err != nil {
-		c.t.Fatalf("cannot read the pid of cluster server %d: %v", n, err)
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(raw)))
-	if err != nil {
-		c.t.Fatalf("cluster server %d: bad pid file: %v", n, err)
-	}
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-		c.t.Fatalf("cannot kill cluster server %d: %v", n, err)
-	}
+	pid := c.Signal(n, syscall.SIGKILL)
 	// Reap it where it is ours (services.sh started it in the
 	// background; it is not a child of the test), and wait until it is
 	// gone so that a restart finds its port free.
@@ -103,6 +93,25 @@ func (c *ClickHouseCluster) Kill(n int) {
 		syscall.Wait4(pid, &ws, syscall.WNOHANG, nil)
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// Signal sends sig to server n and returns its pid: SIGSTOP freezes it
+// as a stalled disk, a long pause or a partitioned network would (its
+// sockets stay open, nothing answers), SIGCONT lets it go on.
+func (c *ClickHouseCluster) Signal(n int, sig syscall.Signal) (pid int) {
+	c.t.Helper()
+	raw, err := os.ReadFile(filepath.Join(c.dir, "clickhouse-cluster", strconv.Itoa(n), "pid"))
+	if err != nil {
+		c.t.Fatalf("cannot read the pid of cluster server %d: %v", n, err)
+	}
+	pid, err = strconv.Atoi(strings.TrimSpace(string(raw)))
+	if err != nil {
+		c.t.Fatalf("cluster server %d: bad pid file: %v", n, err)
+	}
+	if err := syscall.Kill(pid, sig); err != nil {
+		c.t.Fatalf("cannot send %v to cluster server %d: %v", sig, n, err)
+	}
+	return pid
 }
 
 // Restart starts every server that is not running (services.sh `up` is
