@@ -35,22 +35,33 @@ type Engine struct {
 	// received holds the flows subscribers were sent, to tell answers
 	// (received.go); allocated with the first one.
 	received *received
-	budget   *SubscriberBudget
-	table    *subscriberTable
+	// ruleCtx is what each rule is handed for the flow in hand: one per
+	// engine, since a ruleCtx passed through the rule interface would
+	// otherwise be a heap allocation per rule per flow.
+	ruleCtx ruleCtx
+	budget  *SubscriberBudget
+	table   *subscriberTable
 	// active holds the subscribers with an open incident, which the
 	// minute sweep resolves after the cool-down.
 	active      map[netip.Addr]*subscriber
 	exporters   []netip.Addr
 	exporterIdx map[netip.Addr]uint16
-	keepMs      int64 // idle time after which a subscriber without incidents is evicted
+	// lastExporter is the index of the exporter of the last flow: the
+	// flows of a record mostly share theirs, so the map is skipped.
+	lastExporter uint16
+	keepMs       int64 // idle time after which a subscriber without incidents is evicted
 	// watermark is event time: the slowest active source's newest flow
 	// end, Unix ms (watermark.go). Flows ending before it minus the
 	// allowed lateness are late; timers (cool-downs, eviction) fire once
 	// the watermark minus the allowed lateness passes them, when no flow
 	// that could still arrive can change their outcome.
-	watermark   int64
-	sources     map[sourceKey]*source
-	slowest     *source
+	watermark int64
+	sources   map[sourceKey]*source
+	slowest   *source
+	// runnerUpMs is the least progress among the other sources that
+	// counted at the last rescan (math.MaxInt64 if none): while the
+	// slowest stays at or below it, it stays the slowest.
+	runnerUpMs  int64
 	wallMs      int64 // wall clock, for idle sources only (SetWallClock)
 	scannedAtMs int64 // wallMs at the last rescan of the sources
 	lastKey     sourceKey
@@ -187,15 +198,20 @@ func (e *Engine) Subscribers() int { return e.table.len() }
 func (e *Engine) lookup(a netip.Addr) *subscriber { return e.table.get(a) }
 
 func (e *Engine) exporter(a netip.Addr) uint16 {
+	if int(e.lastExporter) < len(e.exporters) && e.exporters[e.lastExporter] == a {
+		return e.lastExporter
+	}
 	if i, ok := e.exporterIdx[a]; ok {
+		e.lastExporter = i
 		return i
 	}
 	if len(e.exporters) >= math.MaxUint16 {
 		return 0 // absurd number of exporters: attribute to the first
 	}
 	e.exporters = append(e.exporters, a)
-	e.exporterIdx[a] = uint16(len(e.exporters) - 1)
-	return uint16(len(e.exporters) - 1)
+	e.lastExporter = uint16(len(e.exporters) - 1)
+	e.exporterIdx[a] = e.lastExporter
+	return e.lastExporter
 }
 
 const minuteMs = int64(Bucket / time.Millisecond)
@@ -337,9 +353,9 @@ func (e *Engine) ProcessFrom(origin uint64, lowMs int64, f *flow.Flow) []alert.A
 		if !want[k] {
 			continue
 		}
-		c := ruleCtx{addr: src, s: s, r: r, kind: k}
-		if a, ok := ru.process(e, &c, f); ok {
-			out = append(out, a)
+		e.ruleCtx = ruleCtx{addr: src, s: s, r: r, kind: k}
+		if a := ru.process(e, &e.ruleCtx, f); a != nil {
+			out = append(out, *a)
 		}
 	}
 	return out

@@ -41,7 +41,7 @@ type darkState struct {
 	protos  []uint8  // protocols seen, sorted
 }
 
-func (darknetRule) process(e *Engine, c *ruleCtx, f *flow.Flow) (alert.Alert, bool) {
+func (darknetRule) process(e *Engine, c *ruleCtx, f *flow.Flow) *alert.Alert {
 	cfg := c.r.darknet
 	m, _ := c.state().(*darkState)
 	if m == nil {
@@ -55,14 +55,14 @@ func (darknetRule) process(e *Engine, c *ruleCtx, f *flow.Flow) (alert.Alert, bo
 	// Distinct dark addresses are never scaled by sampling: each one was
 	// seen. Flows are (f.Scale()).
 	if _, ok := m.addFirst(f.DstAddr.Unmap(), f.EndMs/minuteMs, false, f.Scale(), darkMaxDsts, cfg.SampleSize); !ok {
-		return alert.Alert{}, false
+		return nil
 	}
 	m.firstMs = min(m.firstMs, f.EndMs)
 	m.ports = insertSorted(m.ports, f.DstPort, darkMaxPorts)
 	m.protos = insertSorted(m.protos, f.Proto, darkMaxPorts)
 	distinct, flows, _ := m.window(int(cfg.Window / Bucket))
 	if distinct < uint64(cfg.MinDsts) {
-		return alert.Alert{}, false
+		return nil
 	}
 	inc, state := e.incident(c.addr, c.s, kindDarknet, f.EndMs, m.firstMs)
 	a := e.base(c.addr, c.s, inc, kindDarknet, (m.latest+1)*minuteMs, cfg.Window)
@@ -86,7 +86,7 @@ func (darknetRule) process(e *Engine, c *ruleCtx, f *flow.Flow) (alert.Alert, bo
 		Protocols:    protos,
 		FirstContact: time.UnixMilli(m.firstMs).UTC(),
 	}
-	return e.emit(inc, state, a, distinct, f.EndMs, cfg.UpdateInterval)
+	return some(e.emit(inc, state, a, distinct, f.EndMs, cfg.UpdateInterval))
 }
 
 // insertSorted adds v to the sorted set s of at most limit values.

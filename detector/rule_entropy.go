@@ -24,7 +24,7 @@ func (entropyRule) resolved(*subscriber)              {}
 // wants every attempt.
 func (entropyRule) wants(_ *ruleSet, _ *flow.Flow, attempt bool) bool { return attempt }
 
-func (entropyRule) process(e *Engine, c *ruleCtx, f *flow.Flow) (alert.Alert, bool) {
+func (entropyRule) process(e *Engine, c *ruleCtx, f *flow.Flow) *alert.Alert {
 	s, r := c.s, c.r
 	if !f.DstAddr.Is4() {
 		s.ent.hasV6 = true
@@ -40,12 +40,12 @@ func (entropyRule) process(e *Engine, c *ruleCtx, f *flow.Flow) (alert.Alert, bo
 	now := uint32(s.lastMs / minuteMs)
 	step := s.ent.evalMinute != now && s.ent.scaledFlows(s.sampling) >= uint64(r.entropy.MinFlows)
 	if !step && s.ent.since < uint32(max(r.entropy.MinFlows/4, len(s.ent.recs)/4)) {
-		return alert.Alert{}, false
+		return nil
 	}
 	if step {
 		s.ent.evalMinute = now
 	}
-	return e.evaluateEntropy(c.addr, s, r, f.EndMs, step)
+	return some(e.evaluateEntropy(c.addr, s, r, f.EndMs, step))
 }
 
 // evaluateEntropy checks the window for the worm pattern and for a

@@ -236,7 +236,7 @@ func (t *floodTarget) volume() uint64 {
 	return n
 }
 
-func (floodRule) process(e *Engine, c *ruleCtx, f *flow.Flow) (alert.Alert, bool) {
+func (floodRule) process(e *Engine, c *ruleCtx, f *flow.Flow) *alert.Alert {
 	cfg := c.r.flood
 	class, _ := floodClass(f, true, cfg.EstablishedTCP)
 	minute := f.EndMs / minuteMs
@@ -249,7 +249,7 @@ func (floodRule) process(e *Engine, c *ruleCtx, f *flow.Flow) (alert.Alert, bool
 	st, _ := c.state().(*floodState)
 	if st == nil {
 		if s.gate.pkts < c.r.floodGate {
-			return alert.Alert{}, false
+			return nil
 		}
 		st = &floodState{minute: minute}
 		c.setState(st)
@@ -264,7 +264,7 @@ func (floodRule) process(e *Engine, c *ruleCtx, f *flow.Flow) (alert.Alert, bool
 
 	t := st.target(f.DstAddr.Unmap(), class, cfg)
 	if minute <= t.latest-int64(len(t.ring)) {
-		return alert.Alert{}, false // older than the target's window
+		return nil // older than the target's window
 	}
 	t.latest = max(t.latest, minute)
 	t.lastMs = max(t.lastMs, f.EndMs)
@@ -292,7 +292,7 @@ func (floodRule) process(e *Engine, c *ruleCtx, f *flow.Flow) (alert.Alert, bool
 	// Sustained: the traffic spans min_minutes and was there in at least
 	// three quarters of its seconds.
 	if rt.coveredMs < int64(cfg.MinMinutes)*minuteMs || rt.activeSecs < cfg.MinMinutes*45 {
-		return alert.Alert{}, false
+		return nil
 	}
 	var trigger string
 	ceiling := float64(cfg.classPPS(class))
@@ -309,7 +309,7 @@ func (floodRule) process(e *Engine, c *ruleCtx, f *flow.Flow) (alert.Alert, bool
 		trigger = TriggerMaxBPS
 	case answered:
 		// An exchange: the whole-host ceilings above are all that apply.
-		return alert.Alert{}, false
+		return nil
 	case rt.pps >= ceiling:
 		trigger = floodClassTriggers[class]
 	case rt.fpm >= float64(cfg.MaxFlowsPerMinute):
@@ -318,7 +318,7 @@ func (floodRule) process(e *Engine, c *ruleCtx, f *flow.Flow) (alert.Alert, bool
 		rt.pps >= float64(cfg.BaselineMinPPS) && rt.pps >= cfg.BaselineFactor*base:
 		trigger, score = TriggerBaseline, rt.pps/max(cfg.BaselineFactor*base, float64(cfg.BaselineMinPPS))
 	default:
-		return alert.Alert{}, false
+		return nil
 	}
 	st.overFlows++
 	inc, state := e.incident(c.addr, s, kindFlood, f.EndMs, t.lastMs-rt.coveredMs)
@@ -345,7 +345,7 @@ func (floodRule) process(e *Engine, c *ruleCtx, f *flow.Flow) (alert.Alert, bool
 		BaselinePPS:    round3(base),
 		BaselineSteps:  uint64(st.steps[class]),
 	}
-	return e.emit(inc, state, a, st.overFlows, f.EndMs, cfg.UpdateInterval)
+	return some(e.emit(inc, state, a, st.overFlows, f.EndMs, cfg.UpdateInterval))
 }
 
 // markActive marks the seconds f covered in the target's window. A record

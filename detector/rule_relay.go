@@ -114,7 +114,7 @@ func (m *relayState) learn(minute int64, alpha float64, frozen bool) {
 	m.nextMinute = minute
 }
 
-func (relayRule) process(e *Engine, c *ruleCtx, f *flow.Flow) (alert.Alert, bool) {
+func (relayRule) process(e *Engine, c *ruleCtx, f *flow.Flow) *alert.Alert {
 	cfg := c.r.relay
 	mins := int(cfg.Window / Bucket)
 	minute := f.EndMs / minuteMs
@@ -124,7 +124,7 @@ func (relayRule) process(e *Engine, c *ruleCtx, f *flow.Flow) (alert.Alert, bool
 		c.setState(m)
 	}
 	if minute <= m.latest-int64(mins) {
-		return alert.Alert{}, false // older than the window: it changes nothing
+		return nil // older than the window: it changes nothing
 	}
 	open := c.s.incidentOf(kindRelay) != nil
 	m.learn(minute, cfg.BaselineAlpha, open)
@@ -162,7 +162,7 @@ func (relayRule) process(e *Engine, c *ruleCtx, f *flow.Flow) (alert.Alert, bool
 		conns >= uint64(cfg.BaselineMinConnections) && float64(conns) > limit:
 		trigger, score = TriggerBaseline, float64(conns)/max(limit, float64(cfg.BaselineMinConnections), 1)
 	default:
-		return alert.Alert{}, false
+		return nil
 	}
 	inc, state := e.incident(c.addr, c.s, kindRelay, f.EndMs, m.firstMs)
 	a := e.base(c.addr, c.s, inc, kindRelay, (m.latest+1)*minuteMs, cfg.Window)
@@ -186,5 +186,5 @@ func (relayRule) process(e *Engine, c *ruleCtx, f *flow.Flow) (alert.Alert, bool
 		BaselineStdDev:      round3(math.Sqrt(float64(mins) * m.vari)),
 		BaselineSteps:       uint64(m.steps),
 	}
-	return e.emit(inc, state, a, conns, f.EndMs, cfg.UpdateInterval)
+	return some(e.emit(inc, state, a, conns, f.EndMs, cfg.UpdateInterval))
 }

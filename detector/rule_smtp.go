@@ -27,7 +27,7 @@ func (smtpRule) resolved(s *subscriber) {
 	}
 }
 
-func (smtpRule) process(e *Engine, c *ruleCtx, f *flow.Flow) (alert.Alert, bool) {
+func (smtpRule) process(e *Engine, c *ruleCtx, f *flow.Flow) *alert.Alert {
 	r := c.r
 	m, _ := c.state().(*smtpState)
 	if m == nil {
@@ -41,12 +41,12 @@ func (smtpRule) process(e *Engine, c *ruleCtx, f *flow.Flow) (alert.Alert, bool)
 	first, ok := m.addFirst(f.DstAddr, f.EndMs/minuteMs, failed, f.Scale(), r.smtp.MaxDestinations, r.smtp.SampleSize)
 	if !ok {
 		// Older than the longest window: it can change no count.
-		return alert.Alert{}, false
+		return nil
 	}
 	if first && r.smtp.Sequential.Enabled {
 		m.step(failed, r.smtp.Sequential)
 	}
-	return e.evaluateSMTP(c.addr, c.s, r, m, f.EndMs)
+	return some(e.evaluateSMTP(c.addr, c.s, r, m, f.EndMs))
 }
 
 // smtpState is allocated only for subscribers that send to TCP/25.

@@ -1,6 +1,7 @@
 package detector
 
 import (
+	"math"
 	"net/netip"
 
 	"github.com/wormsign/wormsign/flow"
@@ -77,14 +78,25 @@ func (e *Engine) observeSource(origin uint64, lowMs int64, f *flow.Flow) *source
 	advanced := progress > s.progressMs
 	s.progressMs = max(s.progressMs, progress)
 	s.maxEndMs = max(s.maxEndMs, f.EndMs)
+	wasBroken := s.lagMs > e.keepMs
+	wasIdle := e.wallMs-s.lastWallMs > e.config.SourceIdleTimeout.Milliseconds()
 	if f.TimeReceivedMs > 0 && f.EndMs == s.maxEndMs {
 		s.lagMs = f.TimeReceivedMs - f.EndMs
 	}
 	s.lastWallMs = e.wallMs
 	e.lastKey, e.lastSource = key, s
-	// The minimum can only rise when the slowest source advances, and an
-	// idle source can only drop out as the wall clock moves on: rescan then.
-	if added || (advanced && s == e.slowest) || e.slowest == nil || e.wallMs-e.scannedAtMs >= 1000 {
+	// The minimum can only rise when the slowest source advances, and a
+	// source only joins or leaves the minimum when it is new, comes back
+	// from idle, its clock turns broken or sane, or (idle) as the wall
+	// clock moves on: rescan then. A slowest source still at or below
+	// the runner-up stays the slowest, and the watermark follows it
+	// without a scan of every source (with one exporter: on every flow).
+	switch {
+	case added || e.slowest == nil || wasIdle || wasBroken != (s.lagMs > e.keepMs) || e.wallMs-e.scannedAtMs >= 1000:
+		e.rescanSources()
+	case advanced && s == e.slowest && s.progressMs <= e.runnerUpMs:
+		e.watermark = max(e.watermark, s.progressMs)
+	case advanced && s == e.slowest:
 		e.rescanSources()
 	}
 	return s
@@ -104,6 +116,7 @@ func (e *Engine) rescanSources() {
 	e.scannedAtMs = e.wallMs
 	idleMs := e.config.SourceIdleTimeout.Milliseconds()
 	var slowest *source
+	runnerUpMs := int64(math.MaxInt64)
 	for k, s := range e.sources {
 		idle := e.wallMs - s.lastWallMs
 		if idle > idleMs {
@@ -122,11 +135,17 @@ func (e *Engine) rescanSources() {
 			// a capture with hours of silence, is not that.)
 			continue
 		}
-		if slowest == nil || s.progressMs < slowest.progressMs {
+		switch {
+		case slowest == nil:
 			slowest = s
+		case s.progressMs < slowest.progressMs:
+			runnerUpMs = slowest.progressMs
+			slowest = s
+		default:
+			runnerUpMs = min(runnerUpMs, s.progressMs)
 		}
 	}
-	e.slowest = slowest
+	e.slowest, e.runnerUpMs = slowest, runnerUpMs
 	if slowest != nil && slowest.progressMs > e.watermark {
 		e.watermark = slowest.progressMs
 	}

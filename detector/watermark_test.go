@@ -234,3 +234,86 @@ func TestIdleSourceStopsHoldingBack(t *testing.T) {
 		t.Errorf("late flows by exporter (-want +got):\n%s", diff)
 	}
 }
+
+// TestWatermarkFollowsSlowestWithoutRescan checks the watermark's fast
+// path (observeSource follows the slowest source without scanning every
+// source while it stays at or below the runner-up) against the
+// definition, recomputed from every source after each flow: the least
+// progress among sources that are neither idle nor broken, never going
+// back. Four busy sources advance at random paces, the fourth slowest;
+// two more speak rarely, fall idle and come back; the slowest's clock
+// breaks (flows received hours after they end) for a while and mends. The
+// wall clock moves in whole seconds, so that every move rescans. In one
+// run the rare sources come back a little ahead of the slowest (their
+// return must lower the minimum), in the other ahead of every source (so
+// that the broken slowest must give way to the runner-up).
+func TestWatermarkFollowsSlowestWithoutRescan(t *testing.T) {
+	for _, returnAhead := range []bool{false, true} {
+		t.Run(fmt.Sprintf("back_ahead_of_all=%v", returnAhead), func(t *testing.T) {
+			watermarkAgainstDefinition(t, returnAhead)
+		})
+	}
+}
+
+func watermarkAgainstDefinition(t *testing.T, returnAhead bool) {
+	cfg := testConfig()
+	cfg.SourceIdleTimeout = 10 * time.Second
+	e := NewEngine(cfg)
+	rng := rand.New(rand.NewPCG(3, 4))
+	const sources = 6
+	end := [sources]int64{}
+	for i := range end {
+		end[i] = at(0) + int64(rng.IntN(60_000))
+	}
+	wall := at(0)
+	e.SetWallClock(wall)
+	var want int64
+	fastPaths := 0
+	for step := range 20_000 {
+		if rng.IntN(50) == 0 {
+			wall += 1000
+			e.SetWallClock(wall)
+		}
+		o := rng.IntN(4)
+		if rng.IntN(100) == 0 {
+			o = 4 + rng.IntN(2)
+		}
+		switch {
+		case o == 3:
+			end[o] += int64(rng.IntN(500))
+		case o >= 4 && returnAhead:
+			end[o] = max(end[o], end[0], end[1], end[2]) + int64(rng.IntN(1500))
+		case o >= 4:
+			end[o] = max(end[o], end[3]) + int64(rng.IntN(1500))
+		default:
+			end[o] += int64(rng.IntN(1500))
+		}
+		f := smtpFlow(user, step, end[o], flow.TCPSyn|flow.TCPAck)
+		f.TimeReceivedMs = end[o] + 500
+		if o == 3 && step%4000 < 1000 {
+			f.TimeReceivedMs = end[o] + e.keepMs + 3600*1000 // a broken clock, for a while
+		}
+		scansBefore, wmBefore := e.scannedAtMs, e.watermark
+		e.ProcessFrom(uint64(o+1), 0, &f)
+		if e.scannedAtMs == scansBefore && e.watermark != wmBefore {
+			fastPaths++
+		}
+		least := int64(0)
+		for _, s := range e.sources {
+			if wall-s.lastWallMs > cfg.SourceIdleTimeout.Milliseconds() || s.lagMs > e.keepMs {
+				continue
+			}
+			if least == 0 || s.progressMs < least {
+				least = s.progressMs
+			}
+		}
+		want = max(want, least)
+		if e.watermark != want {
+			t.Fatalf("step %d (source %d): watermark %d, want %d, the least progress of the sources that count", step, o+1, e.watermark-at(0), want-at(0))
+		}
+	}
+	t.Logf("the watermark moved %d times without a scan of the sources", fastPaths)
+	if fastPaths == 0 {
+		t.Error("the fast path never ran: the test proves nothing")
+	}
+}
