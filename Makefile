@@ -3,7 +3,7 @@ GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: build run test services services-down bench fuzz clean test-clusters
+.PHONY: build run test services services-down bench fuzz clean test-clusters cluster-faults
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o wormsign ./cmd/wormsign
@@ -30,6 +30,7 @@ test: build
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 	$(GO) test -count=1 -timeout 40m ./...
+	$(MAKE) cluster-faults
 	$(MAKE) fuzz
 
 # Fuzz the decoder's protocol entry points and the configuration loader;
@@ -54,9 +55,16 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzManualAdd$$' -fuzztime $(FUZZ_EXECS_API) ./containment/
 	$(GO) test -run '^$$' -fuzz '^FuzzRADIUSPacket$$' -fuzztime $(FUZZ_EXECS_API) ./identity/
 
-# The ClickHouse replica kill on the 2 x 2 cluster, alone: beside the
-# other packages' tests on two cores its restarted replica can stay
-# unreachable for over a minute (sink/cluster_test.go).
+# The fault tests on the clusters, one at a time and after the other
+# packages' tests: the ClickHouse replica kill on the 2 x 2 cluster and
+# every stage in several processes on it and the Kafka cluster. Beside the
+# other packages on two cores a restarted replica stayed unreachable for
+# over a minute (sink/cluster_test.go); alone, they pass.
+cluster-faults:
+	TEST_CLUSTER_FAULTS=1 $(GO) test -count=1 -p 1 -timeout 20m \
+		-run '^(TestClusterReplicaKilled|TestClusterFaultsEndToEnd)$$' ./sink/ ./cmd/wormsign/
+
+# The cluster tests alone, verbose, with their set-up.
 test-clusters: build
 	deploy/test-tools.sh
 	deploy/services.sh up

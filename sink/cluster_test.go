@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -85,17 +84,10 @@ func TestShardOf(t *testing.T) {
 // replicas of each shard hold the same rows, and a Distributed table
 // puts a row on the shard that the sink's routing (shardOf) chose.
 func TestClusterReplicaKilled(t *testing.T) {
-	if testing.Short() {
-		t.Skip("fault test")
-	}
-	// In `make test` beside the other packages' tests on two cores, the
-	// restarted replica twice did not answer a handshake for a minute
-	// (after every check of the first run had passed): it runs in `make
-	// test-clusters`, alone. CI's cluster fault test is the Kafka broker
-	// kill (bus.TestKafkaClusterBrokerKilled).
-	if os.Getenv("TEST_CLUSTER_FAULTS") == "" {
-		t.Skip("the ClickHouse replica kill runs in make test-clusters (TEST_CLUSTER_FAULTS=1)")
-	}
+	// Beside the other packages' tests on two cores, the restarted
+	// replica twice did not answer a handshake for a minute (after every
+	// check of the first run had passed).
+	testenv.ClusterFaultTest(t)
 	cluster := testenv.StartClickHouseCluster(t)
 	database := testenv.Name(t, "wsk")
 	// A short read timeout, so that writes to the dead replica fail fast.

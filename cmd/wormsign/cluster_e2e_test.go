@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -32,16 +31,11 @@ import (
 // incident per zombie on the alerts topic, in ClickHouse and in both
 // consoles, every alert at the webhook.
 //
-// It runs in `make test-clusters` (TEST_CLUSTER_FAULTS=1): two
-// clusters and ten of wormsign's processes are more than `make test` can
-// run beside the other packages on two cores.
+// Two clusters and ten of wormsign's processes are more than two cores
+// carry beside the other packages' tests: it runs alone, after them
+// (testenv.ClusterFaultTest).
 func TestClusterFaultsEndToEnd(t *testing.T) {
-	if testing.Short() {
-		t.Skip("fault test")
-	}
-	if os.Getenv("TEST_CLUSTER_FAULTS") == "" {
-		t.Skip("the cluster fault test runs in make test-clusters (TEST_CLUSTER_FAULTS=1)")
-	}
+	testenv.ClusterFaultTest(t)
 	kafkaCluster := testenv.StartKafkaCluster(t)
 	chCluster := testenv.StartClickHouseCluster(t)
 	// Server 4 is never touched: every stage enters the cluster there,

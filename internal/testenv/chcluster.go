@@ -145,3 +145,18 @@ func freePortBlock(t testing.TB) int {
 	t.Fatal(fmt.Errorf("no block of 31 free loopback ports"))
 	return 0
 }
+
+// ClusterFaultTest skips a fault test on the clusters unless
+// TEST_CLUSTER_FAULTS is set, as `make cluster-faults` (part of `make
+// test`) sets it: such a test runs alone, after the other packages'
+// tests, whose load on two cores kept a restarted replica unreachable
+// for over a minute.
+func ClusterFaultTest(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("fault test")
+	}
+	if os.Getenv("TEST_CLUSTER_FAULTS") == "" {
+		t.Skip("a cluster fault test: it runs alone in make cluster-faults (TEST_CLUSTER_FAULTS=1)")
+	}
+}
