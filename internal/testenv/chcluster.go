@@ -148,9 +148,9 @@ func freePortBlock(t testing.TB) int {
 
 // ClusterFaultTest skips a fault test on the clusters unless
 // TEST_CLUSTER_FAULTS is set, as `make cluster-faults` (part of `make
-// test`) sets it: such a test runs alone, after the other packages'
-// tests, whose load on two cores kept a restarted replica unreachable
-// for over a minute.
+// test`) and `make test-clusters` set it: such a test runs alone, after
+// the other packages' tests, whose load on two cores kept a restarted
+// replica unreachable for over a minute.
 func ClusterFaultTest(t testing.TB) {
 	t.Helper()
 	if testing.Short() {
