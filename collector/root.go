@@ -7,6 +7,7 @@ package collector
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -449,10 +450,14 @@ type shardBatch struct {
 	enc   []byte
 	spans []flowSpan
 	// keys holds each subscriber key of the batch in order of its first
-	// flow, with its first and last flow; index finds a key's entry by
-	// its 16-byte form, which hashes and compares faster than netip.Addr.
-	keys  []batchKey
-	index map[[16]byte]int32
+	// flow, with its first and last flow; index4 finds an IPv4 key's
+	// entry by its four bytes, index another's by its 16-byte form. Both
+	// hash and compare faster than netip.Addr, and a 32-bit key takes
+	// the map's fast path (the 16-byte map was a ninth of the collector's
+	// time at 500k flows/s, perf).
+	keys   []batchKey
+	index4 map[uint32]int32
+	index  map[[16]byte]int32
 	// parts holds each partition of the batch in order of its first key,
 	// with its first and last key; partIndex finds it.
 	parts     []batchPartition
@@ -483,7 +488,7 @@ type batchPartition struct {
 }
 
 var shardBatches = sync.Pool{New: func() any {
-	return &shardBatch{index: map[[16]byte]int32{}, partIndex: map[int32]int32{}}
+	return &shardBatch{index4: map[uint32]int32{}, index: map[[16]byte]int32{}, partIndex: map[int32]int32{}}
 }}
 
 func (b *shardBatch) flows() int { return len(b.spans) }
@@ -496,14 +501,26 @@ func (b *shardBatch) add(key netip.Addr, k16 [16]byte, partition int32, f *flow.
 	start := len(b.enc)
 	b.enc = flow.AppendBatchFlow(b.enc, f)
 	b.spans = append(b.spans, flowSpan{start: start, end: len(b.enc), next: -1})
-	if k, ok := b.index[k16]; ok {
+	is4 := key.Is4()
+	var k int32
+	var ok bool
+	if is4 {
+		k, ok = b.index4[binary.BigEndian.Uint32(k16[12:])]
+	} else {
+		k, ok = b.index[k16]
+	}
+	if ok {
 		e := &b.keys[k]
 		b.spans[e.last].next = i
 		e.last = i
 		return
 	}
-	k := int32(len(b.keys))
-	b.index[k16] = k
+	k = int32(len(b.keys))
+	if is4 {
+		b.index4[binary.BigEndian.Uint32(k16[12:])] = k
+	} else {
+		b.index[k16] = k
+	}
 	b.keys = append(b.keys, batchKey{addr: key, first: i, last: i, next: -1})
 	if p, ok := b.partIndex[partition]; ok {
 		e := &b.parts[p]
@@ -517,6 +534,7 @@ func (b *shardBatch) add(key netip.Addr, k16 [16]byte, partition int32, f *flow.
 
 func (b *shardBatch) reset() {
 	b.enc, b.spans, b.keys, b.parts, b.low = b.enc[:0], b.spans[:0], b.keys[:0], b.parts[:0], 0
+	clear(b.index4)
 	clear(b.index)
 	clear(b.partIndex)
 }

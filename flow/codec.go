@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"google.golang.org/protobuf/encoding/protowire"
 )
@@ -133,24 +134,43 @@ func appendVarint(b []byte, n protowire.Number, v uint64) []byte {
 	if v == 0 {
 		return b
 	}
-	b = protowire.AppendTag(b, n, protowire.VarintType)
-	return protowire.AppendVarint(b, v)
+	return putVarint(putVarint(b, uint64(n)<<3|uint64(protowire.VarintType)), v)
+}
+
+// putVarint is protowire.AppendVarint as a loop the compiler inlines: the
+// encoder writes fourteen varint fields per flow, and the call and
+// switch of the general one were a tenth of the collector's time (perf,
+// 500k flows/s). The bytes are the same.
+func putVarint(b []byte, v uint64) []byte {
+	for v >= 0x80 {
+		b = append(b, byte(v)|0x80)
+		v >>= 7
+	}
+	return append(b, byte(v))
 }
 
 func appendAddr(b []byte, n protowire.Number, a netip.Addr) []byte {
 	if !a.IsValid() {
 		return b
 	}
-	b = protowire.AppendTag(b, n, protowire.BytesType)
+	b = putVarint(b, uint64(n)<<3|uint64(protowire.BytesType))
 	if a.Is4() {
 		a4 := a.As4()
-		return protowire.AppendBytes(b, a4[:])
+		return append(append(b, 4), a4[:]...)
 	}
 	a16 := a.As16()
-	return protowire.AppendBytes(b, a16[:])
+	return append(append(b, 16), a16[:]...)
 }
 
+// maxFlowSize bounds the bytes appendTo writes without a customer:
+// fourteen varints of at most ten bytes and four addresses of at most
+// eighteen, each with a tag of at most two.
+const maxFlowSize = 14*12 + 4*20
+
 func (f *Flow) appendTo(b []byte) []byte {
+	// One capacity check for the whole flow instead of one per field
+	// that would grow the slice.
+	b = slices.Grow(b, maxFlowSize+len(f.Customer)+12)
 	b = appendVarint(b, fieldTimeReceived, uint64(f.TimeReceivedMs))
 	b = appendVarint(b, fieldStart, uint64(f.StartMs))
 	b = appendVarint(b, fieldEnd, uint64(f.EndMs))
