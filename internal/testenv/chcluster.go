@@ -52,6 +52,9 @@ func StartClickHouseCluster(t testing.TB) *ClickHouseCluster {
 		"SERVICES_CLICKHOUSE_CLUSTER_INTERSERVER_PORT="+strconv.Itoa(base+20),
 	)
 	t.Cleanup(func() {
+		if t.Failed() {
+			c.logErrors()
+		}
 		if out, err := c.script("down"); err != nil {
 			t.Logf("cannot stop the private ClickHouse cluster: %v\n%s", err, out)
 		}
@@ -60,6 +63,21 @@ func StartClickHouseCluster(t testing.TB) *ClickHouseCluster {
 		Unavailable(t, "cannot start a private ClickHouse cluster: %v\n%s", err, out)
 	}
 	return c
+}
+
+// logErrors writes the end of each server's error log to the test's log:
+// the state directory goes with the test, and a failure on a cluster
+// (a replica slow to come back, a DDL queue stuck) is told there.
+func (c *ClickHouseCluster) logErrors() {
+	for n := 1; n <= clusterServers; n++ {
+		raw, err := os.ReadFile(filepath.Join(c.dir, "clickhouse-cluster", strconv.Itoa(n), "log", "server.err.log"))
+		if err != nil {
+			c.t.Logf("cluster server %d: no error log: %v", n, err)
+			continue
+		}
+		lines := strings.Split(strings.TrimRight(string(raw), "\n"), "\n")
+		c.t.Logf("cluster server %d, the last lines of server.err.log:\n%s", n, strings.Join(lines[max(0, len(lines)-40):], "\n"))
+	}
 }
 
 func (c *ClickHouseCluster) script(verb string) (string, error) {
