@@ -45,21 +45,9 @@ func TestKafkaClusterBrokerKilled(t *testing.T) {
 	if testing.Short() {
 		t.Skip("fault test")
 	}
-	cluster := testenv.StartKafkaCluster(t)
-	cfg := DefaultConfiguration()
-	cfg.Brokers = cluster.Brokers
-	cfg.FlowsTopic, cfg.AlertsTopic = testenv.Name(t, "flows"), testenv.Name(t, "alerts")
-	cfg.Partitions, cfg.ReplicationFactor = clusterPartitions, 3
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	k, err := NewKafka(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer k.DeleteTopics(context.Background(), cfg.FlowsTopic, cfg.AlertsTopic)
+	cluster, k, cfg := clusterBus(ctx, t, clusterPartitions)
 	topic := cfg.FlowsTopic
 
 	// The topic as NewKafka made it.
@@ -308,6 +296,27 @@ func TestKafkaClusterBrokerKilled(t *testing.T) {
 	}
 }
 
+// clusterBus is the bus on the three-node cluster with the test's own
+// topics of the given partitions, replication factor 3; the topics go
+// when the test ends.
+func clusterBus(ctx context.Context, t *testing.T, partitions int) (*testenv.KafkaCluster, *Kafka, Configuration) {
+	t.Helper()
+	cluster := testenv.StartKafkaCluster(t)
+	cfg := DefaultConfiguration()
+	cfg.Brokers = cluster.Brokers
+	cfg.FlowsTopic, cfg.AlertsTopic = testenv.Name(t, "flows"), testenv.Name(t, "alerts")
+	cfg.Partitions, cfg.ReplicationFactor = partitions, 3
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	k, err := NewKafka(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { k.DeleteTopics(context.Background(), cfg.FlowsTopic, cfg.AlertsTopic) })
+	return cluster, k, cfg
+}
+
 // topicPartitions is the topic's partitions as the brokers see them now.
 func topicPartitions(ctx context.Context, t *testing.T, k *Kafka, topic string) []kafka.Partition {
 	t.Helper()
@@ -351,4 +360,149 @@ func brokerIDs(bs []kafka.Broker) []int {
 		ids[i] = b.ID
 	}
 	return ids
+}
+
+// TestKafkaClusterConsumerBrokerKilled runs two members of one group of
+// the bus's plain Consumer (what the webhooks, containment, remediation
+// and identity read alerts and bindings with) against the three-node
+// cluster, and SIGKILLs the group's coordinator mid-stream, then starts it
+// again. Each member commits every message after handling it, as the
+// webhook deliverers do. Every acknowledged message must reach one of the
+// members within 30 s of the stream's end: a member that stalls after the
+// kill holds back its partitions for good. The longest wait of a message
+// is printed: the group's rebalances after the kill and after the restart
+// hold every member back 10-15 s each on this machine (kafka-go's Reader
+// and a reader on Partitioned alike; 2026-12-04).
+func TestKafkaClusterConsumerBrokerKilled(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fault test")
+	}
+	const (
+		partitions = 12
+		messages   = 3000
+		rate       = 100 // messages per second: about alerts' pace
+	)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cluster, k, cfg := clusterBus(ctx, t, partitions)
+	topic, group := cfg.AlertsTopic, testenv.Name(t, "g")
+
+	var mu sync.Mutex
+	consumed := map[uint64]int{}
+	consumedAt := map[uint64]time.Time{}
+	publishedAt := map[uint64]time.Time{}
+	var commitErrors int
+	consumeCtx, stopConsuming := context.WithCancel(ctx)
+	var members sync.WaitGroup
+	for range 2 {
+		c, err := k.Consumer(topic, group)
+		if err != nil {
+			t.Fatal(err)
+		}
+		members.Add(1)
+		go func() {
+			defer members.Done()
+			defer c.Close()
+			for {
+				m, err := c.Fetch(consumeCtx)
+				if consumeCtx.Err() != nil {
+					return
+				}
+				if err != nil {
+					time.Sleep(100 * time.Millisecond)
+					continue
+				}
+				mu.Lock()
+				seq := binary.BigEndian.Uint64(m.Value)
+				consumed[seq]++
+				if _, ok := consumedAt[seq]; !ok {
+					consumedAt[seq] = time.Now()
+				}
+				mu.Unlock()
+				if err := c.Commit(consumeCtx, m); err != nil {
+					mu.Lock()
+					commitErrors++
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	defer func() {
+		stopConsuming()
+		members.Wait()
+	}()
+
+	p, err := k.Producer(topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	time.Sleep(5 * time.Second) // both members joined
+	coordinator, err := k.client.FindCoordinator(ctx, &kafka.FindCoordinatorRequest{Key: group, KeyType: kafka.CoordinatorKeyTypeConsumer})
+	if err != nil || coordinator.Error != nil {
+		t.Fatalf("cannot find the coordinator of %s: %v", group, errors.Join(err, coordinator.Error))
+	}
+	victim := int(coordinator.Coordinator.NodeID)
+	t.Logf("group %s: coordinator broker %d", group, victim)
+
+	acked := map[uint64]bool{}
+	start := time.Now()
+	for seq := range uint64(messages) {
+		if seq == messages/6 {
+			cluster.Kill(victim)
+			t.Logf("broker %d killed at %s", victim, time.Since(start).Round(time.Millisecond))
+		}
+		if seq == messages/3 {
+			cluster.Start()
+			t.Logf("broker %d started again at %s", victim, time.Since(start).Round(time.Millisecond))
+		}
+		m := Message{Key: fmt.Appendf(nil, "subscriber-%d", seq%97), Value: binary.BigEndian.AppendUint64(nil, seq)}
+		if err := retry.Do(ctx, retry.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second}, func(ctx context.Context) error {
+			return p.Publish(ctx, m)
+		}, nil); err != nil {
+			t.Fatalf("message %d never acknowledged: %v", seq, err)
+		}
+		acked[seq] = true
+		mu.Lock()
+		publishedAt[seq] = time.Now()
+		mu.Unlock()
+		time.Sleep(time.Until(start.Add(time.Duration(seq+1) * time.Second / rate)))
+	}
+	produced := time.Since(start)
+
+	missing := func() (n int) {
+		mu.Lock()
+		defer mu.Unlock()
+		for seq := range acked {
+			if consumed[seq] == 0 {
+				n++
+			}
+		}
+		return n
+	}
+	drained := time.Now()
+	deadline := drained.Add(30 * time.Second)
+	lost := missing()
+	for ; lost > 0 && time.Now().Before(deadline); lost = missing() {
+		time.Sleep(200 * time.Millisecond)
+	}
+	mu.Lock()
+	records := 0
+	for _, n := range consumed {
+		records += n
+	}
+	var worst time.Duration
+	var worstSeq uint64
+	for seq, at := range consumedAt {
+		if d := at.Sub(publishedAt[seq]); d > worst {
+			worst, worstSeq = d, seq
+		}
+	}
+	t.Logf("longest delivery %s, message %d published at %s", worst, worstSeq, publishedAt[worstSeq].Sub(start))
+	t.Logf("sent %d messages over %s; consumed %d, %d distinct (%d re-delivered); %d missing %s after the end; %d commit errors",
+		len(acked), produced.Round(time.Millisecond), records, len(consumed), records-len(consumed), lost, time.Since(drained).Round(time.Millisecond), commitErrors)
+	mu.Unlock()
+	if lost > 0 {
+		t.Errorf("%d acknowledged messages never reached a member of the group", lost)
+	}
 }

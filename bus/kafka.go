@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -17,21 +19,24 @@ import (
 	"github.com/segmentio/kafka-go/sasl/scram"
 
 	"github.com/wormsign/wormsign/internal/tlsconfig"
+	"github.com/wormsign/wormsign/retry"
 )
 
 // Kafka is the bus on Apache Kafka brokers.
 type Kafka struct {
 	config Configuration
-	// client uses kafka-go's shared default transport, as the producers
-	// do: the transport refreshes its metadata cache when it creates a
-	// topic, so a producer on it finds the topics NewKafka created at
-	// once. A transport of its own leaves the producers' cache stale and
-	// their first writes fail with "Unknown Topic Or Partition".
-	// With TLS or SASL the client and the producers share a transport of
-	// this bus instead (transport), for the same reason.
+	// client and the producers share a transport of this bus: the
+	// transport refreshes its metadata cache when it creates a topic, so
+	// a producer on it finds the topics NewKafka created at once (on
+	// transports of their own the producers' first writes failed with
+	// "Unknown Topic Or Partition"). Not kafka-go's process-wide default
+	// transport: after a broker restarted, a bus made anew on it got
+	// "unexpected EOF" to every CreateTopics for more than its 10 s
+	// connect timeout (TestKafkaClusterConsumerBrokerKilled, made right
+	// after TestKafkaClusterBrokerKilled had restarted a broker).
 	client *kafka.Client
-	// transport carries kafka.tls and kafka.sasl for the client and the
-	// producers; nil (kafka-go's default) without them.
+	// transport carries kafka.tls and kafka.sasl, when set, for the
+	// client and the producers.
 	transport *kafka.Transport
 	// dialer carries them for readers, consumer groups and the
 	// connections to partition leaders.
@@ -102,10 +107,8 @@ func NewKafka(ctx context.Context, config Configuration) (*Kafka, error) {
 		config: config,
 		dialer: &kafka.Dialer{Timeout: config.ConnectTimeout, DualStack: true, TLS: tlsConfig, SASLMechanism: mechanism},
 	}
-	if tlsConfig != nil || mechanism != nil {
-		k.transport = &kafka.Transport{DialTimeout: config.ConnectTimeout, TLS: tlsConfig, SASL: mechanism}
-	}
-	k.client = &kafka.Client{Addr: kafka.TCP(config.Brokers...), Timeout: config.ConnectTimeout, Transport: k.roundTripper()}
+	k.transport = &kafka.Transport{DialTimeout: config.ConnectTimeout, TLS: tlsConfig, SASL: mechanism}
+	k.client = &kafka.Client{Addr: kafka.TCP(config.Brokers...), Timeout: config.ConnectTimeout, Transport: k.transport}
 	ctx, cancel := context.WithTimeout(ctx, config.ConnectTimeout)
 	defer cancel()
 	if _, err := k.client.Metadata(ctx, &kafka.MetadataRequest{}); err != nil {
@@ -234,9 +237,8 @@ func (k *Kafka) Durable() bool { return true }
 func (k *Kafka) CloseTopic(string) {}
 
 // Close does nothing: producers and consumers are closed by the stages
-// that made them, and the admin client's connections belong to kafka-go's
-// shared default transport (see Kafka.client), which the producers still
-// use.
+// that made them, and the admin client's connections belong to the
+// transport (see Kafka.client), which the producers still use.
 func (k *Kafka) Close() error { return nil }
 
 // Ping asks the brokers for metadata; /readyz uses it.
@@ -276,14 +278,39 @@ func (k *Kafka) EnsureTopic(ctx context.Context, topic string, partitions int, c
 	for name, value := range configs {
 		tc.ConfigEntries = append(tc.ConfigEntries, kafka.ConfigEntry{ConfigName: name, ConfigValue: value})
 	}
-	resp, err := k.client.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{tc}})
-	if err != nil {
-		return fmt.Errorf("cannot create topic %s: %w", topic, err)
+	// A broker that just restarted, or a controller that moves, can drop
+	// the request or answer that it cannot yet: tried again within ctx.
+	return retry.Do(ctx, retry.Backoff{Min: 200 * time.Millisecond, Max: 2 * time.Second}, func(ctx context.Context) error {
+		resp, err := k.client.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{tc}})
+		if err == nil {
+			if err = resp.Errors[topic]; errors.Is(err, kafka.TopicAlreadyExists) {
+				err = nil
+			}
+		}
+		if err != nil {
+			err = fmt.Errorf("cannot create topic %s: %w", topic, err)
+			if !transient(err) {
+				return retry.Permanent(err)
+			}
+		}
+		return err
+	}, nil)
+}
+
+// transient tells an error worth another try: the connection dropped or
+// timed out, or Kafka said the condition is temporary.
+func transient(err error) bool {
+	var netErr net.Error
+	var kafkaErr kafka.Error
+	switch {
+	case errors.As(err, &kafkaErr):
+		// Before net.Error: kafka.Error has the methods of one.
+		return kafkaErr.Temporary()
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, syscall.ECONNREFUSED),
+		errors.Is(err, syscall.ECONNRESET), errors.As(err, &netErr):
+		return true
 	}
-	if err := resp.Errors[topic]; err != nil && !errors.Is(err, kafka.TopicAlreadyExists) {
-		return fmt.Errorf("cannot create topic %s: %w", topic, err)
-	}
-	return nil
+	return false
 }
 
 // Follow calls fn for every message of topic, partition by partition in
@@ -378,13 +405,4 @@ func (k *Kafka) Follow(ctx context.Context, topic string, fn func(Message) error
 	wg.Wait()
 	close(errs)
 	return <-errs
-}
-
-// roundTripper is the transport of the client and the producers: kafka-go's
-// shared default without TLS and SASL (see Kafka.client).
-func (k *Kafka) roundTripper() kafka.RoundTripper {
-	if k.transport == nil {
-		return nil
-	}
-	return k.transport
 }

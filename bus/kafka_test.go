@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -160,5 +162,27 @@ func testProducerSplits(t *testing.T, codec string) {
 	defer cancelShort()
 	if m, err := c.Fetch(short); err == nil {
 		t.Errorf("message beyond the %d published: %s", n, m.Key)
+	}
+}
+
+// TestTransientErrors: what EnsureTopic tries again (a broker that just
+// restarted drops the connection or is not yet ready) and what it reports
+// at once (a request the brokers will refuse however often it is sent).
+func TestTransientErrors(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{fmt.Errorf("cannot create topic x: %w", io.ErrUnexpectedEOF), true},
+		{fmt.Errorf("dial: %w", syscall.ECONNREFUSED), true},
+		{fmt.Errorf("cannot create topic x: %w", kafka.NotController), true},
+		{fmt.Errorf("cannot create topic x: %w", kafka.LeaderNotAvailable), true},
+		{fmt.Errorf("cannot create topic x: %w", kafka.InvalidReplicationFactor), false},
+		{fmt.Errorf("cannot create topic x: %w", kafka.TopicAuthorizationFailed), false},
+		{errors.New("cannot create topic x: something else"), false},
+	} {
+		if got := transient(c.err); got != c.want {
+			t.Errorf("transient(%v) = %v, want %v", c.err, got, c.want)
+		}
 	}
 }

@@ -55,7 +55,7 @@ func (k *Kafka) Producer(topic string) (Producer, error) {
 		return nil, err
 	}
 	return &kafkaProducer{
-		client:     &kafka.Client{Addr: kafka.TCP(k.config.Brokers...), Timeout: produceTimeout, Transport: k.roundTripper()},
+		client:     &kafka.Client{Addr: kafka.TCP(k.config.Brokers...), Timeout: produceTimeout, Transport: k.transport},
 		topic:      topic,
 		codec:      codec,
 		batchBytes: k.config.BatchBytes,
