@@ -6,13 +6,11 @@ package detectorbench
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
 	"os"
 	"runtime"
-	"slices"
 	"strconv"
 	"syscall"
 	"testing"
@@ -21,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/wormsign/wormsign/bench/stats"
 	"github.com/wormsign/wormsign/bench/workload"
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/detector"
@@ -189,31 +188,20 @@ func benchDetector(b *testing.B, msgs []bus.Message) {
 		}
 	}
 	b.StopTimer()
-	perCore, engineRate := middle(detectorRates), middle(engineRates)
-	b.ReportMetric(middle(wallRates), "flows/s")
+	perCore, engineRate := stats.Median(detectorRates), stats.Median(engineRates)
+	b.ReportMetric(stats.Median(wallRates), "flows/s")
 	b.ReportMetric(perCore, "flows/s/core")
-	b.ReportMetric(middle(decodeRates), "decode_only_flows/s/core")
+	b.ReportMetric(stats.Median(decodeRates), "decode_only_flows/s/core")
 	b.ReportMetric(engineRate, "decode+engine_flows/s/core")
 	b.ReportMetric(perCore/engineRate, "ratio_to_decode+engine")
 	b.ReportMetric(perCore/1e6, "x_target_1M")
 	b.ReportMetric(float64(benchFlows)/float64(len(msgs)), "flows/message")
-	b.Logf("detector: %d flows in %d Kafka messages (%.1f flows/message, one partition), median of %d passes (min-max): %s flows/s per core with Kafka consume, decode and engine (target 1M, and 0.8x its own decode+engine); decode+engine without Kafka %s (ratio %.2f); decode alone %s",
-		benchFlows, len(msgs), float64(benchFlows)/float64(len(msgs)), len(detectorRates), spread(detectorRates), spread(engineRates), perCore/engineRate, spread(decodeRates))
+	b.Logf("detector: %d flows in %d Kafka messages (%.1f flows/message, one partition), median of %d passes (min–max): %s flows/s per core with Kafka consume, decode and engine (target 1M, and 0.8x its own decode+engine); decode+engine without Kafka %s (ratio %.2f); decode alone %s",
+		benchFlows, len(msgs), float64(benchFlows)/float64(len(msgs)), len(detectorRates), stats.Spread("%.0f", detectorRates), stats.Spread("%.0f", engineRates), perCore/engineRate, stats.Spread("%.0f", decodeRates))
 }
 
 // detectorPasses is how many times BenchmarkDetector measures each figure.
 const detectorPasses = 5
-
-// middle is the median of rates.
-func middle(rates []float64) float64 {
-	sorted := slices.Sorted(slices.Values(rates))
-	return sorted[len(sorted)/2]
-}
-
-// spread prints the median of rates and their range.
-func spread(rates []float64) string {
-	return fmt.Sprintf("%.0f (%.0f-%.0f)", middle(rates), slices.Min(rates), slices.Max(rates))
-}
 
 // runDetector runs a new detector in a group of its own over the topic
 // and returns the wall and CPU time from its first assignment until it
