@@ -279,7 +279,10 @@ func (k *Kafka) EnsureTopic(ctx context.Context, topic string, partitions int, c
 		tc.ConfigEntries = append(tc.ConfigEntries, kafka.ConfigEntry{ConfigName: name, ConfigValue: value})
 	}
 	// A broker that just restarted, or a controller that moves, can drop
-	// the request or answer that it cannot yet: tried again within ctx.
+	// the request or answer that it cannot yet: tried again for up to
+	// the connect timeout.
+	ctx, cancel := context.WithTimeout(ctx, k.config.ConnectTimeout)
+	defer cancel()
 	return retry.Do(ctx, retry.Backoff{Min: 200 * time.Millisecond, Max: 2 * time.Second}, func(ctx context.Context) error {
 		resp, err := k.client.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{tc}})
 		if err == nil {
