@@ -18,6 +18,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/wormsign/wormsign/bench/stats"
 	"github.com/wormsign/wormsign/bus"
 	"github.com/wormsign/wormsign/flow"
 	"github.com/wormsign/wormsign/internal/testenv"
@@ -121,13 +122,15 @@ func BenchmarkCollectors(b *testing.B) {
 					ok := sustainedRuns(runs, p.extraDrain) > repeat/2
 					lines = append(lines, fmt.Sprintf("| %s | %s | %d | %d of %d | %d | %s | %s | %s | %s | %s |",
 						proto, p.name, rate, sustainedRuns(runs, p.extraDrain), len(runs), runs[0].sent,
-						spread(runs, "%.0f", result.achieved), spread(runs, "%.2f", func(r result) float64 { return r.drain.Seconds() }),
-						spread(runs, "%.3f", result.lossPercent), spread(runs, "%.2f", func(r result) float64 { return r.cpuPerFlowNs() / 1000 }),
-						spread(runs, "%.1f", result.flowsPerMessage)))
+						stats.Spread("%.0f", figures(runs, result.achieved)),
+						stats.Spread("%.2f", figures(runs, func(r result) float64 { return r.drain.Seconds() })),
+						stats.Spread("%.3f", figures(runs, result.lossPercent)),
+						stats.Spread("%.2f", figures(runs, func(r result) float64 { return r.cpuPerFlowNs() / 1000 })),
+						stats.Spread("%.1f", figures(runs, result.flowsPerMessage))))
 					if !ok {
 						break
 					}
-					bests[proto+"/"+p.name] = best{rate, median(runs, result.cpuPerFlowNs), median(runs, result.flowsPerMessage)}
+					bests[proto+"/"+p.name] = best{rate, stats.Median(figures(runs, result.cpuPerFlowNs)), stats.Median(figures(runs, result.flowsPerMessage))}
 				}
 			}
 		}
@@ -224,28 +227,13 @@ func sustainedRuns(runs []result, extraDrain time.Duration) int {
 	return n
 }
 
-func median(runs []result, figure func(result) float64) float64 {
+// figures is one figure of each run, for bench/stats.
+func figures(runs []result, figure func(result) float64) []float64 {
 	v := make([]float64, len(runs))
 	for i, r := range runs {
 		v[i] = figure(r)
 	}
-	slices.Sort(v)
-	if len(v)%2 == 1 {
-		return v[len(v)/2]
-	}
-	return (v[len(v)/2-1] + v[len(v)/2]) / 2
-}
-
-// spread prints a figure of the runs as "median (min–max)".
-func spread(runs []result, format string, figure func(result) float64) string {
-	if len(runs) == 1 {
-		return fmt.Sprintf(format, figure(runs[0]))
-	}
-	lo, hi := figure(runs[0]), figure(runs[0])
-	for _, r := range runs[1:] {
-		lo, hi = min(lo, figure(r)), max(hi, figure(r))
-	}
-	return fmt.Sprintf(format+" ("+format+"–"+format+")", median(runs, figure), lo, hi)
+	return v
 }
 
 func envInt(name string, def int) int {
