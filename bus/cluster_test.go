@@ -371,8 +371,9 @@ func brokerIDs(bs []kafka.Broker) []int {
 // members within 30 s of the stream's end: a member that stalls after the
 // kill holds back its partitions for good. The longest wait of a message
 // is printed: the group's rebalances after the kill and after the restart
-// hold every member back 10-15 s each on this machine (kafka-go's Reader
-// and a reader on Partitioned alike; 2026-12-04).
+// held every member back 10-15 s each on this machine (2026-12-04; a
+// queue fed by Partitioned's claims in place of kafka-go's Reader was no
+// better, and was not kept).
 func TestKafkaClusterConsumerBrokerKilled(t *testing.T) {
 	if testing.Short() {
 		t.Skip("fault test")

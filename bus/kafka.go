@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -309,8 +308,9 @@ func transient(err error) bool {
 	case errors.As(err, &kafkaErr):
 		// Before net.Error: kafka.Error has the methods of one.
 		return kafkaErr.Temporary()
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, syscall.ECONNREFUSED),
-		errors.Is(err, syscall.ECONNRESET), errors.As(err, &netErr):
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.As(err, &netErr):
+		// net.Error takes in the dial's and the socket's errors
+		// (net.OpError, and a bare syscall.Errno such as ECONNREFUSED).
 		return true
 	}
 	return false
