@@ -158,7 +158,10 @@
 // (by Kafka message time) into a fresh engine without publishing, then
 // reads the alerts topic back over incident_lookback and takes over the
 // incidents left open, and only then goes on from the committed offset.
-// On losing a partition it commits what it finished. A rebalance thus
+// Both read-backs are retried until they succeed (a lost broker's
+// partitions have no leader for some seconds): detecting before would
+// open the incidents again. On losing a partition it commits what it
+// finished and gives its subscribers' room in max_subscribers back. A rebalance thus
 // neither loses nor repeats an incident, and ids carry over.
 //
 // # Groups, allow list, subscriber map

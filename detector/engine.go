@@ -597,11 +597,18 @@ func (e *Engine) Flush() []alert.Alert {
 			}
 		}
 	}
+	e.Release()
+	sortAlerts(out)
+	return out
+}
+
+// Release drops every subscriber's state and gives its room back to the
+// subscriber budget the engine shares with others: an engine whose
+// partition has gone must not keep counting against max_subscribers.
+func (e *Engine) Release() {
 	clear(e.active)
 	e.budget.used.Add(-int64(e.table.len()))
 	e.table.reset()
-	sortAlerts(out)
-	return out
 }
 
 // sweep runs at each new event-time minute: incidents quiet for their

@@ -424,3 +424,29 @@ func TestEngineRefreshesSteadyIncident(t *testing.T) {
 		t.Error("a refresh carries another id than the incident's")
 	}
 }
+
+// TestEngineReleaseFreesBudget: the engines of one instance share
+// max_subscribers, and an engine whose partition went to another instance
+// gives its room back.
+func TestEngineReleaseFreesBudget(t *testing.T) {
+	cfg := testConfig()
+	budget := NewSubscriberBudget(10)
+	gone, next := NewEngine(cfg), NewEngine(cfg)
+	gone.SetSubscriberBudget(budget)
+	next.SetSubscriberBudget(budget)
+	feed := func(e *Engine, first byte) {
+		for i := range byte(10) {
+			f := smtpFlow(netip.AddrFrom4([4]byte{203, 0, 113, first + i}), 1, at(0.5), flow.TCPSyn)
+			e.Process(&f)
+		}
+	}
+	feed(gone, 1)
+	gone.Release()
+	if n := budget.used.Load(); n != 0 {
+		t.Fatalf("budget counts %d subscribers after Release, want 0", n)
+	}
+	feed(next, 101)
+	if s := next.Stats(); next.Subscribers() != 10 || s.Displaced != 0 || s.Refused != 0 {
+		t.Errorf("next engine: %d subscribers, %d displaced, %d refused; want 10, 0, 0", next.Subscribers(), s.Displaced, s.Refused)
+	}
+}

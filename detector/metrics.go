@@ -75,7 +75,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		rebuildMessages: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wormsign_detector_rebuild_messages_total", Help: "Flow batches re-read to rebuild the state of newly assigned partitions."}),
 		rebuildErrors: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "wormsign_detector_rebuild_errors_total", Help: "Partition rebuilds that failed (detection went on from an empty state)."}),
+			Name: "wormsign_detector_rebuild_errors_total", Help: "Failed read-backs of a newly assigned partition (its lookback of flows or the open incidents on the alerts topic); each is retried before the partition detects."}),
 		mapEntries: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "wormsign_detector_subscriber_map_entries", Help: "Entries in the subscriber map in use."}),
 		mapReloads: prometheus.NewCounter(prometheus.CounterOpts{

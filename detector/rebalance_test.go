@@ -2,11 +2,13 @@ package detector
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -61,10 +63,108 @@ func TestRebalanceAfterLookback(t *testing.T) {
 	rebalance(t, rebalanceCase{lookback: time.Second, beforeJoin: 2500 * time.Millisecond})
 }
 
+// TestRebalanceReadBacksFail is TestRebalanceKeepsIncidents with every
+// new owner's read-backs failing at first, as they do for the seconds
+// after a broker is lost and before its partitions have new leaders: the
+// rebuild breaks off after one message, twice per partition, and the
+// read-back of open incidents fails twice per assignment. Detecting before
+// they succeed would restart the windows empty.
+func TestRebalanceReadBacksFail(t *testing.T) {
+	rebalance(t, rebalanceCase{lookback: time.Hour, exact: true, readBackFailures: 2})
+}
+
+// TestRebalanceIncidentReadBackFails is TestRebalanceAfterLookback with the
+// same failures: the incidents are only on the alerts topic, and an owner
+// that gave up reading them would open each again under a new id.
+func TestRebalanceIncidentReadBackFails(t *testing.T) {
+	rebalance(t, rebalanceCase{lookback: time.Second, beforeJoin: 2500 * time.Millisecond, readBackFailures: 2})
+}
+
 type rebalanceCase struct {
 	lookback, beforeJoin time.Duration
 	exact                bool // alerts equal to an uninterrupted run
 	concurrent           bool // publish while the group rebalances
+	// readBackFailures is how many times each read-back of a new
+	// assignment fails before it works (faultyReadBacks).
+	readBackFailures int
+}
+
+var errInjected = errors.New("injected: the leader is not available")
+
+// faultyReadBacks is the Kafka bus with the read-backs of each new
+// assignment failing its first failures times: a rebuild of a partition
+// after delivering one message, the read-back of the alerts topic before
+// reading anything.
+type faultyReadBacks struct {
+	*bus.Kafka
+	failures int
+
+	mu                      sync.Mutex
+	generation              int32
+	rebuildFails, sinceFail map[int]int // per partition; sinceFail has one key, 0
+}
+
+func (f *faultyReadBacks) fail(counts map[int]int, key int) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if counts[key] >= f.failures {
+		return false
+	}
+	counts[key]++
+	return true
+}
+
+func (f *faultyReadBacks) assigned(generation int32) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.rebuildFails == nil || generation != f.generation {
+		f.generation, f.rebuildFails, f.sinceFail = generation, map[int]int{}, map[int]int{}
+	}
+}
+
+func (f *faultyReadBacks) ReadSince(ctx context.Context, topic string, since time.Time, fn func(bus.Message) error) error {
+	if f.fail(f.sinceFail, 0) {
+		return errInjected
+	}
+	return f.Kafka.ReadSince(ctx, topic, since, fn)
+}
+
+func (f *faultyReadBacks) Partitioned(topic, group string) (bus.GroupConsumer, error) {
+	g, err := f.Kafka.Partitioned(topic, group)
+	return faultyGroup{g, f}, err
+}
+
+type faultyGroup struct {
+	bus.GroupConsumer
+	f *faultyReadBacks
+}
+
+func (g faultyGroup) Consume(ctx context.Context, handle func(context.Context, bus.Claim)) error {
+	return g.GroupConsumer.Consume(ctx, func(ctx context.Context, c bus.Claim) {
+		g.f.assigned(c.Generation())
+		handle(ctx, faultyClaim{c, g.f})
+	})
+}
+
+type faultyClaim struct {
+	bus.Claim
+	f *faultyReadBacks
+}
+
+func (c faultyClaim) ReadBack(ctx context.Context, since time.Time, fn func(bus.Message) error) error {
+	if !c.f.fail(c.f.rebuildFails, c.Partition()) {
+		return c.Claim.ReadBack(ctx, since, fn)
+	}
+	err := c.Claim.ReadBack(ctx, since, func(m bus.Message) error {
+		if err := fn(m); err != nil {
+			return err
+		}
+		return errInjected // after one message
+	})
+	if err == nil {
+		err = errInjected // there was nothing to read back
+	}
+	return err
 }
 
 func rebalance(t *testing.T, tc rebalanceCase) {
@@ -88,10 +188,14 @@ func rebalance(t *testing.T, tc rebalanceCase) {
 	cfg.CommitInterval = 50 * time.Millisecond
 	cfg.RebuildLookback = tc.lookback
 
+	var instanceBus bus.Bus = k
+	if tc.readBackFailures > 0 {
+		instanceBus = &faultyReadBacks{Kafka: k, failures: tc.readBackFailures}
+	}
 	newInstance := func(name string) *Component {
 		c, err := New(cfg, Dependencies{
 			Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)).With("instance", name),
-			Registry: prometheus.NewRegistry(), Bus: k,
+			Registry: prometheus.NewRegistry(), Bus: instanceBus,
 			FlowsTopic: bcfg.FlowsTopic, AlertsTopic: bcfg.AlertsTopic,
 		})
 		if err != nil {
@@ -240,6 +344,11 @@ func rebalance(t *testing.T, tc rebalanceCase) {
 
 	if err := a.Stop(); err != nil {
 		t.Errorf("stop A: %v", err)
+	}
+	// B holds A's subscribers now; A would carry them against its
+	// max_subscribers into any partitions it was given again.
+	if n := a.budget.used.Load(); n != 0 {
+		t.Errorf("A's subscriber budget counts %d subscribers after it gave up its partitions, want 0", n)
 	}
 	settle("B to hold every partition", held(b))
 	publish(3, 3, 25)  // more growth

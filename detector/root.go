@@ -59,7 +59,7 @@ type Component struct {
 	done   chan struct{}
 
 	mu         sync.Mutex
-	partitions map[int]*Engine // for tests and introspection
+	partitions map[int]struct{} // for tests and introspection
 
 	// The open incidents read back from the alerts topic, shared by the
 	// partitions of one assignment (they all start together).
@@ -81,7 +81,7 @@ func New(config Configuration, deps Dependencies) (*Component, error) {
 		metrics:    newMetrics(deps.Registry),
 		clock:      cmp.Or[Clock](deps.Clock, systemClock{}),
 		done:       make(chan struct{}),
-		partitions: map[int]*Engine{},
+		partitions: map[int]struct{}{},
 		budget:     NewSubscriberBudget(config.MaxSubscribers),
 	}
 	if config.SubscriberMap != "" {
@@ -205,19 +205,10 @@ type partition struct {
 
 // consume runs one claimed partition: rebuild, then detect.
 func (c *Component) consume(ctx context.Context, claim bus.Claim) {
-	p := &partition{c: c, claim: claim, engine: NewEngine(c.config), label: strconv.Itoa(claim.Partition()),
+	p := &partition{c: c, claim: claim, engine: c.newEngine(), label: strconv.Itoa(claim.Partition()),
 		prevLate: map[netip.Addr]uint64{}}
-	p.engine.SetSubscriberIDs(c.subscriberID)
-	p.engine.SetSubscribers(c.deps.Subscribers)
-	if t := c.deps.Identity; t != nil {
-		p.engine.SetIdentity(func(a netip.Addr, ms int64) (identity.Binding, bool) {
-			res, ok := t.Resolve(a, 0, ms)
-			return res.Binding, ok && res.Customer != ""
-		})
-	}
-	p.engine.SetSubscriberBudget(c.budget)
 	c.mu.Lock()
-	c.partitions[claim.Partition()] = p.engine
+	c.partitions[claim.Partition()] = struct{}{}
 	c.mu.Unlock()
 	c.metrics.partitions.Inc()
 	defer func() {
@@ -227,43 +218,103 @@ func (c *Component) consume(ctx context.Context, claim bus.Claim) {
 		c.metrics.partitions.Dec()
 		c.metrics.subscribers.Sub(float64(p.subs))
 		c.metrics.watermark.DeleteLabelValues(p.label)
+		// The next owner of the partition holds these subscribers now: they
+		// no longer count against this instance's max_subscribers.
+		p.engine.Release()
 	}()
-	if c.config.RebuildLookback > 0 {
-		began := time.Now()
-		n := 0
-		err := claim.ReadBack(ctx, time.Now().Add(-c.config.RebuildLookback), func(msg bus.Message) error {
+	if !p.rebuild(ctx) || !p.inherit(ctx) {
+		return
+	}
+	p.run(ctx)
+}
+
+func (c *Component) newEngine() *Engine {
+	e := NewEngine(c.config)
+	e.SetSubscriberIDs(c.subscriberID)
+	e.SetSubscribers(c.deps.Subscribers)
+	if t := c.deps.Identity; t != nil {
+		e.SetIdentity(func(a netip.Addr, ms int64) (identity.Binding, bool) {
+			res, ok := t.Resolve(a, 0, ms)
+			return res.Binding, ok && res.Customer != ""
+		})
+	}
+	e.SetSubscriberBudget(c.budget)
+	return e
+}
+
+// readBackBackoff paces the read-backs of a new partition owner while
+// Kafka cannot serve them, typically for the seconds after a broker is
+// lost and before its partitions have new leaders.
+var readBackBackoff = retry.Backoff{Min: 250 * time.Millisecond, Max: 5 * time.Second, Jitter: true}
+
+// rebuild re-reads rebuild_lookback of the partition into the engine
+// without publishing. It retries until it succeeds or the partition is
+// taken away (false): detecting from an empty state would open again, or
+// miss, what the previous owner's windows held.
+func (p *partition) rebuild(ctx context.Context) bool {
+	c := p.c
+	if c.config.RebuildLookback <= 0 {
+		return true
+	}
+	began := time.Now()
+	n := 0
+	err := retry.Do(ctx, readBackBackoff, func(ctx context.Context) error {
+		if n > 0 {
+			// A read-back that broke off part-way left part of the
+			// lookback in the engine: start again from nothing.
+			p.engine.Release()
+			p.engine = c.newEngine()
+			n = 0
+		}
+		return p.claim.ReadBack(ctx, time.Now().Add(-c.config.RebuildLookback), func(msg bus.Message) error {
 			// What the previous owner already published is not published
 			// again: only the state is wanted.
 			p.process(ctx, msg, false)
 			n++
 			return nil
 		})
-		if err != nil {
-			if ctx.Err() == nil {
-				c.deps.Logger.Error("cannot rebuild partition state, detecting from an empty state",
-					"partition", claim.Partition(), "error", err)
-				c.metrics.rebuildErrors.Inc()
-			}
-		} else if n > 0 {
-			c.deps.Logger.Info("partition state rebuilt", "partition", claim.Partition(),
-				"messages", n, "subscribers", p.engine.Subscribers(), "duration", time.Since(began).Round(time.Millisecond))
-		}
-		c.metrics.rebuildMessages.Add(float64(n))
-		p.observe()
+	}, func(err error, wait time.Duration) {
+		c.metrics.rebuildErrors.Inc()
+		c.deps.Logger.Warn("cannot rebuild partition state, retrying before detecting",
+			"partition", p.claim.Partition(), "error", err, "retry_in", wait.Round(time.Millisecond))
+	})
+	if err != nil {
+		return false // only the end of ctx stops the retries
 	}
-	if h, ok := c.deps.Bus.(bus.History); ok && c.config.IncidentLookback > 0 {
-		open, err := c.openIncidents(ctx, h, claim.Generation())
-		if err != nil {
-			if ctx.Err() == nil {
-				c.deps.Logger.Error("cannot read open incidents back, they may open again",
-					"partition", claim.Partition(), "error", err)
-				c.metrics.rebuildErrors.Inc()
-			}
-		} else {
-			p.engine.Inherit(open)
-		}
+	if n > 0 {
+		c.deps.Logger.Info("partition state rebuilt", "partition", p.claim.Partition(),
+			"messages", n, "subscribers", p.engine.Subscribers(), "duration", time.Since(began).Round(time.Millisecond))
 	}
-	p.run(ctx)
+	c.metrics.rebuildMessages.Add(float64(n))
+	p.observe()
+	return true
+}
+
+// inherit takes over the incidents the partition's previous owners left
+// open. It retries until it succeeds or the partition is taken away
+// (false): detecting without them would open each again under a new id,
+// a second case for the same customer at the abuse desk.
+func (p *partition) inherit(ctx context.Context) bool {
+	c := p.c
+	h, ok := c.deps.Bus.(bus.History)
+	if !ok || c.config.IncidentLookback <= 0 {
+		return true
+	}
+	var open []alert.Alert
+	err := retry.Do(ctx, readBackBackoff, func(ctx context.Context) error {
+		var err error
+		open, err = c.openIncidents(ctx, h, p.claim.Generation())
+		return err
+	}, func(err error, wait time.Duration) {
+		c.metrics.rebuildErrors.Inc()
+		c.deps.Logger.Warn("cannot read open incidents back, retrying before detecting",
+			"partition", p.claim.Partition(), "error", err, "retry_in", wait.Round(time.Millisecond))
+	})
+	if err != nil {
+		return false
+	}
+	p.engine.Inherit(open)
+	return true
 }
 
 // openIncidents reads the alerts topic back over incident_lookback and
