@@ -27,6 +27,7 @@ type metrics struct {
 	templateSaves    *prometheus.CounterVec // result
 	refusals         *prometheus.CounterVec // reason
 	receiveBatch     prometheus.Histogram
+	publishSeconds   prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -90,13 +91,20 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Name: "wormsign_collector_receive_batch_datagrams", Help: "Datagrams one receive system call returned (recvmmsg): near 1 the sockets keep up easily, near its maximum (16) they are busy.",
 		Buckets: []float64{1, 2, 4, 8, 16},
 	})
+	m.publishSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "wormsign_collector_publish_seconds",
+		Help: "Time one publisher took to write a batch to the flows topic, retries included: while one write waits, the batches behind it wait in the queue.",
+		// From a broker on the same host to one that stalls for seconds.
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
+	})
 	// Every reason is exported from the start, at 0.
 	for _, r := range decode.RefusalReasons {
 		m.refusals.WithLabelValues(r)
 	}
 	reg.MustRegister(m.datagrams, m.flows, m.decodeErrors, m.templateMisses, m.templatesRefused,
 		m.lostDatagrams, m.lostRecords, m.enterprise, m.variableLength, m.optionsRecords, m.natEvents, m.natSkipped,
-		m.dropped, m.published, m.records, m.publishErrors, m.queueFlows, m.templateSaves, m.refusals, m.receiveBatch)
+		m.dropped, m.published, m.records, m.publishErrors, m.queueFlows, m.templateSaves, m.refusals, m.receiveBatch,
+		m.publishSeconds)
 	return m
 }
 

@@ -763,6 +763,8 @@ func (u *unpublishedBatches) remove(id uint64) {
 // publishWithRetry keeps trying: the queue in front of it is bounded, so a
 // bus outage turns into counted drops at the UDP edge, not lost batches here.
 func (c *Component) publishWithRetry(msgs []bus.Message, flows int) {
+	began := time.Now()
+	defer func() { c.metrics.publishSeconds.Observe(time.Since(began).Seconds()) }()
 	err := retry.Do(context.Background(), retry.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second}, func(ctx context.Context) error {
 		err := c.producer.Publish(ctx, msgs...)
 		if errors.Is(err, bus.ErrClosed) {

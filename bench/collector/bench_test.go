@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -120,13 +122,17 @@ func BenchmarkCollectors(b *testing.B) {
 						}
 					}
 					ok := sustainedRuns(runs, p.extraDrain) > repeat/2
-					lines = append(lines, fmt.Sprintf("| %s | %s | %d | %d of %d | %d | %s | %s | %s | %s | %s |",
+					var writes []string
+					for _, r := range runs {
+						writes = append(writes, r.writes.String())
+					}
+					lines = append(lines, fmt.Sprintf("| %s | %s | %d | %d of %d | %d | %s | %s | %s | %s | %s | %s |",
 						proto, p.name, rate, sustainedRuns(runs, p.extraDrain), len(runs), runs[0].sent,
 						stats.Spread("%.0f", figures(runs, result.achieved)),
 						stats.Spread("%.2f", figures(runs, func(r result) float64 { return r.drain.Seconds() })),
 						stats.Spread("%.3f", figures(runs, result.lossPercent)),
 						stats.Spread("%.2f", figures(runs, func(r result) float64 { return r.cpuPerFlowNs() / 1000 })),
-						stats.Spread("%.1f", figures(runs, result.flowsPerMessage))))
+						stats.Spread("%.1f", figures(runs, result.flowsPerMessage)), strings.Join(writes, "; ")))
 					if !ok {
 						break
 					}
@@ -137,8 +143,8 @@ func BenchmarkCollectors(b *testing.B) {
 	}
 	fmt.Printf("\nCollectors → Kafka: min(%d, 4 s × rate) flows per run, %d runs per step (median, min–max), %d exporters, %d subscribers, 1 UDP socket each, rmem_default=rmem_max=%d, no compression, delivery = flows in the Kafka topic, paced per datagram\n",
 		flows, repeat, benchExporters, benchSubs, receiveBuffer)
-	fmt.Println("| protocol | collector | offered flows/s | runs sustained | flows sent per run | delivered flows/s (first datagram to last flow in Kafka) | s from last sent to last flow in Kafka | lost % | CPU µs/flow | flows/message |")
-	fmt.Println("|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Printf("| protocol | collector | offered flows/s | runs sustained | flows sent per run | delivered flows/s (first datagram to last flow in Kafka) | s from last sent to last flow in Kafka | lost %% | CPU µs/flow | flows/message | writes to Kafka over %g s, per run (wormsign's publish_seconds) |\n", slowWrite)
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, l := range lines {
 		fmt.Println(l)
 	}
@@ -181,6 +187,7 @@ type result struct {
 	sendTime                  time.Duration
 	drain                     time.Duration // last datagram sent to last flow in Kafka
 	cpu                       time.Duration // the collector process's utime+stime during the step
+	writes                    writeTimes    // wormsign's only
 }
 
 func (r result) achieved() float64 {
@@ -291,6 +298,9 @@ func createTopic(b *testing.B, brokers []string, topic string) {
 type process struct {
 	cmd     *exec.Cmd
 	logPath string
+	// metricsURL is wormsign's Prometheus endpoint: step reads how long
+	// its writes to Kafka took from it.
+	metricsURL string
 }
 
 func start(b *testing.B, readyURL string, name string, args ...string) *process {
@@ -386,7 +396,14 @@ func step(b *testing.B, p *process, brokers []string, topic, addr string, load L
 		b.Fatal(err)
 	}
 	defer sender.Close()
-	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 5 * time.Second}
+	// A transport of the step's own, its metadata of the step's topic
+	// refreshed every 20 ms: kafka-go serves Metadata from a cache (6 s by
+	// default), and a cache taken before the collector created its topic
+	// answered "no topic" for seconds after every flow was in Kafka, which
+	// this step then counted as a drain of up to 3 s, for every collector.
+	transport := &kafka.Transport{MetadataTTL: 20 * time.Millisecond, MetadataTopics: []string{topic}}
+	defer transport.CloseIdleConnections()
+	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 5 * time.Second, Transport: transport}
 	cpu0 := p.cpu()
 	sent, sendTime := sender.Send(load, rate)
 	sendEnd := time.Now()
@@ -410,6 +427,9 @@ func step(b *testing.B, p *process, brokers []string, topic, addr string, load L
 	}
 	cpu := p.cpu() - cpu0
 	r := result{sent: sent, messages: last, sendTime: sendTime, drain: max(0, lastMove.Sub(sendEnd)), cpu: cpu}
+	if p.metricsURL != "" {
+		r.writes = publishWrites(p.metricsURL)
+	}
 	if flowsPerMessageIsOne {
 		r.delivered = last
 	} else {
@@ -419,6 +439,67 @@ func step(b *testing.B, p *process, brokers []string, topic, addr string, load L
 		b.Logf("%s delivered nothing; its log:\n%s", p.cmd.Path, p.log())
 	}
 	return r
+}
+
+// slowWrite is a write to Kafka that alone takes a quarter of maxDrain: a
+// bucket bound of collector_publish_seconds.
+const slowWrite = 0.128
+
+// writeTimes is what wormsign's collector_publish_seconds histogram says
+// of a step's writes to Kafka.
+type writeTimes struct {
+	count, slow int     // writes, and those over slowWrite
+	longest     float64 // upper bound of the highest non-empty bucket, s
+}
+
+func (w writeTimes) String() string {
+	if w.count == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%d of %d, longest ≤ %.3g s", w.slow, w.count, w.longest)
+}
+
+func publishWrites(url string) writeTimes {
+	resp, err := http.Get(url)
+	if err != nil {
+		return writeTimes{}
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var w writeTimes
+	prevCount := 0
+	const prefix = "wormsign_collector_publish_seconds_bucket{le=\""
+	for _, line := range strings.Split(string(body), "\n") {
+		rest, ok := strings.CutPrefix(line, prefix)
+		if !ok {
+			continue
+		}
+		le, count, ok := strings.Cut(rest, "\"} ")
+		if !ok {
+			continue
+		}
+		n, _ := strconv.Atoi(count)
+		bound, err := strconv.ParseFloat(le, 64)
+		if le == "+Inf" {
+			w.count = n
+			if n > prevCount {
+				w.longest = math.Inf(1)
+			}
+			continue
+		}
+		if err != nil {
+			continue
+		}
+		if bound <= slowWrite {
+			w.slow = -n // what is left of the count is at or above
+		}
+		if n > prevCount {
+			w.longest = bound
+		}
+		prevCount = n
+	}
+	w.slow += w.count
+	return w
 }
 
 func endOffsets(client *kafka.Client, topic string) (int, error) {
@@ -532,6 +613,7 @@ collector:
 			b.Fatal(err)
 		}
 		p := start(b, fmt.Sprintf("http://127.0.0.1:%d/metrics", httpPort), bin, "collector", "--config", path)
+		p.metricsURL = fmt.Sprintf("http://127.0.0.1:%d/metrics", httpPort)
 		return step(b, p, brokers, topic, fmt.Sprintf("127.0.0.1:%d", port), load, rate, false)
 	}
 }
