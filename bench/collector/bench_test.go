@@ -459,6 +459,8 @@ func (w writeTimes) String() string {
 	return fmt.Sprintf("%d of %d, longest ≤ %.3g s", w.slow, w.count, w.longest)
 }
 
+// publishWrites reads the histogram from the collector's endpoint; zero
+// when it cannot.
 func publishWrites(url string) writeTimes {
 	resp, err := http.Get(url)
 	if err != nil {
@@ -491,7 +493,7 @@ func publishWrites(url string) writeTimes {
 			continue
 		}
 		if bound <= slowWrite {
-			w.slow = -n // what is left of the count is at or above
+			w.slow = -n // what the count has beyond this bucket is over slowWrite
 		}
 		if n > prevCount {
 			w.longest = bound
