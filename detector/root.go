@@ -247,6 +247,18 @@ func (c *Component) newEngine() *Engine {
 // lost and before its partitions have new leaders.
 var readBackBackoff = retry.Backoff{Min: 250 * time.Millisecond, Max: 5 * time.Second, Jitter: true}
 
+// readBack runs one of a new owner's read-backs until it succeeds (true)
+// or the partition is taken away (false): only the end of ctx stops the
+// retries. Each failure is logged with failure and counted.
+func (p *partition) readBack(ctx context.Context, failure string, read func(ctx context.Context) error) bool {
+	err := retry.Do(ctx, readBackBackoff, read, func(err error, wait time.Duration) {
+		p.c.metrics.rebuildErrors.Inc()
+		p.c.deps.Logger.Warn(failure+", retrying before detecting",
+			"partition", p.claim.Partition(), "error", err, "retry_in", wait.Round(time.Millisecond))
+	})
+	return err == nil
+}
+
 // rebuild re-reads rebuild_lookback of the partition into the engine
 // without publishing. It retries until it succeeds or the partition is
 // taken away (false): detecting from an empty state would open again, or
@@ -258,7 +270,7 @@ func (p *partition) rebuild(ctx context.Context) bool {
 	}
 	began := time.Now()
 	n := 0
-	err := retry.Do(ctx, readBackBackoff, func(ctx context.Context) error {
+	ok := p.readBack(ctx, "cannot rebuild partition state", func(ctx context.Context) error {
 		if n > 0 {
 			// A read-back that broke off part-way left part of the
 			// lookback in the engine: start again from nothing.
@@ -273,13 +285,9 @@ func (p *partition) rebuild(ctx context.Context) bool {
 			n++
 			return nil
 		})
-	}, func(err error, wait time.Duration) {
-		c.metrics.rebuildErrors.Inc()
-		c.deps.Logger.Warn("cannot rebuild partition state, retrying before detecting",
-			"partition", p.claim.Partition(), "error", err, "retry_in", wait.Round(time.Millisecond))
 	})
-	if err != nil {
-		return false // only the end of ctx stops the retries
+	if !ok {
+		return false
 	}
 	if n > 0 {
 		c.deps.Logger.Info("partition state rebuilt", "partition", p.claim.Partition(),
@@ -301,16 +309,12 @@ func (p *partition) inherit(ctx context.Context) bool {
 		return true
 	}
 	var open []alert.Alert
-	err := retry.Do(ctx, readBackBackoff, func(ctx context.Context) error {
+	ok = p.readBack(ctx, "cannot read open incidents back", func(ctx context.Context) error {
 		var err error
 		open, err = c.openIncidents(ctx, h, p.claim.Generation())
 		return err
-	}, func(err error, wait time.Duration) {
-		c.metrics.rebuildErrors.Inc()
-		c.deps.Logger.Warn("cannot read open incidents back, retrying before detecting",
-			"partition", p.claim.Partition(), "error", err, "retry_in", wait.Round(time.Millisecond))
 	})
-	if err != nil {
+	if !ok {
 		return false
 	}
 	p.engine.Inherit(open)

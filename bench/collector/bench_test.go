@@ -614,8 +614,9 @@ collector:
 		if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 			b.Fatal(err)
 		}
-		p := start(b, fmt.Sprintf("http://127.0.0.1:%d/metrics", httpPort), bin, "collector", "--config", path)
-		p.metricsURL = fmt.Sprintf("http://127.0.0.1:%d/metrics", httpPort)
+		metrics := fmt.Sprintf("http://127.0.0.1:%d/metrics", httpPort)
+		p := start(b, metrics, bin, "collector", "--config", path)
+		p.metricsURL = metrics
 		return step(b, p, brokers, topic, fmt.Sprintf("127.0.0.1:%d", port), load, rate, false)
 	}
 }
